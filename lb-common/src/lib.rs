@@ -1,0 +1,449 @@
+//! Types, map names, sizes and flag bits shared by the XDP program and the control plane.
+//!
+//! Everything that crosses into a BPF map is `#[repr(C)]` with explicit padding, holds only
+//! integers (no `bool`, enums or `Option`), and keeps addresses and ports in network byte order
+//! exactly as they appear on the wire, so the data path never swaps bytes. `Pod` impls for the
+//! control plane are behind the `user` feature.
+#![no_std]
+
+/// Map names, as they appear in the ELF object and under the pin directory.
+pub mod maps {
+    /// `SvcKey` → `Service`. Hash, no prealloc (RCU-freed values: an update is atomic for
+    /// readers).
+    pub const SERVICES: &str = "LB_SERVICES";
+    /// `u32` backend id → `Backend`. Array; id 0 is reserved ("unset").
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    /// `u32` slot → backend id. Array holding every service's scheduling table (wrr sequence,
+    /// hash buckets, Maglev table) as a region `[table_off, table_off + table_len)`.
+    pub const SCHED_TABLE: &str = "LB_SCHED_TABLE";
+    /// `u32` service id → `u64` round-robin cursor, shared by all CPUs (atomic add).
+    pub const SVC_CURSOR: &str = "LB_SVC_CURSOR";
+    /// `FlowKey` → `Conn`. LRU hash, the connection table.
+    pub const CONNS: &str = "LB_CONNS";
+    /// `u32` service id → `Stats`, per CPU.
+    pub const SVC_STATS: &str = "LB_SVC_STATS";
+    /// `u32` backend id → `Stats`, per CPU.
+    pub const BACKEND_STATS: &str = "LB_RS_STATS";
+    /// `u32` counter index (`cnt::*`) → `u64`, per CPU.
+    pub const COUNTERS: &str = "LB_COUNTERS";
+    /// `u32` 0 → `Settings`: global knobs written by the control plane.
+    pub const SETTINGS: &str = "LB_SETTINGS";
+
+    /// Every map the daemon pins and adopts again after a restart.
+    pub const ALL: [&str; 9] = [
+        SERVICES,
+        BACKENDS,
+        SCHED_TABLE,
+        SVC_CURSOR,
+        CONNS,
+        SVC_STATS,
+        BACKEND_STATS,
+        COUNTERS,
+        SETTINGS,
+    ];
+}
+
+/// Program names (the Rust function names of the `#[xdp]` entry points).
+pub mod progs {
+    /// The balancer (object `lb-ebpf`).
+    pub const BALANCER: &str = "lb_xdp";
+    /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
+    /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
+    /// peer runs XDP.
+    pub const PASS: &str = "lb_pass";
+    /// Swap the MACs and `XDP_TX` (object `lb-pass`): the cost floor in benchmarks.
+    pub const MACSWAP: &str = "lb_macswap";
+}
+
+/// Map sizes. `CONNS` and `SCHED_TABLE` are the defaults; the control plane may change them at
+/// load time.
+pub mod size {
+    /// Services (and the id space of per-service arrays; id 0 reserved).
+    pub const MAX_SERVICES: u32 = 4096;
+    /// Backends, i.e. (service, real server) pairs; id 0 reserved.
+    pub const MAX_BACKENDS: u32 = 65536;
+    /// Default connection-table size (entries).
+    pub const DEFAULT_CONNS: u32 = 1 << 20;
+    /// Default number of slots in the shared scheduling-table array.
+    pub const DEFAULT_SCHED_TABLE: u32 = 1 << 20;
+    /// The longest wrr/rr sequence the control plane builds for one service.
+    pub const MAX_SEQUENCE: u32 = 1 << 16;
+}
+
+/// Scheduler codes stored in `Service::sched` (0 = unset).
+pub mod sched {
+    pub const RR: u8 = 1;
+    pub const WRR: u8 = 2;
+    pub const LC: u8 = 3;
+    pub const WLC: u8 = 4;
+    pub const LBLC: u8 = 5;
+    pub const LBLCR: u8 = 6;
+    pub const DH: u8 = 7;
+    pub const SH: u8 = 8;
+    pub const SED: u8 = 9;
+    pub const NQ: u8 = 10;
+    pub const FO: u8 = 11;
+    pub const OVF: u8 = 12;
+    pub const MH: u8 = 13;
+}
+
+/// Forwarding methods stored in `Backend::fwd` (and shown as ipvsadm's Forward column).
+pub mod fwd {
+    /// Direct routing (`-g`, "Route"): rewrite MACs only.
+    pub const DR: u8 = 1;
+    /// Masquerading (`-m`, "Masq").
+    pub const NAT: u8 = 2;
+    /// IPIP tunnelling (`-i`, "Tunnel").
+    pub const TUN: u8 = 3;
+}
+
+/// `Backend::flags` bits.
+pub mod backend_flags {
+    /// The backend may receive packets (existing and new flows). Cleared when it is deleted
+    /// while connections may still point at it (IPVS keeps such a destination in its trash).
+    pub const AVAILABLE: u8 = 1 << 0;
+    /// The next-hop MAC in `dmac` is resolved.
+    pub const NEIGH_OK: u8 = 1 << 1;
+}
+
+/// `Conn::flags` bits.
+pub mod conn_flags {
+    /// No packet of the reply direction has been seen (IPVS `IP_VS_CONN_F_NOOUTPUT`): the
+    /// TCP state follows the INPUT-ONLY table. Always set for DR and TUN, where replies bypass
+    /// the director.
+    pub const NO_OUTPUT: u8 = 1 << 0;
+}
+
+/// The IPVS TCP connection states, their default timeouts and the transition tables of
+/// `net/netfilter/ipvs/ip_vs_proto_tcp.c` (the normal, not the secure_tcp, tables).
+pub mod tcp_state {
+    pub const NONE: u8 = 0;
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT: u8 = 4;
+    pub const TIME_WAIT: u8 = 5;
+    pub const CLOSE: u8 = 6;
+    pub const CLOSE_WAIT: u8 = 7;
+    pub const LAST_ACK: u8 = 8;
+    pub const LISTEN: u8 = 9;
+    pub const SYNACK: u8 = 10;
+    /// Number of states.
+    pub const COUNT: usize = 11;
+
+    pub const NAMES: [&str; COUNT] = [
+        "NONE",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "SYNACK",
+    ];
+
+    /// States counted as ActiveConn (`tcp_state_active_table[]`); the others are InActConn.
+    pub const ACTIVE: [bool; COUNT] = [
+        false, true, true, true, false, false, false, false, false, false, true,
+    ];
+
+    /// IPVS's default timeouts in seconds (`tcp_timeouts[]`).
+    pub const TIMEOUTS: [u32; COUNT] = [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120];
+
+    /// Table directions.
+    pub const DIR_INPUT: usize = 0;
+    pub const DIR_OUTPUT: usize = 1;
+    pub const DIR_INPUT_ONLY: usize = 2;
+
+    /// Packet events, in IPVS's order of precedence (`tcp_state_idx`: rst, then syn, fin, ack).
+    pub const EV_SYN: usize = 0;
+    pub const EV_FIN: usize = 1;
+    pub const EV_ACK: usize = 2;
+    pub const EV_RST: usize = 3;
+
+    const ES: u8 = ESTABLISHED;
+    const SS: u8 = SYN_SENT;
+    const SR: u8 = SYN_RECV;
+    const FW: u8 = FIN_WAIT;
+    const TW: u8 = TIME_WAIT;
+    const CL: u8 = CLOSE;
+    const CW: u8 = CLOSE_WAIT;
+    const LA: u8 = LAST_ACK;
+    const LI: u8 = LISTEN;
+
+    /// `TABLE[direction][event][state]` → next state.
+    #[rustfmt::skip]
+    pub const TABLE: [[[u8; COUNT]; 4]; 3] = [
+        // INPUT
+        [
+            // NO  ES  SS  SR  FW  TW  CL  CW  LA  LI  SA
+            [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR], // syn
+            [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, TW], // fin
+            [ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES], // ack
+            [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, SR], // rst
+        ],
+        // OUTPUT
+        [
+            [SS, ES, SS, SR, SS, SS, SS, SS, SS, LI, SR], // syn
+            [TW, FW, SS, TW, FW, TW, CL, TW, LA, LI, TW], // fin
+            [ES, ES, SS, ES, FW, TW, CL, CW, LA, ES, ES], // ack
+            [CL, CL, SS, CL, CL, TW, CL, CL, CL, CL, CL], // rst
+        ],
+        // INPUT-ONLY
+        [
+            [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR], // syn
+            [CL, FW, SS, TW, FW, TW, CL, CW, LA, LI, TW], // fin
+            [ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES], // ack
+            [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL], // rst
+        ],
+    ];
+
+    /// The event a TCP flags byte stands for, `None` for a segment with none of
+    /// RST/SYN/FIN/ACK (IPVS then moves the connection to CLOSE).
+    #[inline(always)]
+    pub const fn event(tcp_flags: u8) -> Option<usize> {
+        if tcp_flags & 0x04 != 0 {
+            Some(EV_RST)
+        } else if tcp_flags & 0x02 != 0 {
+            Some(EV_SYN)
+        } else if tcp_flags & 0x01 != 0 {
+            Some(EV_FIN)
+        } else if tcp_flags & 0x10 != 0 {
+            Some(EV_ACK)
+        } else {
+            None
+        }
+    }
+
+    /// The state after a packet with `tcp_flags` in `dir`.
+    #[inline(always)]
+    pub const fn next(dir: usize, state: u8, tcp_flags: u8) -> u8 {
+        let s = state as usize;
+        if s >= COUNT || dir >= 3 {
+            return CLOSE;
+        }
+        match event(tcp_flags) {
+            Some(ev) => TABLE[dir][ev][s],
+            None => CLOSE,
+        }
+    }
+}
+
+/// The state of UDP connection entries (IPVS has one, "UDP", timeout 300 s).
+pub mod udp_state {
+    pub const NORMAL: u8 = 0;
+    pub const TIMEOUT: u32 = 300;
+}
+
+/// Indices into the per-CPU `COUNTERS` array: every path out of the program that is not a
+/// normal forward is counted here.
+pub mod cnt {
+    /// Frames seen.
+    pub const RX: u32 = 0;
+    /// Forwarded with `XDP_TX`.
+    pub const TX: u32 = 1;
+    /// Forwarded with `bpf_redirect`.
+    pub const REDIRECT: u32 = 2;
+    /// Passed: not IPv4 (ARP, IPv6, VLAN, …).
+    pub const PASS_NOT_IPV4: u32 = 3;
+    /// Passed: IPv4 but not TCP/UDP, or not addressed to a service.
+    pub const PASS_NOT_SERVICE: u32 = 4;
+    /// Passed: an IPv4 fragment (no L4 header to match a flow on).
+    pub const PASS_FRAGMENT: u32 = 5;
+    /// Passed: a TCP segment for a service with no connection entry that is not a SYN (IPVS
+    /// schedules only on SYN; the stack answers it).
+    pub const PASS_NO_CONN: u32 = 6;
+    /// Dropped: headers shorter than they claim (truncated Ethernet/IP/L4 header, bad IHL).
+    pub const DROP_MALFORMED: u32 = 7;
+    /// Dropped: the service has no available backend.
+    pub const DROP_NO_BACKEND: u32 = 8;
+    /// Dropped: the backend's MAC is not resolved yet.
+    pub const DROP_NO_NEIGH: u32 = 9;
+    /// Dropped: the connection's backend was deleted (IPVS `expire_nodest_conn=0`).
+    pub const DROP_BACKEND_GONE: u32 = 10;
+    /// Dropped: the connection table refused an insert.
+    pub const DROP_CONN_INSERT: u32 = 11;
+    /// Dropped: a map lookup that cannot fail did (a bug; never expected).
+    pub const DROP_INTERNAL: u32 = 12;
+    /// New connections created.
+    pub const NEW_CONN: u32 = 13;
+    /// Number of counters.
+    pub const MAX: u32 = 16;
+
+    /// Names for listings, indexed by counter.
+    pub const NAMES: [&str; MAX as usize] = [
+        "rx",
+        "tx",
+        "redirect",
+        "pass_not_ipv4",
+        "pass_not_service",
+        "pass_fragment",
+        "pass_no_conn",
+        "drop_malformed",
+        "drop_no_backend",
+        "drop_no_neigh",
+        "drop_backend_gone",
+        "drop_conn_insert",
+        "drop_internal",
+        "new_conn",
+        "",
+        "",
+    ];
+}
+
+/// IP protocol numbers used in `SvcKey::proto` and `FlowKey::proto`.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Service lookup key: (VIP, port, protocol), network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SvcKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A virtual service as the data path needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into the per-service arrays (`SVC_STATS`, `SVC_CURSOR`); never 0.
+    pub id: u32,
+    /// `sched::*`.
+    pub sched: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    /// This service's region of `SCHED_TABLE`; `table_len == 0` means no backend available.
+    pub table_off: u32,
+    pub table_len: u32,
+}
+
+/// A destination of one service (IPVS `ip_vs_dest`), indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Real server address and port, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    /// `fwd::*`.
+    pub fwd: u8,
+    /// `backend_flags::*`.
+    pub flags: u8,
+    /// The service this backend belongs to.
+    pub svc_id: u32,
+    /// Interface that leads to the backend (or its next hop).
+    pub ifindex: u32,
+    /// Next-hop MAC (the real server's, in DR mode).
+    pub dmac: [u8; 6],
+    /// MAC of `ifindex`, used as the source MAC.
+    pub smac: [u8; 6],
+    pub weight: u32,
+    pub _pad: u32,
+}
+
+/// Connection-table key: the packet's 5-tuple as seen on the wire, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Connection-table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub backend: u32,
+    /// `tcp_state::*` for TCP, `udp_state::NORMAL` for UDP.
+    pub state: u8,
+    /// `conn_flags::*`.
+    pub flags: u8,
+    pub _pad: u16,
+    /// `bpf_ktime_get_coarse_ns()` of the last packet (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+}
+
+/// Per-service and per-backend traffic counters (summed over CPUs by the control plane).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub in_bytes: u64,
+    pub out_pkts: u64,
+    pub out_bytes: u64,
+}
+
+/// Global knobs (array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Bumped by the control plane whenever the layout of a map changes meaning; the data path
+    /// does not read it, the daemon checks it when it adopts pinned maps.
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+
+/// Layout version of the pinned maps; bump when any type above changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays, with every
+    // padding byte spelled out as a field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for SvcKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Conn {}
+    unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<SvcKey>(), 8);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Backend>(), 36);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<Conn>(), 16);
+        assert_eq!(size_of::<Stats>(), 40);
+        assert_eq!(size_of::<Settings>(), 8);
+    }
+
+    #[test]
+    fn tcp_input_only_walk() {
+        use tcp_state::*;
+        // A client-side view of a connection through a DR director: SYN, ACK, FIN, ACK.
+        let mut s = NONE;
+        s = next(DIR_INPUT_ONLY, s, 0x02);
+        assert_eq!(s, SYN_RECV);
+        s = next(DIR_INPUT_ONLY, s, 0x10);
+        assert_eq!(s, ESTABLISHED);
+        s = next(DIR_INPUT_ONLY, s, 0x11);
+        assert_eq!(s, FIN_WAIT);
+        s = next(DIR_INPUT_ONLY, s, 0x10);
+        assert_eq!(s, FIN_WAIT);
+        // RST wins over every other flag.
+        assert_eq!(next(DIR_INPUT_ONLY, ESTABLISHED, 0x14), CLOSE);
+        // No flags at all: CLOSE, as IPVS.
+        assert_eq!(next(DIR_INPUT_ONLY, ESTABLISHED, 0), CLOSE);
+    }
+}

@@ -1,0 +1,110 @@
+//! The connection table: find the backend of an existing flow, or schedule and record a new
+//! one, and run the IPVS TCP state machine on every packet.
+//!
+//! As IPVS does, a TCP connection is created only by a SYN; other TCP segments without an
+//! entry are passed to the stack. A SYN that hits an entry in TIME_WAIT or CLOSE starts a new
+//! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the control
+//! plane's job (it knows the timeouts); the LRU only evicts when the table is full.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use lb_common::{Conn, FlowKey, Service, cnt, conn_flags, proto, tcp_state, udp_state};
+
+use crate::{
+    Verdict,
+    maps::CONNS,
+    parse::{Packet, tcp_flags as tf},
+    select::select,
+};
+
+/// Refresh `last_seen_ns` at most this often: a write per packet would bounce the entry's
+/// cache line between CPUs for no gain in expiry precision.
+const TOUCH_NS: u64 = 100_000_000;
+
+/// The backend a packet goes to, and whether this packet created the connection.
+pub struct Flow {
+    pub backend: u32,
+    pub new: bool,
+}
+
+/// The state after an inbound (client → virtual service) packet.
+#[inline(always)]
+fn next_state(l4proto: u8, flags: u8, state: u8, tcp_flags: u8) -> u8 {
+    if l4proto != proto::TCP {
+        return udp_state::NORMAL;
+    }
+    let dir = if flags & conn_flags::NO_OUTPUT != 0 {
+        tcp_state::DIR_INPUT_ONLY
+    } else {
+        tcp_state::DIR_INPUT
+    };
+    tcp_state::next(dir, state, tcp_flags)
+}
+
+#[inline(always)]
+pub fn lookup_or_create(pkt: &Packet, svc: &Service, tcp_flags: u8) -> Result<Flow, Verdict> {
+    let key = FlowKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let is_tcp = pkt.proto == proto::TCP;
+    // IPVS `is_new_conn`: SYN without ACK/RST... (ACK and RST are checked by IPVS too).
+    let new_conn_syn = is_tcp && tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN;
+
+    let mut reuse = false;
+    if let Some(c) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map value; fields are read and written one at a time.
+        let (backend, state, flags, seen) =
+            unsafe { ((*c).backend, (*c).state, (*c).flags, (*c).last_seen_ns) };
+        let finished = state == tcp_state::TIME_WAIT || state == tcp_state::CLOSE;
+        if !(is_tcp && new_conn_syn && finished) {
+            let new_state = next_state(pkt.proto, flags, state, tcp_flags);
+            // SAFETY: as above.
+            unsafe {
+                if new_state != state {
+                    (*c).state = new_state;
+                    (*c).last_seen_ns = now;
+                } else if now.wrapping_sub(seen) > TOUCH_NS {
+                    (*c).last_seen_ns = now;
+                }
+            }
+            return Ok(Flow {
+                backend,
+                new: false,
+            });
+        }
+        // A new connection reusing a finished one's tuple: schedule it afresh.
+        reuse = true;
+    } else if is_tcp && !new_conn_syn {
+        return Err(Verdict::Pass(cnt::PASS_NO_CONN));
+    }
+
+    let backend = select(svc).ok_or(Verdict::Drop(cnt::DROP_NO_BACKEND))?;
+    let flags = conn_flags::NO_OUTPUT;
+    let conn = Conn {
+        backend,
+        state: next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags),
+        flags,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
+    // ago (a retransmitted SYN), keep its choice rather than overwrite it.
+    let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
+    if CONNS.insert(&key, &conn, mode).is_err() {
+        return match CONNS.get_ptr(&key) {
+            // SAFETY: pointer into the map value.
+            Some(c) => Ok(Flow {
+                backend: unsafe { (*c).backend },
+                new: false,
+            }),
+            None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
+        };
+    }
+    Ok(Flow { backend, new: true })
+}
