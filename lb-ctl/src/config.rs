@@ -1,0 +1,1001 @@
+//! The TOML configuration file: director settings, connection timeouts and the virtual-server
+//! table (what keepalived's `virtual_server` blocks or an `ipvsadm-save` dump describe).
+//!
+//! The whole file is checked before anything is used, and every error names the file, line and
+//! column of the offending key or value. The table is built by running the equivalent ipvsadm
+//! operations through [`Model::apply`], so a config file and ipvsadm obey the same rules.
+//!
+//! See `examples/dr.toml` and `examples/full.toml` for the format.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    api::Timeouts,
+    model::{
+        DestConfig, Forward, Model, Op, OpError, Persistence, Protocol, SchedFlags, Scheduler,
+        ServiceConfig, ServiceKey,
+    },
+};
+
+/// A checked configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub director: Director,
+    /// `[timeouts]`, if given; a key left out is 0, which means "unchanged" as in `ipvsadm --set`.
+    pub timeouts: Option<Timeouts>,
+    pub model: Model,
+}
+
+/// Settings of the balancer itself (`[director]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Director {
+    /// Interfaces to attach to; `lb-ctl daemon -i` adds to these.
+    pub interfaces: Vec<String>,
+    /// Entries in the connection table.
+    pub conn_table_size: u32,
+}
+
+impl Director {
+    pub const DEFAULT_CONN_TABLE_SIZE: u32 = lb_common::size::DEFAULT_CONNS;
+    /// Smaller tables would make the LRU evict live connections under the lightest load.
+    pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
+}
+
+impl Default for Director {
+    fn default() -> Self {
+        Director {
+            interfaces: Vec::new(),
+            conn_table_size: Self::DEFAULT_CONN_TABLE_SIZE,
+        }
+    }
+}
+
+/// Why a configuration file was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    file: String,
+    /// 1-based line and column (in characters), when the error is at a place in the file.
+    location: Option<(usize, usize)>,
+    message: String,
+}
+
+impl ConfigError {
+    /// The file as the caller named it.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+    /// 1-based line of the offending key or value.
+    pub fn line(&self) -> Option<usize> {
+        self.location.map(|(line, _)| line)
+    }
+    /// 1-based column, in characters, of the offending key or value.
+    pub fn column(&self) -> Option<usize> {
+        self.location.map(|(_, column)| column)
+    }
+    /// What is wrong, without the location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn at(file: &str, text: &str, offset: Option<usize>, message: String) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            location: offset.map(|o| line_column(text, o)),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: origin.clone(),
+        location: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, &origin)
+}
+
+/// Checks the configuration `text`; `origin` names it in errors (usually the file name).
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        ConfigError::at(
+            origin,
+            text,
+            e.span().map(|s| s.start),
+            serde_message(e.message()),
+        )
+    })?;
+    build(raw, text).map_err(|p| ConfigError::at(origin, text, Some(p.offset), p.message))
+}
+
+// The file as written. Values whose errors we report ourselves are `Spanned` so the error can
+// point at them; integers are read as `i64` (TOML's integer type) and range-checked here, so
+// that the message names the key and its range rather than a Rust type.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawFile {
+    #[serde(default)]
+    director: Option<RawDirector>,
+    #[serde(default)]
+    timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawDirector {
+    #[serde(default)]
+    interfaces: Vec<Spanned<String>>,
+    conn_table_size: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawTimeouts {
+    tcp: Option<Spanned<i64>>,
+    tcpfin: Option<Spanned<i64>>,
+    udp: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawService {
+    address: Spanned<String>,
+    port: Spanned<i64>,
+    protocol: Option<Spanned<String>>,
+    scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    sched_flags: Vec<Spanned<String>>,
+    persistence_timeout: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<String>>,
+    #[serde(default)]
+    ops: bool,
+    #[serde(default)]
+    real_server: Vec<Spanned<RawRealServer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawRealServer {
+    address: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    weight: Option<Spanned<i64>>,
+    forward: Option<Spanned<String>>,
+    upper_threshold: Option<Spanned<i64>>,
+    lower_threshold: Option<Spanned<i64>>,
+}
+
+/// A semantic error at a byte offset of the text.
+struct Problem {
+    offset: usize,
+    message: String,
+}
+
+impl Problem {
+    fn at<T>(value: &Spanned<T>, message: String) -> Self {
+        Problem {
+            offset: value.span().start,
+            message,
+        }
+    }
+}
+
+/// ipvsadm's limit for `-p` and `--set` (31 days).
+const MAX_TIMEOUT: u32 = 86400 * 31;
+
+/// `sched_flags` names as ipvsadm `-b` takes them: the scheduler they belong to (none: any)
+/// and the kernel flag they set.
+const SCHED_FLAGS: [(&str, Option<Scheduler>, u32); 7] = [
+    ("sh-fallback", Some(Scheduler::Sh), SchedFlags::FLAG1),
+    ("sh-port", Some(Scheduler::Sh), SchedFlags::FLAG2),
+    ("mh-fallback", Some(Scheduler::Mh), SchedFlags::FLAG1),
+    ("mh-port", Some(Scheduler::Mh), SchedFlags::FLAG2),
+    ("flag-1", None, SchedFlags::FLAG1),
+    ("flag-2", None, SchedFlags::FLAG2),
+    ("flag-3", None, SchedFlags::FLAG3),
+];
+
+fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
+    let director = match raw.director {
+        Some(d) => build_director(d)?,
+        None => Director::default(),
+    };
+    let timeouts = raw.timeouts.map(build_timeouts).transpose()?;
+
+    let mut model = Model::default();
+    // Where each service began, for the "first defined at" of a duplicate.
+    let mut services: HashMap<ServiceKey, usize> = HashMap::new();
+    for svc in &raw.service {
+        let config = build_service(svc.get_ref())?;
+        let key = config.key;
+        model
+            .apply(&Op::AddService(config))
+            .map_err(|e| match (e, services.get(&key)) {
+                (OpError::ServiceExists, Some(&first)) => Problem::at(
+                    svc,
+                    format!(
+                        "duplicate service {key} (first defined at line {})",
+                        line_column(text, first).0
+                    ),
+                ),
+                (e, _) => Problem::at(svc, e.to_string()),
+            })?;
+        services.insert(key, svc.span().start);
+
+        let mut dests: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
+        for rs in &svc.get_ref().real_server {
+            let dest = build_dest(rs.get_ref(), key.port)?;
+            model.apply(&Op::AddDest(key, dest)).map_err(|e| {
+                match (e, dests.get(&(dest.addr, dest.port))) {
+                    (OpError::DestExists, Some(&first)) => Problem::at(
+                        rs,
+                        format!(
+                            "duplicate real server {}:{} in service {key} \
+                             (first defined at line {})",
+                            dest.addr,
+                            dest.port,
+                            line_column(text, first).0
+                        ),
+                    ),
+                    (e, _) => Problem::at(rs, e.to_string()),
+                }
+            })?;
+            dests.insert((dest.addr, dest.port), rs.span().start);
+        }
+    }
+    Ok(Config {
+        director,
+        timeouts,
+        model,
+    })
+}
+
+fn build_director(raw: RawDirector) -> Result<Director, Problem> {
+    let mut interfaces: Vec<String> = Vec::new();
+    for name in raw.interfaces {
+        let n = name.get_ref();
+        // Linux's rules for interface names (dev_valid_name): 1..15 bytes, no '/', ':' or
+        // whitespace, not "." or "..".
+        if n.is_empty()
+            || n.len() > 15
+            || n == "."
+            || n == ".."
+            || n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err(Problem::at(&name, format!("invalid interface name {n:?}")));
+        }
+        if interfaces.contains(n) {
+            return Err(Problem::at(&name, format!("duplicate interface {n:?}")));
+        }
+        interfaces.push(name.into_inner());
+    }
+    let conn_table_size = match &raw.conn_table_size {
+        Some(v) => ranged(
+            v,
+            "conn_table_size",
+            Director::MIN_CONN_TABLE_SIZE,
+            u32::MAX,
+        )?,
+        None => Director::DEFAULT_CONN_TABLE_SIZE,
+    };
+    Ok(Director {
+        interfaces,
+        conn_table_size,
+    })
+}
+
+fn build_timeouts(raw: RawTimeouts) -> Result<Timeouts, Problem> {
+    let get = |v: &Option<Spanned<i64>>, name: &str| match v {
+        Some(v) => ranged(v, name, 1, MAX_TIMEOUT),
+        None => Ok(0),
+    };
+    Ok(Timeouts {
+        tcp: get(&raw.tcp, "tcp")?,
+        tcpfin: get(&raw.tcpfin, "tcpfin")?,
+        udp: get(&raw.udp, "udp")?,
+    })
+}
+
+fn build_service(raw: &RawService) -> Result<ServiceConfig, Problem> {
+    let addr = ipv4(&raw.address)?;
+    let port = ranged(&raw.port, "port", 0, u16::MAX)?;
+    let proto = match &raw.protocol {
+        None => Protocol::Tcp,
+        Some(p) => match p.get_ref().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => {
+                return Err(Problem::at(
+                    p,
+                    format!("unknown protocol {other:?} (expected one of: tcp, udp)"),
+                ));
+            }
+        },
+    };
+    let scheduler = match &raw.scheduler {
+        None => Scheduler::DEFAULT,
+        Some(s) => s.get_ref().parse::<Scheduler>().map_err(|_| {
+            let names: Vec<_> = Scheduler::ALL.iter().map(|s| s.name()).collect();
+            Problem::at(
+                s,
+                format!(
+                    "unknown scheduler {:?} (expected one of: {})",
+                    s.get_ref(),
+                    names.join(", ")
+                ),
+            )
+        })?,
+    };
+    let mut flags = 0;
+    for f in &raw.sched_flags {
+        let Some((_, only, bit)) = SCHED_FLAGS.iter().find(|(n, ..)| n == f.get_ref()) else {
+            let names: Vec<_> = SCHED_FLAGS.iter().map(|(n, ..)| *n).collect();
+            return Err(Problem::at(
+                f,
+                format!(
+                    "unknown scheduler flag {:?} (expected one of: {})",
+                    f.get_ref(),
+                    names.join(", ")
+                ),
+            ));
+        };
+        if let Some(only) = only.filter(|s| *s != scheduler) {
+            return Err(Problem::at(
+                f,
+                format!(
+                    "scheduler flag {:?} is only for scheduler {only}, not {scheduler}",
+                    f.get_ref()
+                ),
+            ));
+        }
+        flags |= bit;
+    }
+    let persistence = match (&raw.persistence_timeout, &raw.persistence_netmask) {
+        (None, None) => None,
+        (None, Some(mask)) => {
+            return Err(Problem::at(
+                mask,
+                "persistence_netmask needs persistence_timeout".into(),
+            ));
+        }
+        (Some(timeout), mask) => Some(Persistence {
+            timeout: ranged(timeout, "persistence_timeout", 1, MAX_TIMEOUT)?,
+            netmask: match mask {
+                Some(m) => netmask(m)?,
+                // ipvsadm's default: each client address on its own.
+                None => Ipv4Addr::BROADCAST,
+            },
+        }),
+    };
+    Ok(ServiceConfig {
+        key: ServiceKey { proto, addr, port },
+        scheduler,
+        sched_flags: SchedFlags(flags),
+        persistence,
+        ops: raw.ops,
+    })
+}
+
+fn build_dest(raw: &RawRealServer, service_port: u16) -> Result<DestConfig, Problem> {
+    let addr = ipv4(&raw.address)?;
+    let port = match &raw.port {
+        Some(p) => ranged(p, "port", 0, u16::MAX)?,
+        None => service_port,
+    };
+    let weight = match &raw.weight {
+        Some(w) => ranged(w, "weight", 0, DestConfig::MAX_WEIGHT)?,
+        None => 1,
+    };
+    let forward = match &raw.forward {
+        None => Forward::Dr,
+        Some(f) => match f.get_ref().as_str() {
+            "dr" => Forward::Dr,
+            "nat" => Forward::Nat,
+            "tun" => Forward::Tun,
+            other => {
+                return Err(Problem::at(
+                    f,
+                    format!("unknown forwarding method {other:?} (expected one of: dr, nat, tun)"),
+                ));
+            }
+        },
+    };
+    let threshold = |v: &Option<Spanned<i64>>, name: &str| match v {
+        Some(v) => ranged(v, name, 0, u32::MAX),
+        None => Ok(0),
+    };
+    Ok(DestConfig {
+        addr,
+        port,
+        forward,
+        weight,
+        u_threshold: threshold(&raw.upper_threshold, "upper_threshold")?,
+        l_threshold: threshold(&raw.lower_threshold, "lower_threshold")?,
+    })
+}
+
+/// The integer `v` as a `T` within `lo..=hi`.
+fn ranged<T>(v: &Spanned<i64>, name: &str, lo: T, hi: T) -> Result<T, Problem>
+where
+    T: TryFrom<i64> + PartialOrd + fmt::Display + Copy,
+{
+    match T::try_from(*v.get_ref()) {
+        Ok(n) if lo <= n && n <= hi => Ok(n),
+        _ => Err(Problem::at(
+            v,
+            format!("{name} {} out of range {lo}..{hi}", v.get_ref()),
+        )),
+    }
+}
+
+fn ipv4(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
+    let s = v.get_ref();
+    s.parse::<Ipv4Addr>().map_err(|_| {
+        if s.parse::<Ipv6Addr>().is_ok() {
+            Problem::at(v, format!("IPv6 is not supported yet: {s:?}"))
+        } else {
+            Problem::at(v, format!("invalid IPv4 address {s:?}"))
+        }
+    })
+}
+
+fn netmask(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
+    let s = v.get_ref();
+    let mask = s
+        .parse::<Ipv4Addr>()
+        .map_err(|_| Problem::at(v, format!("invalid netmask {s:?}")))?;
+    // Contiguous: some one bits, then only zero bits.
+    let bits = u32::from(mask);
+    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+        return Err(Problem::at(v, format!("non-contiguous netmask {s:?}")));
+    }
+    Ok(mask)
+}
+
+/// 1-based line and column (counted in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Rewrites serde's messages in the terms of a TOML file ("key", "table", "array") and quotes
+/// the way our own messages do. Messages it does not know are kept.
+fn serde_message(msg: &str) -> String {
+    if let Some((key, expected)) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once("`, expected "))
+    {
+        // serde lists the expected names in backquotes: "`a`", "`a` or `b`", "one of `a`, `b`".
+        let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        return format!(
+            "unknown key {key:?} (expected one of: {})",
+            names.join(", ")
+        );
+    }
+    if let Some(key) = msg
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return format!("missing key {key:?}");
+    }
+    msg.replace("expected i64", "expected an integer")
+        .replace("expected a sequence", "expected an array")
+        .replace("invalid type: map", "invalid type: table")
+        .replace("invalid type: sequence", "invalid type: array")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match parse(text, "t.toml") {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the error's line, column and message.
+    fn assert_err(text: &str, line: usize, column: usize, message: &str) {
+        let e = err(text);
+        assert_eq!(
+            (e.line(), e.column(), e.message()),
+            (Some(line), Some(column), message),
+            "{e}"
+        );
+        assert_eq!(e.file(), "t.toml");
+        assert_eq!(e.to_string(), format!("t.toml:{line}:{column}: {message}"));
+    }
+
+    fn key(proto: Protocol, addr: [u8; 4], port: u16) -> ServiceKey {
+        ServiceKey {
+            proto,
+            addr: addr.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn dr_example() {
+        let c = parse(include_str!("../../examples/dr.toml"), "dr.toml").unwrap();
+        assert_eq!(c.director.interfaces, ["ens33"]);
+        assert_eq!(c.timeouts, None);
+        assert_eq!(c.model.services.len(), 1);
+        let s = &c.model.services[&key(Protocol::Tcp, [192, 168, 59, 135], 80)];
+        assert_eq!(s.config.scheduler, Scheduler::Rr);
+        assert_eq!(s.config.persistence, None);
+        let dests: Vec<_> = s
+            .dests
+            .iter()
+            .map(|d| (d.addr, d.port, d.weight, d.forward))
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                (Ipv4Addr::new(192, 168, 59, 131), 80, 1, Forward::Dr),
+                (Ipv4Addr::new(192, 168, 59, 132), 80, 1, Forward::Dr),
+            ]
+        );
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
+        assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
+        assert_eq!(c.director.conn_table_size, 2 * 1024 * 1024);
+        assert_eq!(
+            c.timeouts,
+            Some(Timeouts {
+                tcp: 900,
+                tcpfin: 120,
+                udp: 300
+            })
+        );
+        assert_eq!(c.model.services.len(), 3);
+
+        let web = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert_eq!(web.config.scheduler, Scheduler::Sh);
+        assert_eq!(
+            web.config.sched_flags,
+            SchedFlags(SchedFlags::FLAG1 | SchedFlags::FLAG2)
+        );
+        assert_eq!(
+            web.config.persistence,
+            Some(Persistence {
+                timeout: 600,
+                netmask: Ipv4Addr::new(255, 255, 255, 0)
+            })
+        );
+        assert_eq!(
+            web.dests[0],
+            DestConfig {
+                addr: Ipv4Addr::new(10, 0, 0, 11),
+                port: 8080,
+                forward: Forward::Nat,
+                weight: 3,
+                u_threshold: 1000,
+                l_threshold: 800,
+            }
+        );
+        assert_eq!(web.dests[1].weight, 0);
+        assert_eq!(web.dests[1].port, 8080);
+
+        let dns = &c.model.services[&key(Protocol::Udp, [192, 0, 2, 100], 53)];
+        assert!(dns.config.ops);
+        assert_eq!(dns.config.scheduler, Scheduler::Mh);
+        assert_eq!(dns.config.sched_flags, SchedFlags(SchedFlags::FLAG2));
+        assert_eq!(dns.dests[0].forward, Forward::Tun);
+        assert_eq!(dns.dests[1].forward, Forward::Dr);
+
+        let all = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 101], 0)];
+        assert_eq!(all.config.persistence.map(|p| p.timeout), Some(300));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(
+            "[[service]]\naddress = \"192.0.2.100\"\nport = 443\n\
+             [[service.real_server]]\naddress = \"192.0.2.11\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.director, Director::default());
+        assert_eq!(c.director.conn_table_size, 1048576);
+        assert!(c.director.interfaces.is_empty());
+        assert_eq!(c.timeouts, None);
+        let s = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 100], 443)];
+        assert_eq!(
+            s.config,
+            ServiceConfig {
+                key: key(Protocol::Tcp, [192, 0, 2, 100], 443),
+                scheduler: Scheduler::Wlc,
+                sched_flags: SchedFlags(0),
+                persistence: None,
+                ops: false,
+            }
+        );
+        assert_eq!(
+            s.dests,
+            [DestConfig {
+                addr: Ipv4Addr::new(192, 0, 2, 11),
+                port: 443,
+                forward: Forward::Dr,
+                weight: 1,
+                u_threshold: 0,
+                l_threshold: 0,
+            }]
+        );
+
+        // An empty file is an empty table; a timeout left out is 0 ("unchanged").
+        assert_eq!(parse("", "t.toml").unwrap(), Config::default());
+        let c = parse("[timeouts]\ntcpfin = 30\n", "t.toml").unwrap();
+        assert_eq!(
+            c.timeouts,
+            Some(Timeouts {
+                tcp: 0,
+                tcpfin: 30,
+                udp: 0
+            })
+        );
+        // A persistent service without a netmask persists per client address.
+        let c = parse(
+            "[[service]]\naddress = \"192.0.2.1\"\nport = 0\npersistence_timeout = 60\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 1], 0)];
+        assert_eq!(
+            s.config.persistence.map(|p| p.netmask),
+            Some(Ipv4Addr::BROADCAST)
+        );
+    }
+
+    /// A DR-style file whose lines the error tests below refer to; `{}` marks what each test
+    /// puts in.
+    fn web(svc_extra: &str, rs_extra: &str) -> String {
+        format!(
+            "# line 1\n\
+             [director]\n\
+             interfaces = [\"eth0\"]\n\
+             \n\
+             [[service]]\n\
+             protocol = \"tcp\"\n\
+             address = \"192.0.2.100\"\n\
+             port = 80\n\
+             {svc_extra}\n\
+             [[service.real_server]]\n\
+             address = \"192.0.2.11\"\n\
+             {rs_extra}\n"
+        )
+    }
+
+    #[test]
+    fn bad_address() {
+        let text = web("", "").replace("192.0.2.100", "192.0.2.300");
+        assert_err(&text, 7, 11, "invalid IPv4 address \"192.0.2.300\"");
+        let text = web("", "").replace("192.0.2.11", "2001:db8::11");
+        assert_err(&text, 11, 11, "IPv6 is not supported yet: \"2001:db8::11\"");
+        // Leading zeros are refused rather than guessed at (octal or decimal?).
+        let text = web("", "").replace("192.0.2.11", "192.0.2.011");
+        assert_err(&text, 11, 11, "invalid IPv4 address \"192.0.2.011\"");
+    }
+
+    #[test]
+    fn unknown_key() {
+        assert_err(
+            &web("", "wieght = 2"),
+            12,
+            1,
+            "unknown key \"wieght\" (expected one of: address, port, weight, forward, \
+             upper_threshold, lower_threshold)",
+        );
+        assert_err(
+            &web("  persistance_timeout = 2", ""),
+            9,
+            3,
+            "unknown key \"persistance_timeout\" (expected one of: address, port, protocol, \
+             scheduler, sched_flags, persistence_timeout, persistence_netmask, ops, real_server)",
+        );
+        assert_err(
+            "[director]\ninterface = []\n",
+            2,
+            1,
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size)",
+        );
+        assert_err(
+            "[[services]]\n",
+            1,
+            3,
+            "unknown key \"services\" (expected one of: director, timeouts, service)",
+        );
+    }
+
+    #[test]
+    fn missing_key_and_wrong_type() {
+        assert_err(
+            &web("", "").replace("address = \"192.0.2.11\"", "port = 80"),
+            10,
+            1,
+            "missing key \"address\"",
+        );
+        assert_err(
+            &web("", "").replace("port = 80", "port = \"80\""),
+            8,
+            8,
+            "invalid type: string \"80\", expected an integer",
+        );
+        assert_err(
+            "[service]\naddress = \"192.0.2.1\"\n",
+            1,
+            1,
+            "invalid type: table, expected an array",
+        );
+        assert_err(
+            "director = 1\n",
+            1,
+            12,
+            "invalid type: integer `1`, expected a table",
+        );
+    }
+
+    #[test]
+    fn duplicates() {
+        let mut text = web("", "");
+        text.push_str(
+            "\n[[service]]\naddress = \"192.0.2.100\"\nport = 80\n\
+             [[service]]\naddress = \"192.0.2.100\"\nport = 80\nprotocol = \"udp\"\n\
+             [[service]]\naddress = \"192.0.2.100\"\nport = 80\n",
+        );
+        // Lines 14..16 repeat TCP 192.0.2.100:80 from line 5; the UDP one is another service.
+        assert_err(
+            &text,
+            14,
+            1,
+            "duplicate service TCP 192.0.2.100:80 (first defined at line 5)",
+        );
+
+        let text = web(
+            "",
+            "[[service.real_server]]\naddress = \"192.0.2.12\"\n\
+             [[service.real_server]]\naddress = \"192.0.2.11\"\nport = 80",
+        );
+        assert_err(
+            &text,
+            14,
+            1,
+            "duplicate real server 192.0.2.11:80 in service TCP 192.0.2.100:80 \
+             (first defined at line 10)",
+        );
+
+        assert_err(
+            "[director]\ninterfaces = [\"eth0\", \"eth0\"]\n",
+            2,
+            23,
+            "duplicate interface \"eth0\"",
+        );
+    }
+
+    #[test]
+    fn unknown_names() {
+        assert_err(
+            &web("scheduler = \"rrr\"", ""),
+            9,
+            13,
+            "unknown scheduler \"rrr\" (expected one of: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, \
+             sed, nq, fo, ovf, mh)",
+        );
+        assert_err(
+            &web("", "").replace("\"tcp\"", "\"TCP\""),
+            6,
+            12,
+            "unknown protocol \"TCP\" (expected one of: tcp, udp)",
+        );
+        assert_err(
+            &web("", "forward = \"masq\""),
+            12,
+            11,
+            "unknown forwarding method \"masq\" (expected one of: dr, nat, tun)",
+        );
+    }
+
+    #[test]
+    fn sched_flags() {
+        assert_err(
+            &web("scheduler = \"wrr\"\nsched_flags = [\"sh-port\"]", ""),
+            10,
+            16,
+            "scheduler flag \"sh-port\" is only for scheduler sh, not wrr",
+        );
+        assert_err(
+            &web(
+                "scheduler = \"sh\"\nsched_flags = [\"sh-port\", \"port\"]",
+                "",
+            ),
+            10,
+            27,
+            "unknown scheduler flag \"port\" (expected one of: sh-fallback, sh-port, \
+             mh-fallback, mh-port, flag-1, flag-2, flag-3)",
+        );
+        let c = parse(
+            &web(
+                "scheduler = \"mh\"\nsched_flags = [\"mh-fallback\", \"flag-3\"]",
+                "",
+            ),
+            "t",
+        )
+        .unwrap();
+        let s = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert_eq!(
+            s.config.sched_flags,
+            SchedFlags(SchedFlags::FLAG1 | SchedFlags::FLAG3)
+        );
+    }
+
+    #[test]
+    fn persistence() {
+        assert_err(
+            &web("persistence_netmask = \"255.255.255.0\"", ""),
+            9,
+            23,
+            "persistence_netmask needs persistence_timeout",
+        );
+        assert_err(
+            &web(
+                "persistence_timeout = 60\npersistence_netmask = \"255.0.255.0\"",
+                "",
+            ),
+            10,
+            23,
+            "non-contiguous netmask \"255.0.255.0\"",
+        );
+        assert_err(
+            &web("persistence_timeout = 0", ""),
+            9,
+            23,
+            "persistence_timeout 0 out of range 1..2678400",
+        );
+        for mask in ["0.0.0.0", "255.255.255.255", "255.255.128.0"] {
+            let text = web(
+                &format!("persistence_timeout = 60\npersistence_netmask = \"{mask}\""),
+                "",
+            );
+            assert!(parse(&text, "t").is_ok(), "{mask}");
+        }
+    }
+
+    #[test]
+    fn model_rules() {
+        // From Model::apply, at the real server (line 10) or the service (line 5).
+        assert_err(
+            &web("", "port = 8080"),
+            10,
+            1,
+            "port mapping (80 -> 8080) needs masquerading (-m): Route forwarding keeps the port",
+        );
+        assert!(parse(&web("", "port = 8080\nforward = \"nat\""), "t").is_ok());
+        assert_err(
+            &web("", "upper_threshold = 10\nlower_threshold = 20"),
+            10,
+            1,
+            "lower threshold 20 above upper threshold 10",
+        );
+        assert_err(
+            &web("ops = true", ""),
+            5,
+            1,
+            "one-packet scheduling is only for UDP",
+        );
+        assert_err(
+            &web("", "").replace("port = 80", "port = 0"),
+            5,
+            1,
+            "a service with port 0 must be persistent (-p)",
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        assert_err(
+            &web("", "weight = 65536"),
+            12,
+            10,
+            "weight 65536 out of range 0..65535",
+        );
+        assert_err(
+            &web("", "").replace("port = 80", "port = -1"),
+            8,
+            8,
+            "port -1 out of range 0..65535",
+        );
+        assert_err(
+            "[director]\nconn_table_size = 1000\n",
+            2,
+            19,
+            "conn_table_size 1000 out of range 1024..4294967295",
+        );
+        assert_err(
+            "[timeouts]\ntcp = 0\n",
+            2,
+            7,
+            "tcp 0 out of range 1..2678400",
+        );
+        assert_err(
+            "[director]\ninterfaces = [\"a-very-long-name0\"]\n",
+            2,
+            15,
+            "invalid interface name \"a-very-long-name0\"",
+        );
+    }
+
+    #[test]
+    fn toml_syntax() {
+        let e = err(&web("scheduler = \"rr", ""));
+        assert_eq!((e.line(), e.column()), (Some(9), Some(16)), "{e}");
+        assert!(e.to_string().starts_with("t.toml:9:16: "), "{e}");
+        let e = err(&web("scheduler \"rr\"", ""));
+        assert_eq!((e.line(), e.column()), (Some(9), Some(11)), "{e}");
+        assert_err(
+            &web("", "").replace("port = 80", "port = 80\nport = 81"),
+            9,
+            1,
+            "duplicate key",
+        );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        // "é" is two bytes but one column.
+        assert_err(
+            "[director] # é\ninterfaces = [\"é\", \"a/b\"]\n",
+            2,
+            20,
+            "invalid interface name \"a/b\"",
+        );
+        assert_eq!(line_column("é\né", 5), (2, 2));
+        // An offset inside a character counts as that character.
+        assert_eq!(line_column("é\né", 4), (2, 1));
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let path = Path::new("/nonexistent/lb.toml");
+        let e = load(path).unwrap_err();
+        assert_eq!(e.file(), "/nonexistent/lb.toml");
+        assert_eq!(e.line(), None);
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/lb.toml: cannot read the file: "),
+            "{e}"
+        );
+    }
+}

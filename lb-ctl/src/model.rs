@@ -1,0 +1,486 @@
+//! The virtual-server table as the user describes it (IPVS services and destinations), and
+//! the ipvsadm operations on it with IPVS's rules and error messages.
+//!
+//! Config files, ipvsadm-style commands and restores all produce or edit a `Model`; the data
+//! plane is then brought to match it as one diff.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// As ipvsadm lists it: `TCP`/`UDP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+    /// The ipvsadm flag that names it: `-t`/`-u`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "-t",
+            Protocol::Udp => "-u",
+        }
+    }
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+        }
+    }
+}
+
+/// A virtual service is identified by (protocol, VIP, port), as in IPVS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub proto: Protocol,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.proto.label(), self.addr, self.port)
+    }
+}
+
+/// The IPVS schedulers, by their ipvsadm names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
+    Sed,
+    Nq,
+    Fo,
+    Ovf,
+    Mh,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 13] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
+        Scheduler::Dh,
+        Scheduler::Sh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+        Scheduler::Mh,
+    ];
+    /// ipvsadm's default (`-s` not given).
+    pub const DEFAULT: Scheduler = Scheduler::Wlc;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Lblc => "lblc",
+            Scheduler::Lblcr => "lblcr",
+            Scheduler::Dh => "dh",
+            Scheduler::Sh => "sh",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Fo => "fo",
+            Scheduler::Ovf => "ovf",
+            Scheduler::Mh => "mh",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scheduler::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scheduler '{s}' (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// Scheduler flags (`-b`): bit values as in the kernel's `IP_VS_SVC_F_SCHED1..3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SchedFlags(pub u32);
+
+impl SchedFlags {
+    pub const FLAG1: u32 = 0x0008;
+    pub const FLAG2: u32 = 0x0010;
+    pub const FLAG3: u32 = 0x0020;
+}
+
+/// Persistence (`-p [timeout] [-M netmask]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Persistence {
+    /// Seconds (ipvsadm's default: 300).
+    pub timeout: u32,
+    /// Client granularity (ipvsadm's default: 255.255.255.255).
+    pub netmask: Ipv4Addr,
+}
+
+impl Persistence {
+    pub const DEFAULT_TIMEOUT: u32 = 300;
+}
+
+/// A virtual service's own settings (`-A`/`-E`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceConfig {
+    pub key: ServiceKey,
+    pub scheduler: Scheduler,
+    #[serde(default)]
+    pub sched_flags: SchedFlags,
+    #[serde(default)]
+    pub persistence: Option<Persistence>,
+    /// One-packet scheduling (`-o`, `--ops`; UDP only).
+    #[serde(default)]
+    pub ops: bool,
+}
+
+/// LVS forwarding method of a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    /// `-g`, gatewaying / direct routing; ipvsadm's default.
+    Dr,
+    /// `-m`, masquerading.
+    Nat,
+    /// `-i`, IPIP tunnelling.
+    Tun,
+}
+
+impl Forward {
+    /// The Forward column of `ipvsadm -L`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Forward::Dr => "Route",
+            Forward::Nat => "Masq",
+            Forward::Tun => "Tunnel",
+        }
+    }
+    /// The ipvsadm switch (`-S` output).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Forward::Dr => "-g",
+            Forward::Nat => "-m",
+            Forward::Tun => "-i",
+        }
+    }
+    pub fn code(self) -> u8 {
+        match self {
+            Forward::Dr => lb_common::fwd::DR,
+            Forward::Nat => lb_common::fwd::NAT,
+            Forward::Tun => lb_common::fwd::TUN,
+        }
+    }
+}
+
+/// A real server of a service (`-a`/`-e`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DestConfig {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub forward: Forward,
+    /// 0..=65535; 0 = quiesced (no new connections).
+    pub weight: u32,
+    /// `-x`: upper connection threshold, 0 = none.
+    #[serde(default)]
+    pub u_threshold: u32,
+    /// `-y`: lower connection threshold, 0 = none.
+    #[serde(default)]
+    pub l_threshold: u32,
+}
+
+impl DestConfig {
+    pub const MAX_WEIGHT: u32 = 65535;
+}
+
+/// One service with its destinations, in the order they were added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub config: ServiceConfig,
+    pub dests: Vec<DestConfig>,
+}
+
+/// Why an ipvsadm operation was refused. The messages are libipvs's `ipvs_strerror` texts,
+/// which LVS admins and their scripts know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpError {
+    ServiceExists,
+    NoService,
+    /// A destination operation on a missing service (libipvs words it differently).
+    ServiceNotDefined,
+    DestExists,
+    NoDest,
+    Invalid(String),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::ServiceExists => f.write_str("Service already exists"),
+            OpError::NoService => f.write_str("No such service"),
+            OpError::ServiceNotDefined => f.write_str("Service not defined"),
+            OpError::DestExists => f.write_str("Destination already exists"),
+            OpError::NoDest => f.write_str("No such destination"),
+            OpError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// An ipvsadm operation on the table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    AddService(ServiceConfig),
+    EditService(ServiceConfig),
+    DelService(ServiceKey),
+    AddDest(ServiceKey, DestConfig),
+    EditDest(ServiceKey, DestConfig),
+    DelDest(ServiceKey, Ipv4Addr, u16),
+    Clear,
+}
+
+/// The whole virtual-server table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+}
+
+impl Model {
+    /// Checks what IPVS itself refuses in a destination of `svc`.
+    fn check_dest(svc: &ServiceConfig, d: &DestConfig) -> Result<(), OpError> {
+        if d.weight > DestConfig::MAX_WEIGHT {
+            return Err(OpError::Invalid(format!(
+                "weight {} out of range 0..{}",
+                d.weight,
+                DestConfig::MAX_WEIGHT
+            )));
+        }
+        if d.l_threshold > d.u_threshold && d.u_threshold != 0 {
+            return Err(OpError::Invalid(format!(
+                "lower threshold {} above upper threshold {}",
+                d.l_threshold, d.u_threshold
+            )));
+        }
+        if d.forward != Forward::Nat && d.port != svc.key.port {
+            return Err(OpError::Invalid(format!(
+                "port mapping ({} -> {}) needs masquerading (-m): {} forwarding keeps the port",
+                svc.key.port,
+                d.port,
+                d.forward.label()
+            )));
+        }
+        if d.addr.is_unspecified() || d.addr.is_broadcast() || d.addr.is_multicast() {
+            return Err(OpError::Invalid(format!(
+                "invalid real server address {}",
+                d.addr
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_service(svc: &ServiceConfig) -> Result<(), OpError> {
+        let a = svc.key.addr;
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+            return Err(OpError::Invalid(format!("invalid virtual address {a}")));
+        }
+        if svc.key.port == 0 && svc.persistence.is_none() {
+            // IPVS: a port-0 service must be persistent.
+            return Err(OpError::Invalid(
+                "a service with port 0 must be persistent (-p)".into(),
+            ));
+        }
+        if svc.ops && svc.key.proto != Protocol::Udp {
+            return Err(OpError::Invalid(
+                "one-packet scheduling is only for UDP".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies one operation, or changes nothing and says why.
+    pub fn apply(&mut self, op: &Op) -> Result<(), OpError> {
+        match op {
+            Op::AddService(c) => {
+                Self::check_service(c)?;
+                if self.services.contains_key(&c.key) {
+                    return Err(OpError::ServiceExists);
+                }
+                self.services.insert(
+                    c.key,
+                    ServiceEntry {
+                        config: *c,
+                        dests: Vec::new(),
+                    },
+                );
+            }
+            Op::EditService(c) => {
+                Self::check_service(c)?;
+                let e = self.services.get_mut(&c.key).ok_or(OpError::NoService)?;
+                for d in &e.dests {
+                    Self::check_dest(c, d)?;
+                }
+                e.config = *c;
+            }
+            Op::DelService(k) => {
+                self.services.remove(k).ok_or(OpError::NoService)?;
+            }
+            Op::AddDest(k, d) => {
+                let e = self.services.get_mut(k).ok_or(OpError::ServiceNotDefined)?;
+                Self::check_dest(&e.config, d)?;
+                if e.dests.iter().any(|x| x.addr == d.addr && x.port == d.port) {
+                    return Err(OpError::DestExists);
+                }
+                e.dests.push(*d);
+            }
+            Op::EditDest(k, d) => {
+                let e = self.services.get_mut(k).ok_or(OpError::ServiceNotDefined)?;
+                Self::check_dest(&e.config, d)?;
+                let x = e
+                    .dests
+                    .iter_mut()
+                    .find(|x| x.addr == d.addr && x.port == d.port)
+                    .ok_or(OpError::NoDest)?;
+                *x = *d;
+            }
+            Op::DelDest(k, addr, port) => {
+                let e = self.services.get_mut(k).ok_or(OpError::ServiceNotDefined)?;
+                let before = e.dests.len();
+                e.dests.retain(|x| !(x.addr == *addr && x.port == *port));
+                if e.dests.len() == before {
+                    return Err(OpError::NoDest);
+                }
+            }
+            Op::Clear => self.services.clear(),
+        }
+        Ok(())
+    }
+
+    /// Applies operations in order; all or nothing.
+    pub fn apply_all(&mut self, ops: &[Op]) -> Result<(), (usize, OpError)> {
+        let mut next = self.clone();
+        for (i, op) in ops.iter().enumerate() {
+            next.apply(op).map_err(|e| (i, e))?;
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ServiceKey {
+        ServiceKey {
+            proto: Protocol::Tcp,
+            addr: Ipv4Addr::new(192, 0, 2, 100),
+            port: 80,
+        }
+    }
+    fn svc() -> ServiceConfig {
+        ServiceConfig {
+            key: key(),
+            scheduler: Scheduler::Rr,
+            sched_flags: SchedFlags::default(),
+            persistence: None,
+            ops: false,
+        }
+    }
+    fn dest(last: u8, port: u16, forward: Forward) -> DestConfig {
+        DestConfig {
+            addr: Ipv4Addr::new(192, 0, 2, last),
+            port,
+            forward,
+            weight: 1,
+            u_threshold: 0,
+            l_threshold: 0,
+        }
+    }
+
+    #[test]
+    fn ipvsadm_errors() {
+        let mut m = Model::default();
+        assert_eq!(
+            m.apply(&Op::AddDest(key(), dest(11, 80, Forward::Dr))),
+            Err(OpError::ServiceNotDefined)
+        );
+        m.apply(&Op::AddService(svc())).unwrap();
+        assert_eq!(m.apply(&Op::AddService(svc())), Err(OpError::ServiceExists));
+        m.apply(&Op::AddDest(key(), dest(11, 80, Forward::Dr)))
+            .unwrap();
+        assert_eq!(
+            m.apply(&Op::AddDest(key(), dest(11, 80, Forward::Dr))),
+            Err(OpError::DestExists)
+        );
+        assert_eq!(
+            m.apply(&Op::DelDest(key(), Ipv4Addr::new(192, 0, 2, 12), 80)),
+            Err(OpError::NoDest)
+        );
+        assert_eq!(
+            m.apply(&Op::DelService(ServiceKey { port: 81, ..key() })),
+            Err(OpError::NoService)
+        );
+        assert_eq!(OpError::NoService.to_string(), "No such service");
+        assert_eq!(
+            OpError::ServiceNotDefined.to_string(),
+            "Service not defined"
+        );
+    }
+
+    #[test]
+    fn port_mapping_needs_nat() {
+        let mut m = Model::default();
+        m.apply(&Op::AddService(svc())).unwrap();
+        assert!(matches!(
+            m.apply(&Op::AddDest(key(), dest(11, 8080, Forward::Dr))),
+            Err(OpError::Invalid(_))
+        ));
+        m.apply(&Op::AddDest(key(), dest(11, 8080, Forward::Nat)))
+            .unwrap();
+    }
+
+    #[test]
+    fn apply_all_is_all_or_nothing() {
+        let mut m = Model::default();
+        let ops = [
+            Op::AddService(svc()),
+            Op::AddDest(key(), dest(11, 80, Forward::Dr)),
+            Op::AddDest(key(), dest(11, 80, Forward::Dr)),
+        ];
+        assert_eq!(m.apply_all(&ops).unwrap_err().0, 2);
+        assert!(m.services.is_empty());
+    }
+}
