@@ -1,0 +1,492 @@
+//! The daemon: owns the data plane (the only writer of its maps), serves the control socket,
+//! reloads the config on request or SIGHUP, expires connections, keeps real servers' MACs
+//! fresh and estimates rates.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use aya::programs::XdpMode;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+use crate::{
+    api::{RateView, Request, Response, StatsView},
+    config,
+    dataplane::{Dataplane, Options, Path_, Paths, StateTimeouts},
+    model::{Forward, Model, OpError},
+    neigh::Netlink,
+};
+
+/// How the daemon was asked to run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub interfaces: Vec<String>,
+    pub config: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub conn_table_size: Option<u32>,
+    pub xdp_mode: XdpMode,
+}
+
+/// How long `-a` waits for the kernel to resolve a new real server's MAC before answering
+/// (packets to it are dropped and counted until it is resolved).
+const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
+/// IPVS estimates rates every 2 s.
+const RATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Routes and MACs of the real servers, kept fresh.
+struct Resolver {
+    nl: Netlink,
+    paths: Paths,
+    /// Managed neighbour entries this daemon created (removed on a clean stop).
+    created: HashSet<(u32, Ipv4Addr)>,
+}
+
+impl Resolver {
+    /// Finds how to reach every DR real server of `model` that has no path yet; fails (and
+    /// changes nothing) if one cannot be reached on-link.
+    async fn resolve(&mut self, model: &Model) -> anyhow::Result<()> {
+        let mut wanted: Vec<Ipv4Addr> = model
+            .services
+            .values()
+            .flat_map(|e| e.dests.iter())
+            .filter(|d| d.forward == Forward::Dr)
+            .map(|d| d.addr)
+            .filter(|a| !self.paths.contains_key(a))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut found = Vec::new();
+        for addr in &wanted {
+            let route = self.nl.route_get(*addr).await?;
+            if let Some(gw) = route.gateway {
+                bail!(
+                    "real server {addr} is reached through the router {gw}: direct routing (-g) \
+                     needs the real servers on a network the director is attached to"
+                );
+            }
+            if route.kind == rtnetlink::packet_route::route::RouteType::Local {
+                bail!("real server {addr} is an address of the director itself");
+            }
+            let link = self.nl.link_by_index(route.oif).await?;
+            found.push((
+                *addr,
+                Path_ {
+                    ifindex: link.index,
+                    smac: link.mac,
+                    dmac: None,
+                },
+            ));
+        }
+        for (addr, p) in &found {
+            if self.nl.ensure_managed(p.ifindex, *addr).await? {
+                self.created.insert((p.ifindex, *addr));
+            }
+        }
+        self.paths.extend(found);
+        // Give the kernel a moment to resolve them, so the first SYN is not dropped.
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        loop {
+            self.refresh().await?;
+            let missing = wanted
+                .iter()
+                .any(|a| self.paths.get(a).is_some_and(|p| p.dmac.is_none()));
+            if !missing || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for a in &wanted {
+            if self.paths.get(a).is_some_and(|p| p.dmac.is_none()) {
+                log::warn!(
+                    "real server {a}: MAC not resolved yet; packets to it are dropped until it is"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the neighbour table into the paths. Returns whether anything changed.
+    async fn refresh(&mut self) -> anyhow::Result<bool> {
+        let table = self.nl.neighbours().await?;
+        let mut changed = false;
+        for (addr, p) in self.paths.iter_mut() {
+            let mac = table.get(&(p.ifindex, *addr)).copied();
+            if mac != p.dmac {
+                log::info!(
+                    "real server {addr}: MAC {}",
+                    mac.map_or("unresolved".into(), |m| fmt_mac(&m))
+                );
+                p.dmac = mac;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Forgets real servers no service uses any more.
+    async fn prune(&mut self, model: &Model, remove_entries: bool) {
+        let used: HashSet<Ipv4Addr> = model
+            .services
+            .values()
+            .flat_map(|e| e.dests.iter().map(|d| d.addr))
+            .collect();
+        let stale: Vec<Ipv4Addr> = self
+            .paths
+            .keys()
+            .filter(|a| !used.contains(a))
+            .copied()
+            .collect();
+        for a in stale {
+            if let Some(p) = self.paths.remove(&a)
+                && remove_entries
+                && self.created.remove(&(p.ifindex, a))
+            {
+                let _ = self.nl.del_neigh(p.ifindex, a).await;
+            }
+        }
+    }
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// IPVS-style rate estimation: every 2 s, the per-second rate of the last interval, smoothed
+/// with weight 1/4 (`ip_vs_est.c`).
+#[derive(Default)]
+struct Estimator {
+    last: (HashMap<u32, StatsView>, HashMap<u32, StatsView>),
+    rates: (HashMap<u32, RateView>, HashMap<u32, RateView>),
+}
+
+impl Estimator {
+    fn update(&mut self, now: (HashMap<u32, StatsView>, HashMap<u32, StatsView>)) {
+        fn one(
+            last: &HashMap<u32, StatsView>,
+            now: &HashMap<u32, StatsView>,
+            rates: &mut HashMap<u32, RateView>,
+        ) {
+            let secs = RATE_INTERVAL.as_secs().max(1);
+            rates.retain(|id, _| now.contains_key(id));
+            for (id, s) in now {
+                let prev = last.get(id).copied().unwrap_or(*s);
+                let d = |a: u64, b: u64| a.saturating_sub(b) / secs;
+                let r = rates.entry(*id).or_default();
+                let ewma = |old: u64, new: u64| {
+                    (old as i64 + ((new as i64 - old as i64) >> 2)).max(0) as u64
+                };
+                r.cps = ewma(r.cps, d(s.conns, prev.conns));
+                r.inpps = ewma(r.inpps, d(s.inpkts, prev.inpkts));
+                r.outpps = ewma(r.outpps, d(s.outpkts, prev.outpkts));
+                r.inbps = ewma(r.inbps, d(s.inbytes, prev.inbytes));
+                r.outbps = ewma(r.outbps, d(s.outbytes, prev.outbytes));
+            }
+        }
+        one(&self.last.0, &now.0, &mut self.rates.0);
+        one(&self.last.1, &now.1, &mut self.rates.1);
+        self.last = now;
+    }
+}
+
+struct Daemon {
+    settings: Settings,
+    dp: Dataplane,
+    model: Model,
+    timeouts: StateTimeouts,
+    resolver: Resolver,
+    estimator: Estimator,
+    last_sweep: crate::dataplane::SweepReport,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let cfg = match &settings.config {
+        Some(path) => Some(config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let mut interfaces = settings.interfaces.clone();
+    if let Some(c) = &cfg {
+        for i in &c.director.interfaces {
+            if !interfaces.contains(i) {
+                interfaces.push(i.clone());
+            }
+        }
+    }
+    if interfaces.is_empty() {
+        bail!("no interface to attach to: give `-i <interface>` or `interfaces` in [director]");
+    }
+    let nl = Netlink::new()?;
+    for i in &interfaces {
+        nl.link_by_name(i).await?;
+    }
+    let desired_size = settings
+        .conn_table_size
+        .or(cfg.as_ref().map(|c| c.director.conn_table_size))
+        .unwrap_or(lb_common::size::DEFAULT_CONNS);
+    let opts = Options {
+        pin_dir: settings.pin_dir.clone(),
+        conn_table_size: desired_size,
+        ..Options::default()
+    };
+    let mut dp = Dataplane::open(opts)?;
+    let model = match &cfg {
+        Some(c) => c.model.clone(),
+        None => dp.model(),
+    };
+    if dp.adopted() {
+        log::info!(
+            "adopted the data path pinned under {} ({} services)",
+            settings.pin_dir.display(),
+            dp.model().services.len()
+        );
+    }
+    let mut timeouts = StateTimeouts::default();
+    if let Some(t) = cfg.as_ref().and_then(|c| c.timeouts) {
+        timeouts.set(&t);
+    }
+    Dataplane::check(&model)?;
+    let mut resolver = Resolver {
+        nl,
+        paths: Paths::new(),
+        created: HashSet::new(),
+    };
+    resolver.resolve(&model).await?;
+    dp.sync(&model, &resolver.paths)?;
+    for i in &interfaces {
+        dp.attach(i, settings.xdp_mode)?;
+        log::info!("attached to {i}");
+    }
+    for gone in dp.detach_others(&interfaces)? {
+        log::info!("detached from {gone} (not in this daemon's interfaces)");
+    }
+
+    let listener = bind_socket(&settings.socket)?;
+    log::info!(
+        "ready: {} services, control socket {}",
+        model.services.len(),
+        settings.socket.display()
+    );
+    let mut d = Daemon {
+        settings,
+        dp,
+        model,
+        timeouts,
+        resolver,
+        estimator: Estimator::default(),
+        last_sweep: Default::default(),
+    };
+    let keep = d.serve(listener).await;
+    let socket = d.settings.socket.clone();
+    let _ = std::fs::remove_file(&socket);
+    let keep = keep?;
+    if !keep {
+        let empty = Model::default();
+        d.resolver.prune(&empty, true).await;
+    }
+    d.dp.shutdown(keep)?;
+    log::info!(
+        "stopped ({})",
+        if keep {
+            "data path left running"
+        } else {
+            "detached and unpinned"
+        }
+    );
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another daemon is serving {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+impl Daemon {
+    /// Serves until told to stop; returns whether to keep the data path running.
+    async fn serve(&mut self, listener: UnixListener) -> anyhow::Result<bool> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut sweep = interval(Duration::from_secs(1));
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut rates = interval(RATE_INTERVAL);
+        rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(false),
+                _ = int.recv() => return Ok(false),
+                _ = hup.recv() => match self.reload().await {
+                    Ok(()) => log::info!("reloaded the config"),
+                    Err(e) => log::error!("reload refused, nothing changed: {e:#}"),
+                },
+                _ = sweep.tick() => self.tick().await,
+                _ = rates.tick() => self.estimator.update(self.dp.all_stats()),
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    if let Some(keep) = self.client(stream).await {
+                        return Ok(keep);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        match self.dp.sweep(&self.timeouts) {
+            Ok(r) => self.last_sweep = r,
+            Err(e) => log::warn!("sweeping the connection table: {e:#}"),
+        }
+        if let Err(e) = self.dp.collect_garbage() {
+            log::warn!("releasing unused table slots: {e:#}");
+        }
+        match self.resolver.refresh().await {
+            Ok(true) => {
+                if let Err(e) = self.dp.refresh_paths(&self.resolver.paths) {
+                    log::warn!("updating real servers' MACs: {e:#}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("reading the neighbour table: {e:#}"),
+        }
+    }
+
+    /// Handles one client; `Some(keep)` asks the daemon to stop.
+    async fn client(&mut self, stream: UnixStream) -> Option<bool> {
+        let (r, mut w) = stream.into_split();
+        let allowed = w
+            .as_ref()
+            .peer_cred()
+            .is_ok_and(|c| c.uid() == 0 || c.uid() == unsafe { libc::geteuid() });
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(r).read_line(&mut line),
+        )
+        .await;
+        let mut stop = None;
+        let resp = if !allowed {
+            Response::Error("permission denied: the control socket is for root".into())
+        } else {
+            match read {
+                Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        if let Request::Shutdown { keep_datapath } = req {
+                            stop = Some(keep_datapath);
+                            Response::Ok
+                        } else {
+                            self.handle(req).await
+                        }
+                    }
+                    Err(e) => Response::Error(format!("bad request: {e}")),
+                },
+                _ => return None,
+            }
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "\"Ok\"".into());
+        out.push('\n');
+        let _ = w.write_all(out.as_bytes()).await;
+        stop
+    }
+
+    /// Applies a new model: check, resolve, sync; all or nothing.
+    async fn apply(&mut self, model: Model) -> anyhow::Result<()> {
+        Dataplane::check(&model)?;
+        self.resolver.resolve(&model).await?;
+        self.dp.sync(&model, &self.resolver.paths)?;
+        self.model = model;
+        self.resolver.prune(&self.model, true).await;
+        Ok(())
+    }
+
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let Some(path) = self.settings.config.clone() else {
+            bail!("the daemon was started without --config: nothing to reload");
+        };
+        let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut timeouts = StateTimeouts::default();
+        if let Some(t) = cfg.timeouts {
+            timeouts.set(&t);
+        }
+        self.apply(cfg.model).await?;
+        self.timeouts = timeouts;
+        Ok(())
+    }
+
+    async fn handle(&mut self, req: Request) -> Response {
+        let result: anyhow::Result<Response> = async {
+            Ok(match req {
+                Request::Ops(ops) => {
+                    let mut next = self.model.clone();
+                    next.apply_all(&ops)
+                        .map_err(|(_, e): (usize, OpError)| anyhow::anyhow!("{e}"))?;
+                    self.apply(next).await?;
+                    Response::Ok
+                }
+                Request::List { service } => {
+                    if let Some(k) = &service
+                        && !self.model.services.contains_key(k)
+                    {
+                        return Ok(Response::Error(OpError::NoService.to_string()));
+                    }
+                    Response::Snapshot(self.dp.snapshot(service.as_ref(), &self.estimator.rates))
+                }
+                Request::Conns => Response::Conns(self.dp.conns(&self.timeouts)),
+                Request::Zero { service } => {
+                    if let Some(k) = &service
+                        && !self.model.services.contains_key(k)
+                    {
+                        return Ok(Response::Error(OpError::NoService.to_string()));
+                    }
+                    self.dp.zero(service.as_ref())?;
+                    Response::Ok
+                }
+                Request::SetTimeouts(t) => {
+                    self.timeouts.set(&t);
+                    Response::Ok
+                }
+                Request::GetTimeouts => Response::Timeouts(self.timeouts.get()),
+                Request::Reload => {
+                    self.reload().await?;
+                    Response::Ok
+                }
+                Request::Status => Response::Status(serde_json::json!({
+                    "interfaces": self.dp.interfaces(),
+                    "pin_dir": self.dp.pin_dir(),
+                    "conn_table_size": self.dp.conn_table_size(),
+                    "conn_entries": self.last_sweep.entries,
+                    "conns_expired_last_sweep": self.last_sweep.expired,
+                    "services": self.model.services.len(),
+                    "counters": self.dp.counters().into_iter()
+                        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                        .collect::<serde_json::Map<_, _>>(),
+                })),
+                Request::Shutdown { .. } => Response::Ok,
+            })
+        }
+        .await;
+        result.unwrap_or_else(|e| Response::Error(format!("{e:#}")))
+    }
+}

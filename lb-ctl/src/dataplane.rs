@@ -1,0 +1,1362 @@
+//! The only code that touches the XDP programs and their maps: load them (or adopt the pinned
+//! ones a previous daemon left), attach them, and bring the maps to match a `Model` as one diff.
+//!
+//! Pin layout under the pin directory (default `/sys/fs/bpf/lb`): `maps/<MAP>` for every map,
+//! `prog_lb_xdp` for the balancer program and `links/<interface>` for each XDP attachment.
+//! Because links and maps are pinned, a daemon that stops with `--keep-datapath` (or dies)
+//! leaves traffic flowing; the next one adopts the maps (connections included), swaps in its
+//! program atomically with `BPF_LINK_UPDATE`, and reads its table back from the maps.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{
+    Backend, Conn, FlowKey, LAYOUT_VERSION, Service, Settings, Stats, SvcKey, backend_flags, maps,
+    progs, size, tcp_state, udp_state,
+};
+
+use crate::{
+    api::{ConnView, DestView, RateView, ServiceView, Snapshot, StatsView, Timeouts},
+    model::{DestConfig, Forward, Model, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    sched::{self, Member},
+};
+
+/// The balancer object, built by build.rs.
+pub static BALANCER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The pass-through object, built by build.rs.
+pub static PASS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-pass"));
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+
+/// How long a replaced scheduling table stays untouched before its slots are reused: packets
+/// that read the old service entry just before the switch finish within microseconds.
+const TABLE_GRACE: Duration = Duration::from_secs(2);
+/// How long a deleted destination stays in the trash at least (IPVS keeps it while
+/// connections use it; we also wait for the next sweeps to have counted them).
+const TRASH_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings chosen at load time.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    pub conn_table_size: u32,
+    pub sched_table_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            conn_table_size: size::DEFAULT_CONNS,
+            sched_table_size: size::DEFAULT_SCHED_TABLE,
+        }
+    }
+}
+
+/// How the director reaches a real server: filled in by the daemon (route + neighbour).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Path_ {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    /// `None` while the neighbour is unresolved.
+    pub dmac: Option<[u8; 6]>,
+}
+
+/// Paths to real servers, by address.
+pub type Paths = HashMap<Ipv4Addr, Path_>;
+
+/// A slice of `LB_SCHED_TABLE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Region {
+    off: u32,
+    len: u32,
+}
+
+/// First-fit allocator of `LB_SCHED_TABLE` slots (slot 0 is never handed out).
+#[derive(Clone, Debug)]
+struct RegionAlloc {
+    /// Free extents, sorted by offset, never adjacent.
+    free: Vec<Region>,
+}
+
+impl RegionAlloc {
+    fn new(size: u32) -> Self {
+        Self {
+            free: vec![Region {
+                off: 1,
+                len: size.saturating_sub(1),
+            }],
+        }
+    }
+
+    fn alloc(&mut self, len: u32) -> Option<Region> {
+        if len == 0 {
+            return Some(Region::default());
+        }
+        let i = self.free.iter().position(|r| r.len >= len)?;
+        let r = Region {
+            off: self.free[i].off,
+            len,
+        };
+        self.free[i].off += len;
+        self.free[i].len -= len;
+        if self.free[i].len == 0 {
+            self.free.remove(i);
+        }
+        Some(r)
+    }
+
+    /// Marks `r` as used (adoption of pinned tables). Returns false if it was not free.
+    fn take(&mut self, r: Region) -> bool {
+        if r.len == 0 {
+            return true;
+        }
+        let Some(i) = self
+            .free
+            .iter()
+            .position(|f| f.off <= r.off && r.off + r.len <= f.off + f.len)
+        else {
+            return false;
+        };
+        let f = self.free.remove(i);
+        if r.off + r.len < f.off + f.len {
+            self.free.insert(
+                i,
+                Region {
+                    off: r.off + r.len,
+                    len: f.off + f.len - (r.off + r.len),
+                },
+            );
+        }
+        if f.off < r.off {
+            self.free.insert(
+                i,
+                Region {
+                    off: f.off,
+                    len: r.off - f.off,
+                },
+            );
+        }
+        true
+    }
+
+    fn release(&mut self, r: Region) {
+        if r.len == 0 {
+            return;
+        }
+        let i = self.free.partition_point(|f| f.off < r.off);
+        self.free.insert(i, r);
+        // Merge with the neighbours.
+        if i + 1 < self.free.len() && self.free[i].off + self.free[i].len == self.free[i + 1].off {
+            self.free[i].len += self.free[i + 1].len;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].off + self.free[i - 1].len == self.free[i].off {
+            self.free[i - 1].len += self.free[i].len;
+            self.free.remove(i);
+        }
+    }
+}
+
+/// Ids `1..max` (0 is "unset" in the array maps).
+#[derive(Clone, Debug)]
+struct IdPool {
+    used: Vec<bool>,
+}
+
+impl IdPool {
+    fn new(max: u32) -> Self {
+        let mut used = vec![false; max as usize];
+        used[0] = true;
+        Self { used }
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        let i = self.used.iter().position(|u| !u)?;
+        self.used[i] = true;
+        Some(i as u32)
+    }
+    fn take(&mut self, id: u32) {
+        if let Some(u) = self.used.get_mut(id as usize) {
+            *u = true;
+        }
+    }
+    fn release(&mut self, id: u32) {
+        if id != 0
+            && let Some(u) = self.used.get_mut(id as usize)
+        {
+            *u = false;
+        }
+    }
+}
+
+type DestKey = (Ipv4Addr, u16);
+
+#[derive(Clone, Debug)]
+struct SvcState {
+    id: u32,
+    config: ServiceConfig,
+    /// Backend ids in IPVS list order: the most recently added destination first.
+    members: Vec<(DestKey, u32)>,
+    region: Region,
+    /// The table currently in `region`.
+    table: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct BeState {
+    svc: ServiceKey,
+    dest: DestConfig,
+    /// Deleted (IPVS trash): kept while connections may point at it, dropped packets.
+    trashed_at: Option<Instant>,
+    /// The value last written to `LB_BACKENDS`.
+    written: Backend,
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    services: BTreeMap<ServiceKey, SvcState>,
+    backends: BTreeMap<u32, BeState>,
+    svc_ids: IdPool,
+    be_ids: IdPool,
+    regions: RegionAlloc,
+    /// Replaced tables, released after `TABLE_GRACE`.
+    retired: Vec<(Instant, Region)>,
+}
+
+/// The maps, typed.
+struct Maps {
+    services: BpfHashMap<MapData, SvcKey, Service>,
+    backends: Array<MapData, Backend>,
+    sched_table: Array<MapData, u32>,
+    cursor: Array<MapData, u64>,
+    conns: BpfHashMap<MapData, FlowKey, Conn>,
+    svc_stats: PerCpuArray<MapData, Stats>,
+    backend_stats: PerCpuArray<MapData, Stats>,
+    counters: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
+}
+
+/// Per-backend connection counts from the last sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+/// Connection timeouts in seconds, per TCP state, and for UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTimeouts {
+    pub tcp: [u32; tcp_state::COUNT],
+    pub udp: u32,
+}
+
+impl Default for StateTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp: tcp_state::TIMEOUTS,
+            udp: udp_state::TIMEOUT,
+        }
+    }
+}
+
+impl StateTimeouts {
+    /// `ipvsadm --set tcp tcpfin udp` (0 leaves a value unchanged).
+    pub fn set(&mut self, t: &Timeouts) {
+        if t.tcp != 0 {
+            self.tcp[tcp_state::ESTABLISHED as usize] = t.tcp;
+        }
+        if t.tcpfin != 0 {
+            self.tcp[tcp_state::FIN_WAIT as usize] = t.tcpfin;
+        }
+        if t.udp != 0 {
+            self.udp = t.udp;
+        }
+    }
+    pub fn get(&self) -> Timeouts {
+        Timeouts {
+            tcp: self.tcp[tcp_state::ESTABLISHED as usize],
+            tcpfin: self.tcp[tcp_state::FIN_WAIT as usize],
+            udp: self.udp,
+        }
+    }
+    fn of(&self, conn: &Conn, proto: u8) -> u32 {
+        if proto == lb_common::proto::TCP {
+            self.tcp
+                .get(conn.state as usize)
+                .copied()
+                .unwrap_or(self.tcp[tcp_state::CLOSE as usize])
+        } else {
+            self.udp
+        }
+    }
+}
+
+/// What one sweep of the connection table found.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    pub entries: usize,
+    pub expired: usize,
+}
+
+pub struct Dataplane {
+    bpf: Ebpf,
+    maps: Maps,
+    opts: Options,
+    links: BTreeMap<String, PinnedLink>,
+    state: State,
+    counts: HashMap<u32, ConnCounts>,
+    conn_table_size: u32,
+    /// Whether the maps came from a previous daemon.
+    adopted: bool,
+}
+
+fn svc_key(k: &ServiceKey) -> SvcKey {
+    SvcKey {
+        addr: u32::from_ne_bytes(k.addr.octets()),
+        port: k.port.to_be(),
+        proto: k.proto.number(),
+        _pad: 0,
+    }
+}
+
+fn proto_of(n: u8) -> Option<Protocol> {
+    match n {
+        lb_common::proto::TCP => Some(Protocol::Tcp),
+        lb_common::proto::UDP => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn ip(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn sched_code(s: Scheduler) -> u8 {
+    Scheduler::ALL
+        .iter()
+        .position(|x| *x == s)
+        .map_or(0, |i| i as u8 + 1)
+}
+
+fn sched_of(code: u8) -> Option<Scheduler> {
+    Scheduler::ALL.get((code as usize).checked_sub(1)?).copied()
+}
+
+fn forward_of(code: u8) -> Option<Forward> {
+    [Forward::Dr, Forward::Nat, Forward::Tun]
+        .into_iter()
+        .find(|f| f.code() == code)
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mounts bpffs at /sys/fs/bpf if it is not (a fresh boot leaves it unmounted).
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let bpf_mounts: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "bpf").then_some(at)
+        })
+        .collect();
+    if bpf_mounts.iter().any(|m| dir.starts_with(m)) {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        bail!(
+            "{} is not on a bpf filesystem (mount one, or use a pin path under /sys/fs/bpf)",
+            dir.display()
+        );
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, kind) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+/// The map types, key and value sizes this build expects, to check pinned maps against.
+fn expected_layout(name: &str) -> (u32, u32) {
+    use core::mem::size_of;
+    let s = |k: usize, v: usize| (k as u32, v as u32);
+    match name {
+        maps::SERVICES => s(size_of::<SvcKey>(), size_of::<Service>()),
+        maps::BACKENDS => s(4, size_of::<Backend>()),
+        maps::SCHED_TABLE => s(4, 4),
+        maps::SVC_CURSOR => s(4, 8),
+        maps::CONNS => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
+        maps::COUNTERS => s(4, 8),
+        maps::SETTINGS => s(4, size_of::<Settings>()),
+        _ => (0, 0),
+    }
+}
+
+fn take<T>(bpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = bpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the balancer object"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
+    let n = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+    Ok(PerCpuValues::try_from(vec![T::default(); n])?)
+}
+
+impl Dataplane {
+    /// Loads the balancer, adopting the maps pinned under `opts.pin_dir` if a previous daemon
+    /// left them (after checking they have this build's layout), else creating and pinning
+    /// fresh ones. Nothing is attached yet.
+    pub fn open(opts: Options) -> anyhow::Result<Self> {
+        ensure_bpffs(&opts.pin_dir)?;
+        let map_dir = opts.pin_dir.join("maps");
+        fs::create_dir_all(&map_dir).with_context(|| format!("creating {}", map_dir.display()))?;
+        fs::create_dir_all(opts.pin_dir.join("links"))?;
+
+        let mut adopted = false;
+        let mut conn_table_size = opts.conn_table_size;
+        let mut sched_table_size = opts.sched_table_size;
+        for name in maps::ALL {
+            let pin = map_dir.join(name);
+            if !pin.exists() {
+                continue;
+            }
+            adopted = true;
+            let info = MapInfo::from_pin(&pin)
+                .with_context(|| format!("reading pinned map {}", pin.display()))?;
+            let (k, v) = expected_layout(name);
+            if info.key_size() != k || info.value_size() != v {
+                bail!(
+                    "the pinned map {} has key/value sizes {}/{} but this lb-ctl expects {k}/{v}: \
+                     it was made by an incompatible version; stop that data path \
+                     (`lb-ctl stop`, or remove {}) to start afresh",
+                    pin.display(),
+                    info.key_size(),
+                    info.value_size(),
+                    opts.pin_dir.display()
+                );
+            }
+            if name == maps::CONNS && info.max_entries() != opts.conn_table_size {
+                log::warn!(
+                    "keeping the pinned connection table's size {} (asked for {}): resizing \
+                     would drop every connection",
+                    info.max_entries(),
+                    opts.conn_table_size
+                );
+                conn_table_size = info.max_entries();
+            }
+            if name == maps::SCHED_TABLE {
+                sched_table_size = info.max_entries();
+            }
+        }
+
+        let mut loader = EbpfLoader::new();
+        for name in maps::ALL {
+            loader.map_pin_path(name, map_dir.join(name));
+        }
+        loader.map_max_entries(maps::CONNS, conn_table_size);
+        loader.map_max_entries(maps::SCHED_TABLE, sched_table_size);
+        let mut bpf = loader
+            .load(BALANCER_OBJ)
+            .context("loading the balancer's maps and programs")?;
+        let prog: &mut Xdp = bpf
+            .program_mut(progs::BALANCER)
+            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+            .try_into()?;
+        prog.load()
+            .context("the kernel refused the balancer program")?;
+        let prog_pin = opts.pin_dir.join(format!("prog_{}", progs::BALANCER));
+        let _ = fs::remove_file(&prog_pin);
+        prog.pin(&prog_pin)
+            .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
+
+        let mut maps = Maps {
+            services: take(&mut bpf, maps::SERVICES)?,
+            backends: take(&mut bpf, maps::BACKENDS)?,
+            sched_table: take(&mut bpf, maps::SCHED_TABLE)?,
+            cursor: take(&mut bpf, maps::SVC_CURSOR)?,
+            conns: take(&mut bpf, maps::CONNS)?,
+            svc_stats: take(&mut bpf, maps::SVC_STATS)?,
+            backend_stats: take(&mut bpf, maps::BACKEND_STATS)?,
+            counters: take(&mut bpf, maps::COUNTERS)?,
+            settings: take(&mut bpf, maps::SETTINGS)?,
+        };
+        let settings = maps.settings.get(&0, 0)?;
+        if adopted && settings.layout_version != LAYOUT_VERSION {
+            bail!(
+                "the pinned maps under {} have layout version {} but this lb-ctl writes {}: \
+                 stop that data path (`lb-ctl stop`) to start afresh",
+                opts.pin_dir.display(),
+                settings.layout_version,
+                LAYOUT_VERSION
+            );
+        }
+        maps.settings.set(
+            0,
+            Settings {
+                layout_version: LAYOUT_VERSION,
+                _pad: 0,
+            },
+            0,
+        )?;
+
+        let state = State {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            svc_ids: IdPool::new(size::MAX_SERVICES),
+            be_ids: IdPool::new(size::MAX_BACKENDS),
+            regions: RegionAlloc::new(sched_table_size),
+            retired: Vec::new(),
+        };
+        let mut dp = Self {
+            bpf,
+            maps,
+            opts,
+            links: BTreeMap::new(),
+            state,
+            counts: HashMap::new(),
+            conn_table_size,
+            adopted,
+        };
+        if adopted {
+            dp.adopt()
+                .context("reading the table back from the pinned maps")?;
+        }
+        Ok(dp)
+    }
+
+    /// Whether the maps (and so the table and connections) came from a previous daemon.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn conn_table_size(&self) -> u32 {
+        self.conn_table_size
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.opts.pin_dir
+    }
+
+    /// Rebuilds the control plane's view from the maps a previous daemon filled.
+    fn adopt(&mut self) -> anyhow::Result<()> {
+        let mut by_id = HashMap::new();
+        for item in self.maps.services.iter() {
+            let (k, v) = item?;
+            let (Some(proto), Some(scheduler)) = (proto_of(k.proto), sched_of(v.sched)) else {
+                log::warn!("ignoring a pinned service entry with unknown protocol/scheduler");
+                continue;
+            };
+            let key = ServiceKey {
+                proto,
+                addr: ip(k.addr),
+                port: u16::from_be(k.port),
+            };
+            let region = Region {
+                off: v.table_off,
+                len: v.table_len,
+            };
+            if !self.state.regions.take(region) {
+                bail!("service {key}: its scheduling table overlaps another's");
+            }
+            self.state.svc_ids.take(v.id);
+            let mut table = Vec::with_capacity(region.len as usize);
+            for slot in region.off..region.off + region.len {
+                table.push(self.maps.sched_table.get(&slot, 0)?);
+            }
+            by_id.insert(v.id, key);
+            self.state.services.insert(
+                key,
+                SvcState {
+                    id: v.id,
+                    config: ServiceConfig {
+                        key,
+                        scheduler,
+                        sched_flags: Default::default(),
+                        persistence: None,
+                        ops: false,
+                    },
+                    members: Vec::new(),
+                    region,
+                    table,
+                },
+            );
+        }
+        let now = Instant::now();
+        for id in 1..size::MAX_BACKENDS {
+            let b = self.maps.backends.get(&id, 0)?;
+            if b.svc_id == 0 {
+                continue;
+            }
+            self.state.be_ids.take(id);
+            let svc = by_id.get(&b.svc_id).copied();
+            let forward = forward_of(b.fwd).unwrap_or(Forward::Dr);
+            let dest = DestConfig {
+                addr: ip(b.addr),
+                port: u16::from_be(b.port),
+                forward,
+                weight: b.weight,
+                u_threshold: 0,
+                l_threshold: 0,
+            };
+            let available = b.flags & backend_flags::AVAILABLE != 0;
+            let Some(svc) = svc else {
+                // Its service is gone: keep the id in the trash until its connections are.
+                self.state.backends.insert(
+                    id,
+                    BeState {
+                        svc: ServiceKey {
+                            proto: Protocol::Tcp,
+                            addr: Ipv4Addr::UNSPECIFIED,
+                            port: 0,
+                        },
+                        dest,
+                        trashed_at: Some(now),
+                        written: b,
+                    },
+                );
+                continue;
+            };
+            self.state.backends.insert(
+                id,
+                BeState {
+                    svc,
+                    dest,
+                    trashed_at: (!available).then_some(now),
+                    written: b,
+                },
+            );
+            if available && let Some(s) = self.state.services.get_mut(&svc) {
+                s.members.push(((dest.addr, dest.port), id));
+            }
+        }
+        // Newest first, as IPVS lists them: ids grow as destinations are added.
+        for s in self.state.services.values_mut() {
+            s.members.sort_by_key(|m| std::cmp::Reverse(m.1));
+        }
+        Ok(())
+    }
+
+    /// The table as the data path has it (after `open` on adopted maps: what the previous
+    /// daemon left).
+    pub fn model(&self) -> Model {
+        let mut m = Model::default();
+        for (k, s) in &self.state.services {
+            let mut dests: Vec<DestConfig> = s
+                .members
+                .iter()
+                .filter_map(|(_, id)| self.state.backends.get(id).map(|b| b.dest))
+                .collect();
+            // The model lists destinations in the order they were added.
+            dests.reverse();
+            m.services.insert(
+                *k,
+                crate::model::ServiceEntry {
+                    config: s.config,
+                    dests,
+                },
+            );
+        }
+        m
+    }
+
+    /// Attaches the balancer to `iface`: takes over the pinned link a previous daemon left
+    /// there (atomic program replacement, no packet sees an empty hook), else attaches anew.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> anyhow::Result<()> {
+        let pin = self.opts.pin_dir.join("links").join(iface);
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut(progs::BALANCER)
+            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+            .try_into()?;
+        let mut link_id = None;
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(pinned) => {
+                    let fd_link = pinned.unpin().context("unpinning the previous link")?;
+                    match XdpLink::try_from(fd_link) {
+                        Ok(l) => match prog.attach_to_link(l) {
+                            Ok(id) => link_id = Some(id),
+                            Err(e) => log::warn!("{iface}: could not take over the old link: {e}"),
+                        },
+                        Err(e) => log::warn!("{iface}: pinned link is not an XDP link: {e}"),
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{iface}: stale link pin {} ({e}); removing", pin.display());
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        let link_id = match link_id {
+            Some(id) => id,
+            None => prog
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP ({mode:?}) to {iface}"))?,
+        };
+        let link = prog.take_link(link_id)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            anyhow!("{iface}: the kernel attached XDP without a bpf_link ({e}); cannot pin it")
+        })?;
+        let pinned = fd_link
+            .pin(&pin)
+            .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+        self.links.insert(iface.to_string(), pinned);
+        Ok(())
+    }
+
+    /// Detaches interfaces a previous daemon attached that are not in `keep`.
+    pub fn detach_others(&mut self, keep: &[String]) -> anyhow::Result<Vec<String>> {
+        let dir = self.opts.pin_dir.join("links");
+        let mut gone = Vec::new();
+        for e in fs::read_dir(&dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || self.links.contains_key(&name) {
+                continue;
+            }
+            if let Ok(p) = PinnedLink::from_pin(dir.join(&name)) {
+                drop(p.unpin()?);
+            } else {
+                let _ = fs::remove_file(dir.join(&name));
+            }
+            gone.push(name);
+        }
+        Ok(gone)
+    }
+
+    /// Stops: with `keep`, leaves programs attached and maps pinned (traffic keeps flowing,
+    /// the next daemon adopts it all); else detaches everything and removes every pin.
+    pub fn shutdown(mut self, keep: bool) -> anyhow::Result<()> {
+        if keep {
+            // Dropping a PinnedLink closes our fd; the pin keeps the link (and program) alive.
+            return Ok(());
+        }
+        for (iface, pinned) in std::mem::take(&mut self.links) {
+            match pinned.unpin() {
+                Ok(link) => drop(link),
+                Err(e) => log::warn!("{iface}: unpinning the XDP link: {e}"),
+            }
+        }
+        let dir = self.opts.pin_dir.clone();
+        drop(self);
+        let _ = fs::remove_file(dir.join(format!("prog_{}", progs::BALANCER)));
+        for name in maps::ALL {
+            let _ = fs::remove_file(dir.join("maps").join(name));
+        }
+        for sub in ["maps", "links", ""] {
+            let _ = fs::remove_dir(dir.join(sub));
+        }
+        Ok(())
+    }
+
+    /// Checks that the data path can run `model` (schedulers and forwarding methods it
+    /// implements), without changing anything.
+    pub fn check(model: &Model) -> anyhow::Result<()> {
+        for (k, e) in &model.services {
+            if !sched::supported(e.config.scheduler) {
+                bail!(
+                    "service {k}: {}",
+                    sched::table(e.config.scheduler, &[]).unwrap_err()
+                );
+            }
+            if e.config.persistence.is_some() {
+                bail!("service {k}: persistence (-p) is not supported by this data path yet");
+            }
+            if e.config.ops {
+                bail!("service {k}: one-packet scheduling is not supported yet");
+            }
+            if e.config.sched_flags.0 != 0 {
+                bail!("service {k}: scheduler flags (-b) are not supported yet");
+            }
+            for d in &e.dests {
+                if d.forward != Forward::Dr {
+                    bail!(
+                        "service {k}: real server {}:{}: {} forwarding is not supported by \
+                         this data path yet (only -g, direct routing)",
+                        d.addr,
+                        d.port,
+                        d.forward.label()
+                    );
+                }
+                if d.u_threshold != 0 || d.l_threshold != 0 {
+                    bail!("service {k}: connection thresholds (-x/-y) are not supported yet");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backend_value(svc_id: u32, dest: &DestConfig, available: bool, paths: &Paths) -> Backend {
+        let path = paths.get(&dest.addr).copied().unwrap_or_default();
+        let mut flags = 0;
+        if available {
+            flags |= backend_flags::AVAILABLE;
+        }
+        if path.dmac.is_some() {
+            flags |= backend_flags::NEIGH_OK;
+        }
+        Backend {
+            addr: u32::from_ne_bytes(dest.addr.octets()),
+            port: dest.port.to_be(),
+            fwd: dest.forward.code(),
+            flags,
+            svc_id,
+            ifindex: path.ifindex,
+            dmac: path.dmac.unwrap_or([0; 6]),
+            smac: path.smac,
+            weight: dest.weight,
+            _pad: 0,
+        }
+    }
+
+    /// Brings the maps to match `model` as one diff. The whole change is planned first (ids,
+    /// table slots); if anything does not fit, nothing is written.
+    pub fn sync(&mut self, model: &Model, paths: &Paths) -> anyhow::Result<()> {
+        Self::check(model)?;
+        let now = Instant::now();
+        let mut st = self.state.clone();
+        // Map writes, in the order they must happen.
+        let mut backend_writes: Vec<(u32, Backend)> = Vec::new();
+        let mut fresh_backends: Vec<u32> = Vec::new();
+        let mut fresh_services: Vec<u32> = Vec::new();
+        let mut table_writes: Vec<(ServiceKey, Region, Vec<u32>)> = Vec::new();
+        let mut removed_services: Vec<ServiceKey> = Vec::new();
+
+        // Services that go away.
+        let gone: Vec<ServiceKey> = st
+            .services
+            .keys()
+            .filter(|k| !model.services.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let s = st.services.remove(&k).expect("listed above");
+            for (_, id) in &s.members {
+                if let Some(b) = st.backends.get_mut(id) {
+                    b.trashed_at = Some(now);
+                }
+            }
+            st.retired.push((now, s.region));
+            removed_services.push(k);
+        }
+
+        for (key, entry) in &model.services {
+            let mut svc = match st.services.get(key) {
+                Some(s) => s.clone(),
+                None => {
+                    let id = st.svc_ids.alloc().ok_or_else(|| {
+                        anyhow!("too many services (at most {})", size::MAX_SERVICES - 1)
+                    })?;
+                    fresh_services.push(id);
+                    SvcState {
+                        id,
+                        config: entry.config,
+                        members: Vec::new(),
+                        region: Region::default(),
+                        table: Vec::new(),
+                    }
+                }
+            };
+            svc.config = entry.config;
+            // Members that go away: to the trash (their connections' packets are dropped,
+            // as IPVS does with expire_nodest_conn=0).
+            let wanted: Vec<DestKey> = entry.dests.iter().map(|d| (d.addr, d.port)).collect();
+            svc.members.retain(|(dk, id)| {
+                let keep = wanted.contains(dk);
+                if !keep && let Some(b) = st.backends.get_mut(id) {
+                    b.trashed_at = Some(now);
+                }
+                keep
+            });
+            // New members go to the head of the list, as IPVS adds them.
+            for d in &entry.dests {
+                let dk = (d.addr, d.port);
+                if svc.members.iter().any(|(k, _)| *k == dk) {
+                    continue;
+                }
+                // A destination deleted a moment ago comes back from the trash with its
+                // connections, as in IPVS.
+                let revived = st
+                    .backends
+                    .iter()
+                    .find(|(_, b)| {
+                        b.trashed_at.is_some() && b.svc == *key && (b.dest.addr, b.dest.port) == dk
+                    })
+                    .map(|(id, _)| *id);
+                let id = match revived {
+                    Some(id) => id,
+                    None => {
+                        let id = st.be_ids.alloc().ok_or_else(|| {
+                            anyhow!("too many real servers (at most {})", size::MAX_BACKENDS - 1)
+                        })?;
+                        fresh_backends.push(id);
+                        id
+                    }
+                };
+                svc.members.insert(0, (dk, id));
+            }
+            // Write every member whose value changed (new, edited, revived, re-resolved).
+            for (dk, id) in &svc.members {
+                let dest = *entry
+                    .dests
+                    .iter()
+                    .find(|d| (d.addr, d.port) == *dk)
+                    .expect("members follow the model");
+                let value = Self::backend_value(svc.id, &dest, true, paths);
+                let b = st.backends.entry(*id).or_insert(BeState {
+                    svc: *key,
+                    dest,
+                    trashed_at: None,
+                    written: Backend::default(),
+                });
+                b.svc = *key;
+                b.dest = dest;
+                b.trashed_at = None;
+                if b.written != value {
+                    b.written = value;
+                    backend_writes.push((*id, value));
+                }
+            }
+            let members: Vec<Member> = svc
+                .members
+                .iter()
+                .map(|(dk, id)| Member {
+                    id: *id,
+                    weight: entry
+                        .dests
+                        .iter()
+                        .find(|d| (d.addr, d.port) == *dk)
+                        .map_or(0, |d| d.weight),
+                })
+                .collect();
+            let table = sched::table(entry.config.scheduler, &members)
+                .map_err(|e| anyhow!("service {key}: {e}"))?;
+            let fresh = fresh_services.contains(&svc.id);
+            if fresh
+                || table != svc.table
+                || st.services.get(key).map(|s| s.config) != Some(svc.config)
+            {
+                let region = st.regions.alloc(table.len() as u32).ok_or_else(|| {
+                    anyhow!(
+                        "service {key}: no room for a {}-slot scheduling table \
+                         (the table map has {} slots)",
+                        table.len(),
+                        self.opts.sched_table_size
+                    )
+                })?;
+                if !fresh {
+                    st.retired.push((now, svc.region));
+                }
+                svc.region = region;
+                svc.table = table.clone();
+                table_writes.push((*key, region, table));
+            }
+            st.services.insert(*key, svc);
+        }
+        // Trashed backends: stop them (after their services no longer schedule them).
+        let mut trash_writes = Vec::new();
+        for (id, b) in st.backends.iter_mut() {
+            if b.trashed_at.is_some() && b.written.flags & backend_flags::AVAILABLE != 0 {
+                b.written.flags &= !backend_flags::AVAILABLE;
+                trash_writes.push((*id, b.written));
+            }
+        }
+
+        // Everything fits: write, in an order no packet can trip over.
+        for id in &fresh_backends {
+            self.maps.backend_stats.set(*id, zeros()?, 0)?;
+        }
+        for (id, v) in &backend_writes {
+            self.maps.backends.set(*id, *v, 0)?;
+        }
+        for id in &fresh_services {
+            self.maps.svc_stats.set(*id, zeros()?, 0)?;
+        }
+        for (key, region, table) in &table_writes {
+            for (i, be) in table.iter().enumerate() {
+                self.maps.sched_table.set(region.off + i as u32, *be, 0)?;
+            }
+            let s = &st.services[key];
+            // IPVS restarts its wrr walk when destinations change; so do we.
+            self.maps.cursor.set(s.id, 0, 0)?;
+            let v = Service {
+                id: s.id,
+                sched: sched_code(s.config.scheduler),
+                flags: 0,
+                _pad: 0,
+                table_off: region.off,
+                table_len: region.len,
+            };
+            self.maps.services.insert(svc_key(key), v, 0)?;
+        }
+        for k in &removed_services {
+            let _ = self.maps.services.remove(&svc_key(k));
+        }
+        for (id, v) in &trash_writes {
+            self.maps.backends.set(*id, *v, 0)?;
+        }
+        for k in &removed_services {
+            if let Some(id) = self.state.services.get(k).map(|s| s.id) {
+                st.svc_ids.release(id);
+            }
+        }
+        self.state = st;
+        Ok(())
+    }
+
+    /// Rewrites backends whose path (interface, MACs) changed.
+    pub fn refresh_paths(&mut self, paths: &Paths) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for (id, b) in self.state.backends.iter_mut() {
+            if b.trashed_at.is_some() {
+                continue;
+            }
+            let svc_id = b.written.svc_id;
+            let v = Self::backend_value(svc_id, &b.dest, true, paths);
+            if v != b.written {
+                self.maps.backends.set(*id, v, 0)?;
+                b.written = v;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Releases replaced tables and trashed backends that nothing uses any more.
+    pub fn collect_garbage(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let st = &mut self.state;
+        let (old, keep): (Vec<_>, Vec<_>) = st
+            .retired
+            .drain(..)
+            .partition(|(t, _)| now.duration_since(*t) >= TABLE_GRACE);
+        st.retired = keep;
+        for (_, r) in old {
+            st.regions.release(r);
+        }
+        let dead: Vec<u32> = st
+            .backends
+            .iter()
+            .filter(|(id, b)| {
+                b.trashed_at
+                    .is_some_and(|t| now.duration_since(t) >= TRASH_GRACE)
+                    && self
+                        .counts
+                        .get(id)
+                        .is_none_or(|c| c.active + c.inactive == 0)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            st.backends.remove(&id);
+            self.maps.backends.set(id, Backend::default(), 0)?;
+            st.be_ids.release(id);
+        }
+        Ok(())
+    }
+
+    /// Walks the connection table: expires idle entries (the data path never does), and
+    /// counts active/inactive connections per backend for the listings.
+    pub fn sweep(&mut self, timeouts: &StateTimeouts) -> anyhow::Result<SweepReport> {
+        let now = monotonic_ns();
+        let mut counts: HashMap<u32, ConnCounts> = HashMap::new();
+        let mut expired = Vec::new();
+        let mut entries = 0;
+        for item in self.maps.conns.iter() {
+            let Ok((k, c)) = item else { continue };
+            entries += 1;
+            let idle = now.saturating_sub(c.last_seen_ns) / 1_000_000_000;
+            if idle >= u64::from(timeouts.of(&c, k.proto)) {
+                expired.push(k);
+                continue;
+            }
+            let e = counts.entry(c.backend).or_default();
+            let active = k.proto == lb_common::proto::TCP
+                && tcp_state::ACTIVE
+                    .get(c.state as usize)
+                    .copied()
+                    .unwrap_or(false);
+            if active {
+                e.active += 1;
+            } else {
+                e.inactive += 1;
+            }
+        }
+        for k in &expired {
+            // Gone already (LRU eviction, a racing delete) is fine.
+            let _ = self.maps.conns.remove(k);
+        }
+        self.counts = counts;
+        Ok(SweepReport {
+            entries,
+            expired: expired.len(),
+        })
+    }
+
+    fn stats(map: &PerCpuArray<MapData, Stats>, id: u32) -> StatsView {
+        let mut v = StatsView::default();
+        if let Ok(per_cpu) = map.get(&id, 0) {
+            for s in per_cpu.iter() {
+                v.conns += s.conns;
+                v.inpkts += s.in_pkts;
+                v.inbytes += s.in_bytes;
+                v.outpkts += s.out_pkts;
+                v.outbytes += s.out_bytes;
+            }
+        }
+        v
+    }
+
+    /// Per-service and per-backend stats, by id (for the rate estimator).
+    pub fn all_stats(&self) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
+        let svcs = self
+            .state
+            .services
+            .values()
+            .map(|s| (s.id, Self::stats(&self.maps.svc_stats, s.id)))
+            .collect();
+        let bes = self
+            .state
+            .backends
+            .keys()
+            .map(|id| (*id, Self::stats(&self.maps.backend_stats, *id)))
+            .collect();
+        (svcs, bes)
+    }
+
+    /// What `-L` shows. `rates` gives (service id → rates, backend id → rates).
+    pub fn snapshot(
+        &self,
+        only: Option<&ServiceKey>,
+        rates: &(HashMap<u32, RateView>, HashMap<u32, RateView>),
+    ) -> Snapshot {
+        let mut services = Vec::new();
+        for (k, s) in &self.state.services {
+            if only.is_some_and(|o| o != k) {
+                continue;
+            }
+            let mut dests = Vec::new();
+            for (_, id) in s.members.iter().rev() {
+                let Some(b) = self.state.backends.get(id) else {
+                    continue;
+                };
+                let c = self.counts.get(id).copied().unwrap_or_default();
+                dests.push(DestView {
+                    config: b.dest,
+                    active_conns: c.active,
+                    inact_conns: c.inactive,
+                    persist_conns: 0,
+                    stats: Self::stats(&self.maps.backend_stats, *id),
+                    rates: rates.1.get(id).copied().unwrap_or_default(),
+                });
+            }
+            services.push(ServiceView {
+                config: s.config,
+                stats: Self::stats(&self.maps.svc_stats, s.id),
+                rates: rates.0.get(&s.id).copied().unwrap_or_default(),
+                dests,
+            });
+        }
+        Snapshot {
+            conn_table_size: self.conn_table_size,
+            services,
+        }
+    }
+
+    /// The connection entries (`-Lc`).
+    pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for item in self.maps.conns.iter() {
+            let Ok((k, c)) = item else { continue };
+            let Some(b) = self.state.backends.get(&c.backend) else {
+                continue;
+            };
+            let timeout = u64::from(timeouts.of(&c, k.proto));
+            let idle = now.saturating_sub(c.last_seen_ns) / 1_000_000_000;
+            let (proto, state) = if k.proto == lb_common::proto::TCP {
+                (
+                    "TCP",
+                    tcp_state::NAMES
+                        .get(c.state as usize)
+                        .copied()
+                        .unwrap_or("ERR!"),
+                )
+            } else {
+                ("UDP", "UDP")
+            };
+            out.push(ConnView {
+                proto: proto.into(),
+                expire_secs: timeout.saturating_sub(idle) as u32,
+                state: state.into(),
+                client: SocketAddrV4::new(ip(k.saddr), u16::from_be(k.sport)),
+                virtual_addr: SocketAddrV4::new(ip(k.daddr), u16::from_be(k.dport)),
+                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+            });
+        }
+        out
+    }
+
+    /// Zeroes the stats of one service (and its destinations) or of all.
+    pub fn zero(&mut self, only: Option<&ServiceKey>) -> anyhow::Result<()> {
+        for (k, s) in &self.state.services {
+            if only.is_some_and(|o| o != k) {
+                continue;
+            }
+            self.maps.svc_stats.set(s.id, zeros()?, 0)?;
+            for (_, id) in &s.members {
+                self.maps.backend_stats.set(*id, zeros()?, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Global data-path counters (`lb_common::cnt`), summed over CPUs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (0..lb_common::cnt::MAX)
+            .filter_map(|i| {
+                let name = lb_common::cnt::NAMES[i as usize];
+                if name.is_empty() {
+                    return None;
+                }
+                let v = self
+                    .maps
+                    .counters
+                    .get(&i, 0)
+                    .map(|p| p.iter().sum())
+                    .unwrap_or(0);
+                Some((name, v))
+            })
+            .collect()
+    }
+
+    /// The balancer program (for `BPF_PROG_TEST_RUN`).
+    pub fn program_fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        let p: &Xdp = self
+            .bpf
+            .program(progs::BALANCER)
+            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+            .try_into()?;
+        Ok(p.fd()?.as_fd())
+    }
+
+    /// Interfaces the balancer is attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+}
+
+/// Loads the pass-through program and attaches it to `iface` (driver mode), pinning the link at
+/// `pin` so it outlives this process; removing the pin detaches it.
+pub fn attach_pass(iface: &str, pin: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = pin.parent() {
+        ensure_bpffs(dir)?;
+        fs::create_dir_all(dir)?;
+    }
+    let mut bpf = Ebpf::load(PASS_OBJ).context("loading the pass-through program")?;
+    let prog: &mut Xdp = bpf
+        .program_mut(progs::PASS)
+        .ok_or_else(|| anyhow!("program {} missing", progs::PASS))?
+        .try_into()?;
+    prog.load()?;
+    let id = prog
+        .attach(iface, XdpMode::Driver)
+        .with_context(|| format!("attaching XDP to {iface}"))?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the link at {}", pin.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_allocate_release_and_merge() {
+        let mut a = RegionAlloc::new(101);
+        let r1 = a.alloc(40).unwrap();
+        let r2 = a.alloc(40).unwrap();
+        assert_eq!((r1.off, r2.off), (1, 41));
+        assert!(a.alloc(30).is_none());
+        a.release(r1);
+        assert_eq!(a.alloc(30).unwrap().off, 1);
+        a.release(Region { off: 1, len: 30 });
+        a.release(r2);
+        assert_eq!(a.free, vec![Region { off: 1, len: 100 }]);
+    }
+
+    #[test]
+    fn regions_take_splits_free_space() {
+        let mut a = RegionAlloc::new(101);
+        assert!(a.take(Region { off: 10, len: 5 }));
+        assert!(!a.take(Region { off: 12, len: 5 }));
+        assert_eq!(
+            a.free,
+            vec![Region { off: 1, len: 9 }, Region { off: 15, len: 86 }]
+        );
+    }
+
+    #[test]
+    fn ids_skip_zero() {
+        let mut p = IdPool::new(3);
+        assert_eq!(p.alloc(), Some(1));
+        assert_eq!(p.alloc(), Some(2));
+        assert_eq!(p.alloc(), None);
+        p.release(1);
+        assert_eq!(p.alloc(), Some(1));
+    }
+
+    #[test]
+    fn scheduler_codes_round_trip() {
+        for s in Scheduler::ALL {
+            assert_eq!(sched_of(sched_code(s)), Some(s));
+        }
+        assert_eq!(sched_code(Scheduler::Rr), lb_common::sched::RR);
+        assert_eq!(sched_code(Scheduler::Mh), lb_common::sched::MH);
+    }
+}

@@ -1,0 +1,11 @@
+//! lb-ctl: the control plane of the XDP load balancer (daemon, ipvsadm-style CLI, config).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod model;
+pub mod neigh;
+pub mod sched;
+pub mod testrun;

@@ -1,0 +1,229 @@
+//! `lb-ctl`: the daemon (`lb-ctl daemon`), config checks, and the ipvsadm-style CLI that talks
+//! to the running daemon (`lb-ctl -A -t VIP:80 -s rr`, `lb-ctl -Ln`, …).
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_ctl::{api, cli, config, daemon, dataplane};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lb-ctl",
+    version,
+    about = "XDP layer-4 load balancer: LVS/ipvsadm semantics, eBPF data path"
+)]
+struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    ipvs: cli::IpvsArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Native XDP in the driver (veth, most NICs).
+    Driver,
+    /// Generic XDP in the stack (any interface, slower).
+    Generic,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon in the foreground: attach to the interfaces, pin programs and maps, serve
+    /// the control socket. SIGTERM/SIGINT detach and unpin; SIGHUP reloads the config.
+    Daemon {
+        /// Interface to balance on (repeatable; adds to `interfaces` of the config).
+        #[arg(short = 'i', long = "interface")]
+        interfaces: Vec<String>,
+        /// TOML config applied at start and on reload.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where programs, maps and links are pinned.
+        #[arg(long, default_value = dataplane::DEFAULT_PIN_DIR)]
+        pin_path: PathBuf,
+        /// Connection-table entries (default 1048576, or the config's).
+        #[arg(long)]
+        conn_table_size: Option<u32>,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "driver")]
+        xdp_mode: Mode,
+    },
+    /// Validate a config file without applying it.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Stop the daemon.
+    Stop {
+        /// Leave the XDP programs attached and the maps pinned: traffic keeps flowing and the
+        /// next daemon adopts it, connections included.
+        #[arg(long)]
+        keep_datapath: bool,
+    },
+    /// Make the daemon re-read its config file (as SIGHUP does).
+    Reload,
+    /// Data-path counters and daemon facts, as JSON.
+    Status,
+    /// Attach a pass-through XDP program to IFACE and pin its link at PIN (removing PIN
+    /// detaches it). For the veth peers of balancer interfaces.
+    XdpPass {
+        iface: String,
+        #[arg(long)]
+        pin: PathBuf,
+    },
+}
+
+fn call_ok(socket: &std::path::Path, req: &api::Request) -> anyhow::Result<api::Response> {
+    match api::call(socket, req)? {
+        api::Response::Error(e) => anyhow::bail!("{e}"),
+        r => Ok(r),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Some(Cmd::Daemon {
+            interfaces,
+            config,
+            pin_path,
+            conn_table_size,
+            xdp_mode,
+        }) => {
+            let settings = daemon::Settings {
+                interfaces,
+                config,
+                socket: cli.socket,
+                pin_dir: pin_path,
+                conn_table_size,
+                xdp_mode: match xdp_mode {
+                    Mode::Driver => aya::programs::XdpMode::Driver,
+                    Mode::Generic => aya::programs::XdpMode::Skb,
+                },
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(daemon::run(settings))
+        }
+        Some(Cmd::Check { config }) => {
+            let c = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            dataplane::Dataplane::check(&c.model)
+                .with_context(|| format!("{}", config.display()))?;
+            let dests: usize = c.model.services.values().map(|e| e.dests.len()).sum();
+            println!(
+                "{}: ok ({} services, {} real servers)",
+                config.display(),
+                c.model.services.len(),
+                dests
+            );
+            Ok(())
+        }
+        Some(Cmd::Stop { keep_datapath }) => {
+            call_ok(&cli.socket, &api::Request::Shutdown { keep_datapath }).map(drop)
+        }
+        Some(Cmd::Reload) => call_ok(&cli.socket, &api::Request::Reload).map(drop),
+        Some(Cmd::Status) => {
+            if let api::Response::Status(v) = call_ok(&cli.socket, &api::Request::Status)? {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Ok(())
+        }
+        Some(Cmd::XdpPass { iface, pin }) => dataplane::attach_pass(&iface, &pin),
+        None => unreachable!("ipvsadm-style arguments are handled by `ipvsadm`"),
+    }
+}
+
+const TRY_HELP: &str = "Try `lb-ctl -h' or 'lb-ctl --help' for more information.";
+
+/// The ipvsadm-style command line: plan, ask the daemon, print the answer. Exit codes are
+/// ipvsadm's (2 usage, 255 refused, 1 listing failed).
+fn ipvsadm(socket: &std::path::Path, args: &cli::IpvsArgs) -> ExitCode {
+    let code = |c: i32| ExitCode::from(c.clamp(0, 255) as u8);
+    let plan = match cli::plan(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lb-ctl: {e}");
+            if e.shows_try_help() {
+                eprintln!("{TRY_HELP}");
+            }
+            return code(e.exit_code());
+        }
+    };
+    let (req, render) = match plan {
+        cli::Plan::Print(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        cli::Plan::Restore => {
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("lb-ctl: reading the rules from stdin: {e}");
+                return code(cli::EXIT_FAILED);
+            }
+            match cli::parse_restore(&input) {
+                Ok(ops) => (api::Request::Ops(ops), cli::Render::Nothing),
+                Err((line, e)) => {
+                    eprintln!("lb-ctl: line {line}: {e}");
+                    return code(e.exit_code());
+                }
+            }
+        }
+        cli::Plan::Request { req, render } => (req, render),
+    };
+    let resp = match api::call(socket, &req) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lb-ctl: {e:#}");
+            return code(render.error_exit_code());
+        }
+    };
+    match cli::render_response(&resp, &render) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("{msg}");
+            code(render.error_exit_code())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            let _ = e.print();
+            // ipvsadm exits 255 on an option it cannot parse.
+            return if help {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(255)
+            };
+        }
+    };
+    if cli.cmd.is_none() {
+        return ipvsadm(&cli.socket, &cli.ipvs);
+    }
+    if cli.ipvs != cli::IpvsArgs::default() {
+        eprintln!("lb-ctl: ipvsadm-style options cannot be combined with a subcommand");
+        eprintln!("{TRY_HELP}");
+        return ExitCode::from(2);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
