@@ -1,0 +1,521 @@
+//! `BPF_PROG_TEST_RUN` fixtures: packets in, verdicts and packets out, through the balancer
+//! the daemon loads, with its maps filled by the daemon's own `Dataplane::sync`. Root only.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use lb_ctl::{
+    dataplane::{Dataplane, Options, Path_, Paths},
+    model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    testrun::{self, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
+};
+use lb_tests::packet::{self, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+
+fn rs(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + n)
+}
+fn rs_mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, n]
+}
+
+/// A loaded balancer with its own pins, removed on drop (even when a test fails).
+struct Fixture {
+    dp: Option<Dataplane>,
+    model: Model,
+    paths: Paths,
+}
+
+impl Fixture {
+    fn new(model: Model) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pin_dir: PathBuf =
+            lb_tests::pin_root().join(format!("fixture-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let dp = Dataplane::open(Options {
+            pin_dir,
+            conn_table_size: 4096,
+            sched_table_size: 4096,
+        })
+        .expect("loading the balancer (root, bpffs)");
+        // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
+        // reports as ingress, so a forwarded packet comes back as XDP_TX.
+        let paths = (1..=8)
+            .map(|n| {
+                (
+                    rs(n),
+                    Path_ {
+                        ifindex: 1,
+                        smac: DIRECTOR_MAC,
+                        dmac: Some(rs_mac(n)),
+                    },
+                )
+            })
+            .collect();
+        let mut f = Self {
+            dp: Some(dp),
+            model: Model::default(),
+            paths,
+        };
+        f.set(model);
+        f
+    }
+
+    fn dp(&mut self) -> &mut Dataplane {
+        self.dp.as_mut().expect("open")
+    }
+
+    fn set(&mut self, model: Model) {
+        let paths = self.paths.clone();
+        self.dp().sync(&model, &paths).expect("sync");
+        self.model = model;
+    }
+
+    fn op(&mut self, op: Op) {
+        let mut m = self.model.clone();
+        m.apply(&op).expect("op");
+        self.set(m);
+    }
+
+    fn run(&mut self, frame: &[u8]) -> Outcome {
+        let fd = self.dp().program_fd().expect("program");
+        let out = testrun::run_xdp(&fd, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(
+            out.action,
+            testrun::XDP_ABORTED,
+            "the program aborted on {frame:02x?}"
+        );
+        out
+    }
+
+    fn counter(&mut self, name: &str) -> u64 {
+        self.dp()
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
+    }
+
+    /// The real server a forwarded frame went to, by its destination MAC.
+    fn forwarded_to(&mut self, frame: &[u8]) -> u8 {
+        let out = self.run(frame);
+        assert_eq!(
+            out.action, XDP_TX,
+            "expected XDP_TX for {frame:02x?}, got {out:?}"
+        );
+        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
+        assert_eq!(
+            &out.data[12..],
+            &frame[12..],
+            "DR must leave everything after the MACs untouched"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
+        n
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let dir = dp.pin_dir().to_path_buf();
+            let _ = dp.shutdown(false);
+            let _ = std::fs::remove_dir_all(dir);
+            // The run's pin root goes when its last user does.
+            let _ = std::fs::remove_dir(lb_tests::pin_root());
+        }
+    }
+}
+
+fn service(
+    proto: Protocol,
+    port: u16,
+    sched: Scheduler,
+    dests: &[(u8, u32)],
+) -> (ServiceConfig, Vec<DestConfig>) {
+    let cfg = ServiceConfig {
+        key: ServiceKey {
+            proto,
+            addr: VIP,
+            port,
+        },
+        scheduler: sched,
+        sched_flags: Default::default(),
+        persistence: None,
+        ops: false,
+    };
+    let dests = dests
+        .iter()
+        .map(|&(n, weight)| DestConfig {
+            addr: rs(n),
+            port,
+            forward: Forward::Dr,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+        })
+        .collect();
+    (cfg, dests)
+}
+
+fn model(services: &[(ServiceConfig, Vec<DestConfig>)]) -> Model {
+    let mut m = Model::default();
+    for (cfg, dests) in services {
+        m.apply(&Op::AddService(*cfg)).unwrap();
+        for d in dests {
+            m.apply(&Op::AddDest(cfg.key, *d)).unwrap();
+        }
+    }
+    m
+}
+
+fn web_rr() -> Model {
+    model(&[service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1), (2, 1)])])
+}
+
+fn tcp(sport: u16, flags: u8) -> Vec<u8> {
+    Frame::tcp(CLIENT, sport, VIP, 80, flags, b"").eth(DIRECTOR_MAC, ROUTER_MAC)
+}
+
+#[test]
+fn syn_is_forwarded_with_rewritten_macs_only() {
+    let mut f = Fixture::new(web_rr());
+    let syn = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, b"").eth(DIRECTOR_MAC, ROUTER_MAC);
+    let n = f.forwarded_to(&syn);
+    assert!(n == 1 || n == 2);
+    assert_eq!(f.counter("new_conn"), 1);
+    assert_eq!(f.counter("tx"), 1);
+}
+
+#[test]
+fn packets_of_a_flow_stick_to_its_backend() {
+    let mut f = Fixture::new(web_rr());
+    let first = f.forwarded_to(&tcp(40001, TCP_SYN));
+    for flags in [
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_ACK,
+        TCP_FIN | TCP_ACK,
+        TCP_ACK,
+    ] {
+        assert_eq!(
+            f.forwarded_to(&tcp(40001, flags)),
+            first,
+            "flags {flags:#x}"
+        );
+    }
+    assert_eq!(f.counter("new_conn"), 1);
+}
+
+#[test]
+fn rr_alternates_new_flows() {
+    let mut f = Fixture::new(web_rr());
+    let picks: Vec<u8> = (0..10)
+        .map(|i| f.forwarded_to(&tcp(41000 + i, TCP_SYN)))
+        .collect();
+    for w in picks.windows(2) {
+        assert_ne!(w[0], w[1], "rr must alternate: {picks:?}");
+    }
+}
+
+#[test]
+fn wrr_2_1_gives_20_10_over_30_flows() {
+    let mut f = Fixture::new(model(&[service(
+        Protocol::Tcp,
+        80,
+        Scheduler::Wrr,
+        &[(1, 2), (2, 1)],
+    )]));
+    let mut count = [0; 3];
+    for i in 0..30 {
+        count[f.forwarded_to(&tcp(42000 + i, TCP_SYN)) as usize] += 1;
+    }
+    assert_eq!((count[1], count[2]), (20, 10), "wrr 2:1 over 30 new flows");
+}
+
+#[test]
+fn weight_zero_gets_no_new_flows_but_keeps_its_own() {
+    let mut f = Fixture::new(web_rr());
+    // Find a flow on rs1, then quiesce rs1.
+    let mut on_rs1 = None;
+    for i in 0..4 {
+        if f.forwarded_to(&tcp(43000 + i, TCP_SYN)) == 1 {
+            on_rs1 = Some(43000 + i);
+        }
+    }
+    let port = on_rs1.expect("rr gave rs1 a flow");
+    let (cfg, mut dests) = service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1), (2, 1)]);
+    dests[0].weight = 0;
+    f.op(Op::EditDest(cfg.key, dests[0]));
+    for i in 0..6 {
+        assert_eq!(
+            f.forwarded_to(&tcp(43100 + i, TCP_SYN)),
+            2,
+            "new flows avoid weight 0"
+        );
+    }
+    assert_eq!(
+        f.forwarded_to(&tcp(port, TCP_ACK)),
+        1,
+        "the existing flow keeps rs1"
+    );
+}
+
+#[test]
+fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
+    let mut f = Fixture::new(web_rr());
+    let mut on_rs1 = None;
+    for i in 0..4 {
+        if f.forwarded_to(&tcp(44000 + i, TCP_SYN)) == 1 {
+            on_rs1 = Some(44000 + i);
+        }
+    }
+    let port = on_rs1.expect("rr gave rs1 a flow");
+    f.op(Op::DelDest(
+        ServiceKey {
+            proto: Protocol::Tcp,
+            addr: VIP,
+            port: 80,
+        },
+        rs(1),
+        80,
+    ));
+    for i in 0..4 {
+        assert_eq!(f.forwarded_to(&tcp(44100 + i, TCP_SYN)), 2);
+    }
+    let out = f.run(&tcp(port, TCP_ACK));
+    assert_eq!(
+        out.action, XDP_DROP,
+        "IPVS expire_nodest_conn=0 drops: {out:?}"
+    );
+    assert_eq!(f.counter("drop_backend_gone"), 1);
+}
+
+#[test]
+fn non_syn_without_connection_goes_to_the_stack() {
+    let mut f = Fixture::new(web_rr());
+    let ack = tcp(45000, TCP_ACK);
+    let out = f.run(&ack);
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(out.data, ack, "passed packets are untouched");
+    assert_eq!(f.counter("pass_no_conn"), 1);
+    let rst = tcp(45001, TCP_RST);
+    assert_eq!(f.run(&rst).action, XDP_PASS);
+}
+
+#[test]
+fn a_syn_after_time_wait_or_close_is_scheduled_again() {
+    let mut f = Fixture::new(web_rr());
+    let first = f.forwarded_to(&tcp(46000, TCP_SYN));
+    f.forwarded_to(&tcp(46000, TCP_ACK));
+    // RST moves an established connection to CLOSE (in SYN_RECV IPVS ignores it); a new SYN
+    // on the same tuple is then a new connection.
+    f.forwarded_to(&tcp(46000, TCP_RST | TCP_ACK));
+    let second = f.forwarded_to(&tcp(46000, TCP_SYN));
+    assert_ne!(first, second, "rescheduled with rr");
+    assert_eq!(f.counter("new_conn"), 2);
+}
+
+#[test]
+fn udp_flows_are_balanced_and_sticky() {
+    let mut f = Fixture::new(model(&[service(
+        Protocol::Udp,
+        53,
+        Scheduler::Rr,
+        &[(1, 1), (2, 1)],
+    )]));
+    let q = |sport| Frame::udp(CLIENT, sport, VIP, 53, b"query").eth(DIRECTOR_MAC, ROUTER_MAC);
+    let a = f.forwarded_to(&q(5000));
+    assert_eq!(f.forwarded_to(&q(5000)), a);
+    assert_ne!(f.forwarded_to(&q(5001)), a);
+}
+
+#[test]
+fn ip_options_are_handled() {
+    let mut f = Fixture::new(web_rr());
+    let opts = [1u8, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
+    let syn = Frame::tcp(CLIENT, 47000, VIP, 80, TCP_SYN, b"")
+        .with_ip_options(&opts)
+        .eth(DIRECTOR_MAC, ROUTER_MAC);
+    let n = f.forwarded_to(&syn);
+    let ack = Frame::tcp(CLIENT, 47000, VIP, 80, TCP_ACK, b"x")
+        .with_ip_options(&opts)
+        .eth(DIRECTOR_MAC, ROUTER_MAC);
+    assert_eq!(f.forwarded_to(&ack), n);
+}
+
+#[test]
+fn other_traffic_passes_untouched() {
+    let mut f = Fixture::new(web_rr());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "other address",
+            Frame::tcp(CLIENT, 1, Ipv4Addr::new(192, 0, 2, 2), 22, TCP_SYN, b"")
+                .eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_not_service",
+        ),
+        (
+            "other port",
+            Frame::tcp(CLIENT, 1, VIP, 443, TCP_SYN, b"").eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_not_service",
+        ),
+        (
+            "udp to a tcp service",
+            Frame::udp(CLIENT, 1, VIP, 80, b"").eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_not_service",
+        ),
+        (
+            "icmp",
+            Frame::icmp_echo(CLIENT, VIP).eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_not_service",
+        ),
+        (
+            "arp",
+            packet::arp_request(ROUTER_MAC, CLIENT, VIP),
+            "pass_not_ipv4",
+        ),
+        (
+            "ipv6",
+            packet::ipv6_frame(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_not_ipv4",
+        ),
+        (
+            "fragment",
+            Frame::tcp(CLIENT, 48000, VIP, 80, TCP_SYN, b"")
+                .fragment(0x2000)
+                .eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_fragment",
+        ),
+        (
+            "later fragment",
+            Frame::tcp(CLIENT, 48000, VIP, 80, TCP_SYN, b"")
+                .fragment(0x0010)
+                .eth(DIRECTOR_MAC, ROUTER_MAC),
+            "pass_fragment",
+        ),
+        ("unknown ethertype", vec![0xff; 14], "pass_not_ipv4"),
+    ];
+    for (what, frame, counter) in cases {
+        let before = f.counter(counter);
+        let out = f.run(&frame);
+        assert_eq!(out.action, XDP_PASS, "{what}: {out:?}");
+        assert_eq!(out.data, frame, "{what}: passed packets are untouched");
+        assert_eq!(
+            f.counter(counter),
+            before + 1,
+            "{what}: counted in {counter}"
+        );
+    }
+    assert_eq!(f.counter("new_conn"), 0);
+}
+
+#[test]
+fn truncated_and_malformed_headers_are_dropped_and_counted() {
+    let mut f = Fixture::new(web_rr());
+    let good = tcp(49000, TCP_SYN);
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ethernet only", good[..14].to_vec()),
+        ("half an IP header", good[..24].to_vec()),
+        ("IP header, no ports", good[..34].to_vec()),
+        ("ports but half a TCP header", good[..44].to_vec()),
+    ];
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44; // IHL 4: shorter than the minimum
+    cases.push(("IHL below 5", bad_ihl));
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    cases.push(("IP version 6 in an IPv4 frame", bad_version));
+    let mut long_ihl = good.clone();
+    long_ihl[14] = 0x4f; // claims 60 bytes of header in a 40-byte packet
+    cases.push(("IHL past the end", long_ihl));
+    for (what, frame) in cases {
+        let before = f.counter("drop_malformed");
+        let out = f.run(&frame);
+        assert_eq!(out.action, XDP_DROP, "{what}: {out:?}");
+        assert_eq!(f.counter("drop_malformed"), before + 1, "{what}");
+    }
+    assert_eq!(f.counter("new_conn"), 0);
+}
+
+#[test]
+fn a_service_with_no_backend_drops_new_flows() {
+    let mut f = Fixture::new(model(&[service(Protocol::Tcp, 80, Scheduler::Rr, &[])]));
+    let out = f.run(&tcp(50000, TCP_SYN));
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(f.counter("drop_no_backend"), 1);
+}
+
+#[test]
+fn an_unresolved_real_server_is_not_sent_garbage() {
+    let mut f = Fixture::new(Model::default());
+    f.paths.get_mut(&rs(1)).unwrap().dmac = None;
+    f.set(model(&[service(
+        Protocol::Tcp,
+        80,
+        Scheduler::Rr,
+        &[(1, 1)],
+    )]));
+    let out = f.run(&tcp(51000, TCP_SYN));
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(f.counter("drop_no_neigh"), 1);
+}
+
+#[test]
+fn random_frames_never_abort() {
+    let mut f = Fixture::new(web_rr());
+    // A fixed-seed generator: mostly well-formed prefixes with random tails and lengths, so
+    // the parser is exercised at every boundary.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let template = tcp(52000, TCP_SYN);
+    for _ in 0..3000 {
+        let len = (next() % 80) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let keep = (next() % 40) as usize;
+        for (i, b) in frame.iter_mut().enumerate().take(keep.min(template.len())) {
+            *b = template[i];
+        }
+        if frame.len() < 14 {
+            // The kernel refuses test-run input shorter than an Ethernet header.
+            continue;
+        }
+        let out = f.run(&frame);
+        assert!(
+            [XDP_PASS, XDP_DROP, XDP_TX].contains(&out.action),
+            "{frame:02x?} -> {out:?}"
+        );
+    }
+}
+
+#[test]
+fn stats_count_packets_and_bytes_per_service_and_backend() {
+    let mut f = Fixture::new(web_rr());
+    let syn = tcp(53000, TCP_SYN);
+    let n = f.forwarded_to(&syn);
+    let data = Frame::tcp(CLIENT, 53000, VIP, 80, TCP_ACK | TCP_PSH, &[7; 100])
+        .eth(DIRECTOR_MAC, ROUTER_MAC);
+    f.forwarded_to(&data);
+    let snap = f.dp().snapshot(None, &Default::default());
+    let svc = &snap.services[0];
+    assert_eq!(svc.stats.conns, 1);
+    assert_eq!(svc.stats.inpkts, 2);
+    assert_eq!(svc.stats.inbytes, (syn.len() - 14 + data.len() - 14) as u64);
+    let dest = svc
+        .dests
+        .iter()
+        .find(|d| d.config.addr == rs(n))
+        .expect("listed");
+    assert_eq!((dest.stats.conns, dest.stats.inpkts), (1, 2));
+}

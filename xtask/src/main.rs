@@ -1,0 +1,202 @@
+//! Task runner: `cargo xtask setup | test | demo | bench` (see `cargo xtask --help`).
+mod setup;
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::util::{cargo, fail_line, run_status};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set up and test the XDP load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (nightly, rust-src, bpf-linker, Debian
+    /// packages) and mount bpffs. Idempotent; needs root.
+    Setup,
+    /// Run setup, build lb-ctl, run the unit tests, then the root namespace tests
+    /// (lb-tests, one thread). Arguments go to the lb-tests run, e.g. `cargo xtask test -- dr_rr`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, build lb-ctl and show an LVS-DR lab balancing HTTP between two real servers.
+    Demo,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo(),
+        Cmd::Bench => {
+            eprintln!("bench: not implemented yet");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            fail_line(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask lives in `<root>/xtask`.
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// Where `cargo build -p lb-ctl` puts the debug binary (honours CARGO_TARGET_DIR).
+fn lb_ctl_path() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                root_dir().join(dir)
+            }
+        }
+        None => root_dir().join("target"),
+    };
+    target.join("debug").join("lb-ctl")
+}
+
+/// PATH plus the sbin dirs: the namespace tests run sysctl, ethtool, tcpdump and bpftool,
+/// and a non-login root shell or CI may not have them on PATH.
+fn path_with_sbin() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    for sbin in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|d| d == Path::new(sbin)) {
+            dirs.push(PathBuf::from(sbin));
+        }
+    }
+    std::env::join_paths(dirs).expect("PATH entries contain no ':'")
+}
+
+fn build_lb_ctl() -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "lb-ctl"]).current_dir(root_dir());
+    run_status(&mut cmd)?;
+    let path = lb_ctl_path();
+    anyhow::ensure!(
+        path.is_file(),
+        "cargo build -p lb-ctl succeeded but {} does not exist",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// One stage of `cargo xtask test`, for the closing summary.
+struct Stage {
+    name: &'static str,
+    result: anyhow::Result<()>,
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut stages = Vec::new();
+    let setup = setup::run();
+    let setup_ok = setup.is_ok();
+    stages.push(Stage {
+        name: "setup",
+        result: setup,
+    });
+    if setup_ok {
+        // Leftovers of aborted runs (namespaces, pins) would collide with or confuse this run.
+        match lb_tests::cleanup::remove_stale() {
+            Ok(removed) => {
+                for what in &removed {
+                    println!("removed stale: {what}");
+                }
+            }
+            Err(e) => println!("warning: removing stale test leftovers: {e:#}"),
+        }
+        let build = build_lb_ctl();
+        let lb_ctl = build.as_ref().ok().cloned();
+        stages.push(Stage {
+            name: "build lb-ctl",
+            result: build.map(|_| ()),
+        });
+        if let Some(lb_ctl) = lb_ctl {
+            // lb-ebpf is no_std/nightly-only (built by lb-ctl's build.rs); lb-tests needs root.
+            let mut unit = cargo();
+            // --no-fail-fast: one failing test binary must not hide the others' results.
+            unit.args([
+                "test",
+                "--no-fail-fast",
+                "--workspace",
+                "--exclude",
+                "lb-tests",
+                "--exclude",
+                "lb-ebpf",
+            ])
+            .current_dir(root_dir());
+            stages.push(Stage {
+                name: "unit tests",
+                result: run_status(&mut unit),
+            });
+
+            let mut ns = cargo();
+            ns.args([
+                "test",
+                "--no-fail-fast",
+                "-p",
+                "lb-tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(extra)
+            .env("LB_CTL", &lb_ctl)
+            .env("PATH", path_with_sbin())
+            .env("RUST_BACKTRACE", "1")
+            .current_dir(root_dir());
+            stages.push(Stage {
+                name: "namespace tests (lb-tests)",
+                result: run_status(&mut ns),
+            });
+        }
+    }
+
+    println!();
+    println!("summary:");
+    let mut failed = Vec::new();
+    for stage in &stages {
+        match &stage.result {
+            Ok(()) => println!("  ok:     {}", stage.name),
+            Err(e) => {
+                println!("  FAILED: {}: {e:#}", stage.name);
+                failed.push(stage.name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("test failed in: {}", failed.join(", "))
+    }
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup::run()?;
+    let lb_ctl = build_lb_ctl()?;
+    lb_tests::demo::run(&lb_ctl)
+}
