@@ -8,9 +8,11 @@
 
 /// Map names, as they appear in the ELF object and under the pin directory.
 pub mod maps {
-    /// `SvcKey` → `Service`. Hash, no prealloc (RCU-freed values: an update is atomic for
-    /// readers).
-    pub const SERVICES: &str = "LB_SERVICES";
+    /// `u32` slot → `SvcSlot`: the services, as two open-addressing tables of
+    /// `size::SVC_SLOTS` slots each; `Settings::svc_half` says which half is live. The control
+    /// plane rewrites the idle half and flips, so no packet ever sees a half-updated table.
+    /// (An array is read with inlined loads; a hash map lookup is a kernel call per packet.)
+    pub const SVC_TABLE: &str = "LB_SVC_TABLE";
     /// `u32` backend id → `Backend`. Array; id 0 is reserved ("unset").
     pub const BACKENDS: &str = "LB_BACKENDS";
     /// `u32` slot → backend id. Array holding every service's scheduling table (wrr sequence,
@@ -26,12 +28,12 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "LB_RS_STATS";
     /// `u32` counter index (`cnt::*`) → `u64`, per CPU.
     pub const COUNTERS: &str = "LB_COUNTERS";
-    /// `u32` 0 → `Settings`: global knobs written by the control plane.
+    /// `u32` 0 → `Settings`: global knobs and the clock, written by the control plane.
     pub const SETTINGS: &str = "LB_SETTINGS";
 
     /// Every map the daemon pins and adopts again after a restart.
     pub const ALL: [&str; 9] = [
-        SERVICES,
+        SVC_TABLE,
         BACKENDS,
         SCHED_TABLE,
         SVC_CURSOR,
@@ -60,6 +62,12 @@ pub mod progs {
 pub mod size {
     /// Services (and the id space of per-service arrays; id 0 reserved).
     pub const MAX_SERVICES: u32 = 4096;
+    /// Slots of one half of `SVC_TABLE`: a power of two, twice `MAX_SERVICES`, so the load
+    /// factor stays at or below one half.
+    pub const SVC_SLOTS: u32 = 8192;
+    /// The longest probe sequence the data path follows in `SVC_TABLE`; the control plane
+    /// refuses a table that would need more.
+    pub const SVC_MAX_PROBE: u32 = 8;
     /// Backends, i.e. (service, real server) pairs; id 0 reserved.
     pub const MAX_BACKENDS: u32 = 65536;
     /// Default connection-table size (entries).
@@ -241,8 +249,6 @@ pub mod udp_state {
 /// Indices into the per-CPU `COUNTERS` array: every path out of the program that is not a
 /// normal forward is counted here.
 pub mod cnt {
-    /// Frames seen.
-    pub const RX: u32 = 0;
     /// Forwarded with `XDP_TX`.
     pub const TX: u32 = 1;
     /// Forwarded with `bpf_redirect`.
@@ -275,7 +281,7 @@ pub mod cnt {
 
     /// Names for listings, indexed by counter.
     pub const NAMES: [&str; MAX as usize] = [
-        "rx",
+        "",
         "tx",
         "redirect",
         "pass_not_ipv4",
@@ -357,7 +363,10 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Integer padding, not `[u8; 3]`: zeroing an array compiles to a call into a byte-loop
+    // memset subprogram on the hot path.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Connection-table value.
@@ -370,7 +379,7 @@ pub struct Conn {
     /// `conn_flags::*`.
     pub flags: u8,
     pub _pad: u16,
-    /// `bpf_ktime_get_coarse_ns()` of the last packet (CLOCK_MONOTONIC).
+    /// `Settings::clock_ns` when the last packet was seen.
     pub last_seen_ns: u64,
 }
 
@@ -385,15 +394,49 @@ pub struct Stats {
     pub out_bytes: u64,
 }
 
-/// Global knobs (array of one).
+/// One slot of `SVC_TABLE`; `svc.id == 0` marks an empty slot, which ends a probe sequence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcSlot {
+    pub key: SvcKey,
+    pub svc: Service,
+}
+
+impl SvcKey {
+    /// The key as one integer (its padding byte is always zero), for a one-load compare.
+    #[inline(always)]
+    pub const fn as_u64(&self) -> u64 {
+        (self.addr as u64) | ((self.port as u64) << 32) | ((self.proto as u64) << 48)
+    }
+}
+
+/// Home slot of a service key in one half of `SVC_TABLE` (shared by both sides so they
+/// agree). Multiplicative hashing; the keys are the admin's VIPs, so the only thing a packet
+/// controls is which (short, bounded) probe sequence it walks.
+#[inline(always)]
+pub const fn svc_hash(key: &SvcKey) -> u32 {
+    let x = key.as_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((x >> 32) as u32) & (size::SVC_SLOTS - 1)
+}
+
+/// Global knobs (array of one), written only by the control plane.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Bumped by the control plane whenever the layout of a map changes meaning; the data path
-    /// does not read it, the daemon checks it when it adopts pinned maps.
+    /// Bumped whenever the layout of a map changes meaning; the data path does not read it,
+    /// the daemon checks it when it adopts pinned maps.
     pub layout_version: u32,
-    pub _pad: u32,
+    /// Which half of `SVC_TABLE` is live (0 or 1).
+    pub svc_half: u32,
+    /// The balancer's clock in ns, advanced by the daemon every `CLOCK_TICK_NS` while it runs
+    /// (and so standing still while no daemon runs: connections do not age then either).
+    /// Connections record it as their last activity: reading it is an inlined array load,
+    /// where a clock helper costs a kernel call on every packet.
+    pub clock_ns: u64,
 }
+
+/// How often the daemon advances `Settings::clock_ns`.
+pub const CLOCK_TICK_NS: u64 = 100_000_000;
 
 /// Layout version of the pinned maps; bump when any type above changes.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -410,6 +453,7 @@ mod pod {
     unsafe impl aya::Pod for Conn {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for SvcSlot {}
 }
 
 #[cfg(test)]
@@ -425,7 +469,30 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Conn>(), 16);
         assert_eq!(size_of::<Stats>(), 40);
-        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<SvcSlot>(), 24);
+    }
+
+    #[test]
+    fn svc_hash_spreads_neighbouring_vips_and_ports() {
+        let mut seen = [false; size::SVC_SLOTS as usize];
+        let mut collisions = 0;
+        for last in 1..=64u8 {
+            for port in [80u16, 443, 53] {
+                let k = SvcKey {
+                    addr: u32::from_ne_bytes([192, 0, 2, last]),
+                    port: port.to_be(),
+                    proto: proto::TCP,
+                    _pad: 0,
+                };
+                let h = svc_hash(&k) as usize;
+                if seen[h] {
+                    collisions += 1;
+                }
+                seen[h] = true;
+            }
+        }
+        assert!(collisions < 8, "{collisions} collisions among 192 services");
     }
 
     #[test]

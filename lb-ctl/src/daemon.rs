@@ -334,6 +334,8 @@ impl Daemon {
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rates = interval(RATE_INTERVAL);
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut clock = interval(Duration::from_nanos(lb_common::CLOCK_TICK_NS));
+        clock.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(false),
@@ -344,6 +346,11 @@ impl Daemon {
                 },
                 _ = sweep.tick() => self.tick().await,
                 _ = rates.tick() => self.estimator.update(self.dp.all_stats()),
+                _ = clock.tick() => {
+                    if let Err(e) = self.dp.tick_clock() {
+                        log::warn!("advancing the data path's clock: {e:#}");
+                    }
+                }
                 conn = listener.accept() => {
                     let Ok((stream, _)) = conn else { continue };
                     if let Some(keep) = self.client(stream).await {

@@ -26,8 +26,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Conn, FlowKey, LAYOUT_VERSION, Service, Settings, Stats, SvcKey, backend_flags, maps,
-    progs, size, tcp_state, udp_state,
+    Backend, Conn, FlowKey, LAYOUT_VERSION, Service, Settings, Stats, SvcKey, SvcSlot,
+    backend_flags, maps, progs, size, svc_hash, tcp_state, udp_state,
 };
 
 use crate::{
@@ -50,6 +50,9 @@ const TABLE_GRACE: Duration = Duration::from_secs(2);
 /// How long a deleted destination stays in the trash at least (IPVS keeps it while
 /// connections use it; we also wait for the next sweeps to have counted them).
 const TRASH_GRACE: Duration = Duration::from_secs(5);
+/// How long a half of the service table stays untouched after it stopped being live, for the
+/// same reason as `TABLE_GRACE` (a packet reads `svc_half`, then probes).
+const SVC_HALF_GRACE: Duration = Duration::from_millis(20);
 
 /// Settings chosen at load time.
 #[derive(Clone, Debug)]
@@ -241,7 +244,7 @@ struct State {
 
 /// The maps, typed.
 struct Maps {
-    services: BpfHashMap<MapData, SvcKey, Service>,
+    svc_table: Array<MapData, SvcSlot>,
     backends: Array<MapData, Backend>,
     sched_table: Array<MapData, u32>,
     cursor: Array<MapData, u64>,
@@ -324,6 +327,14 @@ pub struct Dataplane {
     conn_table_size: u32,
     /// Whether the maps came from a previous daemon.
     adopted: bool,
+    /// The value last written to `LB_SETTINGS`.
+    settings: Settings,
+    /// What each half of `LB_SVC_TABLE` holds.
+    halves: [Vec<SvcSlot>; 2],
+    /// When the idle half stopped being live.
+    half_retired_at: Instant,
+    /// When `settings.clock_ns` was last advanced.
+    clock_at: Instant,
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
@@ -362,17 +373,6 @@ fn forward_of(code: u8) -> Option<Forward> {
     [Forward::Dr, Forward::Nat, Forward::Tun]
         .into_iter()
         .find(|f| f.code() == code)
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_coarse_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Mounts bpffs at /sys/fs/bpf if it is not (a fresh boot leaves it unmounted).
@@ -419,7 +419,7 @@ fn expected_layout(name: &str) -> (u32, u32) {
     use core::mem::size_of;
     let s = |k: usize, v: usize| (k as u32, v as u32);
     match name {
-        maps::SERVICES => s(size_of::<SvcKey>(), size_of::<Service>()),
+        maps::SVC_TABLE => s(4, size_of::<SvcSlot>()),
         maps::BACKENDS => s(4, size_of::<Backend>()),
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
@@ -514,7 +514,7 @@ impl Dataplane {
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
         let mut maps = Maps {
-            services: take(&mut bpf, maps::SERVICES)?,
+            svc_table: take(&mut bpf, maps::SVC_TABLE)?,
             backends: take(&mut bpf, maps::BACKENDS)?,
             sched_table: take(&mut bpf, maps::SCHED_TABLE)?,
             cursor: take(&mut bpf, maps::SVC_CURSOR)?,
@@ -524,7 +524,7 @@ impl Dataplane {
             counters: take(&mut bpf, maps::COUNTERS)?,
             settings: take(&mut bpf, maps::SETTINGS)?,
         };
-        let settings = maps.settings.get(&0, 0)?;
+        let mut settings = maps.settings.get(&0, 0)?;
         if adopted && settings.layout_version != LAYOUT_VERSION {
             bail!(
                 "the pinned maps under {} have layout version {} but this lb-ctl writes {}: \
@@ -534,14 +534,20 @@ impl Dataplane {
                 LAYOUT_VERSION
             );
         }
-        maps.settings.set(
-            0,
-            Settings {
-                layout_version: LAYOUT_VERSION,
-                _pad: 0,
-            },
-            0,
-        )?;
+        settings.layout_version = LAYOUT_VERSION;
+        settings.svc_half &= 1;
+        maps.settings.set(0, settings, 0)?;
+        // What each half of the service table holds (zeros in fresh maps).
+        let mut halves = [Vec::new(), Vec::new()];
+        for (h, half) in halves.iter_mut().enumerate() {
+            if adopted {
+                for i in 0..size::SVC_SLOTS {
+                    half.push(maps.svc_table.get(&(h as u32 * size::SVC_SLOTS + i), 0)?);
+                }
+            } else {
+                *half = vec![SvcSlot::default(); size::SVC_SLOTS as usize];
+            }
+        }
 
         let state = State {
             services: BTreeMap::new(),
@@ -560,6 +566,10 @@ impl Dataplane {
             counts: HashMap::new(),
             conn_table_size,
             adopted,
+            settings,
+            halves,
+            half_retired_at: Instant::now() - SVC_HALF_GRACE,
+            clock_at: Instant::now(),
         };
         if adopted {
             dp.adopt()
@@ -584,8 +594,9 @@ impl Dataplane {
     /// Rebuilds the control plane's view from the maps a previous daemon filled.
     fn adopt(&mut self) -> anyhow::Result<()> {
         let mut by_id = HashMap::new();
-        for item in self.maps.services.iter() {
-            let (k, v) = item?;
+        let live = self.halves[self.settings.svc_half as usize].clone();
+        for slot in live.iter().filter(|s| s.svc.id != 0) {
+            let (k, v) = (slot.key, slot.svc);
             let (Some(proto), Some(scheduler)) = (proto_of(k.proto), sched_of(v.sched)) else {
                 log::warn!("ignoring a pinned service entry with unknown protocol/scheduler");
                 continue;
@@ -1005,6 +1016,8 @@ impl Dataplane {
             }
         }
 
+        let svc_table = Self::build_svc_table(&st)?;
+
         // Everything fits: write, in an order no packet can trip over.
         for id in &fresh_backends {
             self.maps.backend_stats.set(*id, zeros()?, 0)?;
@@ -1019,22 +1032,10 @@ impl Dataplane {
             for (i, be) in table.iter().enumerate() {
                 self.maps.sched_table.set(region.off + i as u32, *be, 0)?;
             }
-            let s = &st.services[key];
             // IPVS restarts its wrr walk when destinations change; so do we.
-            self.maps.cursor.set(s.id, 0, 0)?;
-            let v = Service {
-                id: s.id,
-                sched: sched_code(s.config.scheduler),
-                flags: 0,
-                _pad: 0,
-                table_off: region.off,
-                table_len: region.len,
-            };
-            self.maps.services.insert(svc_key(key), v, 0)?;
+            self.maps.cursor.set(st.services[key].id, 0, 0)?;
         }
-        for k in &removed_services {
-            let _ = self.maps.services.remove(&svc_key(k));
-        }
+        self.write_svc_table(&svc_table)?;
         for (id, v) in &trash_writes {
             self.maps.backends.set(*id, *v, 0)?;
         }
@@ -1044,6 +1045,76 @@ impl Dataplane {
             }
         }
         self.state = st;
+        Ok(())
+    }
+
+    /// The contents of one half of `LB_SVC_TABLE` for the services in `st` (linear probing
+    /// from `svc_hash`), or `Err` if some key would sit further than the data path probes.
+    fn build_svc_table(st: &State) -> anyhow::Result<Vec<SvcSlot>> {
+        let mask = size::SVC_SLOTS - 1;
+        let mut t = vec![SvcSlot::default(); size::SVC_SLOTS as usize];
+        for (k, s) in &st.services {
+            let key = svc_key(k);
+            let home = svc_hash(&key);
+            let slot = (0..size::SVC_MAX_PROBE)
+                .map(|i| ((home + i) & mask) as usize)
+                .find(|&i| t[i].svc.id == 0)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "service {k}: its {} home slots in the service table are taken                          (too many services hash alike)",
+                        size::SVC_MAX_PROBE
+                    )
+                })?;
+            t[slot] = SvcSlot {
+                key,
+                svc: Service {
+                    id: s.id,
+                    sched: sched_code(s.config.scheduler),
+                    flags: 0,
+                    _pad: 0,
+                    table_off: s.region.off,
+                    table_len: s.region.len,
+                },
+            };
+        }
+        Ok(t)
+    }
+
+    /// Makes `table` live: writes the slots of the idle half that differ, then flips
+    /// `svc_half`. Nothing is written when the live half already matches.
+    fn write_svc_table(&mut self, table: &[SvcSlot]) -> anyhow::Result<()> {
+        let live = self.settings.svc_half as usize & 1;
+        if self.halves[live] == table {
+            return Ok(());
+        }
+        let idle = live ^ 1;
+        // A packet that read `svc_half` just before the last flip may still probe the idle
+        // half; it is done within microseconds, the grace is generous.
+        let since = self.half_retired_at.elapsed();
+        if since < SVC_HALF_GRACE {
+            std::thread::sleep(SVC_HALF_GRACE - since);
+        }
+        for (i, slot) in table.iter().enumerate() {
+            if self.halves[idle][i] != *slot {
+                let at = idle as u32 * size::SVC_SLOTS + i as u32;
+                self.maps.svc_table.set(at, *slot, 0)?;
+                self.halves[idle][i] = *slot;
+            }
+        }
+        self.settings.svc_half = idle as u32;
+        self.maps.settings.set(0, self.settings, 0)?;
+        self.half_retired_at = Instant::now();
+        Ok(())
+    }
+
+    /// Advances the balancer's clock (`Settings::clock_ns`) by the time since the last call.
+    /// The daemon calls it every `CLOCK_TICK_NS`; connections record it as their last activity.
+    pub fn tick_clock(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.clock_at).as_nanos() as u64;
+        self.clock_at = now;
+        self.settings.clock_ns = self.settings.clock_ns.wrapping_add(elapsed);
+        self.maps.settings.set(0, self.settings, 0)?;
         Ok(())
     }
 
@@ -1101,7 +1172,7 @@ impl Dataplane {
     /// Walks the connection table: expires idle entries (the data path never does), and
     /// counts active/inactive connections per backend for the listings.
     pub fn sweep(&mut self, timeouts: &StateTimeouts) -> anyhow::Result<SweepReport> {
-        let now = monotonic_ns();
+        let now = self.settings.clock_ns;
         let mut counts: HashMap<u32, ConnCounts> = HashMap::new();
         let mut expired = Vec::new();
         let mut entries = 0;
@@ -1208,7 +1279,7 @@ impl Dataplane {
 
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
-        let now = monotonic_ns();
+        let now = self.settings.clock_ns;
         let mut out = Vec::new();
         for item in self.maps.conns.iter() {
             let Ok((k, c)) = item else { continue };

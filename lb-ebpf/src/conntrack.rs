@@ -6,7 +6,7 @@
 //! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the control
 //! plane's job (it knows the timeouts); the LRU only evicts when the table is full.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{Conn, FlowKey, Service, cnt, conn_flags, proto, tcp_state, udp_state};
 
 use crate::{
@@ -15,10 +15,6 @@ use crate::{
     parse::{Packet, tcp_flags as tf},
     select::select,
 };
-
-/// Refresh `last_seen_ns` at most this often: a write per packet would bounce the entry's
-/// cache line between CPUs for no gain in expiry precision.
-const TOUCH_NS: u64 = 100_000_000;
 
 /// The backend a packet goes to, and whether this packet created the connection.
 pub struct Flow {
@@ -41,17 +37,23 @@ fn next_state(l4proto: u8, flags: u8, state: u8, tcp_flags: u8) -> u8 {
 }
 
 #[inline(always)]
-pub fn lookup_or_create(pkt: &Packet, svc: &Service, tcp_flags: u8) -> Result<Flow, Verdict> {
+/// `now` is `Settings::clock_ns`: it only moves every `CLOCK_TICK_NS`, so `last_seen_ns` is
+/// written at most that often per connection.
+pub fn lookup_or_create(
+    pkt: &Packet,
+    svc: &Service,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<Flow, Verdict> {
     let key = FlowKey {
         saddr: pkt.saddr,
         daddr: pkt.daddr,
         sport: pkt.sport,
         dport: pkt.dport,
         proto: pkt.proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let is_tcp = pkt.proto == proto::TCP;
     // IPVS `is_new_conn`: SYN without ACK/RST... (ACK and RST are checked by IPVS too).
     let new_conn_syn = is_tcp && tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN;
@@ -68,8 +70,8 @@ pub fn lookup_or_create(pkt: &Packet, svc: &Service, tcp_flags: u8) -> Result<Fl
             unsafe {
                 if new_state != state {
                     (*c).state = new_state;
-                    (*c).last_seen_ns = now;
-                } else if now.wrapping_sub(seen) > TOUCH_NS {
+                }
+                if seen != now {
                     (*c).last_seen_ns = now;
                 }
             }

@@ -9,13 +9,14 @@ mod dr;
 mod maps;
 mod parse;
 mod select;
+mod service;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{SvcKey, backend_flags, cnt, fwd};
 
 use crate::{
-    maps::{BACKENDS, SERVICES},
+    maps::{BACKENDS, SETTINGS},
     stats::count,
 };
 
@@ -28,7 +29,6 @@ pub enum Verdict {
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    count(cnt::RX);
     match balance(&ctx) {
         Ok(action) => action,
         Err(Verdict::Pass(c)) => {
@@ -51,11 +51,11 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
         proto: pkt.proto,
         _pad: 0,
     };
-    // SAFETY: LB_SERVICES has no prealloc, so the value is RCU-protected while we read it;
-    // it is copied out at once.
-    let svc = *unsafe { SERVICES.get(&key) }.ok_or(Verdict::Pass(cnt::PASS_NOT_SERVICE))?;
+    let settings = SETTINGS.get(0).ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
+    let (half, now) = (settings.svc_half, settings.clock_ns);
+    let svc = service::lookup(half, &key).ok_or(Verdict::Pass(cnt::PASS_NOT_SERVICE))?;
     let tcp_flags = parse::tcp_flags(ctx, &pkt)?;
-    let flow = conntrack::lookup_or_create(&pkt, &svc, tcp_flags)?;
+    let flow = conntrack::lookup_or_create(&pkt, &svc, tcp_flags, now)?;
     if flow.new {
         count(cnt::NEW_CONN);
     }

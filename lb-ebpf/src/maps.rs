@@ -5,20 +5,18 @@
 //! object, so a mismatch fails loudly before any packet is seen.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, Service, Settings, Stats, SvcKey,
-    size::{DEFAULT_CONNS, DEFAULT_SCHED_TABLE, MAX_BACKENDS, MAX_SERVICES},
+    Backend, Conn, FlowKey, Settings, Stats, SvcSlot,
+    size::{DEFAULT_CONNS, DEFAULT_SCHED_TABLE, MAX_BACKENDS, MAX_SERVICES, SVC_SLOTS},
 };
 
-/// No prealloc: an updated value is swapped in and the old one freed after an RCU grace
-/// period, so a packet that looked a service up never reads a half-written entry.
-#[map(name = "LB_SERVICES")]
-pub static SERVICES: HashMap<SvcKey, Service> =
-    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+/// Two halves of `SVC_SLOTS` slots; `Settings::svc_half` picks the live one.
+#[map(name = "LB_SVC_TABLE")]
+pub static SVC_TABLE: Array<SvcSlot> = Array::with_max_entries(2 * SVC_SLOTS, 0);
 
 #[map(name = "LB_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);

@@ -519,3 +519,91 @@ fn stats_count_packets_and_bytes_per_service_and_backend() {
         .expect("listed");
     assert_eq!((dest.stats.conns, dest.stats.inpkts), (1, 2));
 }
+
+#[test]
+fn many_services_are_all_found_and_deleted_ones_are_not() {
+    let vips = [
+        VIP,
+        Ipv4Addr::new(192, 0, 2, 101),
+        Ipv4Addr::new(203, 0, 113, 9),
+    ];
+    let mut m = Model::default();
+    let mut keys = Vec::new();
+    for (v, vip) in vips.iter().enumerate() {
+        for port in 1000..1100u16 {
+            let (mut cfg, mut dests) = service(
+                Protocol::Tcp,
+                port,
+                Scheduler::Rr,
+                &[((port % 8) as u8 + 1, 1)],
+            );
+            cfg.key.addr = *vip;
+            dests[0].port = port;
+            m.apply(&Op::AddService(cfg)).unwrap();
+            m.apply(&Op::AddDest(cfg.key, dests[0])).unwrap();
+            keys.push((v, cfg.key));
+        }
+    }
+    let mut f = Fixture::new(m);
+    let syn = |k: &ServiceKey| {
+        Frame::tcp(CLIENT, 40000, k.addr, k.port, TCP_SYN, b"").eth(DIRECTOR_MAC, ROUTER_MAC)
+    };
+    for (_, k) in &keys {
+        assert_eq!(
+            f.forwarded_to(&syn(k)),
+            (k.port % 8) as u8 + 1,
+            "service {k}"
+        );
+    }
+    // Delete every other service: the rest must still be found (probe chains rebuilt).
+    let mut m = f.model.clone();
+    for (i, (_, k)) in keys.iter().enumerate() {
+        if i % 2 == 0 {
+            m.apply(&Op::DelService(*k)).unwrap();
+        }
+    }
+    f.set(m);
+    for (i, (_, k)) in keys.iter().enumerate() {
+        let frame =
+            Frame::tcp(CLIENT, 40001, k.addr, k.port, TCP_SYN, b"").eth(DIRECTOR_MAC, ROUTER_MAC);
+        let out = f.run(&frame);
+        let want = if i % 2 == 0 { XDP_PASS } else { XDP_TX };
+        assert_eq!(out.action, want, "service {k} (deleted: {})", i % 2 == 0);
+    }
+}
+
+#[test]
+fn idle_connections_expire_by_their_state_timeout() {
+    use lb_ctl::{api::Timeouts, dataplane::StateTimeouts};
+    let mut f = Fixture::new(model(&[
+        service(Protocol::Udp, 53, Scheduler::Rr, &[(1, 1)]),
+        service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1)]),
+    ]));
+    f.forwarded_to(&Frame::udp(CLIENT, 5353, VIP, 53, b"q").eth(DIRECTOR_MAC, ROUTER_MAC));
+    f.forwarded_to(&tcp(54000, TCP_SYN));
+    f.forwarded_to(&tcp(54000, TCP_ACK));
+    let mut t = StateTimeouts::default();
+    t.set(&Timeouts {
+        tcp: 0,
+        tcpfin: 0,
+        udp: 1,
+    });
+    let report = f.dp().sweep(&t).unwrap();
+    assert_eq!((report.entries, report.expired), (2, 0));
+    // The data path's clock only moves when the control plane ticks it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.dp().tick_clock().unwrap();
+    let conns = f.dp().conns(&t);
+    let udp = conns.iter().find(|c| c.proto == "UDP").expect("udp entry");
+    assert_eq!(udp.expire_secs, 0, "{conns:?}");
+    let tcp_entry = conns.iter().find(|c| c.proto == "TCP").expect("tcp entry");
+    assert_eq!(tcp_entry.state, "ESTABLISHED");
+    assert!(tcp_entry.expire_secs >= 898, "{conns:?}");
+    let report = f.dp().sweep(&t).unwrap();
+    assert_eq!(
+        (report.entries, report.expired),
+        (2, 1),
+        "only the UDP entry expired"
+    );
+    assert_eq!(f.dp().conns(&t).len(), 1);
+}
