@@ -48,11 +48,12 @@ const MAX_TIMEOUT: i64 = 86400 * 31;
 const NO_VALUE: &str = "\0";
 const CMD_HEADING: &str = "ipvsadm commands";
 
-/// Every ipvsadm option, under ipvsadm's short and long names. Flattened into lb-ctl's
-/// top-level parser, so `lb-ctl -Ln` works like `ipvsadm -Ln`.
-///
-/// Options are collected as counts and lists rather than parsed by clap, so that [`plan`] can
-/// report repeated options and bad values with ipvsadm's own messages.
+// Every ipvsadm option, under ipvsadm's short and long names. Flattened into lb-ctl's
+// top-level parser, so `lb-ctl -Ln` works like `ipvsadm -Ln`. (A plain comment: a doc comment
+// here would replace lb-ctl's own `--help` text.)
+//
+// Options are collected as counts and lists rather than parsed by clap, so that `plan` can
+// report repeated options and bad values with ipvsadm's own messages.
 #[derive(Args, Debug, Default, Clone, PartialEq, Eq)]
 #[command(next_help_heading = "ipvsadm options")]
 pub struct IpvsArgs {

@@ -32,7 +32,8 @@ enum Cmd {
     },
     /// Run setup, build lb-ctl and show an LVS-DR lab balancing HTTP between two real servers.
     Demo,
-    /// Benchmarks (not implemented yet).
+    /// Run setup, then the benchmarks: per-path packet cost with BPF_PROG_TEST_RUN beside the
+    /// MAC-swap floor, in one run. Needs root.
     Bench,
 }
 
@@ -42,10 +43,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
-        Cmd::Bench => {
-            eprintln!("bench: not implemented yet");
-            return ExitCode::FAILURE;
-        }
+        Cmd::Bench => bench(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +191,15 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("test failed in: {}", failed.join(", "))
     }
+}
+
+fn bench() -> anyhow::Result<()> {
+    setup::run()?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "lb-tests", "--bench", "datapath"])
+        .current_dir(root_dir())
+        .env("PATH", path_with_sbin());
+    run_status(&mut cmd)
 }
 
 fn demo() -> anyhow::Result<()> {
