@@ -30,10 +30,18 @@ pub mod maps {
     pub const COUNTERS: &str = "LB_COUNTERS";
     /// `u32` 0 → `Settings`: global knobs and the clock, written by the control plane.
     pub const SETTINGS: &str = "LB_SETTINGS";
+    /// `u32` slot → `SvcSlot`: the (RIP, port, protocol) of every NAT real server, laid out
+    /// like `SVC_TABLE` (two halves of `size::NAT_RS_SLOTS`, same `svc_half`). A packet from
+    /// one of them may be a reply to SNAT; everything else skips the connection lookup.
+    pub const NAT_RS: &str = "LB_NAT_RS";
+    /// `u32` VIP (network order) → `u8`: the VIPs the decapsulation program (`lb-decap`, on TUN
+    /// real servers) accepts inner packets for.
+    pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
 
-    /// Every map the daemon pins and adopts again after a restart.
-    pub const ALL: [&str; 9] = [
+    /// Every map of the balancer the daemon pins and adopts again after a restart.
+    pub const ALL: [&str; 10] = [
         SVC_TABLE,
+        NAT_RS,
         BACKENDS,
         SCHED_TABLE,
         SVC_CURSOR,
@@ -49,12 +57,16 @@ pub mod maps {
 pub mod progs {
     /// The balancer (object `lb-ebpf`).
     pub const BALANCER: &str = "lb_xdp";
+    /// IPIP decapsulation for TUN real servers (object `lb-decap`).
+    pub const DECAP: &str = "lb_decap";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.
     pub const PASS: &str = "lb_pass";
     /// Swap the MACs and `XDP_TX` (object `lb-pass`): the cost floor in benchmarks.
     pub const MACSWAP: &str = "lb_macswap";
+    /// Drop every frame (object `lb-pass`): the sink of benchmarks.
+    pub const DROP: &str = "lb_drop";
 }
 
 /// Map sizes. `CONNS` and `SCHED_TABLE` are the defaults; the control plane may change them at
@@ -68,6 +80,10 @@ pub mod size {
     /// The longest probe sequence the data path follows in `SVC_TABLE`; the control plane
     /// refuses a table that would need more.
     pub const SVC_MAX_PROBE: u32 = 8;
+    /// Slots of one half of `NAT_RS`: a power of two, twice `MAX_BACKENDS`.
+    pub const NAT_RS_SLOTS: u32 = 1 << 17;
+    /// VIPs the decapsulation program knows.
+    pub const MAX_DECAP_VIPS: u32 = 1024;
     /// Backends, i.e. (service, real server) pairs; id 0 reserved.
     pub const MAX_BACKENDS: u32 = 65536;
     /// Default connection-table size (entries).
@@ -110,8 +126,16 @@ pub mod backend_flags {
     /// The backend may receive packets (existing and new flows). Cleared when it is deleted
     /// while connections may still point at it (IPVS keeps such a destination in its trash).
     pub const AVAILABLE: u8 = 1 << 0;
-    /// The next-hop MAC in `dmac` is resolved.
+    /// The next hop in `ifindex`/`dmac`/`smac`/`mtu` is resolved: DR sends there always; NAT
+    /// and TUN send there without asking the FIB (a kernel call per packet), and ask it when
+    /// this is clear.
     pub const NEIGH_OK: u8 = 1 << 1;
+}
+
+/// `Service::flags` bits.
+pub mod svc_flags {
+    /// A `NAT_RS` entry (the slot's key is a real server's address, not a VIP).
+    pub const NAT_RS: u8 = 1 << 0;
 }
 
 /// `Conn::flags` bits.
@@ -120,6 +144,12 @@ pub mod conn_flags {
     /// TCP state follows the INPUT-ONLY table. Always set for DR and TUN, where replies bypass
     /// the director.
     pub const NO_OUTPUT: u8 = 1 << 0;
+    /// This entry is keyed by the reply tuple of a NAT connection (real server → client); the
+    /// connection's state lives in the entry keyed by the request tuple.
+    pub const REPLY: u8 = 1 << 1;
+    /// On a `REPLY` entry: the request entry has been told output was seen (so plain ACKs
+    /// from the real server need not look it up again).
+    pub const OUTPUT_SEEN: u8 = 1 << 2;
 }
 
 /// The IPVS TCP connection states, their default timeouts and the transition tables of
@@ -276,8 +306,25 @@ pub mod cnt {
     pub const DROP_INTERNAL: u32 = 12;
     /// New connections created.
     pub const NEW_CONN: u32 = 13;
+    /// NAT: the next hop is not resolved; the rewritten packet went to the kernel, which
+    /// forwards it and resolves the neighbour.
+    pub const PASS_NO_NEIGH: u32 = 14;
+    /// No route (unreachable, blackhole, prohibited) or forwarding disabled on the ingress
+    /// interface (NAT and TUN need `net.ipv4.ip_forward=1`, as with IPVS).
+    pub const DROP_NO_ROUTE: u32 = 15;
+    /// Too big for the path with DF clear: passed to the stack.
+    pub const PASS_TOO_BIG: u32 = 16;
+    /// ICMP errors generated (fragmentation needed, TTL exceeded).
+    pub const ICMP_SENT: u32 = 17;
+    /// ICMP errors about a connection translated and forwarded.
+    pub const ICMP_FORWARDED: u32 = 18;
+    /// A NAT connection's reply entry could not be recorded (another connection owns that
+    /// reply tuple); its replies go to the stack.
+    pub const NAT_REPLY_CLASH: u32 = 19;
+    /// Packets from a NAT real server that belong to no connection: passed.
+    pub const PASS_NO_REPLY_CONN: u32 = 20;
     /// Number of counters.
-    pub const MAX: u32 = 16;
+    pub const MAX: u32 = 24;
 
     /// Names for listings, indexed by counter.
     pub const NAMES: [&str; MAX as usize] = [
@@ -295,6 +342,14 @@ pub mod cnt {
         "drop_conn_insert",
         "drop_internal",
         "new_conn",
+        "pass_no_neigh",
+        "drop_no_route",
+        "pass_too_big",
+        "icmp_sent",
+        "icmp_forwarded",
+        "nat_reply_clash",
+        "pass_no_reply_conn",
+        "",
         "",
         "",
     ];
@@ -302,6 +357,8 @@ pub mod cnt {
 
 /// IP protocol numbers used in `SvcKey::proto` and `FlowKey::proto`.
 pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
 }
@@ -351,7 +408,13 @@ pub struct Backend {
     /// MAC of `ifindex`, used as the source MAC.
     pub smac: [u8; 6],
     pub weight: u32,
-    pub _pad: u32,
+    /// The service's VIP and port, network byte order (NAT replies are SNATed to them).
+    pub vaddr: u32,
+    pub vport: u16,
+    /// MTU of the path to `ifindex`'s next hop (0: unknown, ask the FIB).
+    pub mtu: u16,
+    /// TUN: the outer source address, network byte order.
+    pub tun_src: u32,
 }
 
 /// Connection-table key: the packet's 5-tuple as seen on the wire, network byte order.
@@ -378,9 +441,18 @@ pub struct Conn {
     pub state: u8,
     /// `conn_flags::*`.
     pub flags: u8,
-    pub _pad: u16,
+    /// On a NAT `REPLY` entry: MTU of the path towards the client (0: unknown).
+    pub hop_mtu: u16,
     /// `Settings::clock_ns` when the last packet was seen.
     pub last_seen_ns: u64,
+    /// On a NAT `REPLY` entry: where replies go (towards the client), looked up in the FIB
+    /// once and again whenever `Settings::route_epoch` has moved past `hop_epoch`.
+    /// `hop_ifindex` 0: not known.
+    pub hop_ifindex: u32,
+    pub hop_epoch: u32,
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
+    pub _pad: u32,
 }
 
 /// Per-service and per-backend traffic counters (summed over CPUs by the control plane).
@@ -410,13 +482,14 @@ impl SvcKey {
     }
 }
 
-/// Home slot of a service key in one half of `SVC_TABLE` (shared by both sides so they
-/// agree). Multiplicative hashing; the keys are the admin's VIPs, so the only thing a packet
-/// controls is which (short, bounded) probe sequence it walks.
+/// Home slot of a key in a probe table of `slots` slots (a power of two): `SVC_TABLE` and
+/// `NAT_RS`, shared by both sides so they agree. Multiplicative hashing; the keys are the
+/// admin's, so the only thing a packet controls is which (short, bounded) probe sequence it
+/// walks.
 #[inline(always)]
-pub const fn svc_hash(key: &SvcKey) -> u32 {
+pub const fn probe_home(key: &SvcKey, slots: u32) -> u32 {
     let x = key.as_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((x >> 32) as u32) & (size::SVC_SLOTS - 1)
+    ((x >> 32) as u32) & (slots - 1)
 }
 
 /// Global knobs (array of one), written only by the control plane.
@@ -433,6 +506,10 @@ pub struct Settings {
     /// Connections record it as their last activity: reading it is an inlined array load,
     /// where a clock helper costs a kernel call on every packet.
     pub clock_ns: u64,
+    /// Bumped by the daemon whenever routes or neighbours change: next hops cached in
+    /// connections with an older epoch are looked up again.
+    pub route_epoch: u32,
+    pub _pad: u32,
 }
 
 /// How often the daemon advances `Settings::clock_ns`.
@@ -465,11 +542,11 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<SvcKey>(), 8);
         assert_eq!(size_of::<Service>(), 16);
-        assert_eq!(size_of::<Backend>(), 36);
+        assert_eq!(size_of::<Backend>(), 44);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Conn>(), 16);
+        assert_eq!(size_of::<Conn>(), 40);
         assert_eq!(size_of::<Stats>(), 40);
-        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Settings>(), 24);
         assert_eq!(size_of::<SvcSlot>(), 24);
     }
 
@@ -485,7 +562,7 @@ mod tests {
                     proto: proto::TCP,
                     _pad: 0,
                 };
-                let h = svc_hash(&k) as usize;
+                let h = probe_home(&k, size::SVC_SLOTS) as usize;
                 if seen[h] {
                     collisions += 1;
                 }

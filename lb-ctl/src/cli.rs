@@ -1125,6 +1125,7 @@ fn service_config(key: &ServiceKey, v: &Values, pe: bool) -> Result<ServiceConfi
             netmask: v.netmask.unwrap_or(Ipv4Addr::BROADCAST),
         }),
         ops: v.ops,
+        tunnel_source: None,
     })
 }
 
@@ -1839,6 +1840,7 @@ mod tests {
             sched_flags: SchedFlags::default(),
             persistence: None,
             ops: false,
+            tunnel_source: None,
         }
     }
 
@@ -1973,6 +1975,7 @@ mod tests {
             op(&["-A", "-u", "192.168.59.135:53", "-s", "rr", "-o"]),
             Op::AddService(ServiceConfig {
                 ops: true,
+                tunnel_source: None,
                 ..svc(u, Scheduler::Rr)
             })
         );
@@ -2678,6 +2681,7 @@ mod tests {
                             netmask: Ipv4Addr::new(255, 255, 255, 0),
                         }),
                         ops: true,
+                        tunnel_source: None,
                         ..svc(dns, Scheduler::Rr)
                     },
                     vec![dview(dest(RIP, 53, Forward::Tun, 3), 0, 0)],

@@ -41,6 +41,9 @@ pub struct Director {
     pub interfaces: Vec<String>,
     /// Entries in the connection table.
     pub conn_table_size: u32,
+    /// TUN: outer source address per director interface (the one towards the real server);
+    /// a service's `tunnel_source` overrides it, the route's source address is the default.
+    pub tunnel_sources: std::collections::BTreeMap<String, Ipv4Addr>,
 }
 
 impl Director {
@@ -54,6 +57,7 @@ impl Default for Director {
         Director {
             interfaces: Vec::new(),
             conn_table_size: Self::DEFAULT_CONN_TABLE_SIZE,
+            tunnel_sources: Default::default(),
         }
     }
 }
@@ -150,6 +154,8 @@ struct RawDirector {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
     conn_table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    tunnel_sources: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +179,7 @@ struct RawService {
     persistence_netmask: Option<Spanned<String>>,
     #[serde(default)]
     ops: bool,
+    tunnel_source: Option<Spanned<String>>,
     #[serde(default)]
     real_server: Vec<Spanned<RawRealServer>>,
 }
@@ -301,9 +308,14 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
         )?,
         None => Director::DEFAULT_CONN_TABLE_SIZE,
     };
+    let mut tunnel_sources = std::collections::BTreeMap::new();
+    for (iface, addr) in &raw.tunnel_sources {
+        tunnel_sources.insert(iface.clone(), ipv4(addr)?);
+    }
     Ok(Director {
         interfaces,
         conn_table_size,
+        tunnel_sources,
     })
 }
 
@@ -396,6 +408,7 @@ fn build_service(raw: &RawService) -> Result<ServiceConfig, Problem> {
         sched_flags: SchedFlags(flags),
         persistence,
         ops: raw.ops,
+        tunnel_source: raw.tunnel_source.as_ref().map(ipv4).transpose()?,
     })
 }
 
@@ -570,6 +583,18 @@ mod tests {
 
     #[test]
     fn full_example() {
+        for (name, text) in [
+            ("nat.toml", include_str!("../../examples/nat.toml")),
+            ("tun.toml", include_str!("../../examples/tun.toml")),
+        ] {
+            let c = parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!c.model.services.is_empty(), "{name}");
+        }
+        let tun = parse(include_str!("../../examples/tun.toml"), "tun.toml").unwrap();
+        assert_eq!(
+            tun.director.tunnel_sources.get("eth0"),
+            Some(&Ipv4Addr::new(192, 168, 59, 130))
+        );
         let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
         assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
         assert_eq!(c.director.conn_table_size, 2 * 1024 * 1024);
@@ -642,6 +667,7 @@ mod tests {
                 sched_flags: SchedFlags(0),
                 persistence: None,
                 ops: false,
+                tunnel_source: None,
             }
         );
         assert_eq!(
@@ -724,13 +750,13 @@ mod tests {
             9,
             3,
             "unknown key \"persistance_timeout\" (expected one of: address, port, protocol, \
-             scheduler, sched_flags, persistence_timeout, persistence_netmask, ops, real_server)",
+             scheduler, sched_flags, persistence_timeout, persistence_netmask, ops, tunnel_source, real_server)",
         );
         assert_err(
             "[director]\ninterface = []\n",
             2,
             1,
-            "unknown key \"interface\" (expected one of: interfaces, conn_table_size)",
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, tunnel_sources)",
         );
         assert_err(
             "[[services]]\n",

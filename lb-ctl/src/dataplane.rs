@@ -27,7 +27,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Conn, FlowKey, LAYOUT_VERSION, Service, Settings, Stats, SvcKey, SvcSlot,
-    backend_flags, maps, progs, size, svc_hash, tcp_state, udp_state,
+    backend_flags, conn_flags, maps, probe_home, progs, size, svc_flags, tcp_state, udp_state,
 };
 
 use crate::{
@@ -72,17 +72,38 @@ impl Default for Options {
     }
 }
 
-/// How the director reaches a real server: filled in by the daemon (route + neighbour).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Path_ {
+/// How the director reaches a real server, filled in by the daemon (route + neighbour). DR
+/// uses the interface and MACs; NAT and TUN route per packet with the kernel's FIB, and TUN
+/// takes its outer source address from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RsPath {
     pub ifindex: u32,
+    /// The real server itself when it is on-link, else the gateway towards it.
+    pub next_hop: Ipv4Addr,
     pub smac: [u8; 6],
-    /// `None` while the neighbour is unresolved.
+    /// The next hop's MAC; `None` while the neighbour is unresolved.
     pub dmac: Option<[u8; 6]>,
+    /// TUN: the outer source address (a service's `tunnel_source` overrides it).
+    pub tun_src: Ipv4Addr,
+    /// MTU of the path (the route's, else the interface's; 0: unknown).
+    pub mtu: u16,
+}
+
+impl Default for RsPath {
+    fn default() -> Self {
+        Self {
+            ifindex: 0,
+            next_hop: Ipv4Addr::UNSPECIFIED,
+            smac: [0; 6],
+            dmac: None,
+            tun_src: Ipv4Addr::UNSPECIFIED,
+            mtu: 0,
+        }
+    }
 }
 
 /// Paths to real servers, by address.
-pub type Paths = HashMap<Ipv4Addr, Path_>;
+pub type Paths = HashMap<Ipv4Addr, RsPath>;
 
 /// A slice of `LB_SCHED_TABLE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,7 +265,6 @@ struct State {
 
 /// The maps, typed.
 struct Maps {
-    svc_table: Array<MapData, SvcSlot>,
     backends: Array<MapData, Backend>,
     sched_table: Array<MapData, u32>,
     cursor: Array<MapData, u64>,
@@ -253,6 +273,71 @@ struct Maps {
     backend_stats: PerCpuArray<MapData, Stats>,
     counters: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+}
+
+/// One of the double-buffered open-addressing tables the data path probes (`LB_SVC_TABLE`,
+/// `LB_NAT_RS`): two halves of `slots` slots, `Settings::svc_half` naming the live one.
+struct ProbeTable {
+    map: Array<MapData, SvcSlot>,
+    slots: u32,
+    /// What each half holds.
+    halves: [Vec<SvcSlot>; 2],
+}
+
+impl ProbeTable {
+    fn open(map: Array<MapData, SvcSlot>, slots: u32, adopted: bool) -> anyhow::Result<Self> {
+        let mut halves = [
+            vec![SvcSlot::default(); slots as usize],
+            vec![SvcSlot::default(); slots as usize],
+        ];
+        if adopted {
+            for (h, half) in halves.iter_mut().enumerate() {
+                for (i, slot) in half.iter_mut().enumerate() {
+                    *slot = map.get(&(h as u32 * slots + i as u32), 0)?;
+                }
+            }
+        }
+        Ok(Self { map, slots, halves })
+    }
+
+    /// Lays `entries` out by linear probing from `probe_home`; `Err` names a key that would
+    /// sit further from home than the data path probes.
+    fn build(
+        entries: impl IntoIterator<Item = (SvcKey, Service)>,
+        slots: u32,
+    ) -> Result<Vec<SvcSlot>, SvcKey> {
+        let mut t = vec![SvcSlot::default(); slots as usize];
+        let mut seen = std::collections::HashSet::new();
+        for (key, svc) in entries {
+            if !seen.insert(key.as_u64()) {
+                continue;
+            }
+            let home = probe_home(&key, slots);
+            let slot = (0..size::SVC_MAX_PROBE)
+                .map(|i| ((home + i) & (slots - 1)) as usize)
+                .find(|&i| t[i].svc.id == 0)
+                .ok_or(key)?;
+            t[slot] = SvcSlot { key, svc };
+        }
+        Ok(t)
+    }
+
+    fn write_half(&mut self, half: usize, table: &[SvcSlot]) -> anyhow::Result<()> {
+        for (i, slot) in table.iter().enumerate() {
+            if self.halves[half][i] != *slot {
+                self.map
+                    .set(half as u32 * self.slots + i as u32, *slot, 0)?;
+                self.halves[half][i] = *slot;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A probe-table key as people write it.
+fn show(k: &SvcKey) -> String {
+    let proto = proto_of(k.proto).map_or("?", |p| p.label());
+    format!("{proto} {}:{}", ip(k.addr), u16::from_be(k.port))
 }
 
 /// Per-backend connection counts from the last sweep.
@@ -310,6 +395,15 @@ impl StateTimeouts {
     }
 }
 
+/// A connection as the sweep sees it: its request entry, and for NAT its reply entry.
+struct Connection {
+    key: FlowKey,
+    conn: Conn,
+    reply: Option<FlowKey>,
+    /// The later of the two entries' last activity.
+    last_seen_ns: u64,
+}
+
 /// What one sweep of the connection table found.
 #[derive(Clone, Debug, Default)]
 pub struct SweepReport {
@@ -329,8 +423,9 @@ pub struct Dataplane {
     adopted: bool,
     /// The value last written to `LB_SETTINGS`.
     settings: Settings,
-    /// What each half of `LB_SVC_TABLE` holds.
-    halves: [Vec<SvcSlot>; 2],
+    /// `LB_SVC_TABLE` and `LB_NAT_RS`, which flip together.
+    svc_table: ProbeTable,
+    nat_rs: ProbeTable,
     /// When the idle half stopped being live.
     half_retired_at: Instant,
     /// When `settings.clock_ns` was last advanced.
@@ -419,7 +514,7 @@ fn expected_layout(name: &str) -> (u32, u32) {
     use core::mem::size_of;
     let s = |k: usize, v: usize| (k as u32, v as u32);
     match name {
-        maps::SVC_TABLE => s(4, size_of::<SvcSlot>()),
+        maps::SVC_TABLE | maps::NAT_RS => s(4, size_of::<SvcSlot>()),
         maps::BACKENDS => s(4, size_of::<Backend>()),
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
@@ -427,7 +522,7 @@ fn expected_layout(name: &str) -> (u32, u32) {
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
         maps::SETTINGS => s(4, size_of::<Settings>()),
-        _ => (0, 0),
+        other => unreachable!("no layout known for map {other}: add it here"),
     }
 }
 
@@ -514,7 +609,6 @@ impl Dataplane {
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
         let mut maps = Maps {
-            svc_table: take(&mut bpf, maps::SVC_TABLE)?,
             backends: take(&mut bpf, maps::BACKENDS)?,
             sched_table: take(&mut bpf, maps::SCHED_TABLE)?,
             cursor: take(&mut bpf, maps::SVC_CURSOR)?,
@@ -537,17 +631,9 @@ impl Dataplane {
         settings.layout_version = LAYOUT_VERSION;
         settings.svc_half &= 1;
         maps.settings.set(0, settings, 0)?;
-        // What each half of the service table holds (zeros in fresh maps).
-        let mut halves = [Vec::new(), Vec::new()];
-        for (h, half) in halves.iter_mut().enumerate() {
-            if adopted {
-                for i in 0..size::SVC_SLOTS {
-                    half.push(maps.svc_table.get(&(h as u32 * size::SVC_SLOTS + i), 0)?);
-                }
-            } else {
-                *half = vec![SvcSlot::default(); size::SVC_SLOTS as usize];
-            }
-        }
+        let svc_table =
+            ProbeTable::open(take(&mut bpf, maps::SVC_TABLE)?, size::SVC_SLOTS, adopted)?;
+        let nat_rs = ProbeTable::open(take(&mut bpf, maps::NAT_RS)?, size::NAT_RS_SLOTS, adopted)?;
 
         let state = State {
             services: BTreeMap::new(),
@@ -567,7 +653,8 @@ impl Dataplane {
             conn_table_size,
             adopted,
             settings,
-            halves,
+            svc_table,
+            nat_rs,
             half_retired_at: Instant::now() - SVC_HALF_GRACE,
             clock_at: Instant::now(),
         };
@@ -594,7 +681,7 @@ impl Dataplane {
     /// Rebuilds the control plane's view from the maps a previous daemon filled.
     fn adopt(&mut self) -> anyhow::Result<()> {
         let mut by_id = HashMap::new();
-        let live = self.halves[self.settings.svc_half as usize].clone();
+        let live = self.svc_table.halves[self.settings.svc_half as usize & 1].clone();
         for slot in live.iter().filter(|s| s.svc.id != 0) {
             let (k, v) = (slot.key, slot.svc);
             let (Some(proto), Some(scheduler)) = (proto_of(k.proto), sched_of(v.sched)) else {
@@ -629,6 +716,7 @@ impl Dataplane {
                         sched_flags: Default::default(),
                         persistence: None,
                         ops: false,
+                        tunnel_source: None,
                     },
                     members: Vec::new(),
                     region,
@@ -687,6 +775,19 @@ impl Dataplane {
         // Newest first, as IPVS lists them: ids grow as destinations are added.
         for s in self.state.services.values_mut() {
             s.members.sort_by_key(|m| std::cmp::Reverse(m.1));
+            // The tunnel source its TUN backends were given is kept as the service's own, so
+            // a restart without a config file changes nothing.
+            let mut sources: Vec<u32> = s
+                .members
+                .iter()
+                .filter_map(|(_, id)| self.state.backends.get(id))
+                .filter(|b| b.dest.forward == Forward::Tun)
+                .map(|b| b.written.tun_src)
+                .collect();
+            sources.dedup();
+            if let [one] = sources[..] {
+                s.config.tunnel_source = Some(ip(one));
+            }
         }
         Ok(())
     }
@@ -823,15 +924,6 @@ impl Dataplane {
                 bail!("service {k}: scheduler flags (-b) are not supported yet");
             }
             for d in &e.dests {
-                if d.forward != Forward::Dr {
-                    bail!(
-                        "service {k}: real server {}:{}: {} forwarding is not supported by \
-                         this data path yet (only -g, direct routing)",
-                        d.addr,
-                        d.port,
-                        d.forward.label()
-                    );
-                }
                 if d.u_threshold != 0 || d.l_threshold != 0 {
                     bail!("service {k}: connection thresholds (-x/-y) are not supported yet");
                 }
@@ -840,7 +932,13 @@ impl Dataplane {
         Ok(())
     }
 
-    fn backend_value(svc_id: u32, dest: &DestConfig, available: bool, paths: &Paths) -> Backend {
+    fn backend_value(
+        svc: &ServiceConfig,
+        svc_id: u32,
+        dest: &DestConfig,
+        available: bool,
+        paths: &Paths,
+    ) -> Backend {
         let path = paths.get(&dest.addr).copied().unwrap_or_default();
         let mut flags = 0;
         if available {
@@ -859,7 +957,10 @@ impl Dataplane {
             dmac: path.dmac.unwrap_or([0; 6]),
             smac: path.smac,
             weight: dest.weight,
-            _pad: 0,
+            vaddr: u32::from_ne_bytes(svc.key.addr.octets()),
+            vport: svc.key.port.to_be(),
+            mtu: path.mtu,
+            tun_src: u32::from_ne_bytes(svc.tunnel_source.unwrap_or(path.tun_src).octets()),
         }
     }
 
@@ -956,7 +1057,7 @@ impl Dataplane {
                     .iter()
                     .find(|d| (d.addr, d.port) == *dk)
                     .expect("members follow the model");
-                let value = Self::backend_value(svc.id, &dest, true, paths);
+                let value = Self::backend_value(&entry.config, svc.id, &dest, true, paths);
                 let b = st.backends.entry(*id).or_insert(BeState {
                     svc: *key,
                     dest,
@@ -1016,7 +1117,46 @@ impl Dataplane {
             }
         }
 
-        let svc_table = Self::build_svc_table(&st)?;
+        let svc_entries = st.services.iter().map(|(k, s)| {
+            (
+                svc_key(k),
+                Service {
+                    id: s.id,
+                    sched: sched_code(s.config.scheduler),
+                    flags: 0,
+                    _pad: 0,
+                    table_off: s.region.off,
+                    table_len: s.region.len,
+                },
+            )
+        });
+        let svc_table = ProbeTable::build(svc_entries, size::SVC_SLOTS)
+            .map_err(|k| anyhow!("service {}: too many services hash alike", show(&k)))?;
+        // Where NAT replies come from: every live NAT real server's (address, port).
+        let rs_entries = st
+            .backends
+            .iter()
+            .filter(|(_, b)| b.trashed_at.is_none() && b.dest.forward == Forward::Nat)
+            .map(|(id, b)| {
+                let key = SvcKey {
+                    addr: u32::from_ne_bytes(b.dest.addr.octets()),
+                    port: b.dest.port.to_be(),
+                    proto: b.svc.proto.number(),
+                    _pad: 0,
+                };
+                let marker = Service {
+                    id: *id,
+                    flags: svc_flags::NAT_RS,
+                    ..Service::default()
+                };
+                (key, marker)
+            });
+        let rs_table = ProbeTable::build(rs_entries, size::NAT_RS_SLOTS).map_err(|k| {
+            anyhow!(
+                "real server {}: too many NAT real servers hash alike",
+                show(&k)
+            )
+        })?;
 
         // Everything fits: write, in an order no packet can trip over.
         for id in &fresh_backends {
@@ -1035,7 +1175,7 @@ impl Dataplane {
             // IPVS restarts its wrr walk when destinations change; so do we.
             self.maps.cursor.set(st.services[key].id, 0, 0)?;
         }
-        self.write_svc_table(&svc_table)?;
+        self.publish(&svc_table, &rs_table)?;
         for (id, v) in &trash_writes {
             self.maps.backends.set(*id, *v, 0)?;
         }
@@ -1048,43 +1188,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The contents of one half of `LB_SVC_TABLE` for the services in `st` (linear probing
-    /// from `svc_hash`), or `Err` if some key would sit further than the data path probes.
-    fn build_svc_table(st: &State) -> anyhow::Result<Vec<SvcSlot>> {
-        let mask = size::SVC_SLOTS - 1;
-        let mut t = vec![SvcSlot::default(); size::SVC_SLOTS as usize];
-        for (k, s) in &st.services {
-            let key = svc_key(k);
-            let home = svc_hash(&key);
-            let slot = (0..size::SVC_MAX_PROBE)
-                .map(|i| ((home + i) & mask) as usize)
-                .find(|&i| t[i].svc.id == 0)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "service {k}: its {} home slots in the service table are taken                          (too many services hash alike)",
-                        size::SVC_MAX_PROBE
-                    )
-                })?;
-            t[slot] = SvcSlot {
-                key,
-                svc: Service {
-                    id: s.id,
-                    sched: sched_code(s.config.scheduler),
-                    flags: 0,
-                    _pad: 0,
-                    table_off: s.region.off,
-                    table_len: s.region.len,
-                },
-            };
-        }
-        Ok(t)
-    }
-
-    /// Makes `table` live: writes the slots of the idle half that differ, then flips
-    /// `svc_half`. Nothing is written when the live half already matches.
-    fn write_svc_table(&mut self, table: &[SvcSlot]) -> anyhow::Result<()> {
+    /// Makes the tables live: writes the slots of the idle halves that differ, then flips
+    /// `svc_half` once for both. Nothing is written when the live halves already match.
+    fn publish(&mut self, svc: &[SvcSlot], rs: &[SvcSlot]) -> anyhow::Result<()> {
         let live = self.settings.svc_half as usize & 1;
-        if self.halves[live] == table {
+        if self.svc_table.halves[live] == svc && self.nat_rs.halves[live] == rs {
             return Ok(());
         }
         let idle = live ^ 1;
@@ -1094,13 +1202,8 @@ impl Dataplane {
         if since < SVC_HALF_GRACE {
             std::thread::sleep(SVC_HALF_GRACE - since);
         }
-        for (i, slot) in table.iter().enumerate() {
-            if self.halves[idle][i] != *slot {
-                let at = idle as u32 * size::SVC_SLOTS + i as u32;
-                self.maps.svc_table.set(at, *slot, 0)?;
-                self.halves[idle][i] = *slot;
-            }
-        }
+        self.svc_table.write_half(idle, svc)?;
+        self.nat_rs.write_half(idle, rs)?;
         self.settings.svc_half = idle as u32;
         self.maps.settings.set(0, self.settings, 0)?;
         self.half_retired_at = Instant::now();
@@ -1118,6 +1221,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes every next hop cached in connections stale (after a route or neighbour change):
+    /// the data path looks each up again on its next packet.
+    pub fn bump_route_epoch(&mut self) -> anyhow::Result<()> {
+        self.settings.route_epoch = self.settings.route_epoch.wrapping_add(1);
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
     /// Rewrites backends whose path (interface, MACs) changed.
     pub fn refresh_paths(&mut self, paths: &Paths) -> anyhow::Result<usize> {
         let mut n = 0;
@@ -1125,8 +1236,10 @@ impl Dataplane {
             if b.trashed_at.is_some() {
                 continue;
             }
-            let svc_id = b.written.svc_id;
-            let v = Self::backend_value(svc_id, &b.dest, true, paths);
+            let Some(svc) = self.state.services.get(&b.svc) else {
+                continue;
+            };
+            let v = Self::backend_value(&svc.config, svc.id, &b.dest, true, paths);
             if v != b.written {
                 self.maps.backends.set(*id, v, 0)?;
                 b.written = v;
@@ -1173,21 +1286,26 @@ impl Dataplane {
     /// counts active/inactive connections per backend for the listings.
     pub fn sweep(&mut self, timeouts: &StateTimeouts) -> anyhow::Result<SweepReport> {
         let now = self.settings.clock_ns;
+        let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
+        let (conns, replies) = self.pair(&entries);
         let mut counts: HashMap<u32, ConnCounts> = HashMap::new();
         let mut expired = Vec::new();
-        let mut entries = 0;
-        for item in self.maps.conns.iter() {
-            let Ok((k, c)) = item else { continue };
-            entries += 1;
-            let idle = now.saturating_sub(c.last_seen_ns) / 1_000_000_000;
-            if idle >= u64::from(timeouts.of(&c, k.proto)) {
-                expired.push(k);
+        let mut claimed = std::collections::HashSet::new();
+        for c in &conns {
+            if let Some(r) = c.reply {
+                claimed.insert(r);
+            }
+            if now.saturating_sub(c.last_seen_ns) / 1_000_000_000
+                >= u64::from(timeouts.of(&c.conn, c.key.proto))
+            {
+                expired.push(c.key);
+                expired.extend(c.reply);
                 continue;
             }
-            let e = counts.entry(c.backend).or_default();
-            let active = k.proto == lb_common::proto::TCP
+            let e = counts.entry(c.conn.backend).or_default();
+            let active = c.key.proto == lb_common::proto::TCP
                 && tcp_state::ACTIVE
-                    .get(c.state as usize)
+                    .get(c.conn.state as usize)
                     .copied()
                     .unwrap_or(false);
             if active {
@@ -1196,17 +1314,63 @@ impl Dataplane {
                 e.inactive += 1;
             }
         }
+        // Reply entries whose connection is gone (rescheduled, evicted) go too, after a grace
+        // covering the moment between the two inserts of a new connection.
+        for (k, c) in &replies {
+            if !claimed.contains(k) && now.saturating_sub(c.last_seen_ns) >= 10_000_000_000 {
+                expired.push(*k);
+            }
+        }
         for k in &expired {
             // Gone already (LRU eviction, a racing delete) is fine.
             let _ = self.maps.conns.remove(k);
         }
         self.counts = counts;
         Ok(SweepReport {
-            entries,
+            entries: entries.len(),
             expired: expired.len(),
         })
     }
 
+    /// Splits connection-table entries into connections (request entries, each with the last
+    /// activity of either direction and, for NAT, its reply entry's key) and reply entries.
+    fn pair(&self, entries: &[(FlowKey, Conn)]) -> (Vec<Connection>, HashMap<FlowKey, Conn>) {
+        let replies: HashMap<FlowKey, Conn> = entries
+            .iter()
+            .filter(|(_, c)| c.flags & conn_flags::REPLY != 0)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        let conns = entries
+            .iter()
+            .filter(|(_, c)| c.flags & conn_flags::REPLY == 0)
+            .map(|(k, c)| {
+                let nat = self
+                    .state
+                    .backends
+                    .get(&c.backend)
+                    .filter(|b| b.dest.forward == Forward::Nat);
+                let reply = nat.map(|b| FlowKey {
+                    saddr: u32::from_ne_bytes(b.dest.addr.octets()),
+                    daddr: k.saddr,
+                    sport: b.dest.port.to_be(),
+                    dport: k.sport,
+                    proto: k.proto,
+                    _pad0: 0,
+                    _pad1: 0,
+                });
+                let reply_seen = reply
+                    .and_then(|r| replies.get(&r))
+                    .map_or(0, |r| r.last_seen_ns);
+                Connection {
+                    key: *k,
+                    conn: *c,
+                    reply: reply.filter(|r| replies.contains_key(r)),
+                    last_seen_ns: c.last_seen_ns.max(reply_seen),
+                }
+            })
+            .collect();
+        (conns, replies)
+    }
     fn stats(map: &PerCpuArray<MapData, Stats>, id: u32) -> StatsView {
         let mut v = StatsView::default();
         if let Ok(per_cpu) = map.get(&id, 0) {
@@ -1280,19 +1444,21 @@ impl Dataplane {
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
         let now = self.settings.clock_ns;
+        let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
+        let (conns, _) = self.pair(&entries);
         let mut out = Vec::new();
-        for item in self.maps.conns.iter() {
-            let Ok((k, c)) = item else { continue };
-            let Some(b) = self.state.backends.get(&c.backend) else {
+        for c in conns {
+            let (k, conn) = (c.key, c.conn);
+            let Some(b) = self.state.backends.get(&conn.backend) else {
                 continue;
             };
-            let timeout = u64::from(timeouts.of(&c, k.proto));
+            let timeout = u64::from(timeouts.of(&conn, k.proto));
             let idle = now.saturating_sub(c.last_seen_ns) / 1_000_000_000;
             let (proto, state) = if k.proto == lb_common::proto::TCP {
                 (
                     "TCP",
                     tcp_state::NAMES
-                        .get(c.state as usize)
+                        .get(conn.state as usize)
                         .copied()
                         .unwrap_or("ERR!"),
                 )
@@ -1410,6 +1576,14 @@ mod tests {
             a.free,
             vec![Region { off: 1, len: 9 }, Region { off: 15, len: 86 }]
         );
+    }
+
+    #[test]
+    fn every_pinned_map_has_a_known_layout() {
+        for name in maps::ALL {
+            let (k, v) = expected_layout(name);
+            assert!(k > 0 && v > 0, "{name}");
+        }
     }
 
     #[test]

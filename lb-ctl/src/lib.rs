@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod model;
 pub mod neigh;
+pub mod realserver;
 pub mod sched;
 pub mod testrun;

@@ -5,7 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_ctl::{api, cli, config, daemon, dataplane};
+use lb_ctl::{api, cli, config, daemon, dataplane, realserver};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +68,28 @@ enum Cmd {
     Reload,
     /// Data-path counters and daemon facts, as JSON.
     Status,
+    /// Configure this host as an LVS real server (what the tutorials' script does): the VIPs on
+    /// `lo`, ARP for them silenced, and for TUN the IPIP decapsulation program on the
+    /// receiving interface. Prints each change; idempotent. `--down` undoes exactly those.
+    Realserver {
+        /// A VIP this host serves (repeatable).
+        #[arg(long = "vip")]
+        vips: Vec<std::net::Ipv4Addr>,
+        #[arg(long, value_enum, default_value = "dr")]
+        mode: realserver::Mode,
+        /// TUN: the interface the tunnelled packets arrive on (default: the default route's).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Undo what an earlier run changed.
+        #[arg(long)]
+        down: bool,
+        /// Where the record of the changes is kept.
+        #[arg(long, default_value = realserver::DEFAULT_STATE)]
+        state: PathBuf,
+        /// Where the decapsulation program's link and map are pinned.
+        #[arg(long, default_value = realserver::DEFAULT_PIN_DIR)]
+        pin_path: PathBuf,
+    },
     /// Attach a pass-through XDP program to IFACE and pin its link at PIN (removing PIN
     /// detaches it). For the veth peers of balancer interfaces.
     XdpPass {
@@ -133,6 +155,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Cmd::XdpPass { iface, pin }) => dataplane::attach_pass(&iface, &pin),
+        Some(Cmd::Realserver {
+            vips,
+            mode,
+            interface,
+            down,
+            state,
+            pin_path,
+        }) => {
+            let o = realserver::Options {
+                vips,
+                mode,
+                interface,
+                state,
+                pin_dir: pin_path,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                if down {
+                    realserver::down(&o).await
+                } else {
+                    realserver::up(&o).await
+                }
+            })
+        }
         None => unreachable!("ipvsadm-style arguments are handled by `ipvsadm`"),
     }
 }

@@ -164,6 +164,10 @@ pub struct ServiceConfig {
     /// One-packet scheduling (`-o`, `--ops`; UDP only).
     #[serde(default)]
     pub ops: bool,
+    /// TUN: the outer source address for this service's tunnels (config `tunnel_source`; no
+    /// ipvsadm flag, so `-E` keeps it). `None`: the director interface's, else the route's.
+    #[serde(default)]
+    pub tunnel_source: Option<Ipv4Addr>,
 }
 
 /// LVS forwarding method of a destination.
@@ -352,7 +356,11 @@ impl Model {
                 for d in &e.dests {
                     Self::check_dest(c, d)?;
                 }
-                e.config = *c;
+                let tunnel_source = c.tunnel_source.or(e.config.tunnel_source);
+                e.config = ServiceConfig {
+                    tunnel_source,
+                    ..*c
+                };
             }
             Op::DelService(k) => {
                 self.services.remove(k).ok_or(OpError::NoService)?;
@@ -417,6 +425,7 @@ mod tests {
             sched_flags: SchedFlags::default(),
             persistence: None,
             ops: false,
+            tunnel_source: None,
         }
     }
     fn dest(last: u8, port: u16, forward: Forward) -> DestConfig {

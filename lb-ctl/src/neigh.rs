@@ -19,7 +19,7 @@ use rtnetlink::{
             NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage,
             NeighbourState,
         },
-        route::{RouteAddress, RouteAttribute, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteMetric, RouteType},
     },
 };
 
@@ -29,6 +29,7 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mac: [u8; 6],
+    pub mtu: u32,
 }
 
 /// Where packets to an address go.
@@ -40,6 +41,8 @@ pub struct Route {
     /// The source address the kernel would use.
     pub prefsrc: Option<Ipv4Addr>,
     pub kind: RouteType,
+    /// The route's own MTU (`ip route … mtu N`), if it has one.
+    pub mtu: Option<u32>,
 }
 
 /// A resolved neighbour: (interface index, address) → MAC.
@@ -60,11 +63,13 @@ fn link_from(msg: LinkMessage) -> Link {
         index: msg.header.index,
         name: String::new(),
         mac: [0; 6],
+        mtu: 0,
     };
     for a in msg.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Address(a) => link.mac = mac_of(&a).unwrap_or([0; 6]),
+            LinkAttribute::Mtu(m) => link.mtu = m,
             _ => {}
         }
     }
@@ -76,6 +81,11 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
         Ok(Self { handle })
+    }
+
+    /// The raw rtnetlink handle, for requests this module does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     pub async fn link_by_name(&self, name: &str) -> anyhow::Result<Link> {
@@ -125,12 +135,20 @@ impl Netlink {
             gateway: None,
             prefsrc: None,
             kind: reply.header.kind,
+            mtu: None,
         };
         for a in reply.attributes {
             match a {
                 RouteAttribute::Oif(i) => route.oif = i,
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g),
                 RouteAttribute::PrefSource(RouteAddress::Inet(s)) => route.prefsrc = Some(s),
+                RouteAttribute::Metrics(ms) => {
+                    for m in ms {
+                        if let RouteMetric::Mtu(v) = m {
+                            route.mtu = Some(v);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -138,6 +156,42 @@ impl Netlink {
             bail!("the route to {dst} has no output interface");
         }
         Ok(route)
+    }
+
+    /// A fingerprint of every IPv4 route: it changes when any route does.
+    pub async fn routes_fingerprint(&self) -> anyhow::Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.context("dumping routes")? {
+            format!("{:?}", r.header).hash(&mut h);
+            format!("{:?}", r.attributes).hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+
+    /// The output interface of the main table's IPv4 default route, if there is one.
+    pub async fn default_route_oif(&self) -> anyhow::Result<Option<u32>> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.context("dumping routes")? {
+            if r.header.destination_prefix_length != 0 || r.header.table != 254 {
+                continue;
+            }
+            for a in r.attributes {
+                if let RouteAttribute::Oif(i) = a {
+                    return Ok(Some(i));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Makes sure the kernel keeps `addr` on `ifindex` resolved: adds a managed neighbour

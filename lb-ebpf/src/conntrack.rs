@@ -88,17 +88,16 @@ pub fn lookup_or_create(
 
     let backend = select(svc).ok_or(Verdict::Drop(cnt::DROP_NO_BACKEND))?;
     let flags = conn_flags::NO_OUTPUT;
-    let conn = Conn {
-        backend,
-        state: next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags),
-        flags,
-        _pad: 0,
-        last_seen_ns: now,
-    };
+    let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
+    let conn = crate::mem::zero(&mut slot);
+    conn.backend = backend;
+    conn.state = next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags);
+    conn.flags = flags;
+    conn.last_seen_ns = now;
     // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
     let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
-    if CONNS.insert(&key, &conn, mode).is_err() {
+    if CONNS.insert(&key, &*conn, mode).is_err() {
         return match CONNS.get_ptr(&key) {
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {

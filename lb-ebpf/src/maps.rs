@@ -11,12 +11,18 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Conn, FlowKey, Settings, Stats, SvcSlot,
-    size::{DEFAULT_CONNS, DEFAULT_SCHED_TABLE, MAX_BACKENDS, MAX_SERVICES, SVC_SLOTS},
+    size::{
+        DEFAULT_CONNS, DEFAULT_SCHED_TABLE, MAX_BACKENDS, MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS,
+    },
 };
 
 /// Two halves of `SVC_SLOTS` slots; `Settings::svc_half` picks the live one.
 #[map(name = "LB_SVC_TABLE")]
 pub static SVC_TABLE: Array<SvcSlot> = Array::with_max_entries(2 * SVC_SLOTS, 0);
+
+/// NAT real servers' (address, port, protocol), laid out like `SVC_TABLE`.
+#[map(name = "LB_NAT_RS")]
+pub static NAT_RS: Array<SvcSlot> = Array::with_max_entries(2 * NAT_RS_SLOTS, 0);
 
 #[map(name = "LB_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);

@@ -2,7 +2,8 @@
 //! attached to the veth peer of a balancer interface, where a frame sent into a veth with
 //! `XDP_TX` or a redirect is reliably delivered only when the peer runs an XDP program
 //! (platform.md, "veth and XDP"); and `lb_macswap`, the cheapest useful forwarder (swap the
-//! MACs, `XDP_TX`), the floor every data path is measured against.
+//! MACs, `XDP_TX`), the floor every data path is measured against; `lb_drop`, the sink of
+//! benchmarks.
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,13 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Drops every frame: the sink benchmarks send forwarded frames into, so that every path pays
+/// the same (small) price for delivery.
+#[xdp]
+pub fn lb_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 /// Swaps source and destination MAC and sends the frame back out.

@@ -1,22 +1,17 @@
-//! Service lookup: linear probing in the live half of `SVC_TABLE`, at most
-//! `SVC_MAX_PROBE` slots, an empty slot ending the search early (so most non-service packets
-//! cost one probe).
+//! Probe-table lookup (services in `SVC_TABLE`, NAT real servers in `NAT_RS`): linear
+//! probing in the live half, at most `SVC_MAX_PROBE` slots, an empty slot ending the search
+//! early (so most packets that match nothing cost one probe).
 
-use lb_common::{
-    Service, SvcKey,
-    size::{SVC_MAX_PROBE, SVC_SLOTS},
-    svc_hash,
-};
-
-use crate::maps::SVC_TABLE;
+use aya_ebpf::maps::Array;
+use lb_common::{Service, SvcKey, SvcSlot, probe_home, size::SVC_MAX_PROBE};
 
 #[inline(always)]
-pub fn lookup(half: u32, key: &SvcKey) -> Option<Service> {
-    let base = (half & 1) * SVC_SLOTS;
-    let home = svc_hash(key);
+pub fn lookup(table: &Array<SvcSlot>, slots: u32, half: u32, key: &SvcKey) -> Option<Service> {
+    let base = (half & 1) * slots;
+    let home = probe_home(key, slots);
     let want = key.as_u64();
     for i in 0..SVC_MAX_PROBE {
-        let slot = SVC_TABLE.get(base + ((home + i) & (SVC_SLOTS - 1)))?;
+        let slot = table.get(base + ((home + i) & (slots - 1)))?;
         if slot.svc.id == 0 {
             return None;
         }

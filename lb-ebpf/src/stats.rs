@@ -13,6 +13,24 @@ pub fn count(idx: u32) {
     }
 }
 
+/// Accounts one outbound packet (a NAT reply) of `bytes` to a service and a backend.
+#[inline(always)]
+pub fn outbound(svc_id: u32, backend: u32, bytes: u64) {
+    for s in [
+        SVC_STATS.get_ptr_mut(svc_id),
+        BACKEND_STATS.get_ptr_mut(backend),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: per-CPU value, see `count`.
+        unsafe {
+            (*s).out_pkts += 1;
+            (*s).out_bytes += bytes;
+        }
+    }
+}
+
 #[inline(always)]
 fn add(stats: Option<*mut Stats>, new_conn: bool, bytes: u64) {
     if let Some(s) = stats {

@@ -1,52 +1,135 @@
 //! Per-packet cost of each data path with `BPF_PROG_TEST_RUN`, beside the MAC-swap floor,
 //! measured in the same run (root only). `cargo xtask bench` runs it.
+//!
+//! Two methods, each with the floor measured its own way:
+//! - repeats: one buffer run `REPEAT` times in one call; the program's own cost, but the
+//!   kernel hands each repetition the buffer the previous one left, so only paths that leave
+//!   the packet as it was (MAC rewrites, passes) can be measured so;
+//! - one run per call on a fresh copy (`SINGLES` calls per round): every path, including
+//!   those that rewrite the packet (NAT, TUN) and new flows (a distinct 5-tuple each time);
+//!   the kernel's time per call includes its timer overhead, which the floor pays too.
+//!   (Live-frames mode does not re-initialise recycled pages either, so it cannot repeat a
+//!   rewriting path: after the first batch the program sees its own output.)
+//!
+//! Every case runs inside one namespace with real interfaces, routes and neighbours. Rounds
+//! are interleaved so that drift on this shared machine hits every path alike; the tables
+//! show the median and spread of the kernel's own ns/packet over the rounds.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    time::Instant,
+};
 
 use aya::{Ebpf, programs::Xdp};
 use lb_ctl::{
-    dataplane::{Dataplane, Options, PASS_OBJ, Path_, Paths},
+    dataplane::{Dataplane, Options, PASS_OBJ, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, XDP_TX},
+    testrun::{self, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
-use lb_tests::packet::{Frame, TCP_ACK, TCP_SYN};
+use lb_tests::{
+    Netns,
+    packet::{Frame, TCP_ACK, TCP_SYN},
+};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+const RS_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 1];
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+const DR_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
+const TUN_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 102);
+/// DR's real server shares the clients' segment (one-armed DR, as in the tutorials); NAT's
+/// sits behind the internal interface; TUN's behind a router on that side.
+const DR_RS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+const RS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const FAR_RS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 
 const REPEAT: u32 = 1_000_000;
+const SINGLES: usize = 150_000;
 const ROUNDS: usize = 7;
 
-struct Result {
+struct Case {
     name: &'static str,
+    /// One run per call on a fresh copy; else `REPEAT` repeats of one buffer.
+    single: bool,
+    prog: OwnedFd,
+    /// The frames to run, in turn (one, except for new flows: a distinct 5-tuple each).
+    frames: Vec<Vec<u8>>,
+    ingress: u32,
+    expect: u32,
     ns: Vec<f64>,
 }
 
-impl Result {
+impl Case {
     fn median(&self) -> f64 {
         let mut v = self.ns.clone();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     }
-    fn spread(&self) -> (f64, f64) {
-        let min = self.ns.iter().copied().fold(f64::MAX, f64::min);
-        let max = self.ns.iter().copied().fold(0.0, f64::max);
-        (min, max)
-    }
 }
 
-/// Runs `frame` `REPEAT` times; the kernel's ns/packet.
-fn round(prog: &impl std::os::fd::AsRawFd, frame: &[u8], expect: u32) -> f64 {
-    let out = testrun::run_xdp(prog, frame, REPEAT, 0).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(out.action, expect, "unexpected verdict {out:?}");
-    f64::from(out.duration_ns)
+fn sys(ns: &Netns, what: &str) -> String {
+    ns.run(&["cat", what]).trim().to_string()
 }
 
 fn main() {
     lb_tests::require_root();
     let started = Instant::now();
+
+    // The director's namespace: `ext` towards clients, `int` towards real servers.
+    let ns = Netns::new("bench");
+    ns.ip(&["link", "add", "ext", "type", "veth", "peer", "name", "int"]);
+    ns.ip(&["addr", "add", "198.51.100.2/24", "dev", "ext"]);
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "int"]);
+    for i in ["ext", "int"] {
+        ns.ip(&["link", "set", i, "up"]);
+    }
+    ns.sysctls(&[("net.ipv4.ip_forward", "1")]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.11",
+        "lladdr",
+        "02:00:00:00:10:01",
+        "dev",
+        "int",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.254",
+        "lladdr",
+        "02:00:00:00:00:fe",
+        "dev",
+        "int",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.51.100.7",
+        "lladdr",
+        "02:00:00:00:00:07",
+        "dev",
+        "ext",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "192.0.2.254",
+        "dev",
+        "int",
+    ]);
+    let ext: u32 = sys(&ns, "/sys/class/net/ext/ifindex").parse().unwrap();
+    let int: u32 = sys(&ns, "/sys/class/net/int/ifindex").parse().unwrap();
 
     let mut refs = Ebpf::load(PASS_OBJ).expect("loading the reference programs");
     let swap: &mut Xdp = refs
@@ -55,110 +138,266 @@ fn main() {
         .try_into()
         .unwrap();
     swap.load().unwrap();
-    let swap_fd = {
-        use std::os::fd::AsFd;
-        swap.fd().unwrap().as_fd().try_clone_to_owned().unwrap()
-    };
-
+    let swap_fd = swap.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
     let pin_dir = lb_tests::pin_root().join("bench");
     let mut dp = Dataplane::open(Options {
         pin_dir: pin_dir.clone(),
         ..Options::default()
     })
     .expect("loading the balancer");
-    let key = ServiceKey {
-        proto: Protocol::Tcp,
-        addr: VIP,
-        port: 80,
-    };
     let mut model = Model::default();
-    model
-        .apply(&Op::AddService(ServiceConfig {
-            key,
-            scheduler: Scheduler::Rr,
-            sched_flags: Default::default(),
-            persistence: None,
-            ops: false,
-        }))
-        .unwrap();
     let mut paths = Paths::new();
-    for n in 11..=12u8 {
-        let addr = Ipv4Addr::new(192, 0, 2, n);
+    let ext_mac = sys(&ns, "/sys/class/net/ext/address");
+    let int_mac = sys(&ns, "/sys/class/net/int/address");
+    let mac = |s: &str| -> [u8; 6] {
+        let v: Vec<u8> = s
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    let (ext_mac, int_mac) = (mac(&ext_mac), mac(&int_mac));
+    for (vip, rs, forward) in [
+        (DR_VIP, DR_RS, Forward::Dr),
+        (NAT_VIP, RS, Forward::Nat),
+        (TUN_VIP, FAR_RS, Forward::Tun),
+    ] {
+        let key = ServiceKey {
+            proto: Protocol::Tcp,
+            addr: vip,
+            port: 80,
+        };
+        model
+            .apply(&Op::AddService(ServiceConfig {
+                key,
+                scheduler: Scheduler::Rr,
+                sched_flags: Default::default(),
+                persistence: None,
+                ops: false,
+                tunnel_source: None,
+            }))
+            .unwrap();
         model
             .apply(&Op::AddDest(
                 key,
                 DestConfig {
-                    addr,
+                    addr: rs,
                     port: 80,
-                    forward: Forward::Dr,
+                    forward,
                     weight: 1,
                     u_threshold: 0,
                     l_threshold: 0,
                 },
             ))
             .unwrap();
+        let (ifindex, smac, next_hop, dmac) = match forward {
+            Forward::Dr => (ext, ext_mac, rs, RS_MAC),
+            Forward::Nat => (int, int_mac, rs, RS_MAC),
+            Forward::Tun => (int, int_mac, Ipv4Addr::new(192, 0, 2, 254), ROUTER_MAC),
+        };
         paths.insert(
-            addr,
-            Path_ {
-                ifindex: 1,
-                smac: MAC_A,
-                dmac: Some([2, 0, 0, 0, 1, n]),
+            rs,
+            RsPath {
+                ifindex,
+                next_hop,
+                smac,
+                dmac: Some(dmac),
+                tun_src: Ipv4Addr::new(192, 0, 2, 1),
+                mtu: 1500,
             },
         );
     }
     dp.sync(&model, &paths).expect("sync");
-    let lb_fd = dp.program_fd().unwrap().try_clone_to_owned().unwrap();
+    let lb = || dp.program_fd().unwrap().try_clone_to_owned().unwrap();
+    let from_client = |vip, flags| {
+        Frame::tcp(CLIENT, 40000, vip, 80, flags, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
+    };
+    let reply = Frame::tcp(RS, 80, CLIENT, 40000, TCP_ACK, b"").eth([2, 0, 0, 0, 0, 3], RS_MAC);
+    let other = Frame::tcp(
+        CLIENT,
+        40000,
+        Ipv4Addr::new(198, 51, 100, 2),
+        22,
+        TCP_ACK,
+        b"",
+    )
+    .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
 
-    let syn = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, b"").eth(MAC_A, MAC_B);
-    let ack = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK, b"").eth(MAC_A, MAC_B);
-    let other =
-        Frame::tcp(CLIENT, 40000, Ipv4Addr::new(192, 0, 2, 2), 22, TCP_ACK, b"").eth(MAC_A, MAC_B);
-    // Create the flow once; every measured packet then finds it.
-    assert_eq!(testrun::run_xdp(&lb_fd, &syn, 1, 0).unwrap().action, XDP_TX);
-
-    // Interleave the rounds so drift on this shared machine hits every path alike.
-    let mut results = vec![
-        Result {
-            name: "MAC-swap XDP_TX (floor)",
-            ns: vec![],
-        },
-        Result {
-            name: "DR, established flow",
-            ns: vec![],
-        },
-        Result {
-            name: "non-VIP packet (XDP_PASS)",
-            ns: vec![],
-        },
-    ];
-    for _ in 0..ROUNDS {
-        results[0].ns.push(round(&swap_fd, &ack, XDP_TX));
-        results[1].ns.push(round(&lb_fd, &ack, XDP_TX));
-        results[2].ns.push(round(&lb_fd, &other, testrun::XDP_PASS));
+    let run = |prog: &OwnedFd, frame: &[u8], ingress: u32, repeat: u32| {
+        let raw = prog.as_raw_fd();
+        ns.enter(|| {
+            // SAFETY: `prog` outlives the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            testrun::run_xdp(&fd, frame, repeat, ingress).expect("BPF_PROG_TEST_RUN")
+        })
+    };
+    // Create each flow once; every measured packet then finds it.
+    for vip in [DR_VIP, NAT_VIP, TUN_VIP] {
+        let out = run(&lb(), &from_client(vip, TCP_SYN), ext, 1);
+        assert!(
+            [XDP_TX, XDP_REDIRECT].contains(&out.action),
+            "{vip}: {out:?}"
+        );
     }
-    drop(lb_fd);
+
+    let case = |name, single, prog, frames, ingress, expect| Case {
+        name,
+        single,
+        prog,
+        frames,
+        ingress,
+        expect,
+        ns: vec![],
+    };
+    // New flows: SYNs from distinct clients and ports, never seen before (the connection
+    // table fills and the LRU evicts, as on a busy director).
+    let new_flows: Vec<Vec<u8>> = (0..SINGLES * ROUNDS)
+        .map(|i| {
+            let client = Ipv4Addr::new(198, 51, 100, 20 + (i % 200) as u8);
+            Frame::tcp(client, 1024 + (i / 200) as u16, DR_VIP, 80, TCP_SYN, b"")
+                .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
+        })
+        .collect();
+    let one = |f: Vec<u8>| vec![f];
+    let mut cases = vec![
+        case(
+            "MAC-swap XDP_TX (floor)",
+            false,
+            swap_fd.try_clone().unwrap(),
+            one(from_client(DR_VIP, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR, established flow",
+            false,
+            lb(),
+            one(from_client(DR_VIP, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "non-VIP packet (XDP_PASS)",
+            false,
+            lb(),
+            one(other.clone()),
+            ext,
+            XDP_PASS,
+        ),
+        case(
+            "MAC-swap XDP_TX (floor)",
+            true,
+            swap_fd,
+            one(from_client(DR_VIP, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR, established flow",
+            true,
+            lb(),
+            one(from_client(DR_VIP, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR, new flow (schedule+insert)",
+            true,
+            lb(),
+            new_flows,
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "NAT request, established",
+            true,
+            lb(),
+            one(from_client(NAT_VIP, TCP_ACK)),
+            ext,
+            XDP_REDIRECT,
+        ),
+        case(
+            "NAT reply, established",
+            true,
+            lb(),
+            one(reply),
+            int,
+            XDP_REDIRECT,
+        ),
+        case(
+            "TUN encap, established",
+            true,
+            lb(),
+            one(from_client(TUN_VIP, TCP_ACK)),
+            ext,
+            XDP_REDIRECT,
+        ),
+        case(
+            "non-VIP packet (XDP_PASS)",
+            true,
+            lb(),
+            one(other),
+            ext,
+            XDP_PASS,
+        ),
+    ];
+    for round in 0..ROUNDS {
+        for c in cases.iter_mut() {
+            let ns_per_packet = if c.single {
+                let raw = c.prog.as_raw_fd();
+                let (frames, ingress, expect, name) = (&c.frames, c.ingress, c.expect, c.name);
+                ns.enter(|| {
+                    // SAFETY: `c.prog` outlives the call.
+                    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                    let mut total = 0u64;
+                    for i in 0..SINGLES {
+                        let frame = &frames[(round * SINGLES + i) % frames.len()];
+                        let out =
+                            testrun::run_xdp(&fd, frame, 1, ingress).expect("BPF_PROG_TEST_RUN");
+                        assert_eq!(out.action, expect, "{name}: {out:?}");
+                        total += u64::from(out.duration_ns);
+                    }
+                    total as f64 / SINGLES as f64
+                })
+            } else {
+                let out = run(&c.prog, &c.frames[0], c.ingress, REPEAT);
+                assert_eq!(out.action, c.expect, "{}: {out:?}", c.name);
+                f64::from(out.duration_ns)
+            };
+            c.ns.push(ns_per_packet);
+        }
+    }
+    println!("BPF_PROG_TEST_RUN, kernel-measured ns/packet, median (min..max) of {ROUNDS} rounds");
+    for single in [false, true] {
+        let floor = cases.iter().find(|c| c.single == single).unwrap().median();
+        println!(
+            "\n{}",
+            if single {
+                format!("one run per call on a fresh copy, {SINGLES} calls per round:")
+            } else {
+                format!("{REPEAT} repeats of one buffer per round (program cost only):")
+            }
+        );
+        println!(
+            "{:<32} {:>8} {:>8} {:>8} {:>9}",
+            "path", "median", "min", "max", "x floor"
+        );
+        for c in cases.iter().filter(|c| c.single == single) {
+            let min = c.ns.iter().copied().fold(f64::MAX, f64::min);
+            let max = c.ns.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{:<32} {:>8.1} {:>8.1} {:>8.1} {:>8.2}x",
+                c.name,
+                c.median(),
+                min,
+                max,
+                c.median() / floor
+            );
+        }
+    }
+    drop(cases);
     let _ = dp.shutdown(false);
     let _ = std::fs::remove_dir_all(&pin_dir);
     let _ = std::fs::remove_dir(lb_tests::pin_root());
-
-    let floor = results[0].median();
-    println!(
-        "BPF_PROG_TEST_RUN, {REPEAT} repeats x {ROUNDS} rounds per path, kernel-measured ns/packet"
-    );
-    println!(
-        "{:<30} {:>8} {:>8} {:>8} {:>9}",
-        "path", "median", "min", "max", "x floor"
-    );
-    for r in &results {
-        let (min, max) = r.spread();
-        println!(
-            "{:<30} {:>8.1} {:>8.1} {:>8.1} {:>8.2}x",
-            r.name,
-            r.median(),
-            min,
-            max,
-            r.median() / floor
-        );
-    }
     println!("({:.1} s)", started.elapsed().as_secs_f64());
 }

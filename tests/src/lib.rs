@@ -15,6 +15,7 @@ pub mod nginx;
 pub mod packet;
 pub mod process;
 pub mod tempdir;
+pub mod udp;
 pub mod xdp;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +24,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use client::{KeepAlive, curl};
 pub use daemon::{Daemon, DaemonOpts};
-pub use lab::{DrLab, DrLabOpts, RealServer};
+pub use lab::{
+    DrLab, DrLabOpts, MixedLab, NatLab, RealServer, RealServerMode, RealServerSetup, TunLab,
+};
 pub use netns::{Netns, veth};
 pub use nginx::Nginx;
 pub use process::Process;
 pub use tempdir::TempDir;
+pub use udp::{UdpEcho, udp_query};
 pub use xdp::XdpPass;
 
 /// Prefix of everything this harness creates (netns names, pin dirs, temp dirs).

@@ -55,6 +55,30 @@ impl Frame {
         }
     }
 
+    /// An IPv4 packet carrying `payload` as is (no checksum of its own filled in): an IPIP
+    /// outer header around an inner packet, for instance.
+    pub fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: Vec<u8>) -> Frame {
+        Frame::new(src, dst, proto, payload)
+    }
+
+    /// An ICMP error (`icmp_type`/`code`, the 4 header bytes after the checksum in `rest`)
+    /// quoting `quoted` (an IP header and the first bytes after it).
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        rest: [u8; 4],
+        quoted: &[u8],
+    ) -> Frame {
+        let mut l4 = vec![icmp_type, code, 0, 0];
+        l4.extend_from_slice(&rest);
+        l4.extend_from_slice(quoted);
+        let mut f = Frame::new(src, dst, IPPROTO_ICMP, l4);
+        f.frag = 0;
+        f
+    }
+
     /// A TCP segment without TCP options: seq 1000, ack 1 if ACK is set, window 64240.
     pub fn tcp(
         src: Ipv4Addr,
@@ -241,6 +265,38 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// Recomputes every checksum of the IPv4 packet `ip` from scratch (header, and TCP/UDP with
+/// the pseudo-header, or ICMP) and says which one is wrong, with the packet.
+pub fn verify_checksums(ip: &[u8]) -> Result<(), String> {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if checksum(&[&ip[..ihl]]) != 0 {
+        return Err(format!("bad IPv4 header checksum in {ip:02x?}"));
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total > ip.len() {
+        return Err(format!(
+            "IPv4 total length {total} past the end ({}): {ip:02x?}",
+            ip.len()
+        ));
+    }
+    let l4 = &ip[ihl..total];
+    let ok = match ip[9] {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let udp_none = ip[9] == IPPROTO_UDP && l4[6] == 0 && l4[7] == 0;
+            let len = (l4.len() as u16).to_be_bytes();
+            let pseudo = [&ip[12..20], &[0, ip[9]], &len[..]].concat();
+            udp_none || checksum(&[&pseudo, l4]) == 0
+        }
+        IPPROTO_ICMP => checksum(&[l4]) == 0,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad L4 checksum (protocol {}) in {ip:02x?}", ip[9]))
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_ctl::{
-    dataplane::{Dataplane, Options, Path_, Paths},
+    dataplane::{Dataplane, Options, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
     testrun::{self, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
 };
@@ -50,10 +50,12 @@ impl Fixture {
             .map(|n| {
                 (
                     rs(n),
-                    Path_ {
+                    RsPath {
                         ifindex: 1,
+                        next_hop: rs(n),
                         smac: DIRECTOR_MAC,
                         dmac: Some(rs_mac(n)),
+                        ..RsPath::default()
                     },
                 )
             })
@@ -150,6 +152,7 @@ fn service(
         sched_flags: Default::default(),
         persistence: None,
         ops: false,
+        tunnel_source: None,
     };
     let dests = dests
         .iter()

@@ -1,0 +1,86 @@
+//! IPIP decapsulation for LVS-TUN real servers, for kernels (and hosts) without the `ipip`
+//! module: an IPv4-in-IPv4 packet whose inner destination is one of the configured VIPs loses
+//! its outer header here and goes up the stack as if it had arrived plain. Everything else
+//! passes untouched. Scope: outer headers without options, no fragments (passed as they are).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp, maps::HashMap,
+    programs::XdpContext,
+};
+use lb_common::{proto, size::MAX_DECAP_VIPS};
+
+/// Inner destinations (VIPs, network order) to decapsulate for.
+#[map(name = "LB_DECAP_VIPS")]
+static VIPS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
+
+const ETH: usize = 14;
+const IP: usize = 20;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    let _ = decap(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn decap(ctx: &XdpContext) -> Option<()> {
+    // Ethernet, the outer IPv4 header and the inner one's first 20 bytes.
+    let hdr: *mut [u8; ETH + 2 * IP] = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked above.
+    let h = unsafe { &*hdr };
+    let ethertype = u16::from_be_bytes([h[12], h[13]]);
+    let outer_vihl = h[ETH];
+    let frags = u16::from_be_bytes([h[ETH + 6], h[ETH + 7]]);
+    if ethertype != 0x0800 || outer_vihl != 0x45 || h[ETH + 9] != proto::IPIP || frags & 0x3fff != 0
+    {
+        return None;
+    }
+    let inner = ETH + IP;
+    if h[inner] >> 4 != 4 {
+        return None;
+    }
+    let vip = u32::from_ne_bytes([h[inner + 16], h[inner + 17], h[inner + 18], h[inner + 19]]);
+    // SAFETY: a lookup; the value is not used.
+    unsafe { VIPS.get(&vip) }?;
+    let macs: [u8; 12] = [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11],
+    ];
+    // SAFETY: plain helper call; the packet pointer is derived again below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IP as i32) } != 0 {
+        return None;
+    }
+    let eth: *mut [u16; 7] = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked after the adjustment.
+    unsafe {
+        let p = eth as *mut u16;
+        let mut i = 0;
+        while i < 6 {
+            p.add(i)
+                .write_unaligned(u16::from_ne_bytes([macs[2 * i], macs[2 * i + 1]]));
+            i += 1;
+        }
+        p.add(6).write_unaligned(0x0800u16.to_be());
+    }
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,339 @@
+//! Masquerading (LVS `-m`): DNAT requests to the real server, SNAT its replies back to the
+//! VIP, with incremental checksum updates and the TTL decremented as a router does. The
+//! client's address is kept (DNAT, not full NAT), so the real server must route its replies
+//! back through the director (its default gateway, as in LVS-NAT).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use lb_common::{Backend, Conn, FlowKey, cnt, conn_flags, proto, tcp_state};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    Verdict, csum,
+    fwd::{self, Route},
+    icmp,
+    maps::CONNS,
+    parse::{IP_DF, Packet, ptr_at, tcp_flags as tf},
+    stats::count,
+};
+
+/// Which end of the packet NAT rewrites.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Request: destination VIP:vport → RIP:rport.
+    Dst,
+    /// Reply: source RIP:rport → VIP:vport.
+    Src,
+}
+
+/// Offset of the L4 checksum field, for the protocols NAT rewrites.
+#[inline(always)]
+fn l4_check_off(l4proto: u8) -> usize {
+    if l4proto == proto::TCP { 16 } else { 6 }
+}
+
+/// Rewrites one address and port of the packet and decrements its TTL, keeping every
+/// checksum right. The L4 header was bounds-checked by the caller (`l4_checked`).
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    side: Side,
+    addr: u32,
+    port: u16,
+) -> Result<(), Verdict> {
+    let ip: *mut Ipv4Hdr = pkt.ip;
+    let internal = Verdict::Drop(cnt::DROP_INTERNAL);
+    let check: *mut u16 =
+        ptr_at(ctx, pkt.l4_off + l4_check_off(pkt.proto)).map_err(|_| internal)?;
+    let ports: *mut [u16; 2] =
+        ptr_at(ctx, pkt.l4_off).map_err(|_| Verdict::Drop(cnt::DROP_INTERNAL))?;
+    let (old_addr, old_port) = match side {
+        Side::Dst => (pkt.daddr, pkt.dport),
+        Side::Src => (pkt.saddr, pkt.sport),
+    };
+    // SAFETY: `ip` points at the bounds-checked 20-byte IPv4 header, `check` and `ports` at
+    // bounds-checked L4 fields; all stay valid (no head/tail adjustment here).
+    unsafe {
+        // TTL and protocol share one 16-bit word (bytes 8-9 of the header).
+        let ttl_word = ip as *mut u8 as *mut u16;
+        let old_ttl = *ttl_word.add(4);
+        let mut ttl_proto = old_ttl.to_ne_bytes();
+        ttl_proto[0] -= 1;
+        let new_ttl = u16::from_ne_bytes(ttl_proto);
+        let mut ip_check = u16::from_ne_bytes((*ip).check);
+        ip_check = csum::replace2(ip_check, old_ttl, new_ttl);
+        ip_check = csum::replace4(ip_check, old_addr, addr);
+        *ttl_word.add(4) = new_ttl;
+        (*ip).check = ip_check.to_ne_bytes();
+        match side {
+            Side::Dst => (*ip).dst_addr = addr.to_ne_bytes(),
+            Side::Src => (*ip).src_addr = addr.to_ne_bytes(),
+        }
+        // UDP with checksum 0 carries none.
+        let l4 = *check;
+        if pkt.proto == proto::TCP || l4 != 0 {
+            let mut c = csum::replace4(l4, old_addr, addr);
+            c = csum::replace2(c, old_port, port);
+            if pkt.proto == proto::UDP && c == 0 {
+                c = 0xffff;
+            }
+            *check = c;
+        }
+        match side {
+            Side::Dst => (*ports)[1] = port,
+            Side::Src => (*ports)[0] = port,
+        }
+    }
+    Ok(())
+}
+
+/// TTL and DF of the packet's IP header.
+#[inline(always)]
+fn ttl_df(pkt: &Packet) -> (u8, bool, u8) {
+    // SAFETY: bounds-checked IPv4 header.
+    unsafe { ((*pkt.ip).ttl, pkt.frags & IP_DF != 0, (*pkt.ip).tos) }
+}
+
+/// What to do with a packet that is about to leave: where it goes, or the verdict when it
+/// cannot (TTL run out, too big for the path, no route).
+enum Next {
+    Hop(fwd::Hop),
+    /// Routed, next hop unresolved: the kernel forwards it and resolves the neighbour.
+    Kernel,
+    Done(Result<u32, Verdict>),
+}
+
+/// Checks TTL and MTU for a packet going to `hop` (MTU `mtu`, 0: no limit known).
+#[inline(always)]
+fn checked(ctx: &XdpContext, pkt: &Packet, hop: fwd::Hop, mtu: u16) -> Next {
+    let (ttl, df, _) = ttl_df(pkt);
+    if ttl <= 1 {
+        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0));
+    }
+    if mtu != 0 && pkt.ip_len > mtu {
+        return too_big(ctx, df, mtu);
+    }
+    Next::Hop(hop)
+}
+
+#[inline(always)]
+fn too_big(ctx: &XdpContext, df: bool, mtu: u16) -> Next {
+    if df {
+        Next::Done(icmp::send_error(
+            ctx,
+            icmp::DEST_UNREACH,
+            icmp::FRAG_NEEDED,
+            mtu,
+        ))
+    } else {
+        Next::Done(Err(Verdict::Pass(cnt::PASS_TOO_BIG)))
+    }
+}
+
+/// Asks the FIB (the slow way, a kernel call) where a packet to `dst` goes.
+#[inline(always)]
+fn via_fib(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, sport: u16, dport: u16) -> Next {
+    let (ttl, df, tos) = ttl_df(pkt);
+    if ttl <= 1 {
+        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0));
+    }
+    match fwd::route(ctx, src, dst, pkt.proto, sport, dport, pkt.ip_len, tos) {
+        Route::Via(hop) => Next::Hop(hop),
+        Route::NoNeigh => Next::Kernel,
+        Route::TooBig(mtu) => too_big(ctx, df, mtu),
+        Route::Unreachable => Next::Done(Err(Verdict::Drop(cnt::DROP_NO_ROUTE))),
+    }
+}
+
+/// Records the reply tuple (RIP:rport → CIP:cport) of a new NAT connection, with where its
+/// replies go (one FIB lookup per connection instead of one per reply).
+#[inline(always)]
+fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now: u64, epoch: u32) {
+    let key = FlowKey {
+        saddr: be.addr,
+        daddr: pkt.saddr,
+        sport: be.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    // Replies arrive on the interface towards the real server.
+    let iif = if be.ifindex != 0 {
+        be.ifindex
+    } else {
+        ctx.ingress_ifindex() as u32
+    };
+    let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
+    let value = crate::mem::zero(&mut slot);
+    value.backend = backend;
+    value.flags = conn_flags::REPLY;
+    value.last_seen_ns = now;
+    value.hop_epoch = epoch;
+    if let Some((h, mtu)) = fwd::route_with_mtu(
+        ctx, iif, be.vaddr, pkt.saddr, pkt.proto, be.vport, pkt.sport,
+    ) {
+        value.hop_ifindex = h.ifindex;
+        value.hop_dmac = h.dmac;
+        value.hop_smac = h.smac;
+        value.hop_mtu = mtu;
+    }
+    // A reused tuple (the same client port on a new connection) replaces its stale entry; a
+    // live entry of another connection for the same tuple is not taken over.
+    if CONNS.insert(&key, &*value, BPF_NOEXIST as u64).is_err() {
+        match CONNS.get_ptr_mut(&key) {
+            // SAFETY: pointer into the map value.
+            Some(c) if unsafe { (*c).backend } == backend => {
+                let _ = CONNS.insert(&key, &*value, 0);
+            }
+            _ => count(cnt::NAT_REPLY_CLASH),
+        }
+    }
+}
+
+/// A request of a NAT connection: DNAT to the real server and forward.
+#[inline(always)]
+pub fn request(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    be: &Backend,
+    backend: u32,
+    new: bool,
+    now: u64,
+    epoch: u32,
+) -> Result<u32, Verdict> {
+    let next = match fwd::backend_hop(be) {
+        Some(hop) => checked(ctx, pkt, hop, be.mtu),
+        None => via_fib(ctx, pkt, pkt.saddr, be.addr, pkt.sport, be.port),
+    };
+    let hop = match next {
+        Next::Hop(hop) => Some(hop),
+        Next::Kernel => None,
+        Next::Done(verdict) => return verdict,
+    };
+    if new {
+        record_reply(ctx, pkt, be, backend, now, epoch);
+    }
+    rewrite(ctx, pkt, Side::Dst, be.addr, be.port)?;
+    match hop {
+        Some(hop) => fwd::send(ctx, &hop),
+        // The kernel forwards it (ip_forward is on for NAT) and resolves the neighbour.
+        None => Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),
+    }
+}
+
+/// A packet from a NAT real server (a `NAT_RS` address and port): if it is a reply of a
+/// connection, SNAT it back to the VIP and forward it to the client. Returns the backend id
+/// (for the outbound stats) with the action.
+#[inline(always)]
+pub fn reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    now: u64,
+    epoch: u32,
+) -> Result<(u32, u32, u32), Verdict> {
+    let key = FlowKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let c = CONNS
+        .get_ptr_mut(&key)
+        .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
+    // SAFETY: pointer into the map value, fields read and written one at a time.
+    let (backend, flags, seen) = unsafe { ((*c).backend, (*c).flags, (*c).last_seen_ns) };
+    if flags & conn_flags::REPLY == 0 {
+        return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN));
+    }
+    let be = *crate::maps::BACKENDS
+        .get(backend)
+        .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
+    if be.flags & lb_common::backend_flags::AVAILABLE == 0 {
+        return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
+    }
+    let tcp = crate::parse::l4_checked(ctx, pkt)?;
+    if seen != now {
+        // SAFETY: as above.
+        unsafe { (*c).last_seen_ns = now };
+    }
+    // The connection's state lives in its request entry: tell it about the reply when the
+    // segment can change it (IPVS's OUTPUT table; plain ACKs only move SYN_RECV, LISTEN and
+    // SYNACK on, which the client's own ACK does too).
+    if pkt.proto == proto::TCP
+        && (tcp & (tf::SYN | tf::FIN | tf::RST) != 0 || flags & conn_flags::OUTPUT_SEEN == 0)
+    {
+        let fwd_key = FlowKey {
+            saddr: pkt.daddr,
+            daddr: be.vaddr,
+            sport: pkt.dport,
+            dport: be.vport,
+            proto: pkt.proto,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        if let Some(f) = CONNS.get_ptr_mut(&fwd_key) {
+            // SAFETY: pointer into the map value.
+            unsafe {
+                let st = (*f).state;
+                let next = tcp_state::next(tcp_state::DIR_OUTPUT, st, tcp);
+                if next != st {
+                    (*f).state = next;
+                }
+                (*f).flags &= !conn_flags::NO_OUTPUT;
+                (*f).last_seen_ns = now;
+                (*c).flags = flags | conn_flags::OUTPUT_SEEN;
+            }
+        }
+    }
+    // Where replies go: cached in the entry, looked up again after a route or neighbour change.
+    // SAFETY: pointer into the map value.
+    let (hop_ifindex, hop_epoch) = unsafe { ((*c).hop_ifindex, (*c).hop_epoch) };
+    let next = if hop_ifindex != 0 && hop_epoch == epoch {
+        // SAFETY: as above.
+        let (hop, mtu) = unsafe {
+            (
+                fwd::Hop {
+                    ifindex: hop_ifindex,
+                    dmac: (*c).hop_dmac,
+                    smac: (*c).hop_smac,
+                },
+                (*c).hop_mtu,
+            )
+        };
+        checked(ctx, pkt, hop, mtu)
+    } else {
+        let iif = ctx.ingress_ifindex() as u32;
+        match fwd::route_with_mtu(
+            ctx, iif, be.vaddr, pkt.daddr, pkt.proto, be.vport, pkt.dport,
+        ) {
+            Some((hop, mtu)) => {
+                // SAFETY: as above.
+                unsafe {
+                    (*c).hop_ifindex = hop.ifindex;
+                    (*c).hop_dmac = hop.dmac;
+                    (*c).hop_smac = hop.smac;
+                    (*c).hop_mtu = mtu;
+                    (*c).hop_epoch = epoch;
+                }
+                checked(ctx, pkt, hop, mtu)
+            }
+            None => via_fib(ctx, pkt, be.vaddr, pkt.daddr, be.vport, pkt.dport),
+        }
+    };
+    let hop = match next {
+        Next::Hop(hop) => Some(hop),
+        Next::Kernel => None,
+        Next::Done(Ok(action)) => return Ok((action, be.svc_id, backend)),
+        Next::Done(Err(v)) => return Err(v),
+    };
+    rewrite(ctx, pkt, Side::Src, be.vaddr, be.vport)?;
+    let action = match hop {
+        Some(hop) => fwd::send(ctx, &hop)?,
+        None => return Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),
+    };
+    Ok((action, be.svc_id, backend))
+}
