@@ -6,6 +6,8 @@
 //! control plane are behind the `user` feature.
 #![no_std]
 
+pub mod hash;
+
 /// Map names, as they appear in the ELF object and under the pin directory.
 pub mod maps {
     /// `u32` slot → `SvcSlot`: the services, as two open-addressing tables of
@@ -37,11 +39,41 @@ pub mod maps {
     /// `u32` VIP (network order) → `u8`: the VIPs the decapsulation program (`lb-decap`, on TUN
     /// real servers) accepts inner packets for.
     pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
+    /// `u32` service id → `Service`: the same values as in `SVC_TABLE`, by id (for the sweep).
+    pub const SVC_INFO: &str = "LB_SVC_INFO";
+    /// `u32` backend id → `RsConns`: connections per backend as the last sweep counted them
+    /// (written only by `lb_sweep`).
+    pub const RS_CONNS: &str = "LB_RS_CONNS";
+    /// `u32` backend id → `u32`: connections created since the last sweep (atomic adds by the
+    /// data path; the sweep takes and resets them).
+    pub const RS_NEW: &str = "LB_RS_NEW";
+    /// `PersistKey` → `PersistVal`: persistence templates (IPVS's), LRU.
+    pub const PERSIST: &str = "LB_PERSIST";
+    /// `LblcKey` → `LblcVal`: lblc/lblcr destination → server(s), LRU.
+    pub const LBLC: &str = "LB_LBLC";
+    /// `u32` index → `u32` seconds: timeouts by TCP state (`tcp_state::*`), then
+    /// `TIMEOUT_UDP`, read by the sweep.
+    pub const TIMEOUTS: &str = "LB_TIMEOUTS";
+    /// `u32` 0 → `SweepStats`: what the last sweep did.
+    pub const SWEEP: &str = "LB_SWEEP";
+    /// `u32` → program: the tail-call targets (`prog_index::*`). Pinned, so the balancer keeps
+    /// scheduling new connections while no daemon runs.
+    pub const PROGS: &str = "LB_PROGS";
+    /// `u32` 0 → the per-CPU hand-over from `lb_new` back to `lb_xdp` (not pinned: both
+    /// programs of one load share it).
+    pub const PENDING: &str = "LB_PENDING";
 
     /// Every map of the balancer the daemon pins and adopts again after a restart.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 18] = [
         SVC_TABLE,
         NAT_RS,
+        SVC_INFO,
+        RS_CONNS,
+        RS_NEW,
+        PERSIST,
+        LBLC,
+        TIMEOUTS,
+        SWEEP,
         BACKENDS,
         SCHED_TABLE,
         SVC_CURSOR,
@@ -50,7 +82,18 @@ pub mod maps {
         BACKEND_STATS,
         COUNTERS,
         SETTINGS,
+        PROGS,
     ];
+}
+
+/// Slots of `maps::PROGS`.
+pub mod prog_index {
+    /// `progs::NEW`.
+    pub const NEW: u32 = 0;
+    /// `progs::BALANCER`.
+    pub const BALANCER: u32 = 1;
+    /// Slots in the map.
+    pub const LEN: u32 = 2;
 }
 
 /// Program names (the Rust function names of the `#[xdp]` entry points).
@@ -59,6 +102,14 @@ pub mod progs {
     pub const BALANCER: &str = "lb_xdp";
     /// IPIP decapsulation for TUN real servers (object `lb-decap`).
     pub const DECAP: &str = "lb_decap";
+    /// The sweep (object `lb-ebpf`), run by the daemon with `BPF_PROG_TEST_RUN` every second:
+    /// expires connections and templates, counts connections per backend.
+    pub const SWEEP: &str = "lb_sweep";
+    /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that may open
+    /// a connection; it schedules and records the connection and tail-calls `lb_xdp` back,
+    /// which forwards the packet. Apart, each program stays well inside the verifier's
+    /// budget; together, the schedulers' paths times the forwarding code exceed it.
+    pub const NEW: &str = "lb_new";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.
@@ -84,12 +135,29 @@ pub mod size {
     pub const NAT_RS_SLOTS: u32 = 1 << 17;
     /// VIPs the decapsulation program knows.
     pub const MAX_DECAP_VIPS: u32 = 1024;
+    /// The most destinations a service with a dynamic scheduler (lc, wlc, sed, nq, fo, ovf,
+    /// lblc, lblcr) may have: the data path scans them all for each new connection.
+    pub const MAX_SCAN: u32 = 256;
+    /// Buckets of the sh/dh table (IPVS's `IP_VS_SH_TAB_SIZE`, 1 << 8).
+    pub const SH_BUCKETS: u32 = 256;
+    /// Default Maglev table size, a prime. Maglev wants it well above 100 × the number of
+    /// servers; 65537 keeps the imbalance and the disruption of a change within 1% up to a
+    /// few hundred servers. (IPVS's default is 4093, `CONFIG_IP_VS_MH_TAB_INDEX` 12; set
+    /// `mh_table_size` for that.)
+    pub const DEFAULT_MH_TABLE: u32 = 65537;
+    /// Default persistence-template table size.
+    pub const DEFAULT_PERSIST: u32 = 1 << 18;
+    /// lblc/lblcr destination entries.
+    pub const LBLC_ENTRIES: u32 = 1 << 16;
+    /// Servers in one lblcr set.
+    pub const LBLCR_SET: usize = 8;
     /// Backends, i.e. (service, real server) pairs; id 0 reserved.
     pub const MAX_BACKENDS: u32 = 65536;
     /// Default connection-table size (entries).
     pub const DEFAULT_CONNS: u32 = 1 << 20;
-    /// Default number of slots in the shared scheduling-table array.
-    pub const DEFAULT_SCHED_TABLE: u32 = 1 << 20;
+    /// Default number of slots in the shared scheduling-table array (16 MiB): room for
+    /// about 30 mh services at the default table size, each rebuilt beside its old table.
+    pub const DEFAULT_SCHED_TABLE: u32 = 1 << 22;
     /// The longest wrr/rr sequence the control plane builds for one service.
     pub const MAX_SEQUENCE: u32 = 1 << 16;
 }
@@ -136,7 +204,40 @@ pub mod backend_flags {
 pub mod svc_flags {
     /// A `NAT_RS` entry (the slot's key is a real server's address, not a VIP).
     pub const NAT_RS: u8 = 1 << 0;
+    /// Persistent service (`-p`): clients stick to a server through templates.
+    pub const PERSISTENT: u8 = 1 << 1;
+    /// One-packet scheduling (`-o`): every UDP datagram is scheduled on its own.
+    pub const ONE_PACKET: u8 = 1 << 2;
 }
+
+/// `Service::sched_flags` bits (ipvsadm `-b`; IPVS's SCHED1..3 shifted down).
+pub mod sched_flags {
+    /// sh-fallback / mh-fallback (`flag-1`): if the hashed server is unavailable, try others.
+    pub const FALLBACK: u8 = 1 << 0;
+    /// sh-port / mh-port (`flag-2`): hash the source port too.
+    pub const PORT: u8 = 1 << 1;
+    /// `flag-3`: no meaning for the schedulers here.
+    pub const FLAG3: u8 = 1 << 2;
+}
+
+/// `Settings::flags` bits.
+pub mod settings_flags {
+    /// Some service has port 0 (all ports): a packet matching no port also tries port 0.
+    pub const HAS_PORT0: u32 = 1 << 0;
+    /// IPVS `expire_nodest_conn=1`: a packet of a connection whose server was deleted expires
+    /// the connection (and is dropped); else it is only dropped.
+    pub const EXPIRE_NODEST: u32 = 1 << 1;
+    /// IPVS `expire_quiescent_template=1`: a persistence template pointing at a server with
+    /// weight 0 is not used for new connections.
+    pub const EXPIRE_QUIESCENT: u32 = 1 << 2;
+    /// Some NAT real server exists (else `NAT_RS` is not probed).
+    pub const HAS_NAT: u32 = 1 << 3;
+}
+
+/// `TIMEOUTS` index of the UDP timeout (after the TCP states).
+pub const TIMEOUT_UDP: u32 = tcp_state::COUNT as u32;
+/// Entries of `TIMEOUTS`.
+pub const TIMEOUTS_LEN: u32 = 16;
 
 /// `Conn::flags` bits.
 pub mod conn_flags {
@@ -323,6 +424,9 @@ pub mod cnt {
     pub const NAT_REPLY_CLASH: u32 = 19;
     /// Packets from a NAT real server that belong to no connection: passed.
     pub const PASS_NO_REPLY_CONN: u32 = 20;
+    /// Dropped: a tail call between `lb_xdp` and `lb_new` failed (the program array not
+    /// filled yet: only while a data path is being loaded).
+    pub const DROP_TAIL_CALL: u32 = 21;
     /// Number of counters.
     pub const MAX: u32 = 24;
 
@@ -349,7 +453,7 @@ pub mod cnt {
         "icmp_forwarded",
         "nat_reply_clash",
         "pass_no_reply_conn",
-        "",
+        "drop_tail_call",
         "",
         "",
     ];
@@ -381,11 +485,83 @@ pub struct Service {
     pub id: u32,
     /// `sched::*`.
     pub sched: u8,
+    /// `svc_flags::*`.
     pub flags: u8,
-    pub _pad: u16,
-    /// This service's region of `SCHED_TABLE`; `table_len == 0` means no backend available.
+    /// `sched_flags::*`.
+    pub sched_flags: u8,
+    pub _pad: u8,
+    /// This service's table in `SCHED_TABLE`: the rr/wrr sequence, the sh/dh buckets or the
+    /// Maglev slots (empty for the dynamic schedulers).
     pub table_off: u32,
     pub table_len: u32,
+    /// The service's backends in IPVS list order (newest first) in `SCHED_TABLE`, for the
+    /// schedulers that scan them; `members_len == 0`: no backend.
+    pub members_off: u32,
+    pub members_len: u32,
+    /// Persistence timeout in seconds (with `svc_flags::PERSISTENT`).
+    pub persist_timeout: u32,
+    /// Persistence netmask, network byte order.
+    pub persist_mask: u32,
+}
+
+/// Connections of one backend, as the last sweep counted them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RsConns {
+    pub active: u32,
+    pub inactive: u32,
+    /// Persistence templates pointing at it.
+    pub persist: u32,
+    /// 1 while overloaded (`-x`/`-y`, IPVS's hysteresis).
+    pub overloaded: u32,
+}
+
+/// Persistence template key: the service and the client's network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    pub svc_id: u32,
+    /// Client address & netmask, network byte order.
+    pub client: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistVal {
+    pub backend: u32,
+    pub _pad: u32,
+    /// `Settings::clock_ns` when last used or last seen controlling a connection.
+    pub last_seen_ns: u64,
+}
+
+/// lblc/lblcr key: the service and the packet's destination address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LblcKey {
+    pub svc_id: u32,
+    pub daddr: u32,
+}
+
+/// lblc/lblcr value: the server (lblc: `set[0]`) or server set (lblcr).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LblcVal {
+    pub set: [u32; size::LBLCR_SET],
+    pub len: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+    /// lblcr: when the set last changed.
+    pub last_mod_ns: u64,
+}
+
+/// What the last sweep did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub entries: u64,
+    pub expired: u64,
+    pub templates: u64,
+    pub templates_expired: u64,
 }
 
 /// A destination of one service (IPVS `ip_vs_dest`), indexed by backend id.
@@ -415,6 +591,9 @@ pub struct Backend {
     pub mtu: u16,
     /// TUN: the outer source address, network byte order.
     pub tun_src: u32,
+    /// `-x`/`-y` connection thresholds (0: none).
+    pub u_threshold: u32,
+    pub l_threshold: u32,
 }
 
 /// Connection-table key: the packet's 5-tuple as seen on the wire, network byte order.
@@ -509,7 +688,8 @@ pub struct Settings {
     /// Bumped by the daemon whenever routes or neighbours change: next hops cached in
     /// connections with an older epoch are looked up again.
     pub route_epoch: u32,
-    pub _pad: u32,
+    /// `settings_flags::*`.
+    pub flags: u32,
 }
 
 /// How often the daemon advances `Settings::clock_ns`.
@@ -531,6 +711,12 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for SvcSlot {}
+    unsafe impl aya::Pod for RsConns {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for PersistVal {}
+    unsafe impl aya::Pod for LblcKey {}
+    unsafe impl aya::Pod for LblcVal {}
+    unsafe impl aya::Pod for SweepStats {}
 }
 
 #[cfg(test)]
@@ -541,13 +727,17 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<SvcKey>(), 8);
-        assert_eq!(size_of::<Service>(), 16);
-        assert_eq!(size_of::<Backend>(), 44);
+        assert_eq!(size_of::<Service>(), 32);
+        assert_eq!(size_of::<Backend>(), 52);
+        assert_eq!(size_of::<RsConns>(), 16);
+        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<PersistVal>(), 16);
+        assert_eq!(size_of::<LblcVal>(), 56);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Conn>(), 40);
         assert_eq!(size_of::<Stats>(), 40);
         assert_eq!(size_of::<Settings>(), 24);
-        assert_eq!(size_of::<SvcSlot>(), 24);
+        assert_eq!(size_of::<SvcSlot>(), 40);
     }
 
     #[test]

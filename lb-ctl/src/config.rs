@@ -44,6 +44,14 @@ pub struct Director {
     /// TUN: outer source address per director interface (the one towards the real server);
     /// a service's `tunnel_source` overrides it, the route's source address is the default.
     pub tunnel_sources: std::collections::BTreeMap<String, Ipv4Addr>,
+    /// Slots of every mh (Maglev) table; a prime (IPVS's default 65537).
+    pub mh_table_size: u32,
+    /// IPVS `expire_nodest_conn`: a connection whose real server was deleted is forgotten at
+    /// its next packet (else its packets are dropped until it times out).
+    pub expire_nodest_conn: bool,
+    /// IPVS `expire_quiescent_template`: persistence does not send new connections to a
+    /// real server with weight 0.
+    pub expire_quiescent_template: bool,
 }
 
 impl Director {
@@ -58,6 +66,9 @@ impl Default for Director {
             interfaces: Vec::new(),
             conn_table_size: Self::DEFAULT_CONN_TABLE_SIZE,
             tunnel_sources: Default::default(),
+            mh_table_size: lb_common::size::DEFAULT_MH_TABLE,
+            expire_nodest_conn: false,
+            expire_quiescent_template: false,
         }
     }
 }
@@ -156,6 +167,11 @@ struct RawDirector {
     conn_table_size: Option<Spanned<i64>>,
     #[serde(default)]
     tunnel_sources: std::collections::BTreeMap<String, Spanned<String>>,
+    mh_table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    expire_nodest_conn: bool,
+    #[serde(default)]
+    expire_quiescent_template: bool,
 }
 
 #[derive(Deserialize)]
@@ -312,10 +328,23 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
     for (iface, addr) in &raw.tunnel_sources {
         tunnel_sources.insert(iface.clone(), ipv4(addr)?);
     }
+    let mh_table_size = match &raw.mh_table_size {
+        Some(v) => {
+            let n = ranged(v, "mh_table_size", 17, 1 << 20)?;
+            if !crate::sched::is_prime(n) {
+                return Err(Problem::at(v, format!("mh_table_size {n} is not a prime")));
+            }
+            n
+        }
+        None => lb_common::size::DEFAULT_MH_TABLE,
+    };
     Ok(Director {
         interfaces,
         conn_table_size,
         tunnel_sources,
+        mh_table_size,
+        expire_nodest_conn: raw.expire_nodest_conn,
+        expire_quiescent_template: raw.expire_quiescent_template,
     })
 }
 
@@ -756,7 +785,7 @@ mod tests {
             "[director]\ninterface = []\n",
             2,
             1,
-            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, tunnel_sources)",
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template)",
         );
         assert_err(
             "[[services]]\n",

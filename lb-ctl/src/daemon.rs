@@ -245,12 +245,18 @@ fn fmt_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// IPVS-style rate estimation: every 2 s, the per-second rate of the last interval, smoothed
-/// with weight 1/4 (`ip_vs_est.c`).
+/// IPVS-style rate estimation (`ip_vs_est.c`): every 2 s, the per-second rate of the last
+/// interval, smoothed with weight 1/4, in IPVS's fixed point (counts × 2^10, bytes × 2^5) so
+/// that small rates do not round away, and read out with IPVS's rounding.
 #[derive(Default)]
 struct Estimator {
     last: (HashMap<u32, StatsView>, HashMap<u32, StatsView>),
+    scaled: (HashMap<u32, [i64; 5]>, HashMap<u32, [i64; 5]>),
     rates: (HashMap<u32, RateView>, HashMap<u32, RateView>),
+    /// Whether a first sample was taken: until then, counters are a baseline (an adopted
+    /// data path's totals are not a burst); afterwards a new service or server starts
+    /// from zero, as IPVS's estimator does.
+    started: bool,
 }
 
 impl Estimator {
@@ -258,27 +264,63 @@ impl Estimator {
         fn one(
             last: &HashMap<u32, StatsView>,
             now: &HashMap<u32, StatsView>,
+            scaled: &mut HashMap<u32, [i64; 5]>,
             rates: &mut HashMap<u32, RateView>,
+            started: bool,
         ) {
-            let secs = RATE_INTERVAL.as_secs().max(1);
+            let secs = RATE_INTERVAL.as_secs().max(1) as i64;
+            scaled.retain(|id, _| now.contains_key(id));
             rates.retain(|id, _| now.contains_key(id));
             for (id, s) in now {
-                let prev = last.get(id).copied().unwrap_or(*s);
-                let d = |a: u64, b: u64| a.saturating_sub(b) / secs;
-                let r = rates.entry(*id).or_default();
-                let ewma = |old: u64, new: u64| {
-                    (old as i64 + ((new as i64 - old as i64) >> 2)).max(0) as u64
+                let prev = match last.get(id) {
+                    Some(p) => *p,
+                    None if started => StatsView::default(),
+                    None => *s,
                 };
-                r.cps = ewma(r.cps, d(s.conns, prev.conns));
-                r.inpps = ewma(r.inpps, d(s.inpkts, prev.inpkts));
-                r.outpps = ewma(r.outpps, d(s.outpkts, prev.outpkts));
-                r.inbps = ewma(r.inbps, d(s.inbytes, prev.inbytes));
-                r.outbps = ewma(r.outbps, d(s.outbytes, prev.outbytes));
+                let e = scaled.entry(*id).or_default();
+                let counters = [
+                    (s.conns, prev.conns, 10),
+                    (s.inpkts, prev.inpkts, 10),
+                    (s.outpkts, prev.outpkts, 10),
+                    (s.inbytes, prev.inbytes, 5),
+                    (s.outbytes, prev.outbytes, 5),
+                ];
+                for (avg, (n, p, shift)) in e.iter_mut().zip(counters) {
+                    // A zeroed counter (-Z) reads as no traffic, not as a negative rate.
+                    let rate = (n.saturating_sub(p) as i64).saturating_mul(1 << shift) / secs;
+                    *avg += (rate - *avg) >> 2;
+                }
+                let read =
+                    |avg: i64, shift: u32| ((avg + (1 << (shift - 1)) - 1) >> shift).max(0) as u64;
+                rates.insert(
+                    *id,
+                    RateView {
+                        cps: read(e[0], 10),
+                        inpps: read(e[1], 10),
+                        outpps: read(e[2], 10),
+                        inbps: read(e[3], 5),
+                        outbps: read(e[4], 5),
+                    },
+                );
             }
         }
-        one(&self.last.0, &now.0, &mut self.rates.0);
-        one(&self.last.1, &now.1, &mut self.rates.1);
+        let started = self.started;
+        one(
+            &self.last.0,
+            &now.0,
+            &mut self.scaled.0,
+            &mut self.rates.0,
+            started,
+        );
+        one(
+            &self.last.1,
+            &now.1,
+            &mut self.scaled.1,
+            &mut self.rates.1,
+            started,
+        );
         self.last = now;
+        self.started = true;
     }
 }
 
@@ -320,6 +362,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let opts = Options {
         pin_dir: settings.pin_dir.clone(),
         conn_table_size: desired_size,
+        mh_table_size: cfg.as_ref().map_or(lb_common::size::DEFAULT_MH_TABLE, |c| {
+            c.director.mh_table_size
+        }),
         ..Options::default()
     };
     let mut dp = Dataplane::open(opts)?;
@@ -339,6 +384,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         timeouts.set(&t);
     }
     Dataplane::check(&model)?;
+    dp.set_timeouts(&timeouts)?;
+    if let Some(c) = &cfg {
+        dp.set_expiry_rules(
+            c.director.expire_nodest_conn,
+            c.director.expire_quiescent_template,
+        )?;
+    }
     let mut resolver = Resolver {
         nl,
         paths: Paths::new(),
@@ -449,7 +501,7 @@ impl Daemon {
     }
 
     async fn tick(&mut self) {
-        match self.dp.sweep(&self.timeouts) {
+        match self.dp.sweep() {
             Ok(r) => self.last_sweep = r,
             Err(e) => log::warn!("sweeping the connection table: {e:#}"),
         }
@@ -534,7 +586,8 @@ impl Daemon {
             bail!("the daemon was started without --config: nothing to reload");
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut timeouts = StateTimeouts::default();
+        // As `ipvsadm --set`: a timeout the file leaves out keeps its current value.
+        let mut timeouts = self.timeouts;
         if let Some(t) = cfg.timeouts {
             timeouts.set(&t);
         }
@@ -544,7 +597,18 @@ impl Daemon {
             self.resolver.paths.clear();
             self.resolver.checked.clear();
         }
-        self.apply(cfg.model).await?;
+        // A new Maglev table size rebuilds every mh table in the same sync.
+        let mh = self.dp.mh_table_size();
+        self.dp.set_mh_table_size(cfg.director.mh_table_size);
+        if let Err(e) = self.apply(cfg.model).await {
+            self.dp.set_mh_table_size(mh);
+            return Err(e);
+        }
+        self.dp.set_timeouts(&timeouts)?;
+        self.dp.set_expiry_rules(
+            cfg.director.expire_nodest_conn,
+            cfg.director.expire_quiescent_template,
+        )?;
         self.timeouts = timeouts;
         Ok(())
     }
@@ -578,7 +642,10 @@ impl Daemon {
                     Response::Ok
                 }
                 Request::SetTimeouts(t) => {
-                    self.timeouts.set(&t);
+                    let mut next = self.timeouts;
+                    next.set(&t);
+                    self.dp.set_timeouts(&next)?;
+                    self.timeouts = next;
                     Response::Ok
                 }
                 Request::GetTimeouts => Response::Timeouts(self.timeouts.get()),
@@ -592,6 +659,7 @@ impl Daemon {
                     "conn_table_size": self.dp.conn_table_size(),
                     "conn_entries": self.last_sweep.entries,
                     "conns_expired_last_sweep": self.last_sweep.expired,
+                    "persistence_templates": self.last_sweep.templates,
                     "services": self.model.services.len(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
@@ -602,5 +670,50 @@ impl Daemon {
         }
         .await;
         result.unwrap_or_else(|e| Response::Error(format!("{e:#}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(conns: u64, inbytes: u64) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
+        let s = StatsView {
+            conns,
+            inpkts: conns * 6,
+            inbytes,
+            ..StatsView::default()
+        };
+        (HashMap::from([(1, s)]), HashMap::new())
+    }
+
+    #[test]
+    fn estimator_keeps_small_rates_and_decays_like_ipvs() {
+        let mut e = Estimator::default();
+        // The first sample is a baseline (an adopted data path's totals are no burst).
+        e.update(sample(1000, 0));
+        assert_eq!(e.rates.0[&1].cps, 0);
+        // 10 connections in one 2 s interval: 5/s, smoothed by 1/4 → 1.25, shown as 1.
+        e.update(sample(1010, 6000));
+        assert_eq!(e.rates.0[&1].cps, 1);
+        // 30/s smoothed: 7.5; IPVS reads out `(avg + 0x1ff) >> 10`, rounding a half down.
+        assert_eq!(e.rates.0[&1].inpps, 7);
+        assert_eq!(e.rates.0[&1].inbps, 750);
+        // Then quiet: it decays over a few intervals (0.94, 0.70, 0.53, 0.40 → 0).
+        let cps: Vec<u64> = (0..4)
+            .map(|_| {
+                e.update(sample(1010, 6000));
+                e.rates.0[&1].cps
+            })
+            .collect();
+        assert_eq!(cps, [1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn estimator_counts_a_service_created_between_samples_from_zero() {
+        let mut e = Estimator::default();
+        e.update((HashMap::new(), HashMap::new()));
+        e.update(sample(20, 0));
+        assert_eq!(e.rates.0[&1].cps, 2, "20 in 2 s: 10/s, smoothed 2.5 → 2");
     }
 }

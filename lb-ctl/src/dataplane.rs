@@ -18,7 +18,9 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -26,13 +28,17 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Conn, FlowKey, LAYOUT_VERSION, Service, Settings, Stats, SvcKey, SvcSlot,
-    backend_flags, conn_flags, maps, probe_home, progs, size, svc_flags, tcp_state, udp_state,
+    Backend, Conn, FlowKey, LAYOUT_VERSION, PersistKey, PersistVal, RsConns, Service, Settings,
+    Stats, SvcKey, SvcSlot, SweepStats, backend_flags, conn_flags, maps, probe_home, progs,
+    settings_flags, size, svc_flags, tcp_state, udp_state,
 };
 
 use crate::{
     api::{ConnView, DestView, RateView, ServiceView, Snapshot, StatsView, Timeouts},
-    model::{DestConfig, Forward, Model, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    model::{
+        DestConfig, Forward, Model, Persistence, Protocol, SchedFlags, Scheduler, ServiceConfig,
+        ServiceKey,
+    },
     sched::{self, Member},
 };
 
@@ -60,6 +66,10 @@ pub struct Options {
     pub pin_dir: PathBuf,
     pub conn_table_size: u32,
     pub sched_table_size: u32,
+    /// Slots of every mh (Maglev) table: a prime.
+    pub mh_table_size: u32,
+    /// Entries of the persistence-template table.
+    pub persist_table_size: u32,
 }
 
 impl Default for Options {
@@ -68,6 +78,8 @@ impl Default for Options {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             conn_table_size: size::DEFAULT_CONNS,
             sched_table_size: size::DEFAULT_SCHED_TABLE,
+            mh_table_size: size::DEFAULT_MH_TABLE,
+            persist_table_size: size::DEFAULT_PERSIST,
         }
     }
 }
@@ -238,8 +250,9 @@ struct SvcState {
     /// Backend ids in IPVS list order: the most recently added destination first.
     members: Vec<(DestKey, u32)>,
     region: Region,
-    /// The table currently in `region`.
+    /// What `region` holds: the scheduler's table (`table_len` slots), then the members.
     table: Vec<u32>,
+    table_len: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +278,12 @@ struct State {
 
 /// The maps, typed.
 struct Maps {
+    svc_info: Array<MapData, Service>,
+    rs_conns: Array<MapData, RsConns>,
+    rs_new: Array<MapData, u32>,
+    persist: BpfHashMap<MapData, PersistKey, PersistVal>,
+    timeouts: Array<MapData, u32>,
+    sweep: Array<MapData, SweepStats>,
     backends: Array<MapData, Backend>,
     sched_table: Array<MapData, u32>,
     cursor: Array<MapData, u64>,
@@ -273,6 +292,8 @@ struct Maps {
     backend_stats: PerCpuArray<MapData, Stats>,
     counters: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    /// Kept open: the tail-call targets live as long as the map has a user.
+    _progs: ProgramArray<MapData>,
 }
 
 /// One of the double-buffered open-addressing tables the data path probes (`LB_SVC_TABLE`,
@@ -345,6 +366,11 @@ fn show(k: &SvcKey) -> String {
 pub struct ConnCounts {
     pub active: u32,
     pub inactive: u32,
+    /// Persistence templates pointing at the backend.
+    pub persist: u32,
+    /// Skipped by the schedulers: over its upper threshold (`-x`), and not yet back under
+    /// its lower one (`-y`).
+    pub overloaded: bool,
 }
 
 /// Connection timeouts in seconds, per TCP state, and for UDP.
@@ -395,11 +421,10 @@ impl StateTimeouts {
     }
 }
 
-/// A connection as the sweep sees it: its request entry, and for NAT its reply entry.
+/// A connection: its request entry and the last activity of either direction.
 struct Connection {
     key: FlowKey,
     conn: Conn,
-    reply: Option<FlowKey>,
     /// The later of the two entries' last activity.
     last_seen_ns: u64,
 }
@@ -409,6 +434,8 @@ struct Connection {
 pub struct SweepReport {
     pub entries: usize,
     pub expired: usize,
+    pub templates: usize,
+    pub templates_expired: usize,
 }
 
 pub struct Dataplane {
@@ -417,7 +444,6 @@ pub struct Dataplane {
     opts: Options,
     links: BTreeMap<String, PinnedLink>,
     state: State,
-    counts: HashMap<u32, ConnCounts>,
     conn_table_size: u32,
     /// Whether the maps came from a previous daemon.
     adopted: bool,
@@ -522,6 +548,17 @@ fn expected_layout(name: &str) -> (u32, u32) {
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
         maps::SETTINGS => s(4, size_of::<Settings>()),
+        maps::SVC_INFO => s(4, size_of::<Service>()),
+        maps::RS_CONNS => s(4, size_of::<RsConns>()),
+        maps::RS_NEW => s(4, 4),
+        maps::PERSIST => s(size_of::<PersistKey>(), size_of::<PersistVal>()),
+        maps::LBLC => s(
+            size_of::<lb_common::LblcKey>(),
+            size_of::<lb_common::LblcVal>(),
+        ),
+        maps::TIMEOUTS => s(4, 4),
+        maps::SWEEP => s(4, size_of::<SweepStats>()),
+        maps::PROGS => s(4, 4),
         other => unreachable!("no layout known for map {other}: add it here"),
     }
 }
@@ -594,6 +631,7 @@ impl Dataplane {
         }
         loader.map_max_entries(maps::CONNS, conn_table_size);
         loader.map_max_entries(maps::SCHED_TABLE, sched_table_size);
+        loader.map_max_entries(maps::PERSIST, opts.persist_table_size);
         let mut bpf = loader
             .load(BALANCER_OBJ)
             .context("loading the balancer's maps and programs")?;
@@ -608,7 +646,45 @@ impl Dataplane {
         prog.pin(&prog_pin)
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
+        // lb_xdp tail-calls lb_new for a packet that opens a connection, and lb_new calls
+        // back. Both go into the (pinned) program array before lb_xdp is attached; a data path
+        // still attached from before switches to the new lb_new at once, which is compatible
+        // (same layout version).
+        let new_prog: &mut Xdp = bpf
+            .program_mut(progs::NEW)
+            .ok_or_else(|| anyhow!("program {} missing", progs::NEW))?
+            .try_into()?;
+        new_prog
+            .load()
+            .context("the kernel refused the new-connection program")?;
+        let new_fd = new_prog.fd()?.try_clone()?;
+        let balancer: &Xdp = bpf
+            .program(progs::BALANCER)
+            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+            .try_into()?;
+        let balancer_fd = balancer.fd()?.try_clone()?;
+        let mut prog_array: ProgramArray<MapData> = take(&mut bpf, maps::PROGS)?;
+        prog_array
+            .set(lb_common::prog_index::NEW, &new_fd, 0)
+            .context("filling the program array")?;
+        prog_array
+            .set(lb_common::prog_index::BALANCER, &balancer_fd, 0)
+            .context("filling the program array")?;
+
+        let sweep_prog: &mut Xdp = bpf
+            .program_mut(progs::SWEEP)
+            .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
+            .try_into()?;
+        sweep_prog
+            .load()
+            .context("the kernel refused the sweep program")?;
         let mut maps = Maps {
+            svc_info: take(&mut bpf, maps::SVC_INFO)?,
+            rs_conns: take(&mut bpf, maps::RS_CONNS)?,
+            rs_new: take(&mut bpf, maps::RS_NEW)?,
+            persist: take(&mut bpf, maps::PERSIST)?,
+            timeouts: take(&mut bpf, maps::TIMEOUTS)?,
+            sweep: take(&mut bpf, maps::SWEEP)?,
             backends: take(&mut bpf, maps::BACKENDS)?,
             sched_table: take(&mut bpf, maps::SCHED_TABLE)?,
             cursor: take(&mut bpf, maps::SVC_CURSOR)?,
@@ -617,6 +693,7 @@ impl Dataplane {
             backend_stats: take(&mut bpf, maps::BACKEND_STATS)?,
             counters: take(&mut bpf, maps::COUNTERS)?,
             settings: take(&mut bpf, maps::SETTINGS)?,
+            _progs: prog_array,
         };
         let mut settings = maps.settings.get(&0, 0)?;
         if adopted && settings.layout_version != LAYOUT_VERSION {
@@ -631,6 +708,14 @@ impl Dataplane {
         settings.layout_version = LAYOUT_VERSION;
         settings.svc_half &= 1;
         maps.settings.set(0, settings, 0)?;
+        if !adopted {
+            // IPVS's default timeouts until the daemon sets its own.
+            let d = StateTimeouts::default();
+            for (i, v) in d.tcp.iter().enumerate() {
+                maps.timeouts.set(i as u32, *v, 0)?;
+            }
+            maps.timeouts.set(lb_common::TIMEOUT_UDP, d.udp, 0)?;
+        }
         let svc_table =
             ProbeTable::open(take(&mut bpf, maps::SVC_TABLE)?, size::SVC_SLOTS, adopted)?;
         let nat_rs = ProbeTable::open(take(&mut bpf, maps::NAT_RS)?, size::NAT_RS_SLOTS, adopted)?;
@@ -649,7 +734,6 @@ impl Dataplane {
             opts,
             links: BTreeMap::new(),
             state,
-            counts: HashMap::new(),
             conn_table_size,
             adopted,
             settings,
@@ -693,9 +777,10 @@ impl Dataplane {
                 addr: ip(k.addr),
                 port: u16::from_be(k.port),
             };
+            // The region holds the scheduler's table, then the members.
             let region = Region {
                 off: v.table_off,
-                len: v.table_len,
+                len: v.table_len + v.members_len,
             };
             if !self.state.regions.take(region) {
                 bail!("service {key}: its scheduling table overlaps another's");
@@ -713,14 +798,18 @@ impl Dataplane {
                     config: ServiceConfig {
                         key,
                         scheduler,
-                        sched_flags: Default::default(),
-                        persistence: None,
-                        ops: false,
+                        sched_flags: SchedFlags(u32::from(v.sched_flags) << 3),
+                        persistence: (v.flags & svc_flags::PERSISTENT != 0).then(|| Persistence {
+                            timeout: v.persist_timeout,
+                            netmask: ip(v.persist_mask),
+                        }),
+                        ops: v.flags & svc_flags::ONE_PACKET != 0,
                         tunnel_source: None,
                     },
                     members: Vec::new(),
                     region,
                     table,
+                    table_len: v.table_len,
                 },
             );
         }
@@ -738,8 +827,8 @@ impl Dataplane {
                 port: u16::from_be(b.port),
                 forward,
                 weight: b.weight,
-                u_threshold: 0,
-                l_threshold: 0,
+                u_threshold: b.u_threshold,
+                l_threshold: b.l_threshold,
             };
             let available = b.flags & backend_flags::AVAILABLE != 0;
             let Some(svc) = svc else {
@@ -768,13 +857,16 @@ impl Dataplane {
                     written: b,
                 },
             );
-            if available && let Some(s) = self.state.services.get_mut(&svc) {
-                s.members.push(((dest.addr, dest.port), id));
-            }
         }
-        // Newest first, as IPVS lists them: ids grow as destinations are added.
+        // The members in IPVS list order, as the table region recorded them.
         for s in self.state.services.values_mut() {
-            s.members.sort_by_key(|m| std::cmp::Reverse(m.1));
+            for id in s.table[s.table_len as usize..].iter() {
+                if let Some(b) = self.state.backends.get(id)
+                    && b.trashed_at.is_none()
+                {
+                    s.members.push(((b.dest.addr, b.dest.port), *id));
+                }
+            }
             // The tunnel source its TUN backends were given is kept as the service's own, so
             // a restart without a config file changes nothing.
             let mut sources: Vec<u32> = s
@@ -910,26 +1002,59 @@ impl Dataplane {
         for (k, e) in &model.services {
             if !sched::supported(e.config.scheduler) {
                 bail!(
-                    "service {k}: {}",
-                    sched::table(e.config.scheduler, &[]).unwrap_err()
+                    "service {k}: scheduler {} is not supported",
+                    e.config.scheduler
                 );
             }
-            if e.config.persistence.is_some() {
-                bail!("service {k}: persistence (-p) is not supported by this data path yet");
-            }
-            if e.config.ops {
-                bail!("service {k}: one-packet scheduling is not supported yet");
-            }
-            if e.config.sched_flags.0 != 0 {
-                bail!("service {k}: scheduler flags (-b) are not supported yet");
-            }
-            for d in &e.dests {
-                if d.u_threshold != 0 || d.l_threshold != 0 {
-                    bail!("service {k}: connection thresholds (-x/-y) are not supported yet");
-                }
+            let scans = matches!(
+                e.config.scheduler,
+                Scheduler::Lc
+                    | Scheduler::Wlc
+                    | Scheduler::Sed
+                    | Scheduler::Nq
+                    | Scheduler::Fo
+                    | Scheduler::Ovf
+                    | Scheduler::Lblc
+                    | Scheduler::Lblcr
+            );
+            if scans && e.dests.len() > size::MAX_SCAN as usize {
+                bail!(
+                    "service {k}: {} real servers, but scheduler {} scans them all for each \
+                     new connection and takes at most {}",
+                    e.dests.len(),
+                    e.config.scheduler,
+                    size::MAX_SCAN
+                );
             }
         }
         Ok(())
+    }
+
+    /// The data path's view of a service.
+    fn service_value(s: &SvcState) -> Service {
+        let c = &s.config;
+        let mut flags = 0;
+        if c.persistence.is_some() {
+            flags |= svc_flags::PERSISTENT;
+        }
+        if c.ops {
+            flags |= svc_flags::ONE_PACKET;
+        }
+        Service {
+            id: s.id,
+            sched: sched_code(c.scheduler),
+            flags,
+            sched_flags: ((c.sched_flags.0 >> 3) & 0x7) as u8,
+            _pad: 0,
+            table_off: s.region.off,
+            table_len: s.table_len,
+            members_off: s.region.off + s.table_len,
+            members_len: s.members.len() as u32,
+            persist_timeout: c.persistence.map_or(0, |p| p.timeout),
+            persist_mask: c
+                .persistence
+                .map_or(0, |p| u32::from_ne_bytes(p.netmask.octets())),
+        }
     }
 
     fn backend_value(
@@ -957,6 +1082,8 @@ impl Dataplane {
             dmac: path.dmac.unwrap_or([0; 6]),
             smac: path.smac,
             weight: dest.weight,
+            u_threshold: dest.u_threshold,
+            l_threshold: dest.l_threshold,
             vaddr: u32::from_ne_bytes(svc.key.addr.octets()),
             vport: svc.key.port.to_be(),
             mtu: path.mtu,
@@ -1009,6 +1136,7 @@ impl Dataplane {
                         members: Vec::new(),
                         region: Region::default(),
                         table: Vec::new(),
+                        table_len: 0,
                     }
                 }
             };
@@ -1077,15 +1205,29 @@ impl Dataplane {
                 .iter()
                 .map(|(dk, id)| Member {
                     id: *id,
+                    addr: dk.0,
+                    port: dk.1,
                     weight: entry
                         .dests
                         .iter()
                         .find(|d| (d.addr, d.port) == *dk)
                         .map_or(0, |d| d.weight),
+                    active: 0,
+                    inactive: 0,
+                    overloaded: false,
                 })
                 .collect();
-            let table = sched::table(entry.config.scheduler, &members)
-                .map_err(|e| anyhow!("service {key}: {e}"))?;
+            // The region holds the scheduler's table, then the members in IPVS list order
+            // (which the scanning schedulers walk).
+            let mut table = sched::table(
+                entry.config.scheduler,
+                entry.config.sched_flags,
+                &members,
+                self.opts.mh_table_size,
+            )
+            .map_err(|e| anyhow!("service {key}: {e}"))?;
+            svc.table_len = table.len() as u32;
+            table.extend(members.iter().map(|m| m.id));
             let fresh = fresh_services.contains(&svc.id);
             if fresh
                 || table != svc.table
@@ -1117,19 +1259,10 @@ impl Dataplane {
             }
         }
 
-        let svc_entries = st.services.iter().map(|(k, s)| {
-            (
-                svc_key(k),
-                Service {
-                    id: s.id,
-                    sched: sched_code(s.config.scheduler),
-                    flags: 0,
-                    _pad: 0,
-                    table_off: s.region.off,
-                    table_len: s.region.len,
-                },
-            )
-        });
+        let svc_entries = st
+            .services
+            .iter()
+            .map(|(k, s)| (svc_key(k), Self::service_value(s)));
         let svc_table = ProbeTable::build(svc_entries, size::SVC_SLOTS)
             .map_err(|k| anyhow!("service {}: too many services hash alike", show(&k)))?;
         // Where NAT replies come from: every live NAT real server's (address, port).
@@ -1175,6 +1308,18 @@ impl Dataplane {
             // IPVS restarts its wrr walk when destinations change; so do we.
             self.maps.cursor.set(st.services[key].id, 0, 0)?;
         }
+        for s in st.services.values() {
+            self.maps.svc_info.set(s.id, Self::service_value(s), 0)?;
+        }
+        let mut flags =
+            self.settings.flags & !(settings_flags::HAS_PORT0 | settings_flags::HAS_NAT);
+        if st.services.keys().any(|k| k.port == 0) {
+            flags |= settings_flags::HAS_PORT0;
+        }
+        if rs_table.iter().any(|s| s.svc.id != 0) {
+            flags |= settings_flags::HAS_NAT;
+        }
+        self.settings.flags = flags;
         self.publish(&svc_table, &rs_table)?;
         for (id, v) in &trash_writes {
             self.maps.backends.set(*id, *v, 0)?;
@@ -1252,95 +1397,175 @@ impl Dataplane {
     /// Releases replaced tables and trashed backends that nothing uses any more.
     pub fn collect_garbage(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let st = &mut self.state;
-        let (old, keep): (Vec<_>, Vec<_>) = st
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .state
             .retired
             .drain(..)
             .partition(|(t, _)| now.duration_since(*t) >= TABLE_GRACE);
-        st.retired = keep;
+        self.state.retired = keep;
         for (_, r) in old {
-            st.regions.release(r);
+            self.state.regions.release(r);
         }
-        let dead: Vec<u32> = st
+        // A deleted backend is forgotten once nothing uses it: no connection, no template.
+        let dead: Vec<u32> = self
+            .state
             .backends
             .iter()
             .filter(|(id, b)| {
                 b.trashed_at
                     .is_some_and(|t| now.duration_since(t) >= TRASH_GRACE)
-                    && self
-                        .counts
-                        .get(id)
-                        .is_none_or(|c| c.active + c.inactive == 0)
+                    && {
+                        let c = self.conn_counts(**id);
+                        c.active + c.inactive + c.persist == 0
+                    }
             })
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
-            st.backends.remove(&id);
+            self.state.backends.remove(&id);
             self.maps.backends.set(id, Backend::default(), 0)?;
-            st.be_ids.release(id);
+            self.state.be_ids.release(id);
         }
         Ok(())
     }
 
-    /// Walks the connection table: expires idle entries (the data path never does), and
-    /// counts active/inactive connections per backend for the listings.
-    pub fn sweep(&mut self, timeouts: &StateTimeouts) -> anyhow::Result<SweepReport> {
-        let now = self.settings.clock_ns;
-        let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
-        let (conns, replies) = self.pair(&entries);
-        let mut counts: HashMap<u32, ConnCounts> = HashMap::new();
-        let mut expired = Vec::new();
-        let mut claimed = std::collections::HashSet::new();
-        for c in &conns {
-            if let Some(r) = c.reply {
-                claimed.insert(r);
-            }
-            if now.saturating_sub(c.last_seen_ns) / 1_000_000_000
-                >= u64::from(timeouts.of(&c.conn, c.key.proto))
-            {
-                expired.push(c.key);
-                expired.extend(c.reply);
-                continue;
-            }
-            let e = counts.entry(c.conn.backend).or_default();
-            let active = c.key.proto == lb_common::proto::TCP
-                && tcp_state::ACTIVE
-                    .get(c.conn.state as usize)
-                    .copied()
-                    .unwrap_or(false);
-            if active {
-                e.active += 1;
-            } else {
-                e.inactive += 1;
-            }
+    /// How many instructions the verifier walked to accept each loaded program (its limit
+    /// is 1,000,000): the headroom left for data-path code.
+    pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
+        [progs::BALANCER, progs::NEW, progs::SWEEP]
+            .into_iter()
+            .filter_map(|name| {
+                let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
+                let n = prog.info().ok()?.verified_instruction_count()?;
+                Some((name, n))
+            })
+            .collect()
+    }
+
+    /// Runs the in-kernel sweep (`lb_sweep`): expires idle connections and templates (the data
+    /// path never does) and recounts every backend's connections.
+    pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
+        use std::os::fd::AsFd;
+        let prog: &Xdp = self
+            .bpf
+            .program(progs::SWEEP)
+            .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
+            .try_into()?;
+        // The program ignores its packet; the kernel wants at least an Ethernet header.
+        let out = crate::testrun::run_xdp(&prog.fd()?.as_fd(), &[0u8; 64], 1, 0)
+            .context("running the sweep")?;
+        if out.action != crate::testrun::XDP_PASS {
+            bail!("the sweep program failed (verdict {})", out.action);
         }
-        // Reply entries whose connection is gone (rescheduled, evicted) go too, after a grace
-        // covering the moment between the two inserts of a new connection.
-        for (k, c) in &replies {
-            if !claimed.contains(k) && now.saturating_sub(c.last_seen_ns) >= 10_000_000_000 {
-                expired.push(*k);
-            }
-        }
-        for k in &expired {
-            // Gone already (LRU eviction, a racing delete) is fine.
-            let _ = self.maps.conns.remove(k);
-        }
-        self.counts = counts;
+        let s = self.maps.sweep.get(&0, 0)?;
         Ok(SweepReport {
-            entries: entries.len(),
-            expired: expired.len(),
+            entries: s.entries as usize,
+            expired: s.expired as usize,
+            templates: s.templates as usize,
+            templates_expired: s.templates_expired as usize,
         })
     }
 
-    /// Splits connection-table entries into connections (request entries, each with the last
-    /// activity of either direction and, for NAT, its reply entry's key) and reply entries.
-    fn pair(&self, entries: &[(FlowKey, Conn)]) -> (Vec<Connection>, HashMap<FlowKey, Conn>) {
+    /// The connection timeouts the sweep applies (`ipvsadm --set`).
+    pub fn set_timeouts(&mut self, t: &StateTimeouts) -> anyhow::Result<()> {
+        for (i, v) in t.tcp.iter().enumerate() {
+            self.maps.timeouts.set(i as u32, *v, 0)?;
+        }
+        self.maps.timeouts.set(lb_common::TIMEOUT_UDP, t.udp, 0)?;
+        Ok(())
+    }
+
+    /// IPVS's `expire_nodest_conn` and `expire_quiescent_template` sysctls.
+    pub fn set_expiry_rules(&mut self, nodest: bool, quiescent: bool) -> anyhow::Result<()> {
+        let mut f = self.settings.flags
+            & !(settings_flags::EXPIRE_NODEST | settings_flags::EXPIRE_QUIESCENT);
+        if nodest {
+            f |= settings_flags::EXPIRE_NODEST;
+        }
+        if quiescent {
+            f |= settings_flags::EXPIRE_QUIESCENT;
+        }
+        self.settings.flags = f;
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// A backend's connections as the data path sees them: the last sweep's counts, plus
+    /// the connections created since (active for TCP, inactive for UDP), and its templates.
+    pub fn conn_counts(&self, id: u32) -> ConnCounts {
+        let rs = self.maps.rs_conns.get(&id, 0).unwrap_or_default();
+        let new = self.maps.rs_new.get(&id, 0).unwrap_or(0);
+        let udp = self
+            .state
+            .backends
+            .get(&id)
+            .is_some_and(|b| b.svc.proto == Protocol::Udp);
+        let (mut active, mut inactive) = (rs.active, rs.inactive);
+        if udp {
+            inactive = inactive.saturating_add(new);
+        } else {
+            active = active.saturating_add(new);
+        }
+        // As the data path's `view`: the sweep's hysteresis flag, or over the threshold
+        // already with the connections created since.
+        let u = self
+            .state
+            .backends
+            .get(&id)
+            .map_or(0, |b| b.dest.u_threshold);
+        let overloaded = rs.overloaded != 0 || (u != 0 && active.saturating_add(inactive) >= u);
+        ConnCounts {
+            active,
+            inactive,
+            persist: rs.persist,
+            overloaded,
+        }
+    }
+
+    /// A service's members as the data path's schedulers see them now: backend ids in IPVS
+    /// list order, with their weights, connection counts and overload state (what
+    /// `sched::Model` needs to make the same pick).
+    pub fn sched_members(&self, key: &ServiceKey) -> Option<Vec<Member>> {
+        let svc = self.state.services.get(key)?;
+        let members = svc
+            .members
+            .iter()
+            .filter_map(|(dk, id)| {
+                let b = self.state.backends.get(id)?;
+                let c = self.conn_counts(*id);
+                Some(Member {
+                    id: *id,
+                    addr: dk.0,
+                    port: dk.1,
+                    weight: b.dest.weight,
+                    active: c.active,
+                    inactive: c.inactive,
+                    overloaded: c.overloaded,
+                })
+            })
+            .collect();
+        Some(members)
+    }
+
+    /// The size every mh table is built with.
+    pub fn mh_table_size(&self) -> u32 {
+        self.opts.mh_table_size
+    }
+
+    /// Sets the mh table size (a prime) the next `sync` builds every mh table with.
+    pub fn set_mh_table_size(&mut self, slots: u32) {
+        self.opts.mh_table_size = slots;
+    }
+
+    /// The connections among connection-table entries: request entries, each with the last
+    /// activity of either direction (a NAT connection's reply entry has its own).
+    fn pair(&self, entries: &[(FlowKey, Conn)]) -> Vec<Connection> {
         let replies: HashMap<FlowKey, Conn> = entries
             .iter()
             .filter(|(_, c)| c.flags & conn_flags::REPLY != 0)
             .map(|(k, c)| (*k, *c))
             .collect();
-        let conns = entries
+        entries
             .iter()
             .filter(|(_, c)| c.flags & conn_flags::REPLY == 0)
             .map(|(k, c)| {
@@ -1364,13 +1589,12 @@ impl Dataplane {
                 Connection {
                     key: *k,
                     conn: *c,
-                    reply: reply.filter(|r| replies.contains_key(r)),
                     last_seen_ns: c.last_seen_ns.max(reply_seen),
                 }
             })
-            .collect();
-        (conns, replies)
+            .collect()
     }
+
     fn stats(map: &PerCpuArray<MapData, Stats>, id: u32) -> StatsView {
         let mut v = StatsView::default();
         if let Ok(per_cpu) = map.get(&id, 0) {
@@ -1418,12 +1642,12 @@ impl Dataplane {
                 let Some(b) = self.state.backends.get(id) else {
                     continue;
                 };
-                let c = self.counts.get(id).copied().unwrap_or_default();
+                let c = self.conn_counts(*id);
                 dests.push(DestView {
                     config: b.dest,
                     active_conns: c.active,
                     inact_conns: c.inactive,
-                    persist_conns: 0,
+                    persist_conns: c.persist,
                     stats: Self::stats(&self.maps.backend_stats, *id),
                     rates: rates.1.get(id).copied().unwrap_or_default(),
                 });
@@ -1445,7 +1669,7 @@ impl Dataplane {
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
         let now = self.settings.clock_ns;
         let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
-        let (conns, _) = self.pair(&entries);
+        let conns = self.pair(&entries);
         let mut out = Vec::new();
         for c in conns {
             let (k, conn) = (c.key, c.conn);
@@ -1471,6 +1695,26 @@ impl Dataplane {
                 state: state.into(),
                 client: SocketAddrV4::new(ip(k.saddr), u16::from_be(k.sport)),
                 virtual_addr: SocketAddrV4::new(ip(k.daddr), u16::from_be(k.dport)),
+                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+            });
+        }
+        // Persistence templates, as IPVS lists them: protocol "IP", client network and port 0.
+        for item in self.maps.persist.iter() {
+            let Ok((k, t)) = item else { continue };
+            let (Some(b), Some(svc)) = (
+                self.state.backends.get(&t.backend),
+                self.state.services.values().find(|s| s.id == k.svc_id),
+            ) else {
+                continue;
+            };
+            let timeout = u64::from(svc.config.persistence.map_or(0, |p| p.timeout));
+            let idle = now.saturating_sub(t.last_seen_ns) / 1_000_000_000;
+            out.push(ConnView {
+                proto: "IP".into(),
+                expire_secs: timeout.saturating_sub(idle) as u32,
+                state: "NONE".into(),
+                client: SocketAddrV4::new(ip(k.client), 0),
+                virtual_addr: SocketAddrV4::new(svc.config.key.addr, svc.config.key.port),
                 dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
             });
         }

@@ -3,11 +3,11 @@
 //!
 //! As IPVS does, a TCP connection is created only by a SYN; other TCP segments without an
 //! entry are passed to the stack. A SYN that hits an entry in TIME_WAIT or CLOSE starts a new
-//! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the control
-//! plane's job (it knows the timeouts); the LRU only evicts when the table is full.
+//! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the sweep's job
+//! (`lb_sweep`, run by the daemon every second); the LRU only evicts when the table is full.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{Conn, FlowKey, Service, cnt, conn_flags, proto, tcp_state, udp_state};
+use lb_common::{Conn, FlowKey, Service, cnt, conn_flags, proto, svc_flags, tcp_state, udp_state};
 
 use crate::{
     Verdict,
@@ -36,16 +36,18 @@ fn next_state(l4proto: u8, flags: u8, state: u8, tcp_flags: u8) -> u8 {
     tcp_state::next(dir, state, tcp_flags)
 }
 
+/// What the connection table says about an inbound packet.
+pub enum Lookup {
+    /// An existing connection (its state already advanced by this packet).
+    Found(Flow),
+    /// The packet opens a connection (`lb_new` schedules it); `reuse` if it replaces a
+    /// finished connection on the same tuple.
+    Create { reuse: bool },
+}
+
 #[inline(always)]
-/// `now` is `Settings::clock_ns`: it only moves every `CLOCK_TICK_NS`, so `last_seen_ns` is
-/// written at most that often per connection.
-pub fn lookup_or_create(
-    pkt: &Packet,
-    svc: &Service,
-    tcp_flags: u8,
-    now: u64,
-) -> Result<Flow, Verdict> {
-    let key = FlowKey {
+pub fn flow_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
         saddr: pkt.saddr,
         daddr: pkt.daddr,
         sport: pkt.sport,
@@ -53,40 +55,71 @@ pub fn lookup_or_create(
         proto: pkt.proto,
         _pad0: 0,
         _pad1: 0,
-    };
+    }
+}
+
+/// Finds the packet's connection and runs the state machine on it. `now` is
+/// `Settings::clock_ns`: it only moves every `CLOCK_TICK_NS`, so `last_seen_ns` is written at
+/// most that often per connection.
+#[inline(always)]
+pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lookup, Verdict> {
     let is_tcp = pkt.proto == proto::TCP;
+    // One-packet scheduling (`-o`, UDP): every datagram is scheduled, nothing is recorded.
+    if !is_tcp && svc.flags & svc_flags::ONE_PACKET != 0 {
+        return Ok(Lookup::Create { reuse: false });
+    }
     // IPVS `is_new_conn`: SYN without ACK/RST... (ACK and RST are checked by IPVS too).
     let new_conn_syn = is_tcp && tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN;
-
-    let mut reuse = false;
+    let key = flow_key(pkt);
     if let Some(c) = CONNS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value; fields are read and written one at a time.
         let (backend, state, flags, seen) =
             unsafe { ((*c).backend, (*c).state, (*c).flags, (*c).last_seen_ns) };
         let finished = state == tcp_state::TIME_WAIT || state == tcp_state::CLOSE;
-        if !(is_tcp && new_conn_syn && finished) {
-            let new_state = next_state(pkt.proto, flags, state, tcp_flags);
-            // SAFETY: as above.
-            unsafe {
-                if new_state != state {
-                    (*c).state = new_state;
-                }
-                if seen != now {
-                    (*c).last_seen_ns = now;
-                }
-            }
-            return Ok(Flow {
-                backend,
-                new: false,
-            });
+        if is_tcp && new_conn_syn && finished {
+            // A new connection reusing a finished one's tuple: schedule it afresh.
+            return Ok(Lookup::Create { reuse: true });
         }
-        // A new connection reusing a finished one's tuple: schedule it afresh.
-        reuse = true;
-    } else if is_tcp && !new_conn_syn {
+        let new_state = next_state(pkt.proto, flags, state, tcp_flags);
+        // SAFETY: as above.
+        unsafe {
+            if new_state != state {
+                (*c).state = new_state;
+            }
+            if seen != now {
+                (*c).last_seen_ns = now;
+            }
+        }
+        return Ok(Lookup::Found(Flow {
+            backend,
+            new: false,
+        }));
+    }
+    if is_tcp && !new_conn_syn {
         return Err(Verdict::Pass(cnt::PASS_NO_CONN));
     }
+    Ok(Lookup::Create { reuse: false })
+}
 
-    let backend = select(svc).ok_or(Verdict::Drop(cnt::DROP_NO_BACKEND))?;
+/// `lookup`, and for a packet that opens a connection: schedule it and record it.
+#[inline(always)]
+pub fn lookup_or_create(
+    pkt: &Packet,
+    svc: &Service,
+    tcp_flags: u8,
+    now: u64,
+    settings_flags: u32,
+) -> Result<Flow, Verdict> {
+    let reuse = match lookup(pkt, svc, tcp_flags, now)? {
+        Lookup::Found(flow) => return Ok(flow),
+        Lookup::Create { reuse } => reuse,
+    };
+    let backend =
+        select(pkt, svc, now, settings_flags).ok_or(Verdict::Drop(cnt::DROP_NO_BACKEND))?;
+    if pkt.proto != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
+        return Ok(Flow { backend, new: true });
+    }
+    let key = flow_key(pkt);
     let flags = conn_flags::NO_OUTPUT;
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let conn = crate::mem::zero(&mut slot);

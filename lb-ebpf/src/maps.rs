@@ -7,12 +7,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, Settings, Stats, SvcSlot,
+    Backend, Conn, FlowKey, LblcKey, LblcVal, PersistKey, PersistVal, RsConns, Service, Settings,
+    Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
     size::{
-        DEFAULT_CONNS, DEFAULT_SCHED_TABLE, MAX_BACKENDS, MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS,
+        DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, LBLC_ENTRIES, MAX_BACKENDS,
+        MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS,
     },
 };
 
@@ -50,3 +52,54 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lb_common:
 
 #[map(name = "LB_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Services by id (the sweep needs a service's persistence settings).
+#[map(name = "LB_SVC_INFO")]
+pub static SVC_INFO: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Connections per backend as the last sweep counted them (only the sweep writes).
+#[map(name = "LB_RS_CONNS")]
+pub static RS_CONNS: Array<RsConns> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Connections created per backend since the last sweep (atomic adds).
+#[map(name = "LB_RS_NEW")]
+pub static RS_NEW: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The sweep's scratch tally, per backend.
+#[map(name = "LB_RS_TALLY")]
+pub static RS_TALLY: Array<RsConns> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Persistence templates.
+#[map(name = "LB_PERSIST")]
+pub static PERSIST: LruHashMap<PersistKey, PersistVal> =
+    LruHashMap::with_max_entries(DEFAULT_PERSIST, 0);
+
+/// lblc/lblcr destination → server(s).
+#[map(name = "LB_LBLC")]
+pub static LBLC: LruHashMap<LblcKey, LblcVal> = LruHashMap::with_max_entries(LBLC_ENTRIES, 0);
+
+/// Timeouts in seconds by TCP state, then UDP.
+#[map(name = "LB_TIMEOUTS")]
+pub static TIMEOUTS: Array<u32> = Array::with_max_entries(TIMEOUTS_LEN, 0);
+
+/// What the last sweep did.
+#[map(name = "LB_SWEEP")]
+pub static SWEEP: Array<SweepStats> = Array::with_max_entries(1, 0);
+
+/// Tail-call targets (`lb_common::prog_index`).
+#[map(name = "LB_PROGS")]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(prog_index::LEN, 0);
+
+/// What `lb_new` decided for the packet it hands back to `lb_xdp` (per CPU: a packet runs
+/// both programs on one CPU, start to end).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub key: FlowKey,
+    pub backend: u32,
+    /// 1 if `lb_new` created the connection.
+    pub new: u32,
+}
+
+#[map(name = "LB_PENDING")]
+pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);

@@ -26,3 +26,16 @@ pub fn zero<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
     // SAFETY: every byte is initialised, and T is plain data.
     unsafe { slot.assume_init_mut() }
 }
+
+/// Copies `N` words with volatile accesses (which LLVM cannot turn into a byte-loop
+/// `memcpy` call).
+#[inline(always)]
+pub fn copy_words<const N: usize>(dst: &mut [u32; N], src: *const [u32; N]) {
+    let (d, s) = (dst.as_mut_ptr(), src as *const u32);
+    let mut i = 0;
+    while i < N {
+        // SAFETY: both in bounds of an `N`-word array.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        i += 1;
+    }
+}

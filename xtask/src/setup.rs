@@ -15,6 +15,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "tcpdump",
     "ethtool",
+    "nftables",
     "procps",
 ];
 
