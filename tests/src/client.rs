@@ -13,8 +13,17 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `ip netns exec NS curl -sS --max-time 5 URL`: the body, or the command, status and
 /// curl's error.
 pub fn curl(ns: &Netns, url: &str) -> Result<String, String> {
+    run_curl(ns, &[], url)
+}
+
+/// `curl` as above from source address `src` (one of the namespace's addresses).
+pub fn curl_from(ns: &Netns, src: std::net::Ipv4Addr, url: &str) -> Result<String, String> {
+    run_curl(ns, &["--interface", &src.to_string()], url)
+}
+
+fn run_curl(ns: &Netns, extra: &[&str], url: &str) -> Result<String, String> {
     let mut cmd = ns.command("curl");
-    cmd.args(["-sS", "--max-time", "5", url]);
+    cmd.args(["-sS", "--max-time", "5"]).args(extra).arg(url);
     let out = cmd
         .output()
         .map_err(|e| format!("cannot start curl in {}: {e}", ns.name()))?;

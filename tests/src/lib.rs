@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use client::{KeepAlive, curl};
+pub use client::{KeepAlive, curl, curl_from};
 pub use daemon::{Daemon, DaemonOpts};
 pub use lab::{
     DrLab, DrLabOpts, MixedLab, NatLab, RealServer, RealServerMode, RealServerSetup, TunLab,

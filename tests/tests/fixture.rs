@@ -1,191 +1,16 @@
 //! `BPF_PROG_TEST_RUN` fixtures: packets in, verdicts and packets out, through the balancer
 //! the daemon loads, with its maps filled by the daemon's own `Dataplane::sync`. Root only.
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+mod common;
 
+use std::net::Ipv4Addr;
+
+use common::*;
 use lb_ctl::{
-    dataplane::{Dataplane, Options, Paths, RsPath},
-    model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
+    model::{Model, Op, Protocol, Scheduler, ServiceKey},
+    testrun::{XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_tests::packet::{self, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
-
-fn rs(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 10 + n)
-}
-fn rs_mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x10, n]
-}
-
-/// A loaded balancer with its own pins, removed on drop (even when a test fails).
-struct Fixture {
-    dp: Option<Dataplane>,
-    model: Model,
-    paths: Paths,
-}
-
-impl Fixture {
-    fn new(model: Model) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let pin_dir: PathBuf =
-            lb_tests::pin_root().join(format!("fixture-{}", N.fetch_add(1, Ordering::Relaxed)));
-        let dp = Dataplane::open(Options {
-            pin_dir,
-            conn_table_size: 4096,
-            sched_table_size: 4096,
-        })
-        .expect("loading the balancer (root, bpffs)");
-        // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
-        // reports as ingress, so a forwarded packet comes back as XDP_TX.
-        let paths = (1..=8)
-            .map(|n| {
-                (
-                    rs(n),
-                    RsPath {
-                        ifindex: 1,
-                        next_hop: rs(n),
-                        smac: DIRECTOR_MAC,
-                        dmac: Some(rs_mac(n)),
-                        ..RsPath::default()
-                    },
-                )
-            })
-            .collect();
-        let mut f = Self {
-            dp: Some(dp),
-            model: Model::default(),
-            paths,
-        };
-        f.set(model);
-        f
-    }
-
-    fn dp(&mut self) -> &mut Dataplane {
-        self.dp.as_mut().expect("open")
-    }
-
-    fn set(&mut self, model: Model) {
-        let paths = self.paths.clone();
-        self.dp().sync(&model, &paths).expect("sync");
-        self.model = model;
-    }
-
-    fn op(&mut self, op: Op) {
-        let mut m = self.model.clone();
-        m.apply(&op).expect("op");
-        self.set(m);
-    }
-
-    fn run(&mut self, frame: &[u8]) -> Outcome {
-        let fd = self.dp().program_fd().expect("program");
-        let out = testrun::run_xdp(&fd, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
-        assert_ne!(
-            out.action,
-            testrun::XDP_ABORTED,
-            "the program aborted on {frame:02x?}"
-        );
-        out
-    }
-
-    fn counter(&mut self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
-    }
-
-    /// The real server a forwarded frame went to, by its destination MAC.
-    fn forwarded_to(&mut self, frame: &[u8]) -> u8 {
-        let out = self.run(frame);
-        assert_eq!(
-            out.action, XDP_TX,
-            "expected XDP_TX for {frame:02x?}, got {out:?}"
-        );
-        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
-        assert_eq!(
-            &out.data[12..],
-            &frame[12..],
-            "DR must leave everything after the MACs untouched"
-        );
-        let n = out.data[5];
-        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
-        n
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let dir = dp.pin_dir().to_path_buf();
-            let _ = dp.shutdown(false);
-            let _ = std::fs::remove_dir_all(dir);
-            // The run's pin root goes when its last user does.
-            let _ = std::fs::remove_dir(lb_tests::pin_root());
-        }
-    }
-}
-
-fn service(
-    proto: Protocol,
-    port: u16,
-    sched: Scheduler,
-    dests: &[(u8, u32)],
-) -> (ServiceConfig, Vec<DestConfig>) {
-    let cfg = ServiceConfig {
-        key: ServiceKey {
-            proto,
-            addr: VIP,
-            port,
-        },
-        scheduler: sched,
-        sched_flags: Default::default(),
-        persistence: None,
-        ops: false,
-        tunnel_source: None,
-    };
-    let dests = dests
-        .iter()
-        .map(|&(n, weight)| DestConfig {
-            addr: rs(n),
-            port,
-            forward: Forward::Dr,
-            weight,
-            u_threshold: 0,
-            l_threshold: 0,
-        })
-        .collect();
-    (cfg, dests)
-}
-
-fn model(services: &[(ServiceConfig, Vec<DestConfig>)]) -> Model {
-    let mut m = Model::default();
-    for (cfg, dests) in services {
-        m.apply(&Op::AddService(*cfg)).unwrap();
-        for d in dests {
-            m.apply(&Op::AddDest(cfg.key, *d)).unwrap();
-        }
-    }
-    m
-}
-
-fn web_rr() -> Model {
-    model(&[service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1), (2, 1)])])
-}
-
-fn tcp(sport: u16, flags: u8) -> Vec<u8> {
-    Frame::tcp(CLIENT, sport, VIP, 80, flags, b"").eth(DIRECTOR_MAC, ROUTER_MAC)
-}
 
 #[test]
 fn syn_is_forwarded_with_rewritten_macs_only() {
@@ -299,6 +124,36 @@ fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
         "IPVS expire_nodest_conn=0 drops: {out:?}"
     );
     assert_eq!(f.counter("drop_backend_gone"), 1);
+}
+
+/// `expire_nodest_conn = true`: the first packet of a connection whose server was deleted is
+/// dropped and the connection forgotten, so the client's retry is scheduled afresh.
+#[test]
+fn expire_nodest_conn_forgets_connections_of_a_deleted_server() {
+    let mut f = Fixture::new(web_rr());
+    f.dp().set_expiry_rules(true, false).unwrap();
+    let mut on_rs1 = None;
+    for i in 0..2 {
+        if f.forwarded_to(&tcp(46000 + i, TCP_SYN)) == 1 {
+            on_rs1 = Some(46000 + i);
+        }
+    }
+    let port = on_rs1.expect("rr gave rs1 a flow");
+    f.op(Op::DelDest(
+        ServiceKey {
+            proto: Protocol::Tcp,
+            addr: VIP,
+            port: 80,
+        },
+        rs(1),
+        80,
+    ));
+    let out = f.run(&tcp(port, TCP_ACK));
+    assert_eq!(out.action, XDP_DROP, "{out:?}");
+    // Forgotten: a retransmitted ACK is no longer the connection's (the stack answers it),
+    // and a new SYN on the same tuple goes to the remaining server.
+    assert_eq!(f.run(&tcp(port, TCP_ACK)).action, XDP_PASS);
+    assert_eq!(f.forwarded_to(&tcp(port, TCP_SYN)), 2);
 }
 
 #[test]
@@ -591,7 +446,8 @@ fn idle_connections_expire_by_their_state_timeout() {
         tcpfin: 0,
         udp: 1,
     });
-    let report = f.dp().sweep(&t).unwrap();
+    f.dp().set_timeouts(&t).unwrap();
+    let report = f.dp().sweep().unwrap();
     assert_eq!((report.entries, report.expired), (2, 0));
     // The data path's clock only moves when the control plane ticks it.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -602,11 +458,24 @@ fn idle_connections_expire_by_their_state_timeout() {
     let tcp_entry = conns.iter().find(|c| c.proto == "TCP").expect("tcp entry");
     assert_eq!(tcp_entry.state, "ESTABLISHED");
     assert!(tcp_entry.expire_secs >= 898, "{conns:?}");
-    let report = f.dp().sweep(&t).unwrap();
+    let report = f.dp().sweep().unwrap();
     assert_eq!(
         (report.entries, report.expired),
         (2, 1),
         "only the UDP entry expired"
     );
     assert_eq!(f.dp().conns(&t).len(), 1);
+}
+
+/// The verifier walks every path of the balancer up to a limit of 1,000,000 instructions; a
+/// change that gets close to it will soon fail to load on some kernel. Keep half in reserve.
+#[test]
+fn the_balancer_leaves_the_verifier_headroom() {
+    let f = Fixture::new(model(&[]));
+    let counts = f.dp.as_ref().unwrap().verified_insns();
+    eprintln!("verified instructions: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, n) in counts {
+        assert!(n < 500_000, "{name}: {n} instructions verified");
+    }
 }

@@ -179,7 +179,8 @@ fn dr_lab_with_xdp_pass() {
 
     drop(lab);
     assert_netns_gone(&names);
-    assert_paths_gone(&[pin, lb_tests::pin_root()]);
+    // (Not the run's pin root: other tests of this binary may be using it right now.)
+    assert_paths_gone(&[pin]);
 }
 
 /// The Daemon guard with the real lb-ctl: ready when `-Ln` answers, survives a restart, and

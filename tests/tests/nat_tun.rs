@@ -166,6 +166,8 @@ impl Fixture {
             pin_dir,
             conn_table_size: 4096,
             sched_table_size: 4096,
+            mh_table_size: 251,
+            persist_table_size: 4096,
         })
         .expect("loading the balancer (root, bpffs)");
         let net = Net::new();

@@ -1,0 +1,191 @@
+//! The `BPF_PROG_TEST_RUN` fixture shared by the fixture test files: the balancer loaded
+//! with its own pins, its maps filled by the daemon's own `Dataplane::sync`.
+#![allow(dead_code)]
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use lb_ctl::{
+    dataplane::{Dataplane, Options, Paths, RsPath},
+    model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    testrun::{self, Outcome, XDP_TX},
+};
+use lb_tests::packet::Frame;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+
+pub fn rs(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + n)
+}
+pub fn rs_mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, n]
+}
+
+/// A loaded balancer with its own pins, removed on drop (even when a test fails).
+pub struct Fixture {
+    pub dp: Option<Dataplane>,
+    pub model: Model,
+    pub paths: Paths,
+}
+
+impl Fixture {
+    pub fn new(model: Model) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pin_dir: PathBuf =
+            lb_tests::pin_root().join(format!("fixture-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let dp = Dataplane::open(Options {
+            pin_dir,
+            conn_table_size: 4096,
+            sched_table_size: 1 << 16,
+            mh_table_size: 251,
+            persist_table_size: 4096,
+        })
+        .expect("loading the balancer (root, bpffs)");
+        // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
+        // reports as ingress, so a forwarded packet comes back as XDP_TX.
+        let paths = (1..=8)
+            .map(|n| {
+                (
+                    rs(n),
+                    RsPath {
+                        ifindex: 1,
+                        next_hop: rs(n),
+                        smac: DIRECTOR_MAC,
+                        dmac: Some(rs_mac(n)),
+                        ..RsPath::default()
+                    },
+                )
+            })
+            .collect();
+        let mut f = Self {
+            dp: Some(dp),
+            model: Model::default(),
+            paths,
+        };
+        f.set(model);
+        f
+    }
+
+    pub fn dp(&mut self) -> &mut Dataplane {
+        self.dp.as_mut().expect("open")
+    }
+
+    pub fn set(&mut self, model: Model) {
+        let paths = self.paths.clone();
+        self.dp().sync(&model, &paths).expect("sync");
+        self.model = model;
+    }
+
+    pub fn op(&mut self, op: Op) {
+        let mut m = self.model.clone();
+        m.apply(&op).expect("op");
+        self.set(m);
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        let fd = self.dp().program_fd().expect("program");
+        let out = testrun::run_xdp(&fd, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(
+            out.action,
+            testrun::XDP_ABORTED,
+            "the program aborted on {frame:02x?}"
+        );
+        out
+    }
+
+    pub fn counter(&mut self, name: &str) -> u64 {
+        self.dp()
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
+    }
+
+    /// The real server a forwarded frame went to, by its destination MAC.
+    pub fn forwarded_to(&mut self, frame: &[u8]) -> u8 {
+        let out = self.run(frame);
+        assert_eq!(
+            out.action, XDP_TX,
+            "expected XDP_TX for {frame:02x?}, got {out:?}"
+        );
+        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
+        assert_eq!(
+            &out.data[12..],
+            &frame[12..],
+            "DR must leave everything after the MACs untouched"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
+        n
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let dir = dp.pin_dir().to_path_buf();
+            let _ = dp.shutdown(false);
+            let _ = std::fs::remove_dir_all(dir);
+            // The run's pin root goes when its last user does.
+            let _ = std::fs::remove_dir(lb_tests::pin_root());
+        }
+    }
+}
+
+pub fn service(
+    proto: Protocol,
+    port: u16,
+    sched: Scheduler,
+    dests: &[(u8, u32)],
+) -> (ServiceConfig, Vec<DestConfig>) {
+    let cfg = ServiceConfig {
+        key: ServiceKey {
+            proto,
+            addr: VIP,
+            port,
+        },
+        scheduler: sched,
+        sched_flags: Default::default(),
+        persistence: None,
+        ops: false,
+        tunnel_source: None,
+    };
+    let dests = dests
+        .iter()
+        .map(|&(n, weight)| DestConfig {
+            addr: rs(n),
+            port,
+            forward: Forward::Dr,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+        })
+        .collect();
+    (cfg, dests)
+}
+
+pub fn model(services: &[(ServiceConfig, Vec<DestConfig>)]) -> Model {
+    let mut m = Model::default();
+    for (cfg, dests) in services {
+        m.apply(&Op::AddService(*cfg)).unwrap();
+        for d in dests {
+            m.apply(&Op::AddDest(cfg.key, *d)).unwrap();
+        }
+    }
+    m
+}
+
+pub fn web_rr() -> Model {
+    model(&[service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1), (2, 1)])])
+}
+
+pub fn tcp(sport: u16, flags: u8) -> Vec<u8> {
+    Frame::tcp(CLIENT, sport, VIP, 80, flags, b"").eth(DIRECTOR_MAC, ROUTER_MAC)
+}
