@@ -63,6 +63,15 @@ pub mod maps {
     /// programs of one load share it).
     pub const PENDING: &str = "LB_PENDING";
 
+    /// `u32` 0 → the generator's template frame and flow count (object `lb-pass`).
+    pub const GEN: &str = "LB_GEN";
+    /// `u32` 0 → the generator's frames sent and next due time, per CPU (object `lb-pass`).
+    pub const GEN_STATE: &str = "LB_GEN_STATE";
+    /// `u32` 0 → `u64` frames `lb_count_drop` dropped, per CPU (object `lb-pass`).
+    pub const SINK: &str = "LB_SINK";
+    /// `u32` 0 → `lb_redirect`'s interface and MACs (object `lb-pass`).
+    pub const FWD: &str = "LB_FWD";
+
     /// Every map of the balancer the daemon pins and adopts again after a restart.
     pub const ALL: [&str; 18] = [
         SVC_TABLE,
@@ -90,8 +99,8 @@ pub mod maps {
 pub mod prog_index {
     /// `progs::NEW`.
     pub const NEW: u32 = 0;
-    /// `progs::BALANCER`.
-    pub const BALANCER: u32 = 1;
+    /// `progs::RESUME`.
+    pub const RESUME: u32 = 1;
     /// Slots in the map.
     pub const LEN: u32 = 2;
 }
@@ -106,10 +115,12 @@ pub mod progs {
     /// expires connections and templates, counts connections per backend.
     pub const SWEEP: &str = "lb_sweep";
     /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that may open
-    /// a connection; it schedules and records the connection and tail-calls `lb_xdp` back,
+    /// a connection; it schedules and records the connection and tail-calls `lb_resume`,
     /// which forwards the packet. Apart, each program stays well inside the verifier's
     /// budget; together, the schedulers' paths times the forwarding code exceed it.
     pub const NEW: &str = "lb_new";
+    /// `lb_xdp`'s forwarding for the packet `lb_new` scheduled (object `lb-ebpf`).
+    pub const RESUME: &str = "lb_resume";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.
@@ -118,6 +129,15 @@ pub mod progs {
     pub const MACSWAP: &str = "lb_macswap";
     /// Drop every frame (object `lb-pass`): the sink of benchmarks.
     pub const DROP: &str = "lb_drop";
+    /// The end-to-end benchmark's packet generator (object `lb-pass`), run with
+    /// `BPF_PROG_TEST_RUN` in live-frames mode: the template of `maps::GEN` spread over its
+    /// flows, sent with `XDP_TX`, optionally paced.
+    pub const GEN: &str = "lb_gen";
+    /// Count (`maps::SINK`) and drop every frame (object `lb-pass`): the end-to-end sink.
+    pub const COUNT_DROP: &str = "lb_count_drop";
+    /// Rewrite the MACs and redirect as `maps::FWD` says (object `lb-pass`): the floor of the
+    /// paths that leave by another interface.
+    pub const REDIRECT: &str = "lb_redirect";
 }
 
 /// Map sizes. `CONNS` and `SCHED_TABLE` are the defaults; the control plane may change them at
@@ -132,7 +152,7 @@ pub mod size {
     /// refuses a table that would need more.
     pub const SVC_MAX_PROBE: u32 = 8;
     /// Slots of one half of `NAT_RS`: a power of two, twice `MAX_BACKENDS`.
-    pub const NAT_RS_SLOTS: u32 = 1 << 17;
+    pub const NAT_RS_SLOTS: u32 = 1 << 18;
     /// VIPs the decapsulation program knows.
     pub const MAX_DECAP_VIPS: u32 = 1024;
     /// The most destinations a service with a dynamic scheduler (lc, wlc, sed, nq, fo, ovf,
@@ -151,12 +171,14 @@ pub mod size {
     pub const LBLC_ENTRIES: u32 = 1 << 16;
     /// Servers in one lblcr set.
     pub const LBLCR_SET: usize = 8;
-    /// Backends, i.e. (service, real server) pairs; id 0 reserved.
-    pub const MAX_BACKENDS: u32 = 65536;
+    /// Backends, i.e. (service, real server) pairs; id 0 reserved. Room for 1,000 services of
+    /// 100 real servers with deleted ones waiting in the trash.
+    pub const MAX_BACKENDS: u32 = 1 << 17;
     /// Default connection-table size (entries).
     pub const DEFAULT_CONNS: u32 = 1 << 20;
-    /// Default number of slots in the shared scheduling-table array (16 MiB): room for
-    /// about 30 mh services at the default table size, each rebuilt beside its old table.
+    /// Default number of slots in the shared scheduling-table array: room for about 30 mh
+    /// services at the default table size, each rebuilt beside its old table. (32 MiB: the
+    /// kernel rounds an array's elements up to 8 bytes.)
     pub const DEFAULT_SCHED_TABLE: u32 = 1 << 22;
     /// The longest wrr/rr sequence the control plane builds for one service.
     pub const MAX_SEQUENCE: u32 = 1 << 16;
@@ -696,7 +718,7 @@ pub struct Settings {
 pub const CLOCK_TICK_NS: u64 = 100_000_000;
 
 /// Layout version of the pinned maps; bump when any type above changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -8,7 +8,7 @@
 //! program atomically with `BPF_LINK_UPDATE`, and reads its table back from the maps.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -214,17 +214,24 @@ impl RegionAlloc {
 #[derive(Clone, Debug)]
 struct IdPool {
     used: Vec<bool>,
+    /// Where the next search starts: ids are handed out in order, so a sync that adds many
+    /// real servers does not rescan the ids it just took.
+    next: usize,
 }
 
 impl IdPool {
     fn new(max: u32) -> Self {
         let mut used = vec![false; max as usize];
         used[0] = true;
-        Self { used }
+        Self { used, next: 1 }
     }
     fn alloc(&mut self) -> Option<u32> {
-        let i = self.used.iter().position(|u| !u)?;
+        let n = self.used.len();
+        let i = (self.next..n)
+            .chain(1..self.next.min(n))
+            .find(|&i| !self.used[i])?;
         self.used[i] = true;
+        self.next = i + 1;
         Some(i as u32)
     }
     fn take(&mut self, id: u32) {
@@ -253,6 +260,9 @@ struct SvcState {
     /// What `region` holds: the scheduler's table (`table_len` slots), then the members.
     table: Vec<u32>,
     table_len: u32,
+    /// What `table` was built from (scheduler, flags, mh size, members): an unchanged
+    /// service is not rebuilt (a Maglev table takes milliseconds).
+    built_from: Option<(Scheduler, SchedFlags, u32, Vec<Member>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -563,6 +573,126 @@ fn expected_layout(name: &str) -> (u32, u32) {
     }
 }
 
+/// Every element of the per-CPU `Stats` array `map`, summed over CPUs, read with
+/// `BPF_MAP_LOOKUP_BATCH` (see `update_batch`).
+fn lookup_batch_percpu(map: &MapData) -> anyhow::Result<Vec<StatsView>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 8192;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+    let mut out = Vec::new();
+    let mut keys = vec![0u32; CHUNK];
+    let mut values = vec![Stats::default(); CHUNK * cpus];
+    let (mut in_batch, mut out_batch) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &in_batch as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the buffers hold `count` keys and values (a value of a per-CPU map is one
+        // `Stats` per possible CPU, 8-byte aligned as `Stats` is) and outlive the call.
+        let r = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let n = attr.count as usize;
+        for k in 0..n {
+            let mut v = StatsView::default();
+            for s in &values[k * cpus..(k + 1) * cpus] {
+                v.conns += s.conns;
+                v.inpkts += s.in_pkts;
+                v.inbytes += s.in_bytes;
+                v.outpkts += s.out_pkts;
+                v.outbytes += s.out_bytes;
+            }
+            let id = keys[k] as usize;
+            if out.len() <= id {
+                out.resize(id + 1, StatsView::default());
+            }
+            out[id] = v;
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENOENT: the end of the array.
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(out);
+            }
+            bail!("BPF_MAP_LOOKUP_BATCH: {e}");
+        }
+        in_batch = out_batch;
+        first = false;
+    }
+}
+
+/// The batch member of `union bpf_attr` (`BPF_MAP_*_BATCH`).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `bpf(cmd, attr)` for the batch commands, which aya does not wrap.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for the command.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: the caller vouches for the pointers; the size is the struct's.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    }
+}
+
+/// Writes `values` into the `u32` array `map` from slot `off` with one
+/// `BPF_MAP_UPDATE_BATCH` (aya has no wrapper for it): a 65,537-slot Maglev table costs one
+/// system call instead of 65,537.
+fn update_batch(map: &MapData, off: u32, values: &[u32]) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let keys: Vec<u32> = (off..off + values.len() as u32).collect();
+    let mut done = 0usize;
+    while done < values.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (values.len() - done) as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
+        let r = unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) };
+        // The kernel reports how many it wrote in `count`, also on an error.
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 {
+                done += attr.count as usize;
+                continue;
+            }
+            bail!("BPF_MAP_UPDATE_BATCH: {e}");
+        }
+        done += attr.count as usize;
+    }
+    Ok(())
+}
+
 fn take<T>(bpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -646,10 +776,10 @@ impl Dataplane {
         prog.pin(&prog_pin)
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
-        // lb_xdp tail-calls lb_new for a packet that opens a connection, and lb_new calls
-        // back. Both go into the (pinned) program array before lb_xdp is attached; a data path
-        // still attached from before switches to the new lb_new at once, which is compatible
-        // (same layout version).
+        // lb_xdp tail-calls lb_new for a packet that opens a connection, and lb_new tail-calls
+        // lb_resume to forward it. Both go into the (pinned) program array before lb_xdp is
+        // attached; a data path still attached from before switches to the new ones at once,
+        // which is compatible (same layout version).
         let new_prog: &mut Xdp = bpf
             .program_mut(progs::NEW)
             .ok_or_else(|| anyhow!("program {} missing", progs::NEW))?
@@ -658,17 +788,20 @@ impl Dataplane {
             .load()
             .context("the kernel refused the new-connection program")?;
         let new_fd = new_prog.fd()?.try_clone()?;
-        let balancer: &Xdp = bpf
-            .program(progs::BALANCER)
-            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+        let resume: &mut Xdp = bpf
+            .program_mut(progs::RESUME)
+            .ok_or_else(|| anyhow!("program {} missing", progs::RESUME))?
             .try_into()?;
-        let balancer_fd = balancer.fd()?.try_clone()?;
+        resume
+            .load()
+            .context("the kernel refused the resume program")?;
+        let resume_fd = resume.fd()?.try_clone()?;
         let mut prog_array: ProgramArray<MapData> = take(&mut bpf, maps::PROGS)?;
         prog_array
             .set(lb_common::prog_index::NEW, &new_fd, 0)
             .context("filling the program array")?;
         prog_array
-            .set(lb_common::prog_index::BALANCER, &balancer_fd, 0)
+            .set(lb_common::prog_index::RESUME, &resume_fd, 0)
             .context("filling the program array")?;
 
         let sweep_prog: &mut Xdp = bpf
@@ -810,6 +943,7 @@ impl Dataplane {
                     region,
                     table,
                     table_len: v.table_len,
+                    built_from: None,
                 },
             );
         }
@@ -1122,6 +1256,14 @@ impl Dataplane {
             removed_services.push(k);
         }
 
+        // Deleted destinations by (service, address, port), for reviving (see below).
+        let mut trash: HashMap<(ServiceKey, DestKey), u32> = st
+            .backends
+            .iter()
+            .filter(|(_, b)| b.trashed_at.is_some())
+            .map(|(id, b)| ((b.svc, (b.dest.addr, b.dest.port)), *id))
+            .collect();
+
         for (key, entry) in &model.services {
             let mut svc = match st.services.get(key) {
                 Some(s) => s.clone(),
@@ -1137,36 +1279,33 @@ impl Dataplane {
                         region: Region::default(),
                         table: Vec::new(),
                         table_len: 0,
+                        built_from: None,
                     }
                 }
             };
             svc.config = entry.config;
             // Members that go away: to the trash (their connections' packets are dropped,
             // as IPVS does with expire_nodest_conn=0).
-            let wanted: Vec<DestKey> = entry.dests.iter().map(|d| (d.addr, d.port)).collect();
+            let dests: HashMap<DestKey, &DestConfig> =
+                entry.dests.iter().map(|d| ((d.addr, d.port), d)).collect();
             svc.members.retain(|(dk, id)| {
-                let keep = wanted.contains(dk);
+                let keep = dests.contains_key(dk);
                 if !keep && let Some(b) = st.backends.get_mut(id) {
                     b.trashed_at = Some(now);
+                    trash.insert((*key, *dk), *id);
                 }
                 keep
             });
             // New members go to the head of the list, as IPVS adds them.
+            let present: HashSet<DestKey> = svc.members.iter().map(|(k, _)| *k).collect();
             for d in &entry.dests {
                 let dk = (d.addr, d.port);
-                if svc.members.iter().any(|(k, _)| *k == dk) {
+                if present.contains(&dk) {
                     continue;
                 }
                 // A destination deleted a moment ago comes back from the trash with its
                 // connections, as in IPVS.
-                let revived = st
-                    .backends
-                    .iter()
-                    .find(|(_, b)| {
-                        b.trashed_at.is_some() && b.svc == *key && (b.dest.addr, b.dest.port) == dk
-                    })
-                    .map(|(id, _)| *id);
-                let id = match revived {
+                let id = match trash.remove(&(*key, dk)) {
                     Some(id) => id,
                     None => {
                         let id = st.be_ids.alloc().ok_or_else(|| {
@@ -1180,11 +1319,7 @@ impl Dataplane {
             }
             // Write every member whose value changed (new, edited, revived, re-resolved).
             for (dk, id) in &svc.members {
-                let dest = *entry
-                    .dests
-                    .iter()
-                    .find(|d| (d.addr, d.port) == *dk)
-                    .expect("members follow the model");
+                let dest = *dests[dk];
                 let value = Self::backend_value(&entry.config, svc.id, &dest, true, paths);
                 let b = st.backends.entry(*id).or_insert(BeState {
                     svc: *key,
@@ -1207,11 +1342,7 @@ impl Dataplane {
                     id: *id,
                     addr: dk.0,
                     port: dk.1,
-                    weight: entry
-                        .dests
-                        .iter()
-                        .find(|d| (d.addr, d.port) == *dk)
-                        .map_or(0, |d| d.weight),
+                    weight: dests[dk].weight,
                     active: 0,
                     inactive: 0,
                     overloaded: false,
@@ -1219,16 +1350,23 @@ impl Dataplane {
                 .collect();
             // The region holds the scheduler's table, then the members in IPVS list order
             // (which the scanning schedulers walk).
-            let mut table = sched::table(
+            let inputs = (
                 entry.config.scheduler,
                 entry.config.sched_flags,
-                &members,
                 self.opts.mh_table_size,
-            )
-            .map_err(|e| anyhow!("service {key}: {e}"))?;
-            svc.table_len = table.len() as u32;
-            table.extend(members.iter().map(|m| m.id));
-            let fresh = fresh_services.contains(&svc.id);
+                members,
+            );
+            let table = if svc.built_from.as_ref() == Some(&inputs) {
+                svc.table.clone()
+            } else {
+                let mut t = sched::table(inputs.0, inputs.1, &inputs.3, inputs.2)
+                    .map_err(|e| anyhow!("service {key}: {e}"))?;
+                svc.table_len = t.len() as u32;
+                t.extend(inputs.3.iter().map(|m| m.id));
+                svc.built_from = Some(inputs);
+                t
+            };
+            let fresh = fresh_services.last() == Some(&svc.id);
             if fresh
                 || table != svc.table
                 || st.services.get(key).map(|s| s.config) != Some(svc.config)
@@ -1302,14 +1440,20 @@ impl Dataplane {
             self.maps.svc_stats.set(*id, zeros()?, 0)?;
         }
         for (key, region, table) in &table_writes {
-            for (i, be) in table.iter().enumerate() {
-                self.maps.sched_table.set(region.off + i as u32, *be, 0)?;
-            }
+            update_batch(
+                aya::maps::IterableMap::map(&self.maps.sched_table),
+                region.off,
+                table,
+            )
+            .with_context(|| format!("writing the scheduling table of {key}"))?;
             // IPVS restarts its wrr walk when destinations change; so do we.
             self.maps.cursor.set(st.services[key].id, 0, 0)?;
         }
-        for s in st.services.values() {
-            self.maps.svc_info.set(s.id, Self::service_value(s), 0)?;
+        for (k, s) in &st.services {
+            let v = Self::service_value(s);
+            if self.state.services.get(k).map(Self::service_value) != Some(v) {
+                self.maps.svc_info.set(s.id, v, 0)?;
+            }
         }
         let mut flags =
             self.settings.flags & !(settings_flags::HAS_PORT0 | settings_flags::HAS_NAT);
@@ -1432,7 +1576,7 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each loaded program (its limit
     /// is 1,000,000): the headroom left for data-path code.
     pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
-        [progs::BALANCER, progs::NEW, progs::SWEEP]
+        [progs::BALANCER, progs::NEW, progs::RESUME, progs::SWEEP]
             .into_iter()
             .filter_map(|name| {
                 let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
@@ -1611,19 +1755,33 @@ impl Dataplane {
 
     /// Per-service and per-backend stats, by id (for the rate estimator).
     pub fn all_stats(&self) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
-        let svcs = self
-            .state
-            .services
-            .values()
-            .map(|s| (s.id, Self::stats(&self.maps.svc_stats, s.id)))
-            .collect();
-        let bes = self
-            .state
-            .backends
-            .keys()
-            .map(|id| (*id, Self::stats(&self.maps.backend_stats, *id)))
-            .collect();
+        let svcs = Self::stats_of(
+            &self.maps.svc_stats,
+            self.state.services.values().map(|s| s.id),
+        );
+        let bes = Self::stats_of(
+            &self.maps.backend_stats,
+            self.state.backends.keys().copied(),
+        );
         (svcs, bes)
+    }
+
+    /// The stats of `ids`: one lookup each when they are few, else the whole per-CPU array in
+    /// a few `BPF_MAP_LOOKUP_BATCH` calls (100,000 real servers would take 100,000 system
+    /// calls, a tenth of a second every time the rates are estimated).
+    fn stats_of(
+        map: &PerCpuArray<MapData, Stats>,
+        ids: impl Iterator<Item = u32> + Clone,
+    ) -> HashMap<u32, StatsView> {
+        const BATCH_ABOVE: usize = 256;
+        if ids.clone().count() > BATCH_ABOVE
+            && let Ok(all) = lookup_batch_percpu(aya::maps::IterableMap::map(map))
+        {
+            return ids
+                .map(|id| (id, all.get(id as usize).copied().unwrap_or_default()))
+                .collect();
+        }
+        ids.map(|id| (id, Self::stats(map, id))).collect()
     }
 
     /// What `-L` shows. `rates` gives (service id → rates, backend id → rates).
@@ -1768,6 +1926,30 @@ impl Dataplane {
     /// Interfaces the balancer is attached to.
     pub fn interfaces(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
+    }
+
+    /// The kernel's own accounting of each pinned map's memory in bytes: the `memlock:` line
+    /// of the map's `/proc/self/fdinfo` entry, which `bpftool map show` prints too. The hash
+    /// maps are preallocated, so this is what they take whether full or empty.
+    pub fn map_memory(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        maps::ALL
+            .iter()
+            .map(|&name| {
+                let pin = self.opts.pin_dir.join("maps").join(name);
+                let map = MapData::from_pin(&pin)
+                    .with_context(|| format!("opening the pinned map {}", pin.display()))?;
+                let fdinfo = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
+                let text =
+                    fs::read_to_string(&fdinfo).with_context(|| format!("reading {fdinfo}"))?;
+                let bytes = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| anyhow!("{fdinfo} ({name}) has no memlock line"))?;
+                Ok((name, bytes))
+            })
+            .collect()
     }
 }
 

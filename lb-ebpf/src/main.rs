@@ -1,7 +1,8 @@
 //! The XDP balancer: LVS forwarding (DR, NAT, TUN) for IPv4 TCP/UDP virtual services.
 //!
 //! `lb_xdp` forwards packets of known connections; a packet that opens one goes by tail call
-//! to `lb_new`, which schedules it and comes back (see `lb_common::progs::NEW`).
+//! to `lb_new`, which schedules it and tail-calls `lb_resume` to forward it (see
+//! `lb_common::progs::NEW`).
 #![no_std]
 #![no_main]
 // Inline BPF assembly for the fetching atomic add (select.rs).
@@ -58,7 +59,14 @@ fn verdict(r: Result<u32, Verdict>) -> u32 {
 /// The balancer: every frame of the interfaces it is attached to.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    verdict(balance(&ctx))
+    verdict(balance(&ctx, false))
+}
+
+/// `lb_xdp` for the packet `lb_new` just scheduled (`PENDING`): the same code without the
+/// connection lookup, so that no other packet pays for checking `PENDING`.
+#[xdp]
+pub fn lb_resume(ctx: XdpContext) -> u32 {
+    verdict(balance(&ctx, true))
 }
 
 /// New connections: scheduled and recorded here, then handed back to `lb_xdp` to forward.
@@ -134,23 +142,24 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
+fn balance(ctx: &XdpContext, resume: bool) -> Result<u32, Verdict> {
     let i = match inbound(ctx)? {
         Ok(i) => i,
         Err(action) => return Ok(action),
     };
     let pkt = &i.pkt;
-    // Back from `lb_new` with this packet's connection, or a lookup.
-    let flow = match take_pending(pkt) {
-        Some(flow) => flow,
-        None => match conntrack::lookup(pkt, &i.svc, i.tcp_flags, i.now)? {
+    let flow = if resume {
+        // Back from `lb_new` with this packet's connection.
+        take_pending(pkt).ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?
+    } else {
+        match conntrack::lookup(pkt, &i.svc, i.tcp_flags, i.now)? {
             conntrack::Lookup::Found(flow) => flow,
             conntrack::Lookup::Create { .. } => {
                 // SAFETY: a tail call; on success it does not return.
                 unsafe { PROGS.tail_call(ctx, prog_index::NEW) };
                 return Err(Verdict::Drop(cnt::DROP_TAIL_CALL));
             }
-        },
+        }
     };
     if flow.new {
         count(cnt::NEW_CONN);
@@ -176,7 +185,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
     }
 }
 
-/// `lb_new`: schedules and records the packet's connection, then tail-calls `lb_xdp` with
+/// `lb_new`: schedules and records the packet's connection, then tail-calls `lb_resume` with
 /// the result in `PENDING`.
 #[inline(always)]
 fn open(ctx: &XdpContext) -> Result<u32, Verdict> {
@@ -195,7 +204,7 @@ fn open(ctx: &XdpContext) -> Result<u32, Verdict> {
         (*p).new = flow.new as u32;
     }
     // SAFETY: a tail call; on success it does not return.
-    unsafe { PROGS.tail_call(ctx, prog_index::BALANCER) };
+    unsafe { PROGS.tail_call(ctx, prog_index::RESUME) };
     Err(Verdict::Drop(cnt::DROP_TAIL_CALL))
 }
 
