@@ -32,9 +32,14 @@ enum Cmd {
     },
     /// Run setup, build lb-ctl and show an LVS-DR lab balancing HTTP between two real servers.
     Demo,
-    /// Run setup, then the benchmarks: per-path packet cost with BPF_PROG_TEST_RUN beside the
-    /// MAC-swap floor, in one run. Needs root.
-    Bench,
+    /// Run setup, then the benchmarks in one run: per-path packet cost with BPF_PROG_TEST_RUN
+    /// beside the MAC-swap floor, end-to-end throughput on veth against nftables DNAT, and the
+    /// scale of tables and control plane. Prints tables, writes tests/bench/results.json and
+    /// the chart tests/bench/paths.svg. Needs root. `--only paths|e2e|scale` runs one part.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,7 +48,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
-        Cmd::Bench => bench(),
+        Cmd::Bench { args } => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,11 +198,31 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn bench() -> anyhow::Result<()> {
+fn bench(extra: &[String]) -> anyhow::Result<()> {
     setup::run()?;
+    // The scale part times the daemon and the CLI: an optimised build, as deployed, not the
+    // debug one the tests use (which lb_tests::lb_ctl() would find otherwise).
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "lb-ctl"])
+        .current_dir(root_dir());
+    run_status(&mut build)?;
+    let lb_ctl = lb_ctl_path()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/debug/lb-ctl has a target dir")
+        .join("release")
+        .join("lb-ctl");
+    anyhow::ensure!(
+        lb_ctl.is_file(),
+        "cargo build --release -p lb-ctl succeeded but {} does not exist",
+        lb_ctl.display()
+    );
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "lb-tests", "--bench", "datapath"])
+    cmd.args(["bench", "-p", "lb-tests", "--bench", "bench", "--"])
+        .args(extra)
         .current_dir(root_dir())
+        .env("LB_CTL", &lb_ctl)
         .env("PATH", path_with_sbin());
     run_status(&mut cmd)
 }

@@ -1,5 +1,5 @@
 //! Per-packet cost of each data path with `BPF_PROG_TEST_RUN`, beside the MAC-swap floor,
-//! measured in the same run (root only). `cargo xtask bench` runs it.
+//! measured in the same run.
 //!
 //! Two methods, each with the floor measured its own way:
 //! - repeats: one buffer run `REPEAT` times in one call; the program's own cost, but the
@@ -32,11 +32,16 @@ use lb_tests::{
     packet::{Frame, TCP_ACK, TCP_SYN},
 };
 
+use crate::report::{PathRow, Report, Spread};
+
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
 const RS_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 1];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const DR_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+/// DR services with eight real servers each, for new flows under wlc and mh.
+const WLC_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 103);
+const MH_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 104);
 const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
 const TUN_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 102);
 /// DR's real server shares the clients' segment (one-armed DR, as in the tutorials); NAT's
@@ -50,7 +55,7 @@ const SINGLES: usize = 150_000;
 const ROUNDS: usize = 7;
 
 struct Case {
-    name: &'static str,
+    name: String,
     /// One run per call on a fresh copy; else `REPEAT` repeats of one buffer.
     single: bool,
     prog: OwnedFd,
@@ -73,8 +78,7 @@ fn sys(ns: &Netns, what: &str) -> String {
     ns.run(&["cat", what]).trim().to_string()
 }
 
-fn main() {
-    lb_tests::require_root();
+pub fn run(report: &mut Report) {
     let started = Instant::now();
 
     // The director's namespace: `ext` towards clients, `int` towards real servers.
@@ -207,6 +211,51 @@ fn main() {
             },
         );
     }
+    // wlc and mh: eight real servers on the clients' segment (DR), one MAC for all.
+    for (vip, sched) in [(WLC_VIP, Scheduler::Wlc), (MH_VIP, Scheduler::Mh)] {
+        let key = ServiceKey {
+            proto: Protocol::Tcp,
+            addr: vip,
+            port: 80,
+        };
+        model
+            .apply(&Op::AddService(ServiceConfig {
+                key,
+                scheduler: sched,
+                sched_flags: Default::default(),
+                persistence: None,
+                ops: false,
+                tunnel_source: None,
+            }))
+            .unwrap();
+        for i in 0..8u8 {
+            let rs = Ipv4Addr::new(198, 51, 100, 30 + i);
+            model
+                .apply(&Op::AddDest(
+                    key,
+                    DestConfig {
+                        addr: rs,
+                        port: 80,
+                        forward: Forward::Dr,
+                        weight: 1 + u32::from(i % 3),
+                        u_threshold: 0,
+                        l_threshold: 0,
+                    },
+                ))
+                .unwrap();
+            paths.insert(
+                rs,
+                RsPath {
+                    ifindex: ext,
+                    next_hop: rs,
+                    smac: ext_mac,
+                    dmac: Some(RS_MAC),
+                    tun_src: Ipv4Addr::new(192, 0, 2, 1),
+                    mtu: 1500,
+                },
+            );
+        }
+    }
     dp.sync(&model, &paths).expect("sync");
     let lb = || dp.program_fd().unwrap().try_clone_to_owned().unwrap();
     let from_client = |vip, flags| {
@@ -240,8 +289,8 @@ fn main() {
         );
     }
 
-    let case = |name, single, prog, frames, ingress, expect| Case {
-        name,
+    let case = |name: &str, single, prog, frames, ingress, expect| Case {
+        name: name.to_string(),
         single,
         prog,
         frames,
@@ -251,13 +300,15 @@ fn main() {
     };
     // New flows: SYNs from distinct clients and ports, never seen before (the connection
     // table fills and the LRU evicts, as on a busy director).
-    let new_flows: Vec<Vec<u8>> = (0..SINGLES * ROUNDS)
-        .map(|i| {
-            let client = Ipv4Addr::new(198, 51, 100, 20 + (i % 200) as u8);
-            Frame::tcp(client, 1024 + (i / 200) as u16, DR_VIP, 80, TCP_SYN, b"")
-                .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
-        })
-        .collect();
+    let new_flows = |vip: Ipv4Addr| -> Vec<Vec<u8>> {
+        (0..SINGLES * ROUNDS)
+            .map(|i| {
+                let client = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+                Frame::tcp(client, 1024 + (i % 50_000) as u16, vip, 80, TCP_SYN, b"")
+                    .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
+            })
+            .collect()
+    };
     let one = |f: Vec<u8>| vec![f];
     let mut cases = vec![
         case(
@@ -301,10 +352,26 @@ fn main() {
             XDP_TX,
         ),
         case(
-            "DR, new flow (schedule+insert)",
+            "DR, new flow, rr (schedule+insert)",
             true,
             lb(),
-            new_flows,
+            new_flows(DR_VIP),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR, new flow, wlc over 8",
+            true,
+            lb(),
+            new_flows(WLC_VIP),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR, new flow, mh over 8",
+            true,
+            lb(),
+            new_flows(MH_VIP),
             ext,
             XDP_TX,
         ),
@@ -341,11 +408,29 @@ fn main() {
             XDP_PASS,
         ),
     ];
+    // The connection table, opened by its pin: each round starts with only the established
+    // flows in it, so that new flows measure scheduling and an insert into a table with room
+    // (a full table would add the LRU's eviction to every insert). From the second round on
+    // the table's free elements are scattered through its memory, as on a director that has
+    // run for a while, and every insert touches cold memory: the first round's new flows are
+    // markedly cheaper (the minimum), the median is the steady state.
+    let conns = aya::maps::MapData::from_pin(pin_dir.join("maps").join(lb_common::maps::CONNS))
+        .expect("the pinned connection table");
+    let mut conns: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::Conn> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).expect("an LRU hash");
     for round in 0..ROUNDS {
+        let new: Vec<lb_common::FlowKey> = conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.saddr.to_ne_bytes()[0] == 10)
+            .collect();
+        for k in &new {
+            let _ = conns.remove(k);
+        }
         for c in cases.iter_mut() {
             let ns_per_packet = if c.single {
                 let raw = c.prog.as_raw_fd();
-                let (frames, ingress, expect, name) = (&c.frames, c.ingress, c.expect, c.name);
+                let (frames, ingress, expect, name) = (&c.frames, c.ingress, c.expect, &c.name);
                 ns.enter(|| {
                     // SAFETY: `c.prog` outlives the call.
                     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
@@ -367,37 +452,21 @@ fn main() {
             c.ns.push(ns_per_packet);
         }
     }
-    println!("BPF_PROG_TEST_RUN, kernel-measured ns/packet, median (min..max) of {ROUNDS} rounds");
     for single in [false, true] {
         let floor = cases.iter().find(|c| c.single == single).unwrap().median();
-        println!(
-            "\n{}",
-            if single {
-                format!("one run per call on a fresh copy, {SINGLES} calls per round:")
-            } else {
-                format!("{REPEAT} repeats of one buffer per round (program cost only):")
-            }
-        );
-        println!(
-            "{:<32} {:>8} {:>8} {:>8} {:>9}",
-            "path", "median", "min", "max", "x floor"
-        );
         for c in cases.iter().filter(|c| c.single == single) {
-            let min = c.ns.iter().copied().fold(f64::MAX, f64::min);
-            let max = c.ns.iter().copied().fold(0.0, f64::max);
-            println!(
-                "{:<32} {:>8.1} {:>8.1} {:>8.1} {:>8.2}x",
-                c.name,
-                c.median(),
-                min,
-                max,
-                c.median() / floor
-            );
+            let ns = Spread::of(&c.ns);
+            report.paths.push(PathRow {
+                path: c.name.clone(),
+                method: if single { "single" } else { "repeat" },
+                ns,
+                x_floor: ns.median / floor,
+            });
         }
     }
     drop(cases);
     let _ = dp.shutdown(false);
     let _ = std::fs::remove_dir_all(&pin_dir);
     let _ = std::fs::remove_dir(lb_tests::pin_root());
-    println!("({:.1} s)", started.elapsed().as_secs_f64());
+    println!("  ({:.0} s)", started.elapsed().as_secs_f64());
 }

@@ -1,0 +1,652 @@
+//! Scale: the connection table at 1M and 4M entries, and the control plane with a large table.
+//!
+//! Connection table: its memory as the kernel accounts it (fdinfo `memlock`), and the cost of
+//! an established DR packet's lookup, empty and full: one flow repeated (cache hot: what the
+//! table's occupancy alone costs), and many flows one per call (cold, as on a busy director:
+//! a full table's buckets hold chains to walk). The table is filled from user space with
+//! distinct established connections; an ACK that gets `XDP_TX` proves its lookup hit (an ACK
+//! without an entry is passed to the stack).
+//!
+//! Control plane: the real daemon in a namespace given 1,000 services × 100 real servers from
+//! TOML, then the same file with one weight changed, one `lb-ctl -a`, and one weight change on
+//! a Maglev service (a 65,537-slot table rebuilt and written) beside one on a wlc service (no
+//! table). Each CLI figure is the wall time of the whole `lb-ctl` run, as an operator sees it.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{Conn, FlowKey, maps, size};
+use lb_ctl::{
+    dataplane::{Dataplane, Options, Paths, RsPath},
+    model::{
+        DestConfig, Forward, Model, Op, Protocol, SchedFlags, Scheduler, ServiceConfig, ServiceKey,
+    },
+    sched::{self, Member},
+    testrun::{self, XDP_TX},
+};
+use lb_tests::{
+    Daemon, Netns, TempDir,
+    packet::{Frame, TCP_ACK, TCP_SYN},
+};
+
+use crate::report::Report;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+const RS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+const RS_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 1];
+
+const CONN_SIZES: [u32; 2] = [1 << 20, 1 << 22];
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 7;
+/// Established flows looked up one per call, each in turn: unlike one flow repeated, each
+/// finds its bucket and entry cold in the cache, as on a busy director.
+const SPREAD: usize = 50_000;
+/// The fill must leave the table at least this full (the LRU evicts a few entries at a time
+/// once a CPU's list has no free one left).
+const FULL_ENOUGH: f64 = 0.999;
+
+const SERVICES: usize = 1000;
+const SERVERS: usize = 100;
+/// `-a`, `-e` and reload repetitions (medians are reported).
+const CLI_ROUNDS: usize = 20;
+const EDIT_ROUNDS: usize = 9;
+const RELOAD_ROUNDS: usize = 3;
+
+pub fn run(report: &mut Report) {
+    let started = Instant::now();
+    let ns = Netns::new("scale");
+    ns.ip(&[
+        "link", "add", "ext", "type", "veth", "peer", "name", "ext-peer",
+    ]);
+    ns.ip(&["addr", "add", "198.51.100.2/24", "dev", "ext"]);
+    for i in ["ext", "ext-peer"] {
+        ns.ip(&["link", "set", i, "up"]);
+    }
+    for &entries in &CONN_SIZES {
+        conn_table(report, &ns, entries);
+    }
+    drop(ns);
+    control_plane(report);
+    println!("  ({:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// Removes a pin directory on drop (also while panicking), and this run's pin root once empty.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir(lb_tests::pin_root());
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// "1M", "4M".
+fn label(entries: u32) -> String {
+    format!("{}M", entries >> 20)
+}
+
+/// The connection table, typed, through its pin (the `Dataplane` keeps its own handle private).
+fn conns_map(pin_dir: &Path) -> HashMap<MapData, FlowKey, Conn> {
+    let pin = pin_dir.join("maps").join(maps::CONNS);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    HashMap::try_from(Map::from_map_data(data).expect("a known map type"))
+        .expect("LB_CONNS maps FlowKey to Conn")
+}
+
+/// The key the data path files a client's flow to `VIP:80` under (addresses and ports in
+/// network order).
+fn flow_key(client: Ipv4Addr, sport: u16) -> FlowKey {
+    FlowKey {
+        saddr: u32::from_ne_bytes(client.octets()),
+        daddr: u32::from_ne_bytes(VIP.octets()),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: lb_common::proto::TCP,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// The `i`th filler connection's client: 10.x.y.z, port 1024..2047.
+fn filler(i: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(0x0a00_0000 + (i >> 10)),
+        1024 + (i & 1023) as u16,
+    )
+}
+
+fn packet(client: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
+    Frame::tcp(client, sport, VIP, 80, flags, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
+}
+
+fn pin_to_cpu(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; sched_setaffinity
+    // reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning a thread to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Writes `n` distinct established connections (copies of `conn`) from user space, one
+/// thread per CPU. The table keeps one LRU list per CPU (`BPF_F_NO_COMMON_LRU`) and an insert
+/// takes a free entry from the inserting CPU's list, so one thread alone would fill only its
+/// CPU's share and then evict its own entries.
+fn fill(pin_dir: &Path, n: u32, conn: Conn) -> Duration {
+    let cpus = aya::util::online_cpus().expect("online CPUs");
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (t, &cpu) in cpus.iter().enumerate() {
+            let step = cpus.len();
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                let mut map = conns_map(pin_dir);
+                for i in (t as u32..n).step_by(step) {
+                    let (client, sport) = filler(i);
+                    map.insert(flow_key(client, sport), conn, 0)
+                        .unwrap_or_else(|e| panic!("filling the connection table: {e}"));
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+/// Memory, fill and lookup cost of a connection table of `entries`.
+fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
+    let l = label(entries);
+    println!("  connection table of {l} entries");
+    let ext: u32 = ns
+        .run(&["cat", "/sys/class/net/ext/ifindex"])
+        .trim()
+        .parse()
+        .unwrap();
+    let ext_mac: Vec<u8> = ns
+        .run(&["cat", "/sys/class/net/ext/address"])
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let pins = Pins(lb_tests::pin_root().join(format!("scale-{l}")));
+    let mut dp = Dataplane::open(Options {
+        pin_dir: pins.0.clone(),
+        conn_table_size: entries,
+        ..Options::default()
+    })
+    .expect("loading the balancer");
+    let key = ServiceKey {
+        proto: Protocol::Tcp,
+        addr: VIP,
+        port: 80,
+    };
+    let mut model = Model::default();
+    model
+        .apply(&Op::AddService(ServiceConfig {
+            key,
+            scheduler: Scheduler::Rr,
+            sched_flags: SchedFlags::default(),
+            persistence: None,
+            ops: false,
+            tunnel_source: None,
+        }))
+        .unwrap();
+    model
+        .apply(&Op::AddDest(
+            key,
+            DestConfig {
+                addr: RS,
+                port: 80,
+                forward: Forward::Dr,
+                weight: 1,
+                u_threshold: 0,
+                l_threshold: 0,
+            },
+        ))
+        .unwrap();
+    let mut paths = Paths::new();
+    paths.insert(
+        RS,
+        RsPath {
+            ifindex: ext,
+            next_hop: RS,
+            smac: ext_mac.try_into().unwrap(),
+            dmac: Some(RS_MAC),
+            tun_src: Ipv4Addr::UNSPECIFIED,
+            mtu: 1500,
+        },
+    );
+    dp.sync(&model, &paths).expect("sync");
+    let conns_memory = |dp: &Dataplane| {
+        let all = dp.map_memory().expect("reading the maps' memory");
+        all.iter().find(|(n, _)| *n == maps::CONNS).unwrap().1
+    };
+    let mut all = dp.map_memory().expect("reading the maps' memory");
+    let all_empty: u64 = all.iter().map(|(_, b)| b).sum();
+    all.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+    let others: Vec<String> = all
+        .iter()
+        .filter(|(n, _)| *n != maps::CONNS)
+        .take(3)
+        .map(|(n, b)| format!("{n} {:.1}", mib(*b)))
+        .collect();
+    let others = others.join(", ") + " MiB";
+    let conns_empty = conns_memory(&dp);
+
+    let raw = dp.program_fd().unwrap().as_raw_fd();
+    // One run per call of each frame in turn (ns/packet averaged over them), or `repeat` runs
+    // of one frame; every packet must be forwarded.
+    let run = |frames: &[Vec<u8>], repeat: u32| -> f64 {
+        ns.enter(|| {
+            // SAFETY: `dp` holds the program open for the whole function.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            let mut total = 0u64;
+            for f in frames {
+                let out = testrun::run_xdp(&fd, f, repeat, ext).expect("BPF_PROG_TEST_RUN");
+                assert_eq!(
+                    out.action, XDP_TX,
+                    "{l}: a DR packet of an established flow was not forwarded ({out:?}): its \
+                     connection entry is missing"
+                );
+                total += u64::from(out.duration_ns);
+            }
+            total as f64 / frames.len() as f64
+        })
+    };
+    let ack = packet(CLIENT, 40000, TCP_ACK);
+    let open_flow = || {
+        run(&[packet(CLIENT, 40000, TCP_SYN)], 1);
+        run(std::slice::from_ref(&ack), 1);
+    };
+    open_flow();
+    let mut map = conns_map(&pins.0);
+    let entries_now: Vec<(FlowKey, Conn)> = map.iter().map(Result::unwrap).collect();
+    assert_eq!(
+        entries_now.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [flow_key(CLIENT, 40000)],
+        "{l}: after a SYN and an ACK the table should hold exactly that flow"
+    );
+    let established = entries_now[0].1;
+    let repeated = || {
+        let v: Vec<f64> = (0..ROUNDS)
+            .map(|_| run(std::slice::from_ref(&ack), REPEAT))
+            .collect();
+        median(&v)
+    };
+    let empty_repeat = repeated();
+    // `SPREAD` filler connections picked all over the index range (a multiplicative hash is
+    // a permutation of it), first with only them in the table, later among all the others.
+    let spread_clients: Vec<(Ipv4Addr, u16)> = (0..SPREAD as u32)
+        .map(|i| filler(i.wrapping_mul(2_654_435_761) % entries))
+        .collect();
+    let spread_keys: Vec<FlowKey> = spread_clients
+        .iter()
+        .map(|&(c, p)| flow_key(c, p))
+        .collect();
+    let insert_missing = |map: &mut HashMap<MapData, FlowKey, Conn>| {
+        for k in &spread_keys {
+            if map.get(k, 0).is_err() {
+                map.insert(k, established, 0)
+                    .expect("inserting a connection");
+            }
+        }
+    };
+    insert_missing(&mut map);
+    let spread: Vec<Vec<u8>> = spread_clients
+        .iter()
+        .map(|&(c, p)| packet(c, p, TCP_ACK))
+        .collect();
+    let spread_rounds = || {
+        let v: Vec<f64> = (0..3).map(|_| run(&spread, 1)).collect();
+        median(&v)
+    };
+    let alone_spread = spread_rounds();
+
+    print!("    filling {entries} entries from user space… ");
+    let took = fill(&pins.0, entries, established);
+    println!("{:.1} s", took.as_secs_f64());
+    // The last inserts on each CPU evicted a few entries: bring back any measured one.
+    if map.get(&flow_key(CLIENT, 40000), 0).is_err() {
+        open_flow();
+    }
+    insert_missing(&mut map);
+    let sweep = dp.sweep().expect("sweep");
+    assert!(
+        sweep.expired == 0 && sweep.entries as f64 >= entries as f64 * FULL_ENOUGH,
+        "{l}: the table should be full after the fill, but the sweep counted {} of {entries} \
+         entries (expired {})",
+        sweep.entries,
+        sweep.expired
+    );
+    let full_repeat = repeated();
+    let full_spread = spread_rounds();
+    let conns_full = conns_memory(&dp);
+
+    let per_cpu = entries as f64 / aya::util::online_cpus().unwrap().len() as f64;
+    report.scale(
+        &format!("LB_CONNS {l}: memory (kernel memlock)"),
+        mib(conns_empty),
+        "MiB",
+        &format!(
+            "{:.0} B/entry; {}",
+            conns_empty as f64 / entries as f64,
+            if conns_full == conns_empty {
+                "the same when full (preallocated)".to_string()
+            } else {
+                format!("{:.1} MiB when full", mib(conns_full))
+            }
+        ),
+    );
+    report.scale(
+        &format!("all balancer maps, LB_CONNS {l}: memory"),
+        mib(all_empty),
+        "MiB",
+        &format!("sum of every pinned map's memlock; next largest: {others}"),
+    );
+    report.scale(
+        &format!("LB_CONNS {l}: fill from user space"),
+        took.as_secs_f64(),
+        "s",
+        &format!(
+            "a thread per CPU, one BPF_MAP_UPDATE_ELEM per entry: {:.0} ns each; {} entries after",
+            took.as_nanos() as f64 / per_cpu,
+            sweep.entries
+        ),
+    );
+    report.scale(
+        &format!("LB_CONNS {l}: DR established, one flow repeated, table empty"),
+        empty_repeat,
+        "ns/pkt",
+        &format!("median of {ROUNDS} × {REPEAT} repeats; cache hot"),
+    );
+    report.scale(
+        &format!("LB_CONNS {l}: DR established, one flow repeated, table full"),
+        full_repeat,
+        "ns/pkt",
+        &format!("{:.2}x empty", full_repeat / empty_repeat),
+    );
+    report.scale(
+        &format!("LB_CONNS {l}: DR established, {SPREAD} flows, table holds only them"),
+        alone_spread,
+        "ns/pkt",
+        &format!("one run per call, each flow in turn; median of 3 × {SPREAD}"),
+    );
+    report.scale(
+        &format!("LB_CONNS {l}: DR established, {SPREAD} flows, table full"),
+        full_spread,
+        "ns/pkt",
+        &format!("{:.2}x holding only them", full_spread / alone_spread),
+    );
+    drop((map, dp, pins));
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn rip(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, (j + 1) as u8)
+}
+
+/// The large config: `SERVICES` services of `SERVERS` DR real servers each, all wlc (ipvsadm's
+/// default) but the first, which is mh; the second service's first real server has
+/// `weight`.
+fn big_config(weight: u32) -> String {
+    let mut s = String::new();
+    for i in 0..SERVICES {
+        let _ = writeln!(s, "[[service]]\naddress = \"{}\"\nport = 80", vip(i));
+        if i == 0 {
+            s.push_str("scheduler = \"mh\"\n");
+        }
+        for j in 0..SERVERS {
+            let w = if i == 1 && j == 0 { weight } else { 1 };
+            let _ = writeln!(
+                s,
+                "  [[service.real_server]]\n  address = \"{}\"\n  weight = {w}",
+                rip(j)
+            );
+        }
+    }
+    s
+}
+
+/// (services, real servers) in a `-Ln` listing.
+fn count_listing(text: &str) -> (usize, usize) {
+    let services = text.lines().filter(|l| l.starts_with("TCP ")).count();
+    let dests = text
+        .lines()
+        .filter(|l| l.starts_with("  -> ") && !l.contains("RemoteAddress"))
+        .count();
+    (services, dests)
+}
+
+/// The weight `-Ln -t service` shows for `rs`.
+fn weight_of(d: &Daemon, service: &str, rs: &str) -> u32 {
+    let text = d.ctl_ok(&["-Ln", "-t", service]);
+    text.lines()
+        .find(|l| l.starts_with(&format!("  -> {rs} ")))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no weight for {rs} in `-Ln -t {service}`:\n{text}"))
+}
+
+/// Wall time of one `lb-ctl` run.
+fn timed(d: &Daemon, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    d.ctl_ok(args);
+    t.elapsed().as_secs_f64()
+}
+
+/// The daemon and CLI (the binary `lb_tests::lb_ctl()` names) with `SERVICES` × `SERVERS`
+/// loaded: applying it, reloading it, `-a`, and `-e` with and without a table to rebuild.
+fn control_plane(report: &mut Report) {
+    println!("  control plane: {SERVICES} services × {SERVERS} real servers");
+    let lb_ctl = lb_tests::lb_ctl();
+    let debug = lb_ctl.components().any(|c| c.as_os_str() == "debug");
+    if debug {
+        println!(
+            "    note: {} is a debug build; `cargo xtask bench` measures a release one",
+            lb_ctl.display()
+        );
+    }
+    let build = if debug { "debug lb-ctl; " } else { "" };
+    let ns = Netns::new("scale-cp");
+    ns.ip(&["link", "add", "lb0", "type", "veth", "peer", "name", "lb1"]);
+    ns.ip(&["addr", "add", "192.0.2.254/24", "dev", "lb0"]);
+    for i in ["lb0", "lb1"] {
+        ns.ip(&["link", "set", i, "up"]);
+    }
+    // Every real server (and the one `-a` adds) has a static MAC: the daemon finds each at
+    // once instead of waiting for ARP.
+    let dir = TempDir::new("scale");
+    let batch = dir.join("neigh.batch");
+    let mut neigh = String::new();
+    for j in 0..=SERVERS {
+        let _ = writeln!(
+            neigh,
+            "neigh add {} lladdr 02:00:00:00:20:{:02x} dev lb0 nud permanent",
+            rip(j),
+            j
+        );
+    }
+    std::fs::write(&batch, neigh).unwrap();
+    ns.ip(&["-batch", batch.to_str().unwrap()]);
+    // The daemon starts with an empty file and the big one is applied by `lb-ctl reload`: the
+    // same load, check, resolve and sync as a start with it, timed to the CLI's answer, and
+    // bounded by the CLI's 60 s wait rather than the harness's 20 s for a starting daemon.
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, "# no services yet\n").unwrap();
+    let d = Daemon::start(&ns, &["lb0"], Some(&config));
+
+    // (a) The whole table from TOML.
+    print!("    applying {SERVICES} × {SERVERS} from TOML… ");
+    std::fs::write(&config, big_config(1)).unwrap();
+    let apply = timed(&d, &["reload"]);
+    println!("{apply:.2} s");
+    let t = Instant::now();
+    let listing = d.ctl_ok(&["-Ln"]);
+    let list = t.elapsed().as_secs_f64();
+    assert_eq!(
+        count_listing(&listing),
+        (SERVICES, SERVICES * SERVERS),
+        "the daemon should list every service and real server of the config"
+    );
+
+    // (b) Reload with one weight changed (the diff path), back and forth.
+    let mut reloads = Vec::new();
+    for r in 0..RELOAD_ROUNDS {
+        let w = if r % 2 == 0 { 2 } else { 1 };
+        std::fs::write(&config, big_config(w)).unwrap();
+        reloads.push(timed(&d, &["reload"]));
+        assert_eq!(weight_of(&d, "10.1.0.2:80", "192.0.2.1:80"), w, "reload");
+    }
+    println!("    reload: {:.2} s", median(&reloads));
+
+    // (c) One real server added (and deleted again, untimed).
+    let (svc, new_rs) = (vip(1).to_string() + ":80", rip(SERVERS).to_string() + ":80");
+    let mut adds = Vec::new();
+    for _ in 0..CLI_ROUNDS {
+        adds.push(timed(
+            &d,
+            &["-a", "-t", &svc, "-r", &new_rs, "-g", "-w", "1"],
+        ));
+        assert_eq!(weight_of(&d, &svc, &new_rs), 1, "-a");
+        d.ctl_ok(&["-d", "-t", &svc, "-r", &new_rs]);
+    }
+    println!("    -a: {:.1} ms", median(&adds) * 1e3);
+    // The CLI's floor: a process, a round trip on the socket, one service listed.
+    let floors: Vec<f64> = (0..CLI_ROUNDS)
+        .map(|_| timed(&d, &["-Ln", "-t", &svc]))
+        .collect();
+
+    // (d) A weight change on the mh service (its Maglev table rebuilt and written anew) and
+    // on a wlc one (no table: only the real server's entry is written).
+    let edit = |service: usize| -> f64 {
+        let (svc, rs) = (vip(service).to_string() + ":80", rip(2).to_string() + ":80");
+        let times: Vec<f64> = (0..EDIT_ROUNDS)
+            .map(|r| {
+                let w = (2 + r % 2).to_string();
+                let t = timed(&d, &["-e", "-t", &svc, "-r", &rs, "-g", "-w", &w]);
+                assert_eq!(weight_of(&d, &svc, &rs).to_string(), w, "-e");
+                t
+            })
+            .collect();
+        median(&times)
+    };
+    let edit_mh = edit(0);
+    let edit_wlc = edit(1);
+    println!(
+        "    -e: mh {:.1} ms, wlc {:.1} ms",
+        edit_mh * 1e3,
+        edit_wlc * 1e3
+    );
+    drop(d);
+    drop(ns);
+
+    // The Maglev build alone, in this process.
+    let members: Vec<Member> = (0..SERVERS)
+        .map(|j| Member {
+            id: j as u32 + 1,
+            addr: rip(j),
+            port: 80,
+            weight: 1 + u32::from(j == 2),
+            active: 0,
+            inactive: 0,
+            overloaded: false,
+        })
+        .collect();
+    let builds: Vec<f64> = (0..EDIT_ROUNDS)
+        .map(|_| {
+            let t = Instant::now();
+            let table = sched::table(
+                Scheduler::Mh,
+                SchedFlags::default(),
+                &members,
+                size::DEFAULT_MH_TABLE,
+            )
+            .expect("mh table");
+            assert!(table.iter().all(|&id| id != 0), "every Maglev slot filled");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+
+    let n = SERVICES * SERVERS;
+    report.scale(
+        &format!("apply {SERVICES} services × {SERVERS} real servers from TOML"),
+        apply,
+        "s",
+        &format!("{build}lb-ctl reload into an empty daemon"),
+    );
+    report.scale(
+        &format!("one -Ln of {n} real servers"),
+        list * 1e3,
+        "ms",
+        build,
+    );
+    report.scale(
+        "lb-ctl reload, one weight changed",
+        median(&reloads),
+        "s",
+        &format!("{build}median of {RELOAD_ROUNDS}"),
+    );
+    report.scale(
+        "one lb-ctl -a on the loaded table",
+        median(&adds) * 1e3,
+        "ms",
+        &format!("{build}a new real server; median of {CLI_ROUNDS}"),
+    );
+    report.scale(
+        "one lb-ctl -Ln -t (one service)",
+        median(&floors) * 1e3,
+        "ms",
+        &format!("{build}the CLI's floor; median of {CLI_ROUNDS}"),
+    );
+    report.scale(
+        &format!("one lb-ctl -e, mh service of {SERVERS} (Maglev rebuild)"),
+        edit_mh * 1e3,
+        "ms",
+        &format!(
+            "{build}{} slots written; median of {EDIT_ROUNDS}",
+            size::DEFAULT_MH_TABLE as usize + SERVERS
+        ),
+    );
+    report.scale(
+        &format!("one lb-ctl -e, wlc service of {SERVERS} (no table)"),
+        edit_wlc * 1e3,
+        "ms",
+        &format!("{build}median of {EDIT_ROUNDS}"),
+    );
+    report.scale(
+        &format!(
+            "Maglev table build, {SERVERS} servers, {} slots",
+            size::DEFAULT_MH_TABLE
+        ),
+        median(&builds) * 1e3,
+        "ms",
+        "sched::table in this process, no map writes",
+    );
+}
