@@ -47,6 +47,16 @@ pub struct ServiceKey {
     pub port: u16,
 }
 
+impl ServiceKey {
+    pub fn tcp(addr: Ipv4Addr, port: u16) -> Self {
+        Self {
+            proto: Protocol::Tcp,
+            addr,
+            port,
+        }
+    }
+}
+
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}:{}", self.proto.label(), self.addr, self.port)
@@ -226,6 +236,33 @@ pub struct DestConfig {
 
 impl DestConfig {
     pub const MAX_WEIGHT: u32 = 65535;
+
+    /// A destination without thresholds.
+    pub fn new(addr: Ipv4Addr, port: u16, forward: Forward, weight: u32) -> Self {
+        Self {
+            addr,
+            port,
+            forward,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// A service with `scheduler` and ipvsadm's defaults for everything else (no flags, not
+    /// persistent).
+    pub fn new(key: ServiceKey, scheduler: Scheduler) -> Self {
+        Self {
+            key,
+            scheduler,
+            sched_flags: SchedFlags::default(),
+            persistence: None,
+            ops: false,
+            tunnel_source: None,
+        }
+    }
 }
 
 /// One service with its destinations, in the order they were added.
@@ -335,6 +372,18 @@ impl Model {
     }
 
     /// Applies one operation, or changes nothing and says why.
+    /// `-A` of `cfg`, then `-a` of each of `dests`.
+    pub fn add(
+        &mut self,
+        cfg: ServiceConfig,
+        dests: impl IntoIterator<Item = DestConfig>,
+    ) -> Result<(), OpError> {
+        self.apply(&Op::AddService(cfg))?;
+        dests
+            .into_iter()
+            .try_for_each(|d| self.apply(&Op::AddDest(cfg.key, d)))
+    }
+
     pub fn apply(&mut self, op: &Op) -> Result<(), OpError> {
         match op {
             Op::AddService(c) => {

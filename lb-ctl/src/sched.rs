@@ -703,8 +703,14 @@ impl Model {
                 }
             }
         }
+        self.start_entry(daddr, now)
+    }
+
+    /// lblc/lblcr with no live entry for `daddr`: a wlc pick in a new entry
+    /// (`ip_vs_lblc_new`, `ip_vs_lblcr_new`), stamped now.
+    fn start_entry(&mut self, daddr: Ipv4Addr, now: u64) -> Option<u32> {
+        let scanned = &self.members[..self.members.len().min(MAX_SCAN as usize)];
         let id = least_weighted(scanned, overhead)?.id;
-        // ip_vs_lblc_new: a new entry (or the old one with its new server), stamped now.
         self.entries.insert(
             daddr,
             Entry {
@@ -760,16 +766,7 @@ impl Model {
                 return Some(id);
             }
         }
-        let id = least_weighted(scanned, overhead)?.id;
-        self.entries.insert(
-            daddr,
-            Entry {
-                set: vec![id],
-                last_used: now,
-                last_mod: now,
-            },
-        );
-        Some(id)
+        self.start_entry(daddr, now)
     }
 
     /// lblc/lblcr: the entry of `daddr`, its server (lblc) or server set newest first (lblcr).

@@ -222,6 +222,21 @@ fn sequence(svc: &Service, tcp: bool) -> Option<u32> {
 fn sh(svc: &Service, addr: u32, port: u16, tcp: bool) -> Option<u32> {
     let ihash = hash::sh_bucket(addr, port, 0);
     let id = table_at(svc, ihash)?;
+    hashed(svc, id, tcp, RETRY_SH, addr, port, ihash)
+}
+
+/// sh/mh: the hashed server `id` if it can take the connection, else (`-b …-fallback`) the
+/// retries of `kind`; an empty slot means no server.
+#[inline(always)]
+fn hashed(
+    svc: &Service,
+    id: u32,
+    tcp: bool,
+    kind: u32,
+    addr: u32,
+    port: u16,
+    ihash: u32,
+) -> Option<u32> {
     if id == 0 {
         return None;
     }
@@ -232,7 +247,7 @@ fn sh(svc: &Service, addr: u32, port: u16, tcp: bool) -> Option<u32> {
         return None;
     }
     let mut slot = core::mem::MaybeUninit::uninit();
-    let r = Retry::new(&mut slot, RETRY_SH, svc, tcp);
+    let r = Retry::new(&mut slot, kind, svc, tcp);
     (r.addr, r.port, r.ihash) = (addr, port as u32, ihash);
     retry(r, FALLBACK_TRIES)
 }
@@ -251,19 +266,7 @@ fn mh(svc: &Service, pkt: &Packet, tcp: bool) -> Option<u32> {
         0
     };
     let id = table_at(svc, hash::mh_hash(addr, port, 0) % m)?;
-    if id == 0 {
-        return None;
-    }
-    if usable(id, tcp) {
-        return Some(id);
-    }
-    if svc.sched_flags & sched_flags::FALLBACK == 0 {
-        return None;
-    }
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let r = Retry::new(&mut slot, RETRY_MH, svc, tcp);
-    (r.addr, r.port) = (addr, port as u32);
-    retry(r, FALLBACK_TRIES)
+    hashed(svc, id, tcp, RETRY_MH, addr, port, 0)
 }
 
 const RETRY_SEQUENCE: u32 = 0;

@@ -81,6 +81,21 @@ impl Netns {
         check(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// `ip neigh add IP lladdr MAC dev DEV nud permanent`: a neighbour that never expires.
+    pub fn neigh_permanent(&self, ip: &str, lladdr: &str, dev: &str) {
+        self.ip(&[
+            "neigh",
+            "add",
+            ip,
+            "lladdr",
+            lladdr,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     /// Starts a long-running `args` in the namespace (`ip netns exec`, which execs it, so
     /// the guard's pid is the program's), output captured for diagnostics.
     pub fn spawn(&self, args: &[&str]) -> Process {

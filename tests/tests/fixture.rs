@@ -96,16 +96,11 @@ fn weight_zero_gets_no_new_flows_but_keeps_its_own() {
     );
 }
 
-#[test]
-fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
-    let mut f = Fixture::new(web_rr());
-    let mut on_rs1 = None;
-    for i in 0..4 {
-        if f.forwarded_to(&tcp(44000 + i, TCP_SYN)) == 1 {
-            on_rs1 = Some(44000 + i);
-        }
-    }
-    let port = on_rs1.expect("rr gave rs1 a flow");
+/// Opens flows from `base` on until rr gives rs1 one, then deletes rs1; that flow's port.
+fn flow_on_deleted_rs1(f: &mut Fixture, base: u16) -> u16 {
+    let port = (base..base + 4)
+        .find(|&p| f.forwarded_to(&tcp(p, TCP_SYN)) == 1)
+        .expect("rr gave rs1 a flow");
     f.op(Op::DelDest(
         ServiceKey {
             proto: Protocol::Tcp,
@@ -115,6 +110,13 @@ fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
         rs(1),
         80,
     ));
+    port
+}
+
+#[test]
+fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
+    let mut f = Fixture::new(web_rr());
+    let port = flow_on_deleted_rs1(&mut f, 44000);
     for i in 0..4 {
         assert_eq!(f.forwarded_to(&tcp(44100 + i, TCP_SYN)), 2);
     }
@@ -132,22 +134,7 @@ fn deleted_backend_drops_its_flows_and_gets_no_new_ones() {
 fn expire_nodest_conn_forgets_connections_of_a_deleted_server() {
     let mut f = Fixture::new(web_rr());
     f.dp().set_expiry_rules(true, false).unwrap();
-    let mut on_rs1 = None;
-    for i in 0..2 {
-        if f.forwarded_to(&tcp(46000 + i, TCP_SYN)) == 1 {
-            on_rs1 = Some(46000 + i);
-        }
-    }
-    let port = on_rs1.expect("rr gave rs1 a flow");
-    f.op(Op::DelDest(
-        ServiceKey {
-            proto: Protocol::Tcp,
-            addr: VIP,
-            port: 80,
-        },
-        rs(1),
-        80,
-    ));
+    let port = flow_on_deleted_rs1(&mut f, 46000);
     let out = f.run(&tcp(port, TCP_ACK));
     assert_eq!(out.action, XDP_DROP, "{out:?}");
     // Forgotten: a retransmitted ACK is no longer the connection's (the stack answers it),

@@ -81,40 +81,10 @@ impl Net {
                 .join(":")
         };
         for n in 1..=4 {
-            ns.ip(&[
-                "neigh",
-                "add",
-                &rs(n).to_string(),
-                "lladdr",
-                &lladdr(rs_mac(n)),
-                "dev",
-                "int",
-                "nud",
-                "permanent",
-            ]);
+            ns.neigh_permanent(&rs(n).to_string(), &lladdr(rs_mac(n)), "int");
         }
-        ns.ip(&[
-            "neigh",
-            "add",
-            &ROUTER.to_string(),
-            "lladdr",
-            &lladdr(ROUTER_MAC),
-            "dev",
-            "int",
-            "nud",
-            "permanent",
-        ]);
-        ns.ip(&[
-            "neigh",
-            "add",
-            &CLIENT.to_string(),
-            "lladdr",
-            &lladdr(CLIENT_MAC),
-            "dev",
-            "ext",
-            "nud",
-            "permanent",
-        ]);
+        ns.neigh_permanent(&ROUTER.to_string(), &lladdr(ROUTER_MAC), "int");
+        ns.neigh_permanent(&CLIENT.to_string(), &lladdr(CLIENT_MAC), "ext");
         ns.ip(&[
             "route",
             "add",
@@ -276,15 +246,8 @@ fn one_service(proto: Protocol, port: u16, dests: &[DestConfig]) -> Model {
         port,
     };
     let mut m = Model::default();
-    m.apply(&Op::AddService(ServiceConfig {
-        key,
-        scheduler: Scheduler::Rr,
-        sched_flags: Default::default(),
-        persistence: None,
-        ops: false,
-        tunnel_source: None,
-    }))
-    .unwrap();
+    m.apply(&Op::AddService(ServiceConfig::new(key, Scheduler::Rr)))
+        .unwrap();
     for d in dests {
         m.apply(&Op::AddDest(key, *d)).unwrap();
     }

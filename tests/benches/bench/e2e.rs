@@ -59,7 +59,7 @@ use aya::{
 use lb_common::{maps, progs};
 use lb_ctl::{
     dataplane::{Dataplane, Options, PASS_OBJ, Paths, RsPath},
-    model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    model::{DestConfig, Forward, Model, Scheduler, ServiceConfig, ServiceKey},
     testrun::{self, XDP_TX},
 };
 use lb_tests::{
@@ -553,17 +553,7 @@ pub fn run(report: &mut Report) {
     // The director's lookups (ours and the kernel's) find every next hop resolved.
     for a in [DR_RS, NAT_RS, NFT_RS, ROUTER] {
         let a = a.to_string();
-        dir.ip(&[
-            "neigh",
-            "add",
-            &a,
-            "lladdr",
-            &s0_mac_str,
-            "dev",
-            D1,
-            "nud",
-            "permanent",
-        ]);
+        dir.neigh_permanent(&a, &s0_mac_str, D1);
     }
     dir.ip(&[
         "route",
@@ -661,33 +651,11 @@ pub fn run(report: &mut Report) {
         (NAT_VIP, NAT_RS, Forward::Nat, NAT_RS),
         (TUN_VIP, TUN_RS, Forward::Tun, ROUTER),
     ] {
-        let key = ServiceKey {
-            proto: Protocol::Tcp,
-            addr: vip,
-            port: 80,
-        };
         model
-            .apply(&Op::AddService(ServiceConfig {
-                key,
-                scheduler: Scheduler::Rr,
-                sched_flags: Default::default(),
-                persistence: None,
-                ops: false,
-                tunnel_source: None,
-            }))
-            .unwrap();
-        model
-            .apply(&Op::AddDest(
-                key,
-                DestConfig {
-                    addr: rs,
-                    port: 80,
-                    forward,
-                    weight: 1,
-                    u_threshold: 0,
-                    l_threshold: 0,
-                },
-            ))
+            .add(
+                ServiceConfig::new(ServiceKey::tcp(vip, 80), Scheduler::Rr),
+                [DestConfig::new(rs, 80, forward, 1)],
+            )
             .unwrap();
         paths.insert(
             rs,

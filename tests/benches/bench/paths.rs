@@ -90,39 +90,9 @@ pub fn run(report: &mut Report) {
         ns.ip(&["link", "set", i, "up"]);
     }
     ns.sysctls(&[("net.ipv4.ip_forward", "1")]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "192.0.2.11",
-        "lladdr",
-        "02:00:00:00:10:01",
-        "dev",
-        "int",
-        "nud",
-        "permanent",
-    ]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "192.0.2.254",
-        "lladdr",
-        "02:00:00:00:00:fe",
-        "dev",
-        "int",
-        "nud",
-        "permanent",
-    ]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "198.51.100.7",
-        "lladdr",
-        "02:00:00:00:00:07",
-        "dev",
-        "ext",
-        "nud",
-        "permanent",
-    ]);
+    ns.neigh_permanent("192.0.2.11", "02:00:00:00:10:01", "int");
+    ns.neigh_permanent("192.0.2.254", "02:00:00:00:00:fe", "int");
+    ns.neigh_permanent("198.51.100.7", "02:00:00:00:00:07", "ext");
     ns.ip(&[
         "route",
         "add",
@@ -166,33 +136,11 @@ pub fn run(report: &mut Report) {
         (NAT_VIP, RS, Forward::Nat),
         (TUN_VIP, FAR_RS, Forward::Tun),
     ] {
-        let key = ServiceKey {
-            proto: Protocol::Tcp,
-            addr: vip,
-            port: 80,
-        };
         model
-            .apply(&Op::AddService(ServiceConfig {
-                key,
-                scheduler: Scheduler::Rr,
-                sched_flags: Default::default(),
-                persistence: None,
-                ops: false,
-                tunnel_source: None,
-            }))
-            .unwrap();
-        model
-            .apply(&Op::AddDest(
-                key,
-                DestConfig {
-                    addr: rs,
-                    port: 80,
-                    forward,
-                    weight: 1,
-                    u_threshold: 0,
-                    l_threshold: 0,
-                },
-            ))
+            .add(
+                ServiceConfig::new(ServiceKey::tcp(vip, 80), Scheduler::Rr),
+                [DestConfig::new(rs, 80, forward, 1)],
+            )
             .unwrap();
         let (ifindex, smac, next_hop, dmac) = match forward {
             Forward::Dr => (ext, ext_mac, rs, RS_MAC),
@@ -219,28 +167,14 @@ pub fn run(report: &mut Report) {
             port: 80,
         };
         model
-            .apply(&Op::AddService(ServiceConfig {
-                key,
-                scheduler: sched,
-                sched_flags: Default::default(),
-                persistence: None,
-                ops: false,
-                tunnel_source: None,
-            }))
+            .apply(&Op::AddService(ServiceConfig::new(key, sched)))
             .unwrap();
         for i in 0..8u8 {
             let rs = Ipv4Addr::new(198, 51, 100, 30 + i);
             model
                 .apply(&Op::AddDest(
                     key,
-                    DestConfig {
-                        addr: rs,
-                        port: 80,
-                        forward: Forward::Dr,
-                        weight: 1 + u32::from(i % 3),
-                        u_threshold: 0,
-                        l_threshold: 0,
-                    },
+                    DestConfig::new(rs, 80, Forward::Dr, 1 + u32::from(i % 3)),
                 ))
                 .unwrap();
             paths.insert(

@@ -206,27 +206,10 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
     };
     let mut model = Model::default();
     model
-        .apply(&Op::AddService(ServiceConfig {
-            key,
-            scheduler: Scheduler::Rr,
-            sched_flags: SchedFlags::default(),
-            persistence: None,
-            ops: false,
-            tunnel_source: None,
-        }))
+        .apply(&Op::AddService(ServiceConfig::new(key, Scheduler::Rr)))
         .unwrap();
     model
-        .apply(&Op::AddDest(
-            key,
-            DestConfig {
-                addr: RS,
-                port: 80,
-                forward: Forward::Dr,
-                weight: 1,
-                u_threshold: 0,
-                l_threshold: 0,
-            },
-        ))
+        .apply(&Op::AddDest(key, DestConfig::new(RS, 80, Forward::Dr, 1)))
         .unwrap();
     let mut paths = Paths::new();
     paths.insert(
