@@ -153,14 +153,95 @@ impl RealServer {
     }
 }
 
-/// The lab; Drop tears it all down (XDP pin, nginx, namespaces and with them every link).
-pub struct DrLab {
-    // Drop order is declaration order: the XDP pin and the servers go before the namespaces.
-    xdp: Option<XdpPass>,
+/// What every lab has: a switch netns holding the bridges, a client, a director, the real
+/// servers, and any other hosts (`TunLab`'s router). Each lab derefs to its `Hosts`. Drop
+/// stops the real servers' processes before the namespaces go.
+pub struct Hosts {
     real_servers: Vec<RealServer>,
     client: Netns,
     director: Netns,
     switch: Netns,
+    others: Vec<Netns>,
+}
+
+impl Hosts {
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn director(&self) -> &Netns {
+        &self.director
+    }
+
+    /// The netns holding the lab's bridges (its ports are named after the hosts).
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    pub fn real_servers(&self) -> &[RealServer] {
+        &self.real_servers
+    }
+
+    pub fn real_servers_mut(&mut self) -> &mut [RealServer] {
+        &mut self.real_servers
+    }
+
+    /// Real server `i`, 1-based (`rs(1)` is rs1).
+    pub fn rs(&self, i: usize) -> &RealServer {
+        let n = self.real_servers.len();
+        assert!((1..=n).contains(&i), "no rs{i}: the lab has rs1..rs{n}");
+        &self.real_servers[i - 1]
+    }
+
+    pub fn rs_mut(&mut self, i: usize) -> &mut RealServer {
+        let n = self.real_servers.len();
+        assert!((1..=n).contains(&i), "no rs{i}: the lab has rs1..rs{n}");
+        &mut self.real_servers[i - 1]
+    }
+
+    /// Address of real server `i` (1-based).
+    pub fn rs_ip(&self, i: usize) -> Ipv4Addr {
+        self.rs(i).ip()
+    }
+
+    /// Names of every namespace of the lab (to check that they are gone after drop).
+    pub fn netns_names(&self) -> Vec<String> {
+        [&self.switch, &self.client, &self.director]
+            .into_iter()
+            .chain(&self.others)
+            .chain(self.real_servers.iter().map(|r| &r.ns))
+            .map(|ns| ns.name().to_string())
+            .collect()
+    }
+}
+
+/// `Deref`/`DerefMut` from a lab to its `hosts` field.
+macro_rules! lab_hosts {
+    ($lab:ty) => {
+        impl std::ops::Deref for $lab {
+            type Target = Hosts;
+            fn deref(&self) -> &Hosts {
+                &self.hosts
+            }
+        }
+        impl std::ops::DerefMut for $lab {
+            fn deref_mut(&mut self) -> &mut Hosts {
+                &mut self.hosts
+            }
+        }
+    };
+}
+
+lab_hosts!(DrLab);
+lab_hosts!(NatLab);
+lab_hosts!(TunLab);
+lab_hosts!(MixedLab);
+
+/// The lab; Drop tears it all down (XDP pin, nginx, namespaces and with them every link).
+pub struct DrLab {
+    // Drop order is declaration order: the XDP pin and the servers go before the namespaces.
+    xdp: Option<XdpPass>,
+    hosts: Hosts,
 }
 
 impl DrLab {
@@ -198,58 +279,23 @@ impl DrLab {
 
         let mut lab = DrLab {
             xdp: None,
-            real_servers: servers,
-            client,
-            director,
-            switch,
+            hosts: Hosts {
+                real_servers: servers,
+                client,
+                director,
+                switch,
+                others: Vec::new(),
+            },
         };
         if opts.xdp_pass {
-            lab.xdp = Some(XdpPass::attach(&lab.switch, "director"));
+            lab.xdp = Some(XdpPass::attach(&lab.hosts.switch, "director"));
         }
         if opts.nginx {
-            for rs in &mut lab.real_servers {
+            for rs in &mut lab.hosts.real_servers {
                 rs.nginx = Some(Nginx::start(&rs.ns, &rs.name));
             }
         }
         lab
-    }
-
-    pub fn client(&self) -> &Netns {
-        &self.client
-    }
-
-    pub fn director(&self) -> &Netns {
-        &self.director
-    }
-
-    /// The netns holding the bridge; its ports are named after the hosts (`client`,
-    /// `director`, `rs1`, …).
-    pub fn switch(&self) -> &Netns {
-        &self.switch
-    }
-
-    pub fn real_servers(&self) -> &[RealServer] {
-        &self.real_servers
-    }
-
-    pub fn real_servers_mut(&mut self) -> &mut [RealServer] {
-        &mut self.real_servers
-    }
-
-    /// Real server `i`, 1-based (`rs(1)` is rs1).
-    pub fn rs(&self, i: usize) -> &RealServer {
-        assert!(
-            (1..=self.real_servers.len()).contains(&i),
-            "no rs{i}: the lab has rs1..rs{}",
-            self.real_servers.len()
-        );
-        &self.real_servers[i - 1]
-    }
-
-    pub fn rs_mut(&mut self, i: usize) -> &mut RealServer {
-        let n = self.real_servers.len();
-        assert!((1..=n).contains(&i), "no rs{i}: the lab has rs1..rs{n}");
-        &mut self.real_servers[i - 1]
     }
 
     pub fn vip(&self) -> Ipv4Addr {
@@ -277,17 +323,6 @@ impl DrLab {
     /// The pass-through XDP guard on the switch side of the director's link, if any.
     pub fn xdp_pass(&self) -> Option<&XdpPass> {
         self.xdp.as_ref()
-    }
-
-    /// Names of every namespace of the lab (to check that they are gone after drop).
-    pub fn netns_names(&self) -> Vec<String> {
-        let mut v = vec![
-            self.switch.name().to_string(),
-            self.client.name().to_string(),
-            self.director.name().to_string(),
-        ];
-        v.extend(self.real_servers.iter().map(|r| r.ns.name().to_string()));
-        v
     }
 }
 
@@ -400,18 +435,6 @@ fn director_vip(ns: &Netns, vip: Ipv4Addr) {
 }
 
 /// Panics unless `i` is a valid 1-based index into `servers`; returns the server.
-fn nth(servers: &[RealServer], i: usize) -> &RealServer {
-    let n = servers.len();
-    assert!((1..=n).contains(&i), "no rs{i}: the lab has rs1..rs{n}");
-    &servers[i - 1]
-}
-
-fn nth_mut(servers: &mut [RealServer], i: usize) -> &mut RealServer {
-    let n = servers.len();
-    assert!((1..=n).contains(&i), "no rs{i}: the lab has rs1..rs{n}");
-    &mut servers[i - 1]
-}
-
 fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
@@ -466,10 +489,7 @@ pub mod nat {
 pub struct NatLab {
     // Drop order is declaration order: the XDP pins and the servers go before the namespaces.
     xdp: Vec<XdpPass>,
-    real_servers: Vec<RealServer>,
-    client: Netns,
-    director: Netns,
-    switch: Netns,
+    hosts: Hosts,
 }
 
 impl NatLab {
@@ -526,14 +546,18 @@ impl NatLab {
 
         let mut lab = NatLab {
             xdp: Vec::new(),
-            real_servers: servers,
-            client,
-            director,
-            switch,
+            hosts: Hosts {
+                real_servers: servers,
+                client,
+                director,
+                switch,
+                others: Vec::new(),
+            },
         };
-        lab.xdp.push(XdpPass::attach(&lab.switch, "director"));
-        lab.xdp.push(XdpPass::attach(&lab.switch, "director-eth1"));
-        for rs in &mut lab.real_servers {
+        lab.xdp.push(XdpPass::attach(&lab.hosts.switch, "director"));
+        lab.xdp
+            .push(XdpPass::attach(&lab.hosts.switch, "director-eth1"));
+        for rs in &mut lab.hosts.real_servers {
             rs.nginx = Some(Nginx::start(&rs.ns, &rs.name));
             // nginx names go into its config verbatim and may not contain ':'.
             let alt = format!("{}-{}", rs.name, nat::ALT_PORT);
@@ -542,41 +566,6 @@ impl NatLab {
             rs.udp = Some(UdpEcho::start(&rs.ns, &rs.name, nat::UDP_PORT));
         }
         lab
-    }
-
-    pub fn client(&self) -> &Netns {
-        &self.client
-    }
-
-    pub fn director(&self) -> &Netns {
-        &self.director
-    }
-
-    /// The netns holding both bridges (ports `client`, `director`, `director-eth1`, `rsN`).
-    pub fn switch(&self) -> &Netns {
-        &self.switch
-    }
-
-    pub fn real_servers(&self) -> &[RealServer] {
-        &self.real_servers
-    }
-
-    pub fn real_servers_mut(&mut self) -> &mut [RealServer] {
-        &mut self.real_servers
-    }
-
-    /// Real server `i`, 1-based (`rs(1)` is rs1).
-    pub fn rs(&self, i: usize) -> &RealServer {
-        nth(&self.real_servers, i)
-    }
-
-    pub fn rs_mut(&mut self, i: usize) -> &mut RealServer {
-        nth_mut(&mut self.real_servers, i)
-    }
-
-    /// Address of real server `i` (1-based): rs1 is 192.0.2.11.
-    pub fn rs_ip(&self, i: usize) -> Ipv4Addr {
-        self.rs(i).ip()
     }
 
     /// rsN's own address and `port` (what a NAT service maps the VIP to).
@@ -625,17 +614,6 @@ impl NatLab {
     /// The pass-through XDP guards on the switch ports of director eth0 and eth1.
     pub fn xdp_passes(&self) -> &[XdpPass] {
         &self.xdp
-    }
-
-    /// Names of every namespace of the lab (to check that they are gone after drop).
-    pub fn netns_names(&self) -> Vec<String> {
-        let mut v = vec![
-            self.switch.name().to_string(),
-            self.client.name().to_string(),
-            self.director.name().to_string(),
-        ];
-        v.extend(self.real_servers.iter().map(|r| r.ns.name().to_string()));
-        v
     }
 }
 
@@ -698,11 +676,8 @@ pub mod tun {
 pub struct TunLab {
     // Drop order is declaration order: the XDP pin and the servers go before the namespaces.
     xdp: Option<XdpPass>,
-    real_servers: Vec<RealServer>,
-    client: Netns,
-    router: Netns,
-    director: Netns,
-    switch: Netns,
+    /// `others` holds the router.
+    hosts: Hosts,
 }
 
 impl TunLab {
@@ -783,14 +758,16 @@ impl TunLab {
 
         let mut lab = TunLab {
             xdp: None,
-            real_servers: servers,
-            client,
-            router,
-            director,
-            switch,
+            hosts: Hosts {
+                real_servers: servers,
+                client,
+                director,
+                switch,
+                others: vec![router],
+            },
         };
-        lab.xdp = Some(XdpPass::attach(&lab.router, tun::ROUTER_DIRECTOR_IFACE));
-        for rs in &mut lab.real_servers {
+        lab.xdp = Some(XdpPass::attach(lab.router(), tun::ROUTER_DIRECTOR_IFACE));
+        for rs in &mut lab.hosts.real_servers {
             rs.nginx = Some(Nginx::start(&rs.ns, &rs.name));
         }
         lab
@@ -800,7 +777,7 @@ impl TunLab {
     /// --mode tun --interface eth0`), in order rs1, rs2, …; dropping a guard undoes its
     /// server's setup. Drop them before the lab.
     pub fn realservers_up(&self) -> Vec<RealServerSetup> {
-        self.real_servers
+        self.real_servers()
             .iter()
             .map(|rs| {
                 RealServerSetup::up(
@@ -813,43 +790,8 @@ impl TunLab {
             .collect()
     }
 
-    pub fn client(&self) -> &Netns {
-        &self.client
-    }
-
     pub fn router(&self) -> &Netns {
-        &self.router
-    }
-
-    pub fn director(&self) -> &Netns {
-        &self.director
-    }
-
-    /// The netns holding the real servers' bridge (ports `router`, `rs1`, …).
-    pub fn switch(&self) -> &Netns {
-        &self.switch
-    }
-
-    pub fn real_servers(&self) -> &[RealServer] {
-        &self.real_servers
-    }
-
-    pub fn real_servers_mut(&mut self) -> &mut [RealServer] {
-        &mut self.real_servers
-    }
-
-    /// Real server `i`, 1-based (`rs(1)` is rs1).
-    pub fn rs(&self, i: usize) -> &RealServer {
-        nth(&self.real_servers, i)
-    }
-
-    pub fn rs_mut(&mut self, i: usize) -> &mut RealServer {
-        nth_mut(&mut self.real_servers, i)
-    }
-
-    /// Address of real server `i` (1-based): rs1 is 203.0.113.11.
-    pub fn rs_ip(&self, i: usize) -> Ipv4Addr {
-        self.rs(i).ip()
+        &self.hosts.others[0]
     }
 
     pub fn vip(&self) -> Ipv4Addr {
@@ -877,18 +819,6 @@ impl TunLab {
     /// The pass-through XDP guard on the router's eth2 (the peer of director eth0).
     pub fn xdp_pass(&self) -> Option<&XdpPass> {
         self.xdp.as_ref()
-    }
-
-    /// Names of every namespace of the lab (to check that they are gone after drop).
-    pub fn netns_names(&self) -> Vec<String> {
-        let mut v = vec![
-            self.switch.name().to_string(),
-            self.client.name().to_string(),
-            self.router.name().to_string(),
-            self.director.name().to_string(),
-        ];
-        v.extend(self.real_servers.iter().map(|r| r.ns.name().to_string()));
-        v
     }
 }
 
@@ -931,11 +861,8 @@ pub mod mixed {
 pub struct MixedLab {
     // Drop order is declaration order: the XDP pins and the servers go before the namespaces.
     xdp: Vec<XdpPass>,
-    rsdr: RealServer,
-    rsnat: RealServer,
-    client: Netns,
-    director: Netns,
-    switch: Netns,
+    /// rs1 is rsdr, rs2 rsnat.
+    hosts: Hosts,
 }
 
 impl MixedLab {
@@ -998,49 +925,42 @@ impl MixedLab {
 
         let mut lab = MixedLab {
             xdp: Vec::new(),
-            rsdr: RealServer::new(rsdr_ns, "rsdr".into(), mixed::RSDR_IP),
-            rsnat: RealServer::new(rsnat_ns, "rsnat".into(), mixed::RSNAT_IP),
-            client,
-            director,
-            switch,
+            hosts: Hosts {
+                real_servers: vec![
+                    RealServer::new(rsdr_ns, "rsdr".into(), mixed::RSDR_IP),
+                    RealServer::new(rsnat_ns, "rsnat".into(), mixed::RSNAT_IP),
+                ],
+                client,
+                director,
+                switch,
+                others: Vec::new(),
+            },
         };
-        lab.xdp.push(XdpPass::attach(&lab.switch, "director"));
-        lab.xdp.push(XdpPass::attach(&lab.switch, "director-eth1"));
-        for rs in [&mut lab.rsdr, &mut lab.rsnat] {
+        lab.xdp.push(XdpPass::attach(&lab.hosts.switch, "director"));
+        lab.xdp
+            .push(XdpPass::attach(&lab.hosts.switch, "director-eth1"));
+        for rs in &mut lab.hosts.real_servers {
             rs.nginx = Some(Nginx::start(&rs.ns, &rs.name));
         }
         lab
     }
 
-    pub fn client(&self) -> &Netns {
-        &self.client
-    }
-
-    pub fn director(&self) -> &Netns {
-        &self.director
-    }
-
-    /// The netns holding both bridges.
-    pub fn switch(&self) -> &Netns {
-        &self.switch
-    }
-
     /// The DR real server, 192.0.2.11, on the client's segment.
     pub fn rsdr(&self) -> &RealServer {
-        &self.rsdr
+        self.rs(1)
     }
 
     pub fn rsdr_mut(&mut self) -> &mut RealServer {
-        &mut self.rsdr
+        self.rs_mut(1)
     }
 
     /// The NAT real server, 198.51.100.11, behind the director's eth1.
     pub fn rsnat(&self) -> &RealServer {
-        &self.rsnat
+        self.rs(2)
     }
 
     pub fn rsnat_mut(&mut self) -> &mut RealServer {
-        &mut self.rsnat
+        self.rs_mut(2)
     }
 
     pub fn vip(&self) -> Ipv4Addr {
@@ -1090,17 +1010,6 @@ impl MixedLab {
     /// The pass-through XDP guards on the switch ports of director eth0 and eth1.
     pub fn xdp_passes(&self) -> &[XdpPass] {
         &self.xdp
-    }
-
-    /// Names of every namespace of the lab (to check that they are gone after drop).
-    pub fn netns_names(&self) -> Vec<String> {
-        vec![
-            self.switch.name().to_string(),
-            self.client.name().to_string(),
-            self.director.name().to_string(),
-            self.rsdr.ns.name().to_string(),
-            self.rsnat.ns.name().to_string(),
-        ]
     }
 }
 
