@@ -22,22 +22,8 @@ fn owner_alive(name: &str) -> bool {
 pub fn remove_stale() -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
 
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .context("running `ip netns list`")?;
-    if !out.status.success() {
-        bail!(
-            "`ip netns list` failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    // Lines look like `NAME` or `NAME (id: N)`.
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
+    for name in netns_names()? {
+        let name = name.as_str();
         if !name.starts_with(PREFIX) || owner_alive(name) {
             continue;
         }
@@ -68,6 +54,42 @@ pub fn remove_stale() -> anyhow::Result<Vec<String>> {
     }
     remove_dirs(&std::env::temp_dir(), "temp dir", &mut removed)?;
     Ok(removed)
+}
+
+/// The names `ip netns list` shows.
+pub fn netns_names() -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .context("running `ip netns list`")?;
+    if !out.status.success() {
+        bail!(
+            "`ip netns list` failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // Lines look like `NAME` or `NAME (id: N)`.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
+/// Panics naming each of `names` that `ip netns list` still shows.
+pub fn assert_netns_gone(names: &[String]) {
+    let list = netns_names().expect("ip netns list");
+    let left: Vec<&String> = names.iter().filter(|n| list.contains(n)).collect();
+    assert!(
+        left.is_empty(),
+        "namespaces left after drop: {left:?}\n`ip netns list`: {list:?}"
+    );
+}
+
+/// Panics naming each of `paths` that still exists.
+pub fn assert_paths_gone(paths: &[std::path::PathBuf]) {
+    let left: Vec<&std::path::PathBuf> = paths.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "paths left after drop: {left:?}");
 }
 
 /// Removes stale `lbt-*` entries directly under `parent`.

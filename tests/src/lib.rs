@@ -98,6 +98,35 @@ impl Drop for PinRootUse {
     }
 }
 
+/// A directory of this run's pin root for one loaded data path (`Dataplane::open`'s
+/// `pin_dir`): removed with everything in it on drop, also while panicking, and the pin root
+/// with it once nothing else uses it. Shut the data path down first.
+pub struct PinDir {
+    path: PathBuf,
+    _root: PinRootUse,
+}
+
+impl PinDir {
+    /// `<pin root>/<name>-<n>`, unique in this run.
+    pub fn new(name: &str) -> PinDir {
+        let _root = PinRootUse::new();
+        PinDir {
+            path: pin_root().join(format!("{name}-{}", next_id())),
+            _root,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Panics unless running as root: the namespace tests create netns, veths and XDP programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -81,6 +81,16 @@ impl Netns {
         check(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// The MAC address of `iface`, as `ip` prints it (`aa:bb:cc:dd:ee:ff`).
+    pub fn mac(&self, iface: &str) -> String {
+        let out = self.ip(&["-br", "link", "show", "dev", iface]);
+        // `eth0@if5  UP  aa:bb:cc:dd:ee:ff <…>`
+        out.split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no MAC in `ip -br link show dev {iface}`: {out:?}"))
+            .to_string()
+    }
+
     /// `ip neigh add IP lladdr MAC dev DEV nud permanent`: a neighbour that never expires.
     pub fn neigh_permanent(&self, ip: &str, lladdr: &str, dev: &str) {
         self.ip(&[

@@ -2,8 +2,8 @@
 //! every guard leaves nothing behind, also when a test panics.
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::Command;
 
+use lb_tests::cleanup::{assert_netns_gone, assert_paths_gone};
 use lb_tests::lab::{BRIDGE, VIP, rs_ip};
 use lb_tests::{DrLab, DrLabOpts, KeepAlive, curl};
 
@@ -14,41 +14,6 @@ fn lab_without_lb_ctl(real_servers: usize) -> DrLab {
         xdp_pass: false,
         nginx: true,
     })
-}
-
-fn netns_list() -> String {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Panics naming each of `names` that `ip netns list` still shows.
-fn assert_netns_gone(names: &[String]) {
-    let list = netns_list();
-    let left: Vec<&String> = names
-        .iter()
-        .filter(|n| list.lines().any(|l| l.split_whitespace().next() == Some(n)))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "namespaces left after drop: {left:?}\n`ip netns list`:\n{list}"
-    );
-}
-
-fn assert_paths_gone(paths: &[PathBuf]) {
-    let left: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
-    assert!(left.is_empty(), "paths left after drop: {left:?}");
-}
-
-fn mac(ns: &lb_tests::Netns, iface: &str) -> String {
-    let out = ns.ip(&["-br", "link", "show", "dev", iface]);
-    // `eth0@if5  UP  aa:bb:cc:dd:ee:ff <…>`
-    out.split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no MAC in `ip -br link show dev {iface}`: {out:?}"))
-        .to_string()
 }
 
 #[test]
@@ -86,7 +51,7 @@ fn dr_lab_wiring_and_teardown() {
     let neigh = lab
         .client()
         .ip(&["neigh", "show", &VIP.to_string(), "dev", "eth0"]);
-    let director_mac = mac(lab.director(), "eth0");
+    let director_mac = lab.director().mac("eth0");
     assert!(
         neigh.contains(&director_mac),
         "client resolved the VIP to {neigh:?}, want the director's MAC {director_mac}"

@@ -4,49 +4,14 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use lb_tests::cleanup::{assert_netns_gone, assert_paths_gone};
 use lb_tests::lab::{mixed, nat, tun};
 use lb_tests::packet::Frame;
 use lb_tests::{
     MixedLab, NatLab, Netns, RealServerMode, RealServerSetup, TunLab, UdpEcho, curl, udp_query,
 };
-
-fn netns_list() -> String {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Panics naming each of `names` that `ip netns list` still shows.
-fn assert_netns_gone(names: &[String]) {
-    let list = netns_list();
-    let left: Vec<&String> = names
-        .iter()
-        .filter(|n| list.lines().any(|l| l.split_whitespace().next() == Some(n)))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "namespaces left after drop: {left:?}\n`ip netns list`:\n{list}"
-    );
-}
-
-fn assert_paths_gone(paths: &[PathBuf]) {
-    let left: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
-    assert!(left.is_empty(), "paths left after drop: {left:?}");
-}
-
-fn mac(ns: &Netns, iface: &str) -> String {
-    let out = ns.ip(&["-br", "link", "show", "dev", iface]);
-    // `eth0@if5  UP  aa:bb:cc:dd:ee:ff <…>`
-    out.split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no MAC in `ip -br link show dev {iface}`: {out:?}"))
-        .to_string()
-}
 
 fn assert_curl(ns: &Netns, url: &str, want: &str) {
     let body = curl(ns, url);
@@ -175,7 +140,7 @@ fn nat_lab_wiring_and_teardown() {
     let neigh = lab
         .client()
         .ip(&["neigh", "show", &nat::VIP.to_string(), "dev", "eth0"]);
-    let director_mac = mac(lab.director(), lab.ext_iface());
+    let director_mac = lab.director().mac(lab.ext_iface());
     assert!(
         neigh.contains(&director_mac),
         "client resolved the VIP to {neigh:?}, want the director's eth0 MAC {director_mac}"
@@ -461,7 +426,7 @@ fn mixed_lab_wiring_and_teardown() {
     let neigh = lab
         .client()
         .ip(&["neigh", "show", &mixed::VIP.to_string(), "dev", "eth0"]);
-    let director_mac = mac(lab.director(), lab.ext_iface());
+    let director_mac = lab.director().mac(lab.ext_iface());
     assert!(
         neigh.contains(&director_mac),
         "client resolved the VIP to {neigh:?}, want the director's MAC {director_mac}"

@@ -7,8 +7,6 @@
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, BorrowedFd},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use lb_ctl::{
@@ -125,15 +123,14 @@ struct Fixture {
     net: Net,
     dp: Option<Dataplane>,
     model: Model,
+    _pins: lb_tests::PinDir,
 }
 
 impl Fixture {
     fn new(model: Model) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let pin_dir: PathBuf =
-            lb_tests::pin_root().join(format!("nat-tun-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let pins = lb_tests::PinDir::new("nat-tun");
         let dp = Dataplane::open(Options {
-            pin_dir,
+            pin_dir: pins.path().to_path_buf(),
             conn_table_size: 4096,
             sched_table_size: 4096,
             mh_table_size: 251,
@@ -145,6 +142,7 @@ impl Fixture {
             net,
             dp: Some(dp),
             model: Model::default(),
+            _pins: pins,
         };
         f.set(model);
         f
@@ -219,11 +217,9 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // Before `_pins` removes the pins.
         if let Some(dp) = self.dp.take() {
-            let dir = dp.pin_dir().to_path_buf();
             let _ = dp.shutdown(false);
-            let _ = std::fs::remove_dir_all(dir);
-            let _ = std::fs::remove_dir(lb_tests::pin_root());
         }
     }
 }

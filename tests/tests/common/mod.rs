@@ -2,11 +2,7 @@
 //! with its own pins, its maps filled by the daemon's own `Dataplane::sync`.
 #![allow(dead_code)]
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use lb_ctl::{
     dataplane::{Dataplane, Options, Paths, RsPath},
@@ -32,15 +28,14 @@ pub struct Fixture {
     pub dp: Option<Dataplane>,
     pub model: Model,
     pub paths: Paths,
+    _pins: lb_tests::PinDir,
 }
 
 impl Fixture {
     pub fn new(model: Model) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let pin_dir: PathBuf =
-            lb_tests::pin_root().join(format!("fixture-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let pins = lb_tests::PinDir::new("fixture");
         let dp = Dataplane::open(Options {
-            pin_dir,
+            pin_dir: pins.path().to_path_buf(),
             conn_table_size: 4096,
             sched_table_size: 1 << 16,
             mh_table_size: 251,
@@ -67,6 +62,7 @@ impl Fixture {
             dp: Some(dp),
             model: Model::default(),
             paths,
+            _pins: pins,
         };
         f.set(model);
         f
@@ -129,12 +125,9 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // Before `_pins` removes the pins.
         if let Some(dp) = self.dp.take() {
-            let dir = dp.pin_dir().to_path_buf();
             let _ = dp.shutdown(false);
-            let _ = std::fs::remove_dir_all(dir);
-            // The run's pin root goes when its last user does.
-            let _ = std::fs::remove_dir(lb_tests::pin_root());
         }
     }
 }
