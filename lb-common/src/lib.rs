@@ -633,6 +633,36 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
+impl FlowKey {
+    /// The key of a packet from `saddr:sport` to `daddr:dport` (network byte order).
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
+    /// For the request key of a NAT connection (client → VIP) DNATed to `rip:rport`: the key
+    /// of its reply entry (RIP:rport → client).
+    #[inline(always)]
+    pub const fn nat_reply(&self, rip: u32, rport: u16) -> Self {
+        Self::new(rip, self.saddr, rport, self.sport, self.proto)
+    }
+
+    /// For the key of a NAT reply entry (RIP → client) of the service `vip:vport`: the key
+    /// of its connection's request entry (client → VIP).
+    #[inline(always)]
+    pub const fn nat_request(&self, vip: u32, vport: u16) -> Self {
+        Self::new(self.daddr, vip, self.dport, vport, self.proto)
+    }
+}
+
 /// Connection-table value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -573,6 +573,19 @@ fn expected_layout(name: &str) -> (u32, u32) {
     }
 }
 
+/// One counter set, summed over its per-CPU copies.
+fn sum_stats(per_cpu: &[Stats]) -> StatsView {
+    let mut v = StatsView::default();
+    for s in per_cpu {
+        v.conns += s.conns;
+        v.inpkts += s.in_pkts;
+        v.inbytes += s.in_bytes;
+        v.outpkts += s.out_pkts;
+        v.outbytes += s.out_bytes;
+    }
+    v
+}
+
 /// Every element of the per-CPU `Stats` array `map`, summed over CPUs, read with
 /// `BPF_MAP_LOOKUP_BATCH` (see `update_batch`).
 fn lookup_batch_percpu(map: &MapData) -> anyhow::Result<Vec<StatsView>> {
@@ -601,30 +614,19 @@ fn lookup_batch_percpu(map: &MapData) -> anyhow::Result<Vec<StatsView>> {
         };
         // SAFETY: the buffers hold `count` keys and values (a value of a per-CPU map is one
         // `Stats` per possible CPU, 8-byte aligned as `Stats` is) and outlive the call.
-        let r = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        let n = attr.count as usize;
-        for k in 0..n {
-            let mut v = StatsView::default();
-            for s in &values[k * cpus..(k + 1) * cpus] {
-                v.conns += s.conns;
-                v.inpkts += s.in_pkts;
-                v.inbytes += s.in_bytes;
-                v.outpkts += s.out_pkts;
-                v.outbytes += s.out_bytes;
-            }
+        let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        for k in 0..attr.count as usize {
             let id = keys[k] as usize;
             if out.len() <= id {
                 out.resize(id + 1, StatsView::default());
             }
-            out[id] = v;
+            out[id] = sum_stats(&values[k * cpus..(k + 1) * cpus]);
         }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
+        match r {
+            Ok(_) => {}
             // ENOENT: the end of the array.
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(out);
-            }
-            bail!("BPF_MAP_LOOKUP_BATCH: {e}");
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => bail!("BPF_MAP_LOOKUP_BATCH: {e}"),
         }
         in_batch = out_batch;
         first = false;
@@ -645,22 +647,6 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// `bpf(cmd, attr)` for the batch commands, which aya does not wrap.
-///
-/// # Safety
-/// `attr`'s pointers must be valid for the command.
-unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
-    // SAFETY: the caller vouches for the pointers; the size is the struct's.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as u32,
-        )
-    }
-}
-
 /// Writes `values` into the `u32` array `map` from slot `off` with one
 /// `BPF_MAP_UPDATE_BATCH` (aya has no wrapper for it): a 65,537-slot Maglev table costs one
 /// system call instead of 65,537.
@@ -678,15 +664,12 @@ fn update_batch(map: &MapData, off: u32, values: &[u32]) -> anyhow::Result<()> {
             ..BatchAttr::default()
         };
         // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
-        let r = unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) };
+        let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
         // The kernel reports how many it wrote in `count`, also on an error.
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 {
-                done += attr.count as usize;
-                continue;
-            }
-            bail!("BPF_MAP_UPDATE_BATCH: {e}");
+        match r {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 => {}
+            Err(e) => bail!("BPF_MAP_UPDATE_BATCH: {e}"),
         }
         done += attr.count as usize;
     }
@@ -1718,14 +1701,11 @@ impl Dataplane {
                     .backends
                     .get(&c.backend)
                     .filter(|b| b.dest.forward == Forward::Nat);
-                let reply = nat.map(|b| FlowKey {
-                    saddr: u32::from_ne_bytes(b.dest.addr.octets()),
-                    daddr: k.saddr,
-                    sport: b.dest.port.to_be(),
-                    dport: k.sport,
-                    proto: k.proto,
-                    _pad0: 0,
-                    _pad1: 0,
+                let reply = nat.map(|b| {
+                    k.nat_reply(
+                        u32::from_ne_bytes(b.dest.addr.octets()),
+                        b.dest.port.to_be(),
+                    )
                 });
                 let reply_seen = reply
                     .and_then(|r| replies.get(&r))
@@ -1740,17 +1720,8 @@ impl Dataplane {
     }
 
     fn stats(map: &PerCpuArray<MapData, Stats>, id: u32) -> StatsView {
-        let mut v = StatsView::default();
-        if let Ok(per_cpu) = map.get(&id, 0) {
-            for s in per_cpu.iter() {
-                v.conns += s.conns;
-                v.inpkts += s.in_pkts;
-                v.inbytes += s.in_bytes;
-                v.outpkts += s.out_pkts;
-                v.outbytes += s.out_bytes;
-            }
-        }
-        v
+        map.get(&id, 0)
+            .map_or_else(|_| StatsView::default(), |per_cpu| sum_stats(&per_cpu))
     }
 
     /// Per-service and per-backend stats, by id (for the rate estimator).

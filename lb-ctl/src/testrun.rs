@@ -91,17 +91,7 @@ pub fn run_xdp_live(
         ..Default::default()
     };
     // SAFETY: `attr` points at live buffers of the sizes given, for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { crate::bpf::sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(attr.duration)
 }
 
@@ -138,17 +128,7 @@ pub fn run_xdp(
         attr.ctx_in = &ctx as *const XdpMd as u64;
     }
     // SAFETY: `attr` points at live buffers of the sizes given, for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { crate::bpf::sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     out.truncate(attr.data_size_out as usize);
     Ok(Outcome {
         action: attr.retval,

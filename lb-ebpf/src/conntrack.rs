@@ -47,15 +47,7 @@ pub enum Lookup {
 
 #[inline(always)]
 pub fn flow_key(pkt: &Packet) -> FlowKey {
-    FlowKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        _pad0: 0,
-        _pad1: 0,
-    }
+    FlowKey::new(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
 }
 
 /// Finds the packet's connection and runs the state machine on it. `now` is

@@ -291,6 +291,9 @@ fn available(backend: u32) -> Result<Backend, Verdict> {
 #[inline(always)]
 pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, Verdict> {
     let q = quoted(ctx, pkt)?;
+    // The quoted datagram, reversed: the key of the connection (client → VIP) or of the NAT
+    // reply entry (RIP → client) it belongs to.
+    let key = FlowKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
     // About a datagram the VIP sent (a reply): the connection is client → VIP.
     let vip = SvcKey {
         addr: q.saddr,
@@ -299,15 +302,6 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
         _pad: 0,
     };
     if service::lookup(&SVC_TABLE, lb_common::size::SVC_SLOTS, half, &vip).is_some() {
-        let key = FlowKey {
-            saddr: q.daddr,
-            daddr: q.saddr,
-            sport: q.dport,
-            dport: q.sport,
-            proto: q.proto,
-            _pad0: 0,
-            _pad1: 0,
-        };
         let c = CONNS
             .get_ptr(&key)
             .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
@@ -334,15 +328,6 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
     if service::lookup(&NAT_RS, lb_common::size::NAT_RS_SLOTS, half, &rs).is_none() {
         return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
     }
-    let key = FlowKey {
-        saddr: q.daddr,
-        daddr: q.saddr,
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad0: 0,
-        _pad1: 0,
-    };
     let c = CONNS
         .get_ptr(&key)
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;

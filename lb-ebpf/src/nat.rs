@@ -4,7 +4,7 @@
 //! back through the director (its default gateway, as in LVS-NAT).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
-use lb_common::{Backend, Conn, FlowKey, cnt, conn_flags, proto, tcp_state};
+use lb_common::{Backend, Conn, cnt, conn_flags, proto, tcp_state};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -149,15 +149,7 @@ fn via_fib(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, sport: u16, dport
 /// replies go (one FIB lookup per connection instead of one per reply).
 #[inline(always)]
 fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now: u64, epoch: u32) {
-    let key = FlowKey {
-        saddr: be.addr,
-        daddr: pkt.saddr,
-        sport: be.port,
-        dport: pkt.sport,
-        proto: pkt.proto,
-        _pad0: 0,
-        _pad1: 0,
-    };
+    let key = crate::conntrack::flow_key(pkt).nat_reply(be.addr, be.port);
     // Replies arrive on the interface towards the real server.
     let iif = if be.ifindex != 0 {
         be.ifindex
@@ -232,15 +224,7 @@ pub fn reply(
     now: u64,
     epoch: u32,
 ) -> Result<(u32, u32, u32), Verdict> {
-    let key = FlowKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        _pad0: 0,
-        _pad1: 0,
-    };
+    let key = crate::conntrack::flow_key(pkt);
     let c = CONNS
         .get_ptr_mut(&key)
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
@@ -266,15 +250,7 @@ pub fn reply(
     if pkt.proto == proto::TCP
         && (tcp & (tf::SYN | tf::FIN | tf::RST) != 0 || flags & conn_flags::OUTPUT_SEEN == 0)
     {
-        let fwd_key = FlowKey {
-            saddr: pkt.daddr,
-            daddr: be.vaddr,
-            sport: pkt.dport,
-            dport: be.vport,
-            proto: pkt.proto,
-            _pad0: 0,
-            _pad1: 0,
-        };
+        let fwd_key = key.nat_request(be.vaddr, be.vport);
         if let Some(f) = CONNS.get_ptr_mut(&fwd_key) {
             // SAFETY: pointer into the map value.
             unsafe {

@@ -80,15 +80,7 @@ extern "C" fn walk_conn(
     let idle = |seen: u64| c.now.saturating_sub(seen);
     if v.flags & conn_flags::REPLY != 0 {
         // Kept while its connection (the request entry) is.
-        let fwd = FlowKey {
-            saddr: k.daddr,
-            daddr: be.vaddr,
-            sport: k.dport,
-            dport: be.vport,
-            proto: k.proto,
-            _pad0: 0,
-            _pad1: 0,
-        };
+        let fwd = k.nat_request(be.vaddr, be.vport);
         if CONNS.get_ptr(&fwd).is_none() && idle(v.last_seen_ns) >= ORPHAN_REPLY_NS {
             delete(&k, c);
         }
@@ -98,15 +90,7 @@ extern "C" fn walk_conn(
     let mut last = v.last_seen_ns;
     let mut reply = None;
     if be.fwd == fwd_mode::NAT {
-        let r = FlowKey {
-            saddr: be.addr,
-            daddr: k.saddr,
-            sport: be.port,
-            dport: k.sport,
-            proto: k.proto,
-            _pad0: 0,
-            _pad1: 0,
-        };
+        let r = k.nat_reply(be.addr, be.port);
         if let Some(rv) = CONNS.get_ptr(&r) {
             // SAFETY: pointer into the map value.
             let seen = unsafe { (*rv).last_seen_ns };

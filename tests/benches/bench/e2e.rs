@@ -42,7 +42,6 @@ use std::{
     io::{self, Write},
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
-    path::PathBuf,
     sync::{
         Once,
         atomic::{AtomicBool, Ordering},
@@ -205,12 +204,9 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 fn bpf(cmd: libc::c_long, words: &[u32]) -> io::Result<i64> {
     let mut attr = [0u32; 16];
     attr[..words.len()].copy_from_slice(words);
-    // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix of the size passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(&attr)) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix; the link commands take no
+    // pointers.
+    unsafe { lb_ctl::bpf::sys_bpf(cmd, &mut attr) }
 }
 
 impl Link {
@@ -496,16 +492,6 @@ fn per_cpu_sum(map: &PerCpuArray<MapData, u64>) -> u64 {
         .sum()
 }
 
-/// Removes the balancer's pin directory, also when the bench panics.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_dir(lb_tests::pin_root());
-    }
-}
-
 fn load(refs: &mut Ebpf, name: &str) -> OwnedFd {
     let p: &mut Xdp = refs
         .program_mut(name)
@@ -638,9 +624,9 @@ pub fn run(report: &mut Report) {
     );
 
     // The balancer, with one service per forwarding method.
-    let pins = PinDir(lb_tests::pin_root().join("e2e"));
+    let pins = lb_tests::PinDir::new("e2e");
     let mut dp = Dataplane::open(Options {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().to_path_buf(),
         ..Options::default()
     })
     .expect("loading the balancer");

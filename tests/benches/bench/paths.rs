@@ -113,7 +113,8 @@ pub fn run(report: &mut Report) {
         .unwrap();
     swap.load().unwrap();
     let swap_fd = swap.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
-    let pin_dir = lb_tests::pin_root().join("bench");
+    let pins = lb_tests::PinDir::new("bench");
+    let pin_dir = pins.path().to_path_buf();
     let mut dp = Dataplane::open(Options {
         pin_dir: pin_dir.clone(),
         ..Options::default()
@@ -400,7 +401,5 @@ pub fn run(report: &mut Report) {
     }
     drop(cases);
     let _ = dp.shutdown(false);
-    let _ = std::fs::remove_dir_all(&pin_dir);
-    let _ = std::fs::remove_dir(lb_tests::pin_root());
     println!("  ({:.0} s)", started.elapsed().as_secs_f64());
 }

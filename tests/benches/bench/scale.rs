@@ -16,7 +16,7 @@ use std::{
     fmt::Write as _,
     net::Ipv4Addr,
     os::fd::{AsRawFd, BorrowedFd},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -78,16 +78,6 @@ pub fn run(report: &mut Report) {
     println!("  ({:.0} s)", started.elapsed().as_secs_f64());
 }
 
-/// Removes a pin directory on drop (also while panicking), and this run's pin root once empty.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_dir(lb_tests::pin_root());
-    }
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -114,15 +104,13 @@ fn conns_map(pin_dir: &Path) -> HashMap<MapData, FlowKey, Conn> {
 /// The key the data path files a client's flow to `VIP:80` under (addresses and ports in
 /// network order).
 fn flow_key(client: Ipv4Addr, sport: u16) -> FlowKey {
-    FlowKey {
-        saddr: u32::from_ne_bytes(client.octets()),
-        daddr: u32::from_ne_bytes(VIP.octets()),
-        sport: sport.to_be(),
-        dport: 80u16.to_be(),
-        proto: lb_common::proto::TCP,
-        _pad0: 0,
-        _pad1: 0,
-    }
+    FlowKey::new(
+        u32::from_ne_bytes(client.octets()),
+        u32::from_ne_bytes(VIP.octets()),
+        sport.to_be(),
+        80u16.to_be(),
+        lb_common::proto::TCP,
+    )
 }
 
 /// The `i`th filler connection's client: 10.x.y.z, port 1024..2047.
@@ -192,9 +180,9 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         .split(':')
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
-    let pins = Pins(lb_tests::pin_root().join(format!("scale-{l}")));
+    let pins = lb_tests::PinDir::new(&format!("scale-{l}"));
     let mut dp = Dataplane::open(Options {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().to_path_buf(),
         conn_table_size: entries,
         ..Options::default()
     })
@@ -266,7 +254,7 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         run(std::slice::from_ref(&ack), 1);
     };
     open_flow();
-    let mut map = conns_map(&pins.0);
+    let mut map = conns_map(pins.path());
     let entries_now: Vec<(FlowKey, Conn)> = map.iter().map(Result::unwrap).collect();
     assert_eq!(
         entries_now.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
@@ -310,7 +298,7 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
     let alone_spread = spread_rounds();
 
     print!("    filling {entries} entries from user space… ");
-    let took = fill(&pins.0, entries, established);
+    let took = fill(pins.path(), entries, established);
     println!("{:.1} s", took.as_secs_f64());
     // The last inserts on each CPU evicted a few entries: bring back any measured one.
     if map.get(&flow_key(CLIENT, 40000), 0).is_err() {
