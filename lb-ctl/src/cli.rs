@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::{
     api::{ConnView, DestView, Request, Response, ServiceView, Snapshot, Timeouts},
     model::{
-        DestConfig, Forward, Op, Persistence, Protocol, SchedFlags, Scheduler, ServiceConfig,
+        self, DestConfig, Forward, Op, Persistence, Protocol, SchedFlags, Scheduler, ServiceConfig,
         ServiceKey,
     },
 };
@@ -40,9 +40,21 @@ pub const EXIT_FAILED: i32 = 255;
 pub const EXIT_LIST_FAILED: i32 = 1;
 /// The IPVS version we report in the first line of `-L`: the last one the kernel announced.
 pub const IPVS_VERSION: &str = "1.2.1";
+/// The ipvsadm release whose command line, messages and layouts lb-ctl follows.
+pub const IPVSADM_VERSION: &str = "1.31";
 
-/// ipvsadm's `MAX_TIMEOUT`: 31 days.
-const MAX_TIMEOUT: i64 = 86400 * 31;
+/// What `-v`/`--version` prints: ipvsadm's layout (`ipvsadm v1.31 2019/12/24 (compiled with
+/// popt and IPVS v1.2.1)`) with lb-ctl's own version, so that scripts reading the first word,
+/// the second or the trailing `IPVS vX.Y.Z` find what they look for.
+pub fn version_line() -> String {
+    format!(
+        "lb-ctl v{} (ipvsadm v{IPVSADM_VERSION} compatible, XDP data path and IPVS v{IPVS_VERSION})\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// ipvsadm's `MAX_TIMEOUT`, as the model enforces it.
+const MAX_TIMEOUT: i64 = model::MAX_TIMEOUT as i64;
 /// What clap stores for `-p`/`-o` given without a value. A NUL can never come from argv, so it
 /// cannot be mistaken for a typed value.
 const NO_VALUE: &str = "\0";
@@ -684,8 +696,13 @@ impl Values {
             Forward::Dr
         };
 
-        let weight = parse_number(a.weight.first(), 1, 65535, "illegal weight specified")?;
-        let int_max = i64::from(i32::MAX);
+        let weight = parse_number(
+            a.weight.first(),
+            1,
+            i64::from(DestConfig::MAX_WEIGHT),
+            "illegal weight specified",
+        )?;
+        let int_max = i64::from(DestConfig::MAX_THRESHOLD);
         let u_threshold = parse_number(
             a.u_threshold.first(),
             0,
@@ -2439,6 +2456,99 @@ mod tests {
             msg(&["-A", "-t", vip, "-p", "-p", "5"]),
             "multiple 'persistent' options specified"
         );
+    }
+
+    /// Every value the CLI refuses that a raw socket request can still carry (a number in
+    /// range for its type) is refused by the model with the same message: the daemon, which
+    /// only sees the op, answers a script exactly as ipvsadm would.
+    #[test]
+    fn the_model_refuses_what_the_cli_refuses_with_its_message() {
+        let vip = "192.168.59.135:80";
+        let rip = "192.168.59.131";
+        let k = key(Protocol::Tcp, VIP, 80);
+        let persistent = |timeout| ServiceConfig {
+            persistence: Some(Persistence {
+                timeout,
+                netmask: Ipv4Addr::BROADCAST,
+            }),
+            ..svc(k, Scheduler::Wlc)
+        };
+        let d = |f: fn(&mut DestConfig)| {
+            let mut d = dest(RIP, 80, Forward::Dr, 1);
+            f(&mut d);
+            d
+        };
+        let cases: Vec<(Vec<&str>, Op)> = vec![
+            (
+                vec!["-A", "-t", vip, "-p", "0"],
+                Op::AddService(persistent(0)),
+            ),
+            (
+                vec!["-A", "-t", vip, "-p", "2678401"],
+                Op::AddService(persistent(2_678_401)),
+            ),
+            (
+                vec!["-A", "-t", "192.168.59.135:0"],
+                Op::AddService(svc(key(Protocol::Tcp, VIP, 0), Scheduler::Wlc)),
+            ),
+            (
+                vec!["-A", "-t", vip, "-o"],
+                Op::AddService(ServiceConfig {
+                    ops: true,
+                    ..svc(k, Scheduler::Wlc)
+                }),
+            ),
+            (
+                vec!["-a", "-t", vip, "-r", rip, "-w", "65536"],
+                Op::AddDest(k, d(|d| d.weight = 65536)),
+            ),
+            (
+                vec!["-a", "-t", vip, "-r", rip, "-x", "2147483648"],
+                Op::AddDest(k, d(|d| d.u_threshold = 2_147_483_648)),
+            ),
+            (
+                vec!["-a", "-t", vip, "-r", rip, "-y", "4294967295"],
+                Op::AddDest(k, d(|d| d.l_threshold = u32::MAX)),
+            ),
+        ];
+        for (argv, raw) in cases {
+            let cli = msg(&argv);
+            let mut m = Model::default();
+            // A table the dest ops apply to (-A is legal for the service ops' key too: the
+            // check comes before the lookup).
+            m.apply(&Op::AddService(svc(k, Scheduler::Wlc))).unwrap();
+            let before = m.clone();
+            let model = m.apply(&raw).map_err(|e| e.to_string());
+            assert_eq!(model, Err(cli), "{argv:?} vs the raw {raw:?}");
+            assert_eq!(m, before, "{raw:?} refused but changed the table");
+        }
+        // --set: the daemon's check_timeouts.
+        let cli = msg(&["--set", "0", "2678401", "0"]);
+        assert_eq!(
+            model::check_timeouts(0, 2_678_401, 0).map_err(|e| e.to_string()),
+            Err(cli)
+        );
+        let Plan::Request {
+            req: Request::SetTimeouts(t),
+            ..
+        } = ok(&["--set", "2678400", "0", "1"])
+        else {
+            panic!("--set is not a SetTimeouts request");
+        };
+        assert_eq!(model::check_timeouts(t.tcp, t.tcpfin, t.udp), Ok(()));
+    }
+
+    #[test]
+    fn version_line_has_ipvsadms_layout() {
+        // ipvsadm: "ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)".
+        let v = version_line();
+        let words: Vec<&str> = v.split_whitespace().collect();
+        assert_eq!(words[0], "lb-ctl");
+        assert_eq!(words[1], concat!("v", env!("CARGO_PKG_VERSION")));
+        assert!(words[2].starts_with('('), "{v}");
+        assert!(v.ends_with(" and IPVS v1.2.1)\n"), "{v:?}");
+        assert!(v.contains("ipvsadm v1.31 compatible"), "{v}");
+        assert_eq!(v.lines().count(), 1, "{v:?}");
     }
 
     #[test]

@@ -968,13 +968,13 @@ mod tests {
             &web("ops = true", ""),
             5,
             1,
-            "one-packet scheduling is only for UDP",
+            "One-Packet Scheduling is only for UDP virtual services",
         );
         assert_err(
             &web("", "").replace("port = 80", "port = 0"),
             5,
             1,
-            "a service with port 0 must be persistent (-p)",
+            "Zero port specified for non-persistent service",
         );
     }
 

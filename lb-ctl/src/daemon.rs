@@ -642,6 +642,7 @@ impl Daemon {
                     Response::Ok
                 }
                 Request::SetTimeouts(t) => {
+                    crate::model::check_timeouts(t.tcp, t.tcpfin, t.udp)?;
                     let mut next = self.timeouts;
                     next.set(&t);
                     self.dp.set_timeouts(&next)?;

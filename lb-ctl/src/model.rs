@@ -3,10 +3,34 @@
 //!
 //! Config files, ipvsadm-style commands and restores all produce or edit a `Model`; the data
 //! plane is then brought to match it as one diff.
+//!
+//! The control socket is the real API: a raw request never passes through the CLI's parser,
+//! so every rule on a value lives here, with the message ipvsadm prints for it, and
+//! `Model::apply` refuses what ipvsadm would. The CLI keeps its own checks of the text typed
+//! (which must fail before the daemon is asked, with ipvsadm's exit status 2) and uses the
+//! limits below, so the two cannot drift apart.
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
+
+/// ipvsadm's `MAX_TIMEOUT` (31 days): the longest persistence (`-p`) and `--set` timeout.
+pub const MAX_TIMEOUT: u32 = 86400 * 31;
+
+/// ipvsadm's message for a timeout out of range (`parse_timeout`).
+fn timeout_error(v: impl fmt::Display) -> OpError {
+    OpError::Invalid(format!("invalid timeout value `{v}' specified"))
+}
+
+/// `--set tcp tcpfin udp` as ipvsadm checks it: each in `0..=MAX_TIMEOUT` seconds, 0 meaning
+/// "leave unchanged". For the daemon's `SetTimeouts`, which a raw request reaches without the
+/// CLI's parser.
+pub fn check_timeouts(tcp: u32, tcpfin: u32, udp: u32) -> Result<(), OpError> {
+    match [tcp, tcpfin, udp].into_iter().find(|&t| t > MAX_TIMEOUT) {
+        Some(t) => Err(timeout_error(t)),
+        None => Ok(()),
+    }
+}
 
 /// Transport protocol of a virtual service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -147,6 +171,9 @@ impl SchedFlags {
     pub const FLAG1: u32 = 0x0008;
     pub const FLAG2: u32 = 0x0010;
     pub const FLAG3: u32 = 0x0020;
+    /// Every bit `-b` can set; the kernel's other service flags (persistent, one-packet,
+    /// hashed) have their own fields here.
+    pub const ALL: u32 = Self::FLAG1 | Self::FLAG2 | Self::FLAG3;
 }
 
 /// Persistence (`-p [timeout] [-M netmask]`).
@@ -236,6 +263,8 @@ pub struct DestConfig {
 
 impl DestConfig {
     pub const MAX_WEIGHT: u32 = 65535;
+    /// ipvsadm's limit for `-x`/`-y` (`INT_MAX`: the kernel keeps thresholds in signed ints).
+    pub const MAX_THRESHOLD: u32 = i32::MAX as u32;
 
     /// A destination without thresholds.
     pub fn new(addr: Ipv4Addr, port: u16, forward: Forward, weight: u32) -> Self {
@@ -320,14 +349,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// Checks what IPVS itself refuses in a destination of `svc`.
+    /// What ipvsadm and IPVS refuse in a destination of `svc`, with ipvsadm's message where
+    /// it has one.
     fn check_dest(svc: &ServiceConfig, d: &DestConfig) -> Result<(), OpError> {
         if d.weight > DestConfig::MAX_WEIGHT {
-            return Err(OpError::Invalid(format!(
-                "weight {} out of range 0..{}",
-                d.weight,
-                DestConfig::MAX_WEIGHT
-            )));
+            return Err(OpError::Invalid("illegal weight specified".into()));
+        }
+        if d.u_threshold > DestConfig::MAX_THRESHOLD {
+            return Err(OpError::Invalid("illegal u_threshold specified".into()));
+        }
+        if d.l_threshold > DestConfig::MAX_THRESHOLD {
+            return Err(OpError::Invalid("illegal l_threshold specified".into()));
         }
         if d.l_threshold > d.u_threshold && d.u_threshold != 0 {
             return Err(OpError::Invalid(format!(
@@ -343,35 +375,56 @@ impl Model {
                 d.forward.label()
             )));
         }
-        if d.addr.is_unspecified() || d.addr.is_broadcast() || d.addr.is_multicast() {
-            return Err(OpError::Invalid(format!(
-                "invalid real server address {}",
-                d.addr
-            )));
+        // IPVS takes only unicast real servers (the kernel's RTN_UNICAST/RTN_LOCAL check);
+        // loopback ones are "local" real servers, which need the kernel's own stack and cannot
+        // be reached by forwarding a frame out of an interface.
+        let a = d.addr;
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            return Err(OpError::Invalid(format!("invalid real server address {a}")));
         }
         Ok(())
     }
 
+    /// What ipvsadm and IPVS refuse in a service, with ipvsadm's message where it has one.
     fn check_service(svc: &ServiceConfig) -> Result<(), OpError> {
         let a = svc.key.addr;
         if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
             return Err(OpError::Invalid(format!("invalid virtual address {a}")));
         }
         if svc.key.port == 0 && svc.persistence.is_none() {
-            // IPVS: a port-0 service must be persistent.
             return Err(OpError::Invalid(
-                "a service with port 0 must be persistent (-p)".into(),
+                "Zero port specified for non-persistent service".into(),
             ));
         }
         if svc.ops && svc.key.proto != Protocol::Udp {
             return Err(OpError::Invalid(
-                "one-packet scheduling is only for UDP".into(),
+                "One-Packet Scheduling is only for UDP virtual services".into(),
             ));
+        }
+        if let Some(p) = svc.persistence
+            && (p.timeout == 0 || p.timeout > MAX_TIMEOUT)
+        {
+            return Err(timeout_error(p.timeout));
+        }
+        // Any netmask is valid, as in ipvsadm and the kernel for IPv4: the data path ANDs the
+        // client address with it, so even a non-contiguous mask groups clients consistently.
+        let unknown = svc.sched_flags.0 & !SchedFlags::ALL;
+        if unknown != 0 {
+            return Err(OpError::Invalid(format!(
+                "invalid scheduler flag `{unknown:#x}'"
+            )));
+        }
+        if let Some(t) = svc.tunnel_source
+            && (t.is_unspecified() || t.is_broadcast() || t.is_multicast() || t.is_loopback())
+        {
+            // The outer source of tunnelled packets: a real server answers nothing to these.
+            return Err(OpError::Invalid(format!(
+                "invalid tunnel source address {t}"
+            )));
         }
         Ok(())
     }
 
-    /// Applies one operation, or changes nothing and says why.
     /// `-A` of `cfg`, then `-a` of each of `dests`.
     pub fn add(
         &mut self,
@@ -384,6 +437,7 @@ impl Model {
             .try_for_each(|d| self.apply(&Op::AddDest(cfg.key, d)))
     }
 
+    /// Applies one operation, or changes nothing and says why.
     pub fn apply(&mut self, op: &Op) -> Result<(), OpError> {
         match op {
             Op::AddService(c) => {
@@ -540,5 +594,272 @@ mod tests {
         ];
         assert_eq!(m.apply_all(&ops).unwrap_err().0, 2);
         assert!(m.services.is_empty());
+    }
+    /// `op` refused with `message`, and the table left exactly as it was.
+    fn refused(m: &mut Model, op: Op, message: &str) {
+        let before = m.clone();
+        match m.apply(&op) {
+            Err(e) => assert_eq!(e.to_string(), message, "{op:?}"),
+            Ok(()) => panic!("{op:?} accepted; the table is now {m:?}"),
+        }
+        assert_eq!(*m, before, "{op:?} was refused but changed the table");
+    }
+
+    /// A table with the service of `svc()` and one DR real server.
+    fn table() -> Model {
+        let mut m = Model::default();
+        m.add(svc(), [dest(11, 80, Forward::Dr)]).unwrap();
+        m
+    }
+
+    /// Raw ops as a socket client can send them, bypassing the CLI's parser: each is refused
+    /// with the message the CLI prints for the same value, by `-A` and `-E` alike.
+    #[test]
+    fn service_rules_hold_for_raw_ops() {
+        let mut m = table();
+        let persistent = |timeout| ServiceConfig {
+            persistence: Some(Persistence {
+                timeout,
+                netmask: Ipv4Addr::BROADCAST,
+            }),
+            ..svc()
+        };
+        // The same settings on a service not in the table yet (port 0 stays 0).
+        let other = |c: ServiceConfig| ServiceConfig {
+            key: ServiceKey {
+                port: if c.key.port == 0 { 0 } else { 81 },
+                ..c.key
+            },
+            ..c
+        };
+        let cases: Vec<(ServiceConfig, String)> = vec![
+            (persistent(0), "invalid timeout value `0' specified".into()),
+            (
+                persistent(MAX_TIMEOUT + 1),
+                "invalid timeout value `2678401' specified".into(),
+            ),
+            (
+                persistent(u32::MAX),
+                "invalid timeout value `4294967295' specified".into(),
+            ),
+            (
+                ServiceConfig {
+                    key: ServiceKey { port: 0, ..key() },
+                    ..svc()
+                },
+                "Zero port specified for non-persistent service".into(),
+            ),
+            (
+                ServiceConfig { ops: true, ..svc() },
+                "One-Packet Scheduling is only for UDP virtual services".into(),
+            ),
+            (
+                ServiceConfig {
+                    sched_flags: SchedFlags(0x40),
+                    ..svc()
+                },
+                "invalid scheduler flag `0x40'".into(),
+            ),
+            (
+                // IP_VS_SVC_F_PERSISTENT: persistence has its own field, not a -b flag.
+                ServiceConfig {
+                    sched_flags: SchedFlags(SchedFlags::FLAG1 | 0x1),
+                    ..svc()
+                },
+                "invalid scheduler flag `0x1'".into(),
+            ),
+            (
+                ServiceConfig {
+                    key: ServiceKey {
+                        addr: Ipv4Addr::UNSPECIFIED,
+                        ..key()
+                    },
+                    ..svc()
+                },
+                "invalid virtual address 0.0.0.0".into(),
+            ),
+            (
+                ServiceConfig {
+                    key: ServiceKey {
+                        addr: Ipv4Addr::new(224, 0, 0, 1),
+                        ..key()
+                    },
+                    ..svc()
+                },
+                "invalid virtual address 224.0.0.1".into(),
+            ),
+        ];
+        let sources = [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(239, 1, 2, 3),
+            Ipv4Addr::new(127, 0, 0, 1),
+        ];
+        let cases = cases.into_iter().chain(sources.into_iter().map(|t| {
+            (
+                ServiceConfig {
+                    tunnel_source: Some(t),
+                    ..svc()
+                },
+                format!("invalid tunnel source address {t}"),
+            )
+        }));
+        for (c, message) in cases {
+            refused(&mut m, Op::EditService(c), &message);
+            refused(&mut m, Op::AddService(other(c)), &message);
+        }
+        // The limits themselves are accepted.
+        m.apply(&Op::EditService(persistent(MAX_TIMEOUT))).unwrap();
+        m.apply(&Op::EditService(persistent(1))).unwrap();
+        m.apply(&Op::EditService(ServiceConfig {
+            sched_flags: SchedFlags(SchedFlags::ALL),
+            tunnel_source: Some(Ipv4Addr::new(198, 51, 100, 1)),
+            persistence: Some(Persistence {
+                timeout: 60,
+                // ipvsadm and the kernel take any IPv4 mask.
+                netmask: Ipv4Addr::new(255, 0, 255, 0),
+            }),
+            ..svc()
+        }))
+        .unwrap();
+        let udp = ServiceConfig {
+            key: ServiceKey {
+                proto: Protocol::Udp,
+                port: 0,
+                ..key()
+            },
+            ops: true,
+            ..persistent(300)
+        };
+        m.apply(&Op::AddService(udp)).unwrap();
+    }
+
+    #[test]
+    fn dest_rules_hold_for_raw_ops() {
+        let mut m = table();
+        let d = |f: fn(&mut DestConfig)| {
+            let mut d = dest(11, 80, Forward::Dr);
+            f(&mut d);
+            d
+        };
+        let cases = [
+            (
+                d(|d| d.weight = DestConfig::MAX_WEIGHT + 1),
+                "illegal weight specified",
+            ),
+            (d(|d| d.weight = u32::MAX), "illegal weight specified"),
+            (
+                d(|d| d.u_threshold = DestConfig::MAX_THRESHOLD + 1),
+                "illegal u_threshold specified",
+            ),
+            (
+                d(|d| d.l_threshold = u32::MAX),
+                "illegal l_threshold specified",
+            ),
+            (
+                d(|d| {
+                    d.u_threshold = 10;
+                    d.l_threshold = 11;
+                }),
+                "lower threshold 11 above upper threshold 10",
+            ),
+            (
+                d(|d| d.port = 8080),
+                "port mapping (80 -> 8080) needs masquerading (-m): Route forwarding keeps the port",
+            ),
+            (
+                d(|d| {
+                    d.port = 8080;
+                    d.forward = Forward::Tun;
+                }),
+                "port mapping (80 -> 8080) needs masquerading (-m): Tunnel forwarding keeps the port",
+            ),
+            (
+                d(|d| d.addr = Ipv4Addr::UNSPECIFIED),
+                "invalid real server address 0.0.0.0",
+            ),
+            (
+                d(|d| d.addr = Ipv4Addr::new(224, 0, 0, 5)),
+                "invalid real server address 224.0.0.5",
+            ),
+            (
+                d(|d| d.addr = Ipv4Addr::new(127, 0, 0, 1)),
+                "invalid real server address 127.0.0.1",
+            ),
+            (
+                d(|d| d.addr = Ipv4Addr::BROADCAST),
+                "invalid real server address 255.255.255.255",
+            ),
+        ];
+        for (bad, message) in cases {
+            // -e of the existing destination (same address and port) where that applies,
+            // and -a of a new one.
+            if bad.addr == Ipv4Addr::new(192, 0, 2, 11) && bad.port == 80 {
+                refused(&mut m, Op::EditDest(key(), bad), message);
+            }
+            refused(&mut m, Op::AddDest(key(), bad), message);
+        }
+        // The limits themselves are accepted.
+        m.apply(&Op::EditDest(
+            key(),
+            d(|d| {
+                d.weight = DestConfig::MAX_WEIGHT;
+                d.u_threshold = DestConfig::MAX_THRESHOLD;
+                d.l_threshold = DestConfig::MAX_THRESHOLD;
+            }),
+        ))
+        .unwrap();
+        m.apply(&Op::AddDest(key(), dest(12, 8080, Forward::Nat)))
+            .unwrap();
+    }
+
+    #[test]
+    fn edit_service_checks_the_existing_dests_against_the_new_settings() {
+        // A service whose port changes cannot be expressed (the port is the key), but -E
+        // re-checks the dests; a NAT dest with another port stays valid.
+        let mut m = Model::default();
+        m.add(svc(), [dest(11, 8080, Forward::Nat)]).unwrap();
+        m.apply(&Op::EditService(ServiceConfig {
+            scheduler: Scheduler::Wrr,
+            ..svc()
+        }))
+        .unwrap();
+        assert_eq!(m.services[&key()].config.scheduler, Scheduler::Wrr);
+    }
+
+    #[test]
+    fn timeouts_as_ipvsadm_set_takes_them() {
+        assert_eq!(check_timeouts(0, 0, 0), Ok(()));
+        assert_eq!(check_timeouts(MAX_TIMEOUT, 1, MAX_TIMEOUT), Ok(()));
+        for (t, bad) in [
+            ((MAX_TIMEOUT + 1, 0, 0), MAX_TIMEOUT + 1),
+            ((0, u32::MAX, 0), u32::MAX),
+            ((900, 120, 2_678_401), 2_678_401),
+        ] {
+            assert_eq!(
+                check_timeouts(t.0, t.1, t.2).map_err(|e| e.to_string()),
+                Err(format!("invalid timeout value `{bad}' specified")),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_all_refuses_a_raw_rule_breaker_and_keeps_the_table() {
+        let mut m = table();
+        let before = m.clone();
+        let ops = [
+            Op::Clear,
+            Op::AddService(ServiceConfig {
+                sched_flags: SchedFlags(0x100),
+                ..svc()
+            }),
+        ];
+        let (i, e) = m.apply_all(&ops).unwrap_err();
+        assert_eq!(
+            (i, e.to_string().as_str()),
+            (1, "invalid scheduler flag `0x100'")
+        );
+        assert_eq!(m, before);
     }
 }
