@@ -4,9 +4,9 @@
 //! root-only (mode 0600, and the daemon checks the peer's uid).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     net::SocketAddrV4,
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd, unix::net::UnixStream},
     path::Path,
     time::Duration,
 };
@@ -121,28 +121,155 @@ pub enum Response {
     Status(serde_json::Value),
 }
 
-/// Sends one request to the daemon at `socket` and returns its answer.
+/// How long the CLI waits for the daemon to take a connection, and then for its answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends one request to the daemon at `socket` and returns its answer. Each failure says
+/// what to do about it, as ipvsadm's messages do: start the daemon (no socket, or nobody
+/// listening), run as root (permission), or wait (a daemon that does not answer in time).
 pub fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) => bail!(
-            "cannot reach the lb-ctl daemon at {}: {e}\n\
-             (is it running? start it with `lb-ctl daemon -i <interface>`)",
-            socket.display()
-        ),
+    call_with(socket, req, CONNECT_TIMEOUT, ANSWER_TIMEOUT)
+}
+
+/// [`call`] with the waits given.
+pub fn call_with(
+    socket: &Path,
+    req: &Request,
+    connect_timeout: Duration,
+    answer_timeout: Duration,
+) -> anyhow::Result<Response> {
+    let reach = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot reach the lb-ctl daemon at {}: {}",
+            socket.display(),
+            connect_hint(&e, connect_timeout)
+        )
     };
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let stream = connect(socket, connect_timeout).map_err(reach)?;
+    stream.set_read_timeout(Some(answer_timeout))?;
+    stream.set_write_timeout(Some(answer_timeout))?;
+    let busy = |e: std::io::Error, doing: &str| {
+        if is_timeout(&e) {
+            anyhow::anyhow!(
+                "the lb-ctl daemon at {} did not answer within {} s: it is busy or not \
+                 responding",
+                socket.display(),
+                answer_timeout.as_secs_f64()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("{doing} the daemon at {}", socket.display()))
+        }
+    };
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .context("sending the request to the daemon")?;
+    send_all(&stream, line.as_bytes()).map_err(|e| busy(e, "sending the request to"))?;
     let mut answer = String::new();
-    BufReader::new(stream)
+    BufReader::new(&stream)
         .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
+        .map_err(|e| busy(e, "reading the answer of"))?;
     if answer.is_empty() {
         bail!("the daemon closed the connection without answering");
     }
     serde_json::from_str(&answer).context("decoding the daemon's answer")
+}
+
+/// The message for a failed connect, with the hint that fits its cause.
+fn connect_hint(e: &std::io::Error, timeout: Duration) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        // No socket, or a socket file nobody listens on (a daemon that was killed).
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
+            format!("{e}\n(is it running? start it with `lb-ctl daemon -i <interface>`)")
+        }
+        // libipvs's words for EPERM/EACCES: the socket is root-only.
+        ErrorKind::PermissionDenied => "Permission denied (you must be root)".into(),
+        _ if is_timeout(e) => format!(
+            "no connection within {} s: the daemon is busy or not responding",
+            timeout.as_secs_f64()
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// A socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` report it as `EAGAIN`).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Connects to the UNIX socket at `path`, waiting at most `timeout` when the daemon's accept
+/// backlog is full (a stopped or stuck daemon): Linux bounds that wait by `SO_SNDTIMEO`, which
+/// `UnixStream::connect` cannot set beforehand.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use std::os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "socket path too long for a UNIX socket (or contains NUL)",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stream = UnixStream::from(fd);
+    stream.set_write_timeout(Some(timeout))?;
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+        let r = unsafe {
+            libc::connect(
+                stream.as_raw_fd(),
+                (&raw const addr).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(stream);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Writes all of `buf` with `MSG_NOSIGNAL`: the CLI dies of SIGPIPE on a closed stdout, as
+/// ipvsadm does, but a daemon that closes the socket early is an error to report, not that.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is `stream`'s.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
 }

@@ -10,10 +10,13 @@ use lb_ctl::{api, cli, config, daemon, dataplane, realserver};
 #[derive(Parser, Debug)]
 #[command(
     name = "lb-ctl",
-    version,
+    disable_version_flag = true,
     about = "XDP layer-4 load balancer: LVS/ipvsadm semantics, eBPF data path"
 )]
 struct Cli {
+    /// Print the version (ipvsadm's -v, in ipvsadm's layout)
+    #[arg(short = 'v', long = "version", short_alias = 'V', action = clap::ArgAction::SetTrue)]
+    version: bool,
     /// Control socket of the daemon.
     #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -259,6 +262,18 @@ fn main() -> ExitCode {
             };
         }
     };
+    // The daemon writes only to sockets and keeps Rust's ignored SIGPIPE. Every other command
+    // dies of it quietly on a closed stdout, as ipvsadm does (`lb-ctl -Lnc | head`), instead of
+    // panicking in `print!`; the control socket is written with MSG_NOSIGNAL (api::call).
+    if !matches!(cli.cmd, Some(Cmd::Daemon { .. })) {
+        // SAFETY: setting a signal's disposition to the default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if cli.version {
+        // ipvsadm prints its version and exits at -v, whatever else is given.
+        print!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
     if cli.cmd.is_none() {
         return ipvsadm(&cli.socket, &cli.ipvs);
     }
