@@ -17,6 +17,17 @@ use serde::{Deserialize, Serialize};
 /// ipvsadm's `MAX_TIMEOUT` (31 days): the longest persistence (`-p`) and `--set` timeout.
 pub const MAX_TIMEOUT: u32 = 86400 * 31;
 
+/// A TUN outer source address (a service's `tunnel_source`, the director's
+/// `tunnel_sources`): unicast and not loopback, since real servers answer nothing to others.
+pub fn check_tunnel_source(a: Ipv4Addr) -> Result<(), OpError> {
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        return Err(OpError::Invalid(format!(
+            "invalid tunnel source address {a}"
+        )));
+    }
+    Ok(())
+}
+
 /// ipvsadm's message for a timeout out of range (`parse_timeout`).
 fn timeout_error(v: impl fmt::Display) -> OpError {
     OpError::Invalid(format!("invalid timeout value `{v}' specified"))
@@ -414,15 +425,7 @@ impl Model {
                 "invalid scheduler flag `{unknown:#x}'"
             )));
         }
-        if let Some(t) = svc.tunnel_source
-            && (t.is_unspecified() || t.is_broadcast() || t.is_multicast() || t.is_loopback())
-        {
-            // The outer source of tunnelled packets: a real server answers nothing to these.
-            return Err(OpError::Invalid(format!(
-                "invalid tunnel source address {t}"
-            )));
-        }
-        Ok(())
+        svc.tunnel_source.map_or(Ok(()), check_tunnel_source)
     }
 
     /// `-A` of `cfg`, then `-a` of each of `dests`.
@@ -825,6 +828,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(m.services[&key()].config.scheduler, Scheduler::Wrr);
+    }
+
+    #[test]
+    fn tunnel_sources_are_unicast() {
+        assert_eq!(check_tunnel_source(Ipv4Addr::new(198, 51, 100, 1)), Ok(()));
+        assert_eq!(
+            check_tunnel_source(Ipv4Addr::new(127, 0, 0, 2)).map_err(|e| e.to_string()),
+            Err("invalid tunnel source address 127.0.0.2".into())
+        );
     }
 
     #[test]
