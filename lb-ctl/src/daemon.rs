@@ -3,7 +3,8 @@
 //! fresh and estimates rates.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
@@ -21,7 +22,7 @@ use tokio::{
 use crate::{
     api::{RateView, Request, Response, StatsView},
     config,
-    dataplane::{Dataplane, Options, Paths, StateTimeouts},
+    dataplane::{Dataplane, Options, StateTimeouts},
     model::{Model, OpError},
     neigh::Netlink,
     resolve::Resolver,
@@ -187,20 +188,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             c.director.expire_quiescent_template,
         )?;
     }
-    let mut resolver = Resolver {
+    let mut resolver = Resolver::new(
         nl,
-        paths: Paths::new(),
-        checked: HashSet::new(),
-        created: HashSet::new(),
-        fingerprint: (0, 0),
-        tunnel_sources: cfg
-            .as_ref()
+        cfg.as_ref()
             .map(|c| c.director.tunnel_sources.clone())
             .unwrap_or_default(),
-        attached: interfaces.clone(),
-    };
-    resolver.resolve(&model).await?;
-    dp.sync(&model, &resolver.paths)?;
+        interfaces.clone(),
+    )?;
+    let plan = resolver.plan(&model, None).await?;
+    dp.sync(&model, &plan.paths)?;
+    resolver.commit(plan).await;
     for i in &interfaces {
         dp.attach(i, settings.xdp_mode)?;
         log::info!("attached to {i}");
@@ -304,28 +301,18 @@ impl Daemon {
         if let Err(e) = self.dp.collect_garbage() {
             log::warn!("releasing unused table slots: {e:#}");
         }
-        match self.resolver.network_changed().await {
-            Ok(true) => {
-                if let Err(e) = self.dp.bump_route_epoch() {
-                    log::warn!("invalidating cached next hops: {e:#}");
-                }
-                // A route change cleared the paths: find them again.
-                if self.resolver.paths.is_empty()
-                    && let Err(e) = self.resolver.resolve(&self.model).await
-                {
-                    log::warn!("finding the real servers again after a route change: {e:#}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => log::warn!("reading routes and neighbours: {e:#}"),
+        // Routes, links and neighbours: only the real servers a change concerns are looked
+        // up again, each on its own.
+        let t = self.resolver.tick().await;
+        if t.network_changed
+            && let Err(e) = self.dp.bump_route_epoch()
+        {
+            log::warn!("invalidating cached next hops: {e:#}");
         }
-        match self.resolver.refresh().await {
-            Ok(_) => {
-                if let Err(e) = self.dp.refresh_paths(&self.resolver.paths) {
-                    log::warn!("updating real servers' next hops: {e:#}");
-                }
-            }
-            Err(e) => log::warn!("reading the neighbour table: {e:#}"),
+        if t.paths_changed
+            && let Err(e) = self.dp.refresh_paths(&self.resolver.paths)
+        {
+            log::warn!("updating real servers' next hops: {e:#}");
         }
     }
 
@@ -369,9 +356,23 @@ impl Daemon {
 
     /// Applies a new model: check, resolve, sync; all or nothing.
     async fn apply(&mut self, model: Model) -> anyhow::Result<()> {
+        self.apply_with(model, None).await
+    }
+
+    /// `apply`, with new tunnel sources if given: the resolver's new state is computed aside
+    /// and replaces the current one only if the data path takes the model.
+    async fn apply_with(
+        &mut self,
+        model: Model,
+        tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+    ) -> anyhow::Result<()> {
         Dataplane::check(&model)?;
-        self.resolver.resolve(&model).await?;
-        self.dp.sync(&model, &self.resolver.paths)?;
+        let plan = self.resolver.plan(&model, tunnel_sources).await?;
+        if let Err(e) = self.dp.sync(&model, &plan.paths) {
+            self.resolver.discard(plan).await;
+            return Err(e);
+        }
+        self.resolver.commit(plan).await;
         self.model = model;
         self.resolver.prune(&self.model, true).await;
         Ok(())
@@ -387,16 +388,14 @@ impl Daemon {
         if let Some(t) = cfg.timeouts {
             timeouts.set(&t);
         }
-        // New tunnel sources apply to real servers resolved from now on.
-        if cfg.director.tunnel_sources != self.resolver.tunnel_sources {
-            self.resolver.tunnel_sources = cfg.director.tunnel_sources.clone();
-            self.resolver.paths.clear();
-            self.resolver.checked.clear();
-        }
-        // A new Maglev table size rebuilds every mh table in the same sync.
+        // A new Maglev table size rebuilds every mh table in the same sync; new tunnel
+        // sources re-resolve the TUN real servers, kept aside until the sync succeeds.
         let mh = self.dp.mh_table_size();
         self.dp.set_mh_table_size(cfg.director.mh_table_size);
-        if let Err(e) = self.apply(cfg.model).await {
+        if let Err(e) = self
+            .apply_with(cfg.model, Some(&cfg.director.tunnel_sources))
+            .await
+        {
             self.dp.set_mh_table_size(mh);
             return Err(e);
         }
@@ -457,6 +456,7 @@ impl Daemon {
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
                     "services": self.model.services.len(),
+                    "real_servers": self.resolver.status(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),
