@@ -195,7 +195,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .unwrap_or_default(),
         interfaces.clone(),
     )?;
-    let plan = resolver.plan(&model, None).await?;
+    // A daemon taking over a running table keeps serving it even if a real server cannot be
+    // resolved now; a fresh start refuses, as `-a` would.
+    let plan = resolver.plan(&model, None, dp.adopted()).await?;
     dp.sync(&model, &plan.paths)?;
     resolver.commit(plan).await;
     for i in &interfaces {
@@ -367,7 +369,7 @@ impl Daemon {
         tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
     ) -> anyhow::Result<()> {
         Dataplane::check(&model)?;
-        let plan = self.resolver.plan(&model, tunnel_sources).await?;
+        let plan = self.resolver.plan(&model, tunnel_sources, false).await?;
         if let Err(e) = self.dp.sync(&model, &plan.paths) {
             self.resolver.discard(plan).await;
             return Err(e);

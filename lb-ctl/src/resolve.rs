@@ -252,11 +252,14 @@ impl Resolver {
     /// (the current ones when `None`): real servers already known keep their state, new ones
     /// (or ones used with a new forwarding method, or TUN servers when the tunnel sources
     /// change) are looked up. Fails if a new server cannot be reached the way its forwarding
-    /// method needs; a known server that is out (its route gone) does not fail it.
+    /// method needs; a known server that is out (its route gone) does not fail it. With
+    /// `adopted` (a restarted daemon taking over a running table) no server is new: one that
+    /// cannot be resolved is out, not a reason to stop serving the others.
     pub(crate) async fn plan(
         &self,
         model: &Model,
         tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+        adopted: bool,
     ) -> anyhow::Result<Plan> {
         let tunnel_sources = tunnel_sources.unwrap_or(&self.tunnel_sources).clone();
         let sources_changed = tunnel_sources != self.tunnel_sources;
@@ -308,24 +311,29 @@ impl Resolver {
                 // A new server, or a new configuration error (a tunnel source taken away
                 // from a server that had a path): refused, nothing changes.
                 Err(f)
-                    if known.is_none_or(|s| s.fault.is_none() && matches!(f, Fault::Config(_))) =>
+                    if !adopted
+                        && known
+                            .is_none_or(|s| s.fault.is_none() && matches!(f, Fault::Config(_))) =>
                 {
                     bail!("{f}")
                 }
-                // A known server that is out already: it stays out, and is retried.
+                // A known server that is out (or whose route went): it stays out, and is
+                // retried.
                 Err(f) => {
-                    let s = known.expect("the arm above takes unknown servers");
                     if matches!(f, Fault::Transient(_))
                         && let Some(p) = self.paths.get(&addr)
                     {
                         plan.paths.insert(addr, *p);
                     }
-                    let wait = next_backoff(s.retry.map(|(_, d)| d));
+                    if known.is_none_or(|s| s.fault.as_ref() != Some(&f)) {
+                        log::warn!("real server {addr}: {f}; out of service until it resolves");
+                    }
+                    let wait = next_backoff(known.and_then(|s| s.retry.map(|(_, d)| d)));
                     plan.servers.insert(
                         addr,
                         Server {
                             forwards,
-                            iface: s.iface.clone(),
+                            iface: known.map(|s| s.iface.clone()).unwrap_or_default(),
                             fault: Some(f),
                             retry: Some((now + wait, wait)),
                         },

@@ -69,7 +69,7 @@ fn tally(results: &[Result<String, String>]) -> BTreeMap<String, usize> {
 #[test]
 fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_returns() {
     let lab = DrLab::new(3);
-    let d = Daemon::start(lab.director(), &[lab.director_iface()], None);
+    let mut d = Daemon::start(lab.director(), &[lab.director_iface()], None);
     d.ctl_ok(&["-A", "-t", "192.0.2.100:80", "-s", "rr"]);
     for i in 1..=3 {
         d.ctl_ok(&[
@@ -149,6 +149,33 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
         "packets to rs3 are dropped and counted"
     );
 
+    let reports = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("real server 192.0.2.13: no route"))
+            .count()
+    };
+    // Reported once when it went, not at every retry.
+    assert_eq!(reports(&d.log()), 1, "one report per change:\n{}", d.log());
+
+    // A daemon restarted now adopts the running table and serves it, with rs3 still out
+    // (it is not new: no reason to refuse the whole table).
+    d.ctl_ok(&["stop", "--keep-datapath"]);
+    d.restart();
+    assert!(d.log().contains("adopted the data path"), "{}", d.log());
+    wait_rs(&d, "192.0.2.13", "stayed out after a restart", |r| {
+        r["state"] == "unresolved"
+    });
+    for (who, k) in held.iter_mut().take(2) {
+        assert_eq!(
+            k.request()
+                .map(|b| b.trim().to_string())
+                .map_err(|e| e.to_string()),
+            Ok(who.clone()),
+            "the held connection to {who} after the restart\n{}",
+            d.log()
+        );
+    }
+
     // The route returns: rs3 is resolved again by itself, and takes traffic again.
     lab.director()
         .ip(&["route", "del", "unreachable", "192.0.2.13/32"]);
@@ -168,13 +195,9 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
             Some(who.clone())
         );
     }
-    // Reported once when it went (not at every retry), once when it came back.
+    // Reported once by each daemon, and once when it came back.
     let log = d.log();
-    let went = log
-        .lines()
-        .filter(|l| l.contains("real server 192.0.2.13: no route"))
-        .count();
-    assert_eq!(went, 1, "one report per change:\n{log}");
+    assert_eq!(reports(&log), 2, "one report per change and daemon:\n{log}");
     assert!(
         log.contains("real server 192.0.2.13: resolved again"),
         "{log}"
