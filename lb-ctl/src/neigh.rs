@@ -89,8 +89,9 @@ const MAX_EVENTS: usize = 4096;
 /// Network changes the kernel announced since they were last taken.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct NetEvents {
-    /// Something changed (a route, neighbour, link or address): cached next hops are stale.
-    pub any: bool,
+    /// A route, link or address changed (or a notification was lost): next hops cached in
+    /// connections are stale.
+    pub routes_changed: bool,
     /// Every real server must be looked up again: a link or address changed (the kernel
     /// removes the routes that depended on it without announcing each), a notification was
     /// lost (`ENOBUFS`), or there were too many route changes to list.
@@ -115,7 +116,7 @@ impl NetEvents {
                 if r.header.address_family != AddressFamily::Inet {
                     return;
                 }
-                self.any = true;
+                self.routes_changed = true;
                 if self.routes.len() >= MAX_EVENTS {
                     self.everything = true;
                     self.routes = Vec::new();
@@ -125,13 +126,11 @@ impl NetEvents {
             }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
                 if let Some(e) = neigh(&n, false) {
-                    self.any = true;
                     self.neigh.push(e);
                 }
             }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
                 if let Some(e) = neigh(&n, true) {
-                    self.any = true;
                     self.neigh.push(e);
                 }
             }
@@ -141,12 +140,12 @@ impl NetEvents {
                 | RouteNetlinkMessage::NewAddress(_)
                 | RouteNetlinkMessage::DelAddress(_),
             ) => {
-                self.any = true;
+                self.routes_changed = true;
                 self.everything = true;
             }
             // ENOBUFS: the kernel dropped notifications; only a full look-up is safe now.
             NetlinkPayload::Overrun(_) => {
-                self.any = true;
+                self.routes_changed = true;
                 self.everything = true;
             }
             _ => {}
@@ -418,5 +417,87 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteHeader;
+
+    fn route(dst: Ipv4Addr, len: u8) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut r = RouteMessage::default();
+        r.header = RouteHeader {
+            address_family: AddressFamily::Inet,
+            destination_prefix_length: len,
+            ..r.header
+        };
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r))
+    }
+
+    fn neigh(
+        addr: Ipv4Addr,
+        state: NeighbourState,
+        deleted: bool,
+    ) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet;
+        n.header.ifindex = 3;
+        n.header.state = state;
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        NetlinkPayload::InnerMessage(if deleted {
+            RouteNetlinkMessage::DelNeighbour(n)
+        } else {
+            RouteNetlinkMessage::NewNeighbour(n)
+        })
+    }
+
+    #[test]
+    fn route_notifications_are_kept_as_prefixes_until_too_many() {
+        let mut ev = NetEvents::default();
+        ev.record(route(Ipv4Addr::new(192, 0, 2, 13), 32));
+        assert_eq!(
+            ev,
+            NetEvents {
+                routes_changed: true,
+                routes: vec![(Ipv4Addr::new(192, 0, 2, 13), 32)],
+                ..NetEvents::default()
+            }
+        );
+        for i in 0..MAX_EVENTS as u32 {
+            ev.record(route(Ipv4Addr::from(0xc612_0000 + i), 32));
+        }
+        assert!(ev.everything, "past {MAX_EVENTS} prefixes: a full resync");
+        assert!(ev.routes.is_empty());
+    }
+
+    #[test]
+    fn a_lost_notification_asks_for_a_full_resync() {
+        let mut ev = NetEvents::default();
+        ev.record(NetlinkPayload::Overrun(Vec::new()));
+        assert!(ev.everything && ev.routes_changed, "{ev:?}");
+    }
+
+    #[test]
+    fn neighbour_notifications_carry_the_mac_only_when_usable() {
+        let a = Ipv4Addr::new(192, 0, 2, 11);
+        let mac = Some([2, 0, 0, 0, 0, 1]);
+        let mut ev = NetEvents::default();
+        ev.record(neigh(a, NeighbourState::Reachable, false));
+        ev.record(neigh(a, NeighbourState::Failed, false));
+        ev.record(neigh(a, NeighbourState::Stale, false));
+        ev.record(neigh(a, NeighbourState::Reachable, true));
+        assert_eq!(
+            ev.neigh,
+            [((3, a), mac), ((3, a), None), ((3, a), mac), ((3, a), None)]
+        );
+        assert!(!ev.routes_changed && !ev.everything, "{ev:?}");
     }
 }

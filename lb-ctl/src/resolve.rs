@@ -85,7 +85,8 @@ struct Server {
 /// What the last `tick` found.
 #[derive(Debug, Default)]
 pub(crate) struct Tick {
-    /// Routes, links or neighbours changed: next hops cached in connections are stale.
+    /// Routes, links, addresses or a neighbour's MAC changed: next hops cached in
+    /// connections are stale.
     pub(crate) network_changed: bool,
     /// Some real server's path changed: backends must be rewritten.
     pub(crate) paths_changed: bool,
@@ -442,21 +443,27 @@ impl Resolver {
         let ev = self.events.take();
         let full = ev.everything || now >= self.next_full;
         let mut out = Tick {
-            network_changed: ev.any,
+            network_changed: ev.routes_changed,
             paths_changed: false,
         };
+        // A neighbour's MAC that changed (or went) also makes cached next hops stale; states
+        // that keep the MAC (reachable, stale, probe…) do not.
         if full {
             self.next_full = now + FULL_RESYNC;
             match self.nl.neighbours().await {
-                Ok(t) => self.neigh = t,
+                Ok(t) => {
+                    out.network_changed |= t != self.neigh;
+                    self.neigh = t;
+                }
                 Err(e) => log::warn!("reading the neighbour table: {e:#}"),
             }
         } else {
             for (k, mac) in ev.neigh {
-                match mac {
+                let old = match mac {
                     Some(m) => self.neigh.insert(k, m),
                     None => self.neigh.remove(&k),
                 };
+                out.network_changed |= old != mac;
             }
         }
         let todo: Vec<Ipv4Addr> = self
