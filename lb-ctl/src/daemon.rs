@@ -3,7 +3,7 @@
 //! fresh and estimates rates.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -22,9 +22,10 @@ use tokio::{
 use crate::{
     api::{RateView, Request, Response, StatsView},
     config,
-    dataplane::{Dataplane, Options, Paths, RsPath, StateTimeouts},
-    model::{Forward, Model, OpError},
+    dataplane::{Dataplane, Options, StateTimeouts},
+    model::{Model, OpError},
     neigh::Netlink,
+    resolve::Resolver,
 };
 
 /// How the daemon was asked to run.
@@ -38,212 +39,8 @@ pub struct Settings {
     pub xdp_mode: XdpMode,
 }
 
-/// How long `-a` waits for the kernel to resolve a new real server's MAC before answering
-/// (packets to it are dropped and counted until it is resolved).
-const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
 /// IPVS estimates rates every 2 s.
 const RATE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Routes and MACs of the real servers, kept fresh.
-struct Resolver {
-    nl: Netlink,
-    paths: Paths,
-    /// (real server, forwarding method) pairs whose path was checked for that method.
-    checked: HashSet<(Ipv4Addr, Forward)>,
-    /// Managed neighbour entries this daemon created (removed on a clean stop).
-    created: HashSet<(u32, Ipv4Addr)>,
-    /// Fingerprints of the routing and neighbour tables at the last tick: when either
-    /// changes, next hops cached in the data path are looked up again.
-    fingerprint: (u64, u64),
-    /// TUN outer source per director interface (`[director] tunnel_sources`).
-    tunnel_sources: BTreeMap<String, Ipv4Addr>,
-    /// The interfaces the balancer runs on (NAT replies must arrive on one of them).
-    attached: Vec<String>,
-}
-
-/// Whether IPv4 forwarding is on for `iface` (NAT and TUN need it: the data path's FIB lookup
-/// refuses to forward otherwise, as the kernel would).
-fn forwarding(iface: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
-        .is_ok_and(|v| v.trim() == "1")
-}
-
-impl Resolver {
-    /// Finds how to reach every real server of `model` not seen before (route, next hop,
-    /// interface, tunnel source) and makes the kernel resolve the next hops; fails, changing
-    /// nothing, if one cannot be reached the way its forwarding method needs.
-    async fn resolve(&mut self, model: &Model) -> anyhow::Result<()> {
-        let mut todo: Vec<(Ipv4Addr, Forward)> = model
-            .services
-            .values()
-            .flat_map(|e| e.dests.iter().map(|d| (d.addr, d.forward)))
-            .filter(|k| !self.checked.contains(k))
-            .collect();
-        todo.sort_by_key(|(a, f)| (*a, f.code()));
-        todo.dedup();
-        let mut found: Vec<(Ipv4Addr, RsPath)> = Vec::new();
-        for &(addr, forward) in &todo {
-            let route = self.nl.route_get(addr).await?;
-            if route.kind == rtnetlink::packet_route::route::RouteType::Local {
-                bail!("real server {addr} is an address of the director itself");
-            }
-            if forward == Forward::Dr
-                && let Some(gw) = route.gateway
-            {
-                bail!(
-                    "real server {addr} is reached through the router {gw}: direct routing (-g) \
-                     needs the real servers on a network the director is attached to"
-                );
-            }
-            let link = self.nl.link_by_index(route.oif).await?;
-            let mtu = route.mtu.unwrap_or(link.mtu).min(u32::from(u16::MAX)) as u16;
-            let mut path = self.paths.get(&addr).copied().unwrap_or(RsPath {
-                ifindex: link.index,
-                next_hop: route.gateway.unwrap_or(addr),
-                smac: link.mac,
-                dmac: None,
-                tun_src: Ipv4Addr::UNSPECIFIED,
-                mtu,
-            });
-            if forward == Forward::Tun && path.tun_src.is_unspecified() {
-                path.tun_src = self
-                    .tunnel_sources
-                    .get(&link.name)
-                    .copied()
-                    .or(route.prefsrc)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "no source address to tunnel to {addr} from {}: set `tunnel_source`",
-                            link.name
-                        )
-                    })?;
-            }
-            if forward != Forward::Dr {
-                if !self.attached.contains(&link.name) {
-                    log::warn!(
-                        "real server {addr} ({}) is reached through {}, where the balancer does \
-                         not run{}",
-                        forward.label(),
-                        link.name,
-                        if forward == Forward::Nat {
-                            ": its replies will not be translated back"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                for i in &self.attached {
-                    if !forwarding(i) {
-                        log::warn!(
-                            "IPv4 forwarding is off on {i}: {} forwarding needs \
-                             net.ipv4.ip_forward=1, as with IPVS",
-                            forward.label()
-                        );
-                    }
-                }
-            }
-            found.push((addr, path));
-        }
-        for (addr, p) in &found {
-            if self.nl.ensure_managed(p.ifindex, p.next_hop).await? {
-                self.created.insert((p.ifindex, p.next_hop));
-            }
-            self.paths.insert(*addr, *p);
-        }
-        self.checked.extend(todo.iter().copied());
-        // Give the kernel a moment to resolve them, so the first SYN is not dropped.
-        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
-        loop {
-            self.refresh().await?;
-            let missing = found
-                .iter()
-                .any(|(a, _)| self.paths.get(a).is_some_and(|p| p.dmac.is_none()));
-            if !missing || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for (a, _) in &found {
-            if self.paths.get(a).is_some_and(|p| p.dmac.is_none()) {
-                log::warn!("real server {a}: next hop not resolved yet");
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether routes or neighbours changed since the last call; on a route change every
-    /// path is found again.
-    async fn network_changed(&mut self) -> anyhow::Result<bool> {
-        use std::hash::{Hash, Hasher};
-        let routes = self.nl.routes_fingerprint().await?;
-        let mut neigh: Vec<_> = self.nl.neighbours().await?.into_iter().collect();
-        neigh.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        neigh.hash(&mut h);
-        let now = (routes, h.finish());
-        let changed = now != self.fingerprint;
-        if now.0 != self.fingerprint.0 {
-            self.paths.clear();
-            self.checked.clear();
-        }
-        self.fingerprint = now;
-        Ok(changed)
-    }
-
-    /// Re-reads the neighbour table into the paths. Returns whether anything changed.
-    async fn refresh(&mut self) -> anyhow::Result<bool> {
-        let table = self.nl.neighbours().await?;
-        let mut changed = false;
-        for (addr, p) in self.paths.iter_mut() {
-            let mac = table.get(&(p.ifindex, p.next_hop)).copied();
-            if mac != p.dmac {
-                log::info!(
-                    "real server {addr}: MAC {}",
-                    mac.map_or("unresolved".into(), |m| fmt_mac(&m))
-                );
-                p.dmac = mac;
-                changed = true;
-            }
-        }
-        Ok(changed)
-    }
-
-    /// Forgets real servers no service uses any more.
-    async fn prune(&mut self, model: &Model, remove_entries: bool) {
-        let used: HashSet<Ipv4Addr> = model
-            .services
-            .values()
-            .flat_map(|e| e.dests.iter().map(|d| d.addr))
-            .collect();
-        let stale: Vec<Ipv4Addr> = self
-            .paths
-            .keys()
-            .filter(|a| !used.contains(a))
-            .copied()
-            .collect();
-        self.checked.retain(|(a, _)| used.contains(a));
-        for a in stale {
-            let Some(p) = self.paths.remove(&a) else {
-                continue;
-            };
-            // A next hop (a gateway) may serve other real servers still.
-            let shared = self
-                .paths
-                .values()
-                .any(|o| o.ifindex == p.ifindex && o.next_hop == p.next_hop);
-            if remove_entries && !shared && self.created.remove(&(p.ifindex, p.next_hop)) {
-                let _ = self.nl.del_neigh(p.ifindex, p.next_hop).await;
-            }
-        }
-    }
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// IPVS-style rate estimation (`ip_vs_est.c`): every 2 s, the per-second rate of the last
 /// interval, smoothed with weight 1/4, in IPVS's fixed point (counts × 2^10, bytes × 2^5) so
@@ -391,20 +188,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             c.director.expire_quiescent_template,
         )?;
     }
-    let mut resolver = Resolver {
+    let mut resolver = Resolver::new(
         nl,
-        paths: Paths::new(),
-        checked: HashSet::new(),
-        created: HashSet::new(),
-        fingerprint: (0, 0),
-        tunnel_sources: cfg
-            .as_ref()
+        cfg.as_ref()
             .map(|c| c.director.tunnel_sources.clone())
             .unwrap_or_default(),
-        attached: interfaces.clone(),
-    };
-    resolver.resolve(&model).await?;
-    dp.sync(&model, &resolver.paths)?;
+        interfaces.clone(),
+    )?;
+    // A daemon taking over a running table keeps serving it even if a real server cannot be
+    // resolved now; a fresh start refuses, as `-a` would.
+    let plan = resolver.plan(&model, None, dp.adopted()).await?;
+    dp.sync(&model, &plan.paths)?;
+    resolver.commit(plan).await;
     for i in &interfaces {
         dp.attach(i, settings.xdp_mode)?;
         log::info!("attached to {i}");
@@ -508,28 +303,18 @@ impl Daemon {
         if let Err(e) = self.dp.collect_garbage() {
             log::warn!("releasing unused table slots: {e:#}");
         }
-        match self.resolver.network_changed().await {
-            Ok(true) => {
-                if let Err(e) = self.dp.bump_route_epoch() {
-                    log::warn!("invalidating cached next hops: {e:#}");
-                }
-                // A route change cleared the paths: find them again.
-                if self.resolver.paths.is_empty()
-                    && let Err(e) = self.resolver.resolve(&self.model).await
-                {
-                    log::warn!("finding the real servers again after a route change: {e:#}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => log::warn!("reading routes and neighbours: {e:#}"),
+        // Routes, links and neighbours: only the real servers a change concerns are looked
+        // up again, each on its own.
+        let t = self.resolver.tick().await;
+        if t.network_changed
+            && let Err(e) = self.dp.bump_route_epoch()
+        {
+            log::warn!("invalidating cached next hops: {e:#}");
         }
-        match self.resolver.refresh().await {
-            Ok(_) => {
-                if let Err(e) = self.dp.refresh_paths(&self.resolver.paths) {
-                    log::warn!("updating real servers' next hops: {e:#}");
-                }
-            }
-            Err(e) => log::warn!("reading the neighbour table: {e:#}"),
+        if t.paths_changed
+            && let Err(e) = self.dp.refresh_paths(&self.resolver.paths)
+        {
+            log::warn!("updating real servers' next hops: {e:#}");
         }
     }
 
@@ -573,9 +358,23 @@ impl Daemon {
 
     /// Applies a new model: check, resolve, sync; all or nothing.
     async fn apply(&mut self, model: Model) -> anyhow::Result<()> {
+        self.apply_with(model, None).await
+    }
+
+    /// `apply`, with new tunnel sources if given: the resolver's new state is computed aside
+    /// and replaces the current one only if the data path takes the model.
+    async fn apply_with(
+        &mut self,
+        model: Model,
+        tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+    ) -> anyhow::Result<()> {
         Dataplane::check(&model)?;
-        self.resolver.resolve(&model).await?;
-        self.dp.sync(&model, &self.resolver.paths)?;
+        let plan = self.resolver.plan(&model, tunnel_sources, false).await?;
+        if let Err(e) = self.dp.sync(&model, &plan.paths) {
+            self.resolver.discard(plan).await;
+            return Err(e);
+        }
+        self.resolver.commit(plan).await;
         self.model = model;
         self.resolver.prune(&self.model, true).await;
         Ok(())
@@ -591,16 +390,14 @@ impl Daemon {
         if let Some(t) = cfg.timeouts {
             timeouts.set(&t);
         }
-        // New tunnel sources apply to real servers resolved from now on.
-        if cfg.director.tunnel_sources != self.resolver.tunnel_sources {
-            self.resolver.tunnel_sources = cfg.director.tunnel_sources.clone();
-            self.resolver.paths.clear();
-            self.resolver.checked.clear();
-        }
-        // A new Maglev table size rebuilds every mh table in the same sync.
+        // A new Maglev table size rebuilds every mh table in the same sync; new tunnel
+        // sources re-resolve the TUN real servers, kept aside until the sync succeeds.
         let mh = self.dp.mh_table_size();
         self.dp.set_mh_table_size(cfg.director.mh_table_size);
-        if let Err(e) = self.apply(cfg.model).await {
+        if let Err(e) = self
+            .apply_with(cfg.model, Some(&cfg.director.tunnel_sources))
+            .await
+        {
             self.dp.set_mh_table_size(mh);
             return Err(e);
         }
@@ -662,6 +459,7 @@ impl Daemon {
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
                     "services": self.model.services.len(),
+                    "real_servers": self.resolver.status(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),

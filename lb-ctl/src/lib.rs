@@ -9,5 +9,6 @@ pub mod dataplane;
 pub mod model;
 pub mod neigh;
 pub mod realserver;
+pub mod resolve;
 pub mod sched;
 pub mod testrun;

@@ -3,23 +3,29 @@
 //! For a DR real server the data path needs the outgoing interface, its MAC and the real
 //! server's MAC. The route says which interface (and that the server is on-link); a kernel
 //! "managed" neighbour entry (`NTF_EXT_MANAGED`, Linux ≥ 5.16, made for XDP balancers) makes
-//! the kernel resolve the MAC and keep it fresh by itself; the daemon reads the neighbour table
-//! back periodically and rewrites backends whose MAC changed.
+//! the kernel resolve the MAC and keep it fresh by itself. Changes to links, addresses, routes
+//! and neighbours arrive as netlink notifications (`subscribe`), so the daemon re-reads only
+//! what changed instead of dumping the tables.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context, anyhow, bail};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
+    packet_core::NetlinkPayload,
     packet_route::{
-        AddressFamily,
+        AddressFamily, RouteNetlinkMessage,
         link::{LinkAttribute, LinkMessage},
         neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage,
             NeighbourState,
         },
-        route::{RouteAddress, RouteAttribute, RouteMetric, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
     },
 };
 
@@ -47,6 +53,173 @@ pub struct Route {
 
 /// A resolved neighbour: (interface index, address) → MAC.
 pub type NeighTable = HashMap<(u32, Ipv4Addr), [u8; 6]>;
+
+/// A neighbour entry that changed: (interface index, address), and its MAC when usable.
+pub type NeighChange = ((u32, Ipv4Addr), Option<[u8; 6]>);
+
+/// What a neighbour message says: (interface, address) and the MAC when the entry is usable
+/// (`None`: incomplete, failed or deleted — packets to it cannot be addressed).
+fn neigh_entry(msg: &NeighbourMessage, deleted: bool) -> Option<NeighChange> {
+    let usable = !deleted
+        && matches!(
+            msg.header.state,
+            NeighbourState::Reachable
+                | NeighbourState::Stale
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+        );
+    let mut dst = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+            _ => {}
+        }
+    }
+    Some(((msg.header.ifindex, dst?), mac.filter(|_| usable)))
+}
+
+/// More route changes than this between two reads count as "everything changed": under heavy
+/// churn one full re-resolution is cheaper than remembering every prefix.
+const MAX_EVENTS: usize = 4096;
+
+/// Network changes the kernel announced since they were last taken.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NetEvents {
+    /// A route, link or address changed (or a notification was lost): next hops cached in
+    /// connections are stale.
+    pub routes_changed: bool,
+    /// Every real server must be looked up again: a link or address changed (the kernel
+    /// removes the routes that depended on it without announcing each), a notification was
+    /// lost (`ENOBUFS`), or there were too many route changes to list.
+    pub everything: bool,
+    /// Destination prefixes of IPv4 routes added, changed or removed.
+    pub routes: Vec<(Ipv4Addr, u8)>,
+    /// Neighbour entries that changed, with their MAC when usable.
+    pub neigh: Vec<NeighChange>,
+}
+
+impl NetEvents {
+    fn record(&mut self, payload: NetlinkPayload<RouteNetlinkMessage>) {
+        let neigh = |n: &NeighbourMessage, deleted| {
+            (n.header.family == AddressFamily::Inet)
+                .then(|| neigh_entry(n, deleted))
+                .flatten()
+        };
+        match payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
+            ) => {
+                if r.header.address_family != AddressFamily::Inet {
+                    return;
+                }
+                self.routes_changed = true;
+                if self.routes.len() >= MAX_EVENTS {
+                    self.everything = true;
+                    self.routes = Vec::new();
+                } else if !self.everything {
+                    self.routes.push(route_prefix(&r));
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                if let Some(e) = neigh(&n, false) {
+                    self.neigh.push(e);
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                if let Some(e) = neigh(&n, true) {
+                    self.neigh.push(e);
+                }
+            }
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewLink(_)
+                | RouteNetlinkMessage::DelLink(_)
+                | RouteNetlinkMessage::NewAddress(_)
+                | RouteNetlinkMessage::DelAddress(_),
+            ) => {
+                self.routes_changed = true;
+                self.everything = true;
+            }
+            // ENOBUFS: the kernel dropped notifications; only a full look-up is safe now.
+            NetlinkPayload::Overrun(_) => {
+                self.routes_changed = true;
+                self.everything = true;
+            }
+            _ => {}
+        }
+        // Neighbour churn on a busy segment: past the bound, one full re-read instead.
+        if self.neigh.len() > MAX_EVENTS {
+            self.everything = true;
+            self.neigh = Vec::new();
+        }
+    }
+}
+
+/// The destination prefix a route message is about (0.0.0.0/0 for a default route).
+fn route_prefix(r: &RouteMessage) -> (Ipv4Addr, u8) {
+    let dst = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    (dst, r.header.destination_prefix_length)
+}
+
+/// Netlink notifications, gathered by a background task until taken.
+#[derive(Clone)]
+pub struct Subscription {
+    events: Arc<Mutex<NetEvents>>,
+}
+
+impl Subscription {
+    /// Subscribes to IPv4 route, address, link and neighbour notifications. A socket of its
+    /// own, apart from the one requests use: when notifications overflow its buffer the
+    /// kernel drops them (and says so: `ENOBUFS`), and a request's answer must never be what
+    /// gets dropped.
+    pub fn new() -> anyhow::Result<Self> {
+        use rtnetlink::constants::{
+            RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+        };
+        let (mut conn, handle, mut messages) =
+            rtnetlink::new_connection().context("opening a netlink socket for notifications")?;
+        let socket = rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut());
+        socket
+            .bind(&rtnetlink::sys::SocketAddr::new(
+                0,
+                RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR,
+            ))
+            .context("subscribing to route, link and neighbour notifications")?;
+        // Room for a burst (a routing daemon installing a full table); past it, ENOBUFS
+        // triggers a full resync, which is correct, just slower.
+        let _ = socket.set_rx_buf_sz(4 << 20);
+        tokio::spawn(conn);
+        let events = Arc::new(Mutex::new(NetEvents::default()));
+        let shared = events.clone();
+        tokio::spawn(async move {
+            // The connection ends when its last handle goes: keep one for as long as we read.
+            let _handle = handle;
+            while let Some((msg, _)) = messages.next().await {
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(msg.payload);
+            }
+            log::error!("the netlink notification socket closed: only periodic resyncs now");
+        });
+        Ok(Self { events })
+    }
+
+    /// The changes announced since the last call.
+    pub fn take(&self) -> NetEvents {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// A netlink connection (runs on the current tokio runtime).
 #[derive(Clone)]
@@ -118,18 +291,29 @@ impl Netlink {
 
     /// The kernel's route to `dst` (`ip route get`).
     pub async fn route_get(&self, dst: Ipv4Addr) -> anyhow::Result<Route> {
+        match self.route_lookup(dst).await? {
+            Ok(r) => Ok(r),
+            Err(why) => bail!("no route to {dst}: {why}"),
+        }
+    }
+
+    /// The kernel's route to `dst`: `Ok(Err(why))` when the kernel answers that there is none
+    /// (unreachable, blackhole, no output interface), `Err` when it could not be asked.
+    pub async fn route_lookup(&self, dst: Ipv4Addr) -> anyhow::Result<Result<Route, String>> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, 32)
             .build();
-        let reply = self
-            .handle
-            .route()
-            .get(msg)
-            .execute()
-            .try_next()
-            .await
-            .with_context(|| format!("no route to {dst}"))?
-            .ok_or_else(|| anyhow!("no route to {dst}"))?;
+        let reply = match self.handle.route().get(msg).execute().try_next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Err("the kernel returned no route".into())),
+            Err(rtnetlink::Error::NetlinkError(e)) => {
+                let code = e.raw_code().unsigned_abs() as i32;
+                return Ok(Err(std::io::Error::from_raw_os_error(code).to_string()));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("asking the kernel for a route to {dst}"));
+            }
+        };
         let mut route = Route {
             oif: 0,
             gateway: None,
@@ -152,26 +336,16 @@ impl Netlink {
                 _ => {}
             }
         }
+        if matches!(
+            route.kind,
+            RouteType::Unreachable | RouteType::BlackHole | RouteType::Prohibit | RouteType::Throw
+        ) {
+            return Ok(Err(format!("the route is of type {:?}", route.kind)));
+        }
         if route.oif == 0 {
-            bail!("the route to {dst} has no output interface");
+            return Ok(Err("the route has no output interface".into()));
         }
-        Ok(route)
-    }
-
-    /// A fingerprint of every IPv4 route: it changes when any route does.
-    pub async fn routes_fingerprint(&self) -> anyhow::Result<u64> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = routes.try_next().await.context("dumping routes")? {
-            format!("{:?}", r.header).hash(&mut h);
-            format!("{:?}", r.attributes).hash(&mut h);
-        }
-        Ok(h.finish())
+        Ok(Ok(route))
     }
 
     /// The output interface of the main table's IPv4 default route, if there is one.
@@ -238,31 +412,92 @@ impl Netlink {
             .set_address_family(AddressFamily::Inet)
             .execute();
         while let Some(msg) = stream.try_next().await.context("dumping neighbours")? {
-            let usable = matches!(
-                msg.header.state,
-                NeighbourState::Reachable
-                    | NeighbourState::Stale
-                    | NeighbourState::Delay
-                    | NeighbourState::Probe
-                    | NeighbourState::Permanent
-                    | NeighbourState::Noarp
-            );
-            if !usable {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = None;
-            for a in &msg.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
-                    _ => {}
-                }
-            }
-            if let (Some(d), Some(m)) = (dst, mac) {
-                out.insert((msg.header.ifindex, d), m);
+            if let Some((k, Some(mac))) = neigh_entry(&msg, false) {
+                out.insert(k, mac);
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteHeader;
+
+    fn route(dst: Ipv4Addr, len: u8) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut r = RouteMessage::default();
+        r.header = RouteHeader {
+            address_family: AddressFamily::Inet,
+            destination_prefix_length: len,
+            ..r.header
+        };
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r))
+    }
+
+    fn neigh(
+        addr: Ipv4Addr,
+        state: NeighbourState,
+        deleted: bool,
+    ) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet;
+        n.header.ifindex = 3;
+        n.header.state = state;
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        NetlinkPayload::InnerMessage(if deleted {
+            RouteNetlinkMessage::DelNeighbour(n)
+        } else {
+            RouteNetlinkMessage::NewNeighbour(n)
+        })
+    }
+
+    #[test]
+    fn route_notifications_are_kept_as_prefixes_until_too_many() {
+        let mut ev = NetEvents::default();
+        ev.record(route(Ipv4Addr::new(192, 0, 2, 13), 32));
+        assert_eq!(
+            ev,
+            NetEvents {
+                routes_changed: true,
+                routes: vec![(Ipv4Addr::new(192, 0, 2, 13), 32)],
+                ..NetEvents::default()
+            }
+        );
+        for i in 0..MAX_EVENTS as u32 {
+            ev.record(route(Ipv4Addr::from(0xc612_0000 + i), 32));
+        }
+        assert!(ev.everything, "past {MAX_EVENTS} prefixes: a full resync");
+        assert!(ev.routes.is_empty());
+    }
+
+    #[test]
+    fn a_lost_notification_asks_for_a_full_resync() {
+        let mut ev = NetEvents::default();
+        ev.record(NetlinkPayload::Overrun(Vec::new()));
+        assert!(ev.everything && ev.routes_changed, "{ev:?}");
+    }
+
+    #[test]
+    fn neighbour_notifications_carry_the_mac_only_when_usable() {
+        let a = Ipv4Addr::new(192, 0, 2, 11);
+        let mac = Some([2, 0, 0, 0, 0, 1]);
+        let mut ev = NetEvents::default();
+        ev.record(neigh(a, NeighbourState::Reachable, false));
+        ev.record(neigh(a, NeighbourState::Failed, false));
+        ev.record(neigh(a, NeighbourState::Stale, false));
+        ev.record(neigh(a, NeighbourState::Reachable, true));
+        assert_eq!(
+            ev.neigh,
+            [((3, a), mac), ((3, a), None), ((3, a), mac), ((3, a), None)]
+        );
+        assert!(!ev.routes_changed && !ev.everything, "{ev:?}");
     }
 }

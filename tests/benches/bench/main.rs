@@ -5,6 +5,7 @@
 //!    NAT, TUN and nftables DNAT with conntrack, at 1, 1k and 100k+ flows.
 //! 3. `scale`: the connection table at 1M and 4M entries (memory, lookup cost full vs empty)
 //!    and the control plane (a large config, one `lb-ctl -a`, a Maglev rebuild).
+//! 4. `routes`: the daemon's CPU with 100,000 routes in the main table, idle and under churn.
 //!
 //! Prints the tables and writes `tests/bench/results.json` and `tests/bench/paths.svg`.
 //! `--only NAME` runs one part (and writes nothing unless it is all of them).
@@ -12,6 +13,7 @@
 mod e2e;
 mod paths;
 mod report;
+mod routes;
 mod scale;
 
 use std::{path::PathBuf, time::Instant};
@@ -29,14 +31,16 @@ fn main() {
     // `cargo bench` passes `--bench`; anything else is a mistake worth a clear word.
     for a in &args {
         if a.starts_with("--") && !["--only", "--bench"].contains(&a.as_str()) {
-            eprintln!("unknown argument {a}; usage: cargo xtask bench [--only paths|e2e|scale]");
+            eprintln!(
+                "unknown argument {a}; usage: cargo xtask bench [--only paths|e2e|scale|routes]"
+            );
             std::process::exit(2);
         }
     }
     if let Some(o) = &only
-        && !["paths", "e2e", "scale"].contains(&o.as_str())
+        && !["paths", "e2e", "scale", "routes"].contains(&o.as_str())
     {
-        eprintln!("--only takes paths, e2e or scale, not {o}");
+        eprintln!("--only takes paths, e2e, scale or routes, not {o}");
         std::process::exit(2);
     }
     let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -54,6 +58,10 @@ fn main() {
     if wants("scale") {
         println!("== scale");
         scale::run(&mut report);
+    }
+    if wants("routes") {
+        println!("== routes");
+        routes::run(&mut report);
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.print();
