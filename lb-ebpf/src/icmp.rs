@@ -24,6 +24,7 @@ use crate::{
 
 pub const DEST_UNREACH: u8 = 3;
 pub const SOURCE_QUENCH: u8 = 4;
+pub const REDIRECT: u8 = 5;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAMETER_PROB: u8 = 12;
 /// Code of DEST_UNREACH: fragmentation needed and DF set.
@@ -52,7 +53,7 @@ fn is_error_type(t: u8) -> bool {
     t > 18
         || matches!(
             t,
-            DEST_UNREACH | SOURCE_QUENCH | 5 | TIME_EXCEEDED | PARAMETER_PROB
+            DEST_UNREACH | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROB
         )
 }
 

@@ -1049,3 +1049,54 @@ fn tun_leaves_ethernet_padding_out_of_the_tunnel() {
     assert_eq!(f.arrives_from_client(&liar).action, XDP_DROP);
     assert_eq!(f.counter("drop_malformed"), 1);
 }
+
+#[test]
+fn malformed_nat_replies_and_icmp_errors_about_connections_are_never_forwarded() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Udp,
+        53,
+        &[dest(rs(1), 5353, Forward::Nat)],
+    ));
+    f.arrives_from_client(&client_frame(
+        &f,
+        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
+    ));
+    let set_len_fix_sum = |mut frame: Vec<u8>, tot_len: u16| {
+        frame[16..18].copy_from_slice(&tot_len.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = lb_tests::packet::checksum(&[&frame[14..34]]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+        frame
+    };
+    let reply = Frame::udp(rs(1), 5353, CLIENT, 5000, b"answer").eth(f.net.int_mac, rs_mac(1));
+    let dnated = Frame::udp(CLIENT, 5000, rs(1), 5353, b"query").ttl(63).ip();
+    let unreach =
+        Frame::icmp_error(rs(1), CLIENT, 3, 3, [0; 4], &dnated[..28]).eth(f.net.int_mac, rs_mac(1));
+    for (what, frame) in [("NAT reply", reply), ("ICMP error", unreach)] {
+        // Claiming 200 bytes more than the frame carries.
+        let len = u16::from_be_bytes([frame[16], frame[17]]);
+        let liar = set_len_fix_sum(frame.clone(), len + 200);
+        let before = f.counter("drop_malformed");
+        let out = f.arrives_from_servers(&liar);
+        assert_eq!(out.action, XDP_DROP, "{what} claiming more: {out:?}");
+        assert_eq!(f.counter("drop_malformed"), before + 1, "{what}");
+        // A bad header checksum.
+        let mut bad = frame.clone();
+        bad[24] ^= 0x01;
+        let before = f.counter("drop_bad_csum");
+        let out = f.arrives_from_servers(&bad);
+        assert_eq!(out.action, XDP_DROP, "{what} with a bad checksum: {out:?}");
+        assert_eq!(f.counter("drop_bad_csum"), before + 1, "{what}");
+        // Whole, it goes through.
+        assert_eq!(
+            f.arrives_from_servers(&frame).action,
+            XDP_REDIRECT,
+            "{what}, well-formed"
+        );
+    }
+    let snap = f.dp().snapshot(None, &Default::default());
+    assert_eq!(
+        snap.services[0].stats.outpkts, 1,
+        "only the well-formed reply counts as OutPkts"
+    );
+}
