@@ -63,6 +63,10 @@ pub mod maps {
     /// programs of one load share it).
     pub const PENDING: &str = "LB_PENDING";
 
+    /// `u32` 0 → per-CPU state of the balancer's own (the ICMP error rate limiter, the TUN
+    /// outer IP ID counter). Not pinned: a new program starts afresh.
+    pub const CPU_STATE: &str = "LB_CPU_STATE";
+
     /// `u32` 0 → the generator's template frame and flow count (object `lb-pass`).
     pub const GEN: &str = "LB_GEN";
     /// `u32` 0 → the generator's frames sent and next due time, per CPU (object `lb-pass`).
@@ -415,7 +419,10 @@ pub mod cnt {
     /// Passed: a TCP segment for a service with no connection entry that is not a SYN (IPVS
     /// schedules only on SYN; the stack answers it).
     pub const PASS_NO_CONN: u32 = 6;
-    /// Dropped: headers shorter than they claim (truncated Ethernet/IP/L4 header, bad IHL).
+    /// Dropped: a packet the balancer would forward (for a service, a NAT reply, an ICMP error
+    /// about a connection) that is shorter than it claims or claims too little: IPv4 total
+    /// length past the end of the frame, or too short for the IP header and the L4 header
+    /// (the checks of the kernel's `ip_rcv`, which drops such packets before IPVS sees them).
     pub const DROP_MALFORMED: u32 = 7;
     /// Dropped: the service has no available backend.
     pub const DROP_NO_BACKEND: u32 = 8;
@@ -449,8 +456,25 @@ pub mod cnt {
     /// Dropped: a tail call between `lb_xdp` and `lb_new` failed (the program array not
     /// filled yet: only while a data path is being loaded).
     pub const DROP_TAIL_CALL: u32 = 21;
-    /// Number of counters.
-    pub const MAX: u32 = 24;
+    /// Dropped: a packet the balancer would forward (for a service, a NAT reply, an ICMP
+    /// error about a connection) whose IPv4 header checksum is wrong. The kernel's `ip_rcv`
+    /// drops such packets before IPVS sees them; packets for anything else are passed and the
+    /// stack drops them itself.
+    pub const DROP_BAD_CSUM: u32 = 22;
+    /// Dropped: a packet that called for an ICMP error from the director (TTL exceeded), over
+    /// the director's ICMP rate limit (`icmp_limit`), as the kernel's `icmp_msgs_per_sec`.
+    pub const DROP_ICMP_RATELIMIT: u32 = 23;
+    /// Dropped without the ICMP error it called for (TTL exceeded, fragmentation needed)
+    /// because none may be sent (RFC 1122 3.2.2, RFC 1812 4.3.2.7): it is itself an ICMP
+    /// error, a non-first fragment, or its source is not a unicast host address (0/8, 127/8,
+    /// multicast, broadcast) or its destination multicast or broadcast.
+    pub const DROP_ICMP_SUPPRESSED: u32 = 24;
+    /// Passed: a malformed IPv4 packet that is nobody's business here (bad version or IHL,
+    /// truncated header, TCP/UDP without room for its ports): the stack drops it and counts
+    /// it. (A malformed packet the balancer would forward is dropped: `DROP_MALFORMED`.)
+    pub const PASS_MALFORMED: u32 = 25;
+    /// Number of counters (room to grow without changing the map's size).
+    pub const MAX: u32 = 32;
 
     /// Names for listings, indexed by counter.
     pub const NAMES: [&str; MAX as usize] = [
@@ -476,6 +500,14 @@ pub mod cnt {
         "nat_reply_clash",
         "pass_no_reply_conn",
         "drop_tail_call",
+        "drop_bad_csum",
+        "drop_icmp_ratelimit",
+        "drop_icmp_suppressed",
+        "pass_malformed",
+        "",
+        "",
+        "",
+        "",
         "",
         "",
     ];
@@ -742,6 +774,19 @@ pub struct Settings {
     pub route_epoch: u32,
     /// `settings_flags::*`.
     pub flags: u32,
+}
+
+/// The director's own ICMP errors (time exceeded), limited as the kernel's
+/// `icmp_msgs_per_sec`/`icmp_msgs_burst` limit its own: a token bucket per CPU, refilled from
+/// `Settings::clock_ns`. Fragmentation-needed is not limited (the kernel does not limit it
+/// either: path MTU discovery must not fail).
+pub mod icmp_limit {
+    /// Errors per second and CPU.
+    pub const PER_SEC: u64 = 1000;
+    /// The bucket: one clock step's worth (`CLOCK_TICK_NS` is 100 ms), so that a clock that
+    /// moves in steps still lets `PER_SEC` through on average (the kernel: 50, refilled every
+    /// jiffy).
+    pub const BURST: u64 = PER_SEC * super::CLOCK_TICK_NS / 1_000_000_000;
 }
 
 /// How often the daemon advances `Settings::clock_ns`.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -141,6 +141,35 @@ fn lookup(
         // SAFETY: the kernel filled `mtu_result` for this return code.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }),
         _ => Route::Unreachable,
+    }
+}
+
+/// The address the kernel would pick as its own source for a packet to `dst` leaving through
+/// the route from the current ingress interface (`BPF_FIB_LOOKUP_SRC`, kernel 6.8+): what
+/// `icmp_send` uses for an error about a packet it forwarded. `None` if there is no such
+/// route or address.
+#[inline(always)]
+pub fn source_toward(ctx: &XdpContext, dst: u32) -> Option<u32> {
+    let mut slot = core::mem::MaybeUninit::<crate::mem::Align8<FibParams>>::uninit();
+    let p = &mut crate::mem::zero(&mut slot).0;
+    p.family = AF_INET;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: `p` is a valid, fully initialised parameter block of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            p as *mut FibParams,
+            core::mem::size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    } as u32;
+    // SAFETY: the kernel set `ipv4_src` (or left it zero) for these return codes.
+    let src = unsafe { p.__bindgen_anon_3.ipv4_src };
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && src != 0 {
+        Some(src)
+    } else {
+        None
     }
 }
 

@@ -7,14 +7,16 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{Backend, FlowKey, SvcKey, backend_flags, cnt, conn_flags, fwd as fwd_mode, proto};
+use lb_common::{
+    Backend, FlowKey, SvcKey, backend_flags, cnt, conn_flags, fwd as fwd_mode, icmp_limit, proto,
+};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     Verdict, csum, dr,
     fwd::{self, Route},
-    maps::{BACKENDS, CONNS, NAT_RS, SVC_TABLE},
-    parse::{ETH_LEN, IP_LEN, Packet, ptr_at},
+    maps::{BACKENDS, CONNS, CPU_STATE, NAT_RS, SETTINGS, SVC_TABLE},
+    parse::{ETH_LEN, IP_LEN, IP_OFFSET, Packet, ptr_at},
     service,
     stats::count,
     tun,
@@ -22,6 +24,7 @@ use crate::{
 
 pub const DEST_UNREACH: u8 = 3;
 pub const SOURCE_QUENCH: u8 = 4;
+pub const REDIRECT: u8 = 5;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAMETER_PROB: u8 = 12;
 /// Code of DEST_UNREACH: fragmentation needed and DF set.
@@ -36,19 +39,116 @@ fn internal<T>(_: T) -> Verdict {
     Verdict::Drop(cnt::DROP_INTERNAL)
 }
 
-/// Turns the current packet into an ICMP error about it (type/code, `mtu` for
-/// fragmentation-needed) from its destination back to its source, and sends it out of the
-/// interface it came in on.
+/// Whether an address may receive an ICMP error (RFC 1122 3.2.2, RFC 1812 4.3.2.7): not
+/// "this network" (0/8), loopback (127/8), multicast or the reserved/broadcast 240/4.
 #[inline(always)]
-pub fn send_error(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> Result<u32, Verdict> {
+fn unicast_host(addr: [u8; 4]) -> bool {
+    addr[0] != 0 && addr[0] != 127 && addr[0] < 224
+}
+
+/// ICMP types that are errors (`icmp_pointers[].error` in the kernel), and every type past
+/// the last known one, about which no error may be sent.
+#[inline(always)]
+fn is_error_type(t: u8) -> bool {
+    t > 18
+        || matches!(
+            t,
+            DEST_UNREACH | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROB
+        )
+}
+
+/// Takes a token from this CPU's ICMP error bucket (`lb_common::icmp_limit`), refilled by
+/// the balancer's clock: the kernel limits its own errors the same way (`icmp_global_allow`),
+/// and a director answering every TTL-1 packet at line rate would be a reflector.
+#[inline(always)]
+fn rate_allows() -> bool {
+    let now = match SETTINGS.get(0) {
+        Some(s) => s.clock_ns,
+        None => return false,
+    };
+    let Some(st) = CPU_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    const NS_PER_TOKEN: u64 = 1_000_000_000 / icmp_limit::PER_SEC;
+    // SAFETY: per-CPU value; this packet is the only one running on this CPU.
+    unsafe {
+        let mut tokens = (*st).icmp_tokens;
+        if (*st).icmp_init == 0 {
+            (*st).icmp_init = 1;
+            (*st).icmp_stamp_ns = now;
+            tokens = icmp_limit::BURST;
+        }
+        let elapsed = now.wrapping_sub((*st).icmp_stamp_ns);
+        if elapsed >= NS_PER_TOKEN {
+            let add = (elapsed / NS_PER_TOKEN).min(icmp_limit::BURST);
+            tokens = (tokens + add).min(icmp_limit::BURST);
+            (*st).icmp_stamp_ns = now;
+        }
+        if tokens == 0 {
+            (*st).icmp_tokens = 0;
+            return false;
+        }
+        (*st).icmp_tokens = tokens - 1;
+    }
+    true
+}
+
+/// Turns the current packet into an ICMP error about it (type/code, `mtu` for
+/// fragmentation-needed) back to its source, and sends it out of the interface it came in
+/// on. The error's source is the packet's destination when `from` is 0 (it was addressed to
+/// the director: a VIP); else (a packet the director forwards, such as a NAT reply) the
+/// address the kernel would use as its own toward the packet's source, or `from` (the VIP)
+/// if the FIB has none: never the client's address, which the packet only passed towards.
+///
+/// As the kernel's `icmp_send`, no error is sent about an ICMP error, a non-first fragment,
+/// or to a source that is not a unicast host, or about a packet to a multicast or broadcast
+/// address: the packet is dropped (`DROP_ICMP_SUPPRESSED`); and errors other than
+/// fragmentation-needed are rate-limited (`DROP_ICMP_RATELIMIT`).
+#[inline(always)]
+pub fn send_error(
+    ctx: &XdpContext,
+    icmp_type: u8,
+    code: u8,
+    mtu: u16,
+    from: u32,
+) -> Result<u32, Verdict> {
     let eth: *mut [u8; 12] = ptr_at(ctx, 0).map_err(internal)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(internal)?;
     // SAFETY: both bounds-checked above; copied out before the head moves.
-    let (macs, vihl, saddr, daddr) = unsafe { (*eth, (*ip).vihl, (*ip).src_addr, (*ip).dst_addr) };
+    let (macs, vihl, l4proto, frags, saddr, daddr) = unsafe {
+        (
+            *eth,
+            (*ip).vihl,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
     let ihl = (vihl & 0x0f) as usize * 4;
     if ihl < IP_LEN {
         return Err(Verdict::Drop(cnt::DROP_MALFORMED));
     }
+    let suppressed = Verdict::Drop(cnt::DROP_ICMP_SUPPRESSED);
+    if frags & IP_OFFSET != 0 || !unicast_host(saddr) || daddr[0] >= 224 {
+        return Err(suppressed);
+    }
+    if l4proto == proto::ICMP {
+        let t: *mut u8 = ptr_at(ctx, ETH_LEN + ihl).map_err(|_| suppressed)?;
+        // SAFETY: bounds-checked.
+        if is_error_type(unsafe { *t }) {
+            return Err(Verdict::Drop(cnt::DROP_ICMP_SUPPRESSED));
+        }
+    }
+    // The kernel does not limit fragmentation-needed: path MTU discovery must keep working.
+    if !(icmp_type == DEST_UNREACH && code == FRAG_NEEDED) && !rate_allows() {
+        return Err(Verdict::Drop(cnt::DROP_ICMP_RATELIMIT));
+    }
+    let src = if from == 0 {
+        u32::from_ne_bytes(daddr)
+    } else {
+        fwd::source_toward(ctx, u32::from_ne_bytes(saddr)).unwrap_or(from)
+    };
     let quoted = ihl + QUOTE;
     let old_len = ctx.data_end() - ctx.data();
     if old_len < ETH_LEN + quoted {
@@ -76,7 +176,7 @@ pub fn send_error(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> Result
         u32::from_ne_bytes([0x45, 0xc0, tot[0], tot[1]]),
         0,
         u32::from_ne_bytes([64, proto::ICMP, 0, 0]),
-        u32::from_ne_bytes(daddr),
+        src,
         u32::from_ne_bytes(saddr),
     ];
     let check = csum::ipv4_header(&w).to_ne_bytes();
@@ -264,17 +364,25 @@ fn translate(
 #[inline(always)]
 fn route_icmp(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Result<u32, Verdict> {
     // SAFETY: bounds-checked IPv4 header.
-    let (ttl, tos) = unsafe { ((*pkt.ip).ttl, (*pkt.ip).tos) };
-    if ttl <= 1 {
-        // No ICMP about an ICMP error.
-        return Err(Verdict::Drop(cnt::DROP_NO_ROUTE));
-    }
+    let tos = unsafe { (*pkt.ip).tos };
     match fwd::route(ctx, src, dst, proto::ICMP, 0, 0, pkt.ip_len, tos) {
         Route::Via(hop) => fwd::send(ctx, &hop),
         Route::NoNeigh => Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),
         Route::TooBig(_) => Err(Verdict::Pass(cnt::PASS_TOO_BIG)),
         Route::Unreachable => Err(Verdict::Drop(cnt::DROP_NO_ROUTE)),
     }
+}
+
+/// The test of the kernel's forward path (`ip_forward`), made before `translate` decrements
+/// the TTL: an ICMP error whose TTL has run out is dropped, with no time-exceeded about it
+/// (never an error about an error).
+#[inline(always)]
+fn ttl_left(pkt: &Packet) -> Result<(), Verdict> {
+    // SAFETY: bounds-checked IPv4 header.
+    if unsafe { (*pkt.ip).ttl } <= 1 {
+        return Err(Verdict::Drop(cnt::DROP_ICMP_SUPPRESSED));
+    }
+    Ok(())
 }
 
 fn available(backend: u32) -> Result<Backend, Verdict> {
@@ -307,6 +415,10 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
             .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
         // SAFETY: pointer into the map value.
         let be = available(unsafe { (*c).backend })?;
+        crate::parse::valid(ctx, pkt, ICMP_LEN + q.ihl + 4)?;
+        if be.fwd == fwd_mode::NAT {
+            ttl_left(pkt)?;
+        }
         count(cnt::ICMP_FORWARDED);
         return match be.fwd {
             fwd_mode::DR => dr::forward(ctx, pkt, &be),
@@ -337,6 +449,8 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
         return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN));
     }
     let be = available(backend)?;
+    crate::parse::valid(ctx, pkt, ICMP_LEN + q.ihl + 4)?;
+    ttl_left(pkt)?;
     count(cnt::ICMP_FORWARDED);
     translate(ctx, pkt, &q, true, be.vaddr, be.vport)?;
     route_icmp(ctx, pkt, be.vaddr, pkt.daddr)

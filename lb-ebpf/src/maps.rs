@@ -103,3 +103,20 @@ pub struct Pending {
 
 #[map(name = "LB_PENDING")]
 pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU state of the data path's own (`lb_common::maps::CPU_STATE`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuState {
+    /// ICMP errors this CPU may still send (`lb_common::icmp_limit`).
+    pub icmp_tokens: u64,
+    /// `Settings::clock_ns` when the bucket was last refilled.
+    pub icmp_stamp_ns: u64,
+    /// 1 once the bucket has been filled the first time (the map starts zeroed).
+    pub icmp_init: u32,
+    /// The next outer IP ID of a tunnelled packet without DF (this CPU's count).
+    pub ip_id: u32,
+}
+
+#[map(name = "LB_CPU_STATE")]
+pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);

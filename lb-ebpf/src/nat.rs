@@ -103,27 +103,30 @@ enum Next {
     Done(Result<u32, Verdict>),
 }
 
-/// Checks TTL and MTU for a packet going to `hop` (MTU `mtu`, 0: no limit known).
+/// Checks TTL and MTU for a packet going to `hop` (MTU `mtu`, 0: no limit known). `from`:
+/// the source of an ICMP error about it (`icmp::send_error`): 0 for a request (the VIP it was
+/// addressed to), the VIP for a reply (a fallback for the director's own address).
 #[inline(always)]
-fn checked(ctx: &XdpContext, pkt: &Packet, hop: fwd::Hop, mtu: u16) -> Next {
+fn checked(ctx: &XdpContext, pkt: &Packet, hop: fwd::Hop, mtu: u16, from: u32) -> Next {
     let (ttl, df, _) = ttl_df(pkt);
     if ttl <= 1 {
-        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0));
+        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0, from));
     }
     if mtu != 0 && pkt.ip_len > mtu {
-        return too_big(ctx, df, mtu);
+        return too_big(ctx, df, mtu, from);
     }
     Next::Hop(hop)
 }
 
 #[inline(always)]
-fn too_big(ctx: &XdpContext, df: bool, mtu: u16) -> Next {
+fn too_big(ctx: &XdpContext, df: bool, mtu: u16, from: u32) -> Next {
     if df {
         Next::Done(icmp::send_error(
             ctx,
             icmp::DEST_UNREACH,
             icmp::FRAG_NEEDED,
             mtu,
+            from,
         ))
     } else {
         Next::Done(Err(Verdict::Pass(cnt::PASS_TOO_BIG)))
@@ -132,15 +135,24 @@ fn too_big(ctx: &XdpContext, df: bool, mtu: u16) -> Next {
 
 /// Asks the FIB (the slow way, a kernel call) where a packet to `dst` goes.
 #[inline(always)]
-fn via_fib(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, sport: u16, dport: u16) -> Next {
+#[allow(clippy::too_many_arguments)]
+fn via_fib(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    from: u32,
+) -> Next {
     let (ttl, df, tos) = ttl_df(pkt);
     if ttl <= 1 {
-        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0));
+        return Next::Done(icmp::send_error(ctx, icmp::TIME_EXCEEDED, 0, 0, from));
     }
     match fwd::route(ctx, src, dst, pkt.proto, sport, dport, pkt.ip_len, tos) {
         Route::Via(hop) => Next::Hop(hop),
         Route::NoNeigh => Next::Kernel,
-        Route::TooBig(mtu) => too_big(ctx, df, mtu),
+        Route::TooBig(mtu) => too_big(ctx, df, mtu, from),
         Route::Unreachable => Next::Done(Err(Verdict::Drop(cnt::DROP_NO_ROUTE))),
     }
 }
@@ -194,18 +206,22 @@ pub fn request(
     now: u64,
     epoch: u32,
 ) -> Result<u32, Verdict> {
+    // The connection exists from here on, whatever becomes of this packet (TTL exceeded, too
+    // big, no route): IPVS creates the connection, both directions, before it transmits, so
+    // the reply entry is recorded first, or the connection's later packets would be DNATed
+    // and its replies left un-SNATed.
+    if new {
+        record_reply(ctx, pkt, be, backend, now, epoch);
+    }
     let next = match fwd::backend_hop(be) {
-        Some(hop) => checked(ctx, pkt, hop, be.mtu),
-        None => via_fib(ctx, pkt, pkt.saddr, be.addr, pkt.sport, be.port),
+        Some(hop) => checked(ctx, pkt, hop, be.mtu, 0),
+        None => via_fib(ctx, pkt, pkt.saddr, be.addr, pkt.sport, be.port, 0),
     };
     let hop = match next {
         Next::Hop(hop) => Some(hop),
         Next::Kernel => None,
         Next::Done(verdict) => return verdict,
     };
-    if new {
-        record_reply(ctx, pkt, be, backend, now, epoch);
-    }
     rewrite(ctx, pkt, Side::Dst, be.addr, be.port)?;
     match hop {
         Some(hop) => fwd::send(ctx, &hop),
@@ -280,7 +296,7 @@ pub fn reply(
                 (*c).hop_mtu,
             )
         };
-        checked(ctx, pkt, hop, mtu)
+        checked(ctx, pkt, hop, mtu, be.vaddr)
     } else {
         let iif = ctx.ingress_ifindex() as u32;
         match fwd::route_with_mtu(
@@ -295,9 +311,9 @@ pub fn reply(
                     (*c).hop_mtu = mtu;
                     (*c).hop_epoch = epoch;
                 }
-                checked(ctx, pkt, hop, mtu)
+                checked(ctx, pkt, hop, mtu, be.vaddr)
             }
-            None => via_fib(ctx, pkt, be.vaddr, pkt.daddr, be.vport, pkt.dport),
+            None => via_fib(ctx, pkt, be.vaddr, pkt.daddr, be.vport, pkt.dport, be.vaddr),
         }
     };
     let hop = match next {

@@ -3,7 +3,8 @@
 //! Scope: Ethernet II without VLAN tags, IPv4 with or without options, TCP, UDP and ICMP
 //! errors. IPv6, VLAN-tagged frames and ARP are passed to the stack. Fragments carry no L4
 //! header past the first, so no flow can be matched on them: they are passed to the stack
-//! (counted).
+//! (counted). Lengths come from the IPv4 total length, never from the frame's (which may
+//! carry Ethernet padding).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{cnt, proto};
@@ -29,7 +30,7 @@ pub const IP_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 const ETH_P_IP: u16 = 0x0800;
 pub const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
+pub const IP_OFFSET: u16 = 0x1fff;
 
 /// TCP flag bits as found in byte 13 of the header.
 pub mod tcp_flags {
@@ -58,7 +59,10 @@ pub struct Packet {
 }
 
 /// Parses Ethernet + IPv4 + the L4 ports. `Err` carries the verdict for frames the balancer
-/// does not handle.
+/// does not handle. Nothing is dropped here: a malformed packet is only the balancer's business
+/// (and dropped, by `valid`) once it turns out to be for a service, a NAT reply or an ICMP
+/// error about a connection; anything else goes to the stack untouched, which drops what
+/// `ip_rcv` refuses and counts it.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::Pass(cnt::PASS_NOT_IPV4))?;
@@ -66,7 +70,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
         return Err(Verdict::Pass(cnt::PASS_NOT_IPV4));
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(|_| Verdict::Drop(cnt::DROP_MALFORMED))?;
+    let malformed = Verdict::Pass(cnt::PASS_MALFORMED);
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(|_| malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let (vihl, l4proto, frags, tot_len, saddr, daddr) = unsafe {
         (
@@ -79,8 +84,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         )
     };
     let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < IP_LEN || (tot_len as usize) < ihl {
-        return Err(Verdict::Drop(cnt::DROP_MALFORMED));
+    if vihl >> 4 != 4 || ihl < IP_LEN {
+        return Err(Verdict::Pass(cnt::PASS_MALFORMED));
     }
     if l4proto != proto::TCP && l4proto != proto::UDP && l4proto != proto::ICMP {
         return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
@@ -92,8 +97,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let l4 = ETH_LEN + ihl;
     let (mut sport, mut dport) = (0, 0);
     if l4proto != proto::ICMP {
+        // Ports only from bytes the packet claims (never from Ethernet padding), and only if
+        // the frame has them: a TCP/UDP packet without room for its ports matches no
+        // service; the stack has the last word on it.
+        if (tot_len as usize) < ihl + 4 {
+            return Err(Verdict::Pass(cnt::PASS_MALFORMED));
+        }
         let ports: *mut [u16; 2] =
-            ptr_at(ctx, l4).map_err(|_| Verdict::Drop(cnt::DROP_MALFORMED))?;
+            ptr_at(ctx, l4).map_err(|_| Verdict::Pass(cnt::PASS_MALFORMED))?;
         // SAFETY: bounds checked by ptr_at.
         [sport, dport] = unsafe { *ports };
     }
@@ -111,18 +122,73 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     })
 }
 
-/// Reads the TCP flags of a packet that matched a service (0 for UDP), after checking the
-/// whole L4 header is there. Only then is a truncated header an error: other traffic is the
-/// stack's business.
+/// The checks of the kernel's IPv4 input (`ip_rcv`) that `parse` left out, made only on a
+/// packet the balancer is about to forward: the total length fits in the frame (so a packet
+/// claiming more than it carries is never forwarded, counted or tunnelled by its claim) and
+/// covers the IP header and `l4_need` bytes after it, and the header checksum is right.
+/// Ethernet padding past the total length is fine (60-byte minimum frames): everything reads
+/// lengths from the total length.
+#[inline(always)]
+pub fn valid(ctx: &XdpContext, pkt: &Packet, l4_need: usize) -> Result<(), Verdict> {
+    let frame = ctx.data_end() - ctx.data();
+    let tot = pkt.ip_len as usize;
+    if ETH_LEN + tot > frame || tot < pkt.l4_off - ETH_LEN + l4_need {
+        return Err(Verdict::Drop(cnt::DROP_MALFORMED));
+    }
+    if !header_checksum_ok(ctx, pkt) {
+        return Err(Verdict::Drop(cnt::DROP_BAD_CSUM));
+    }
+    Ok(())
+}
+
+/// Whether the IPv4 header's one's-complement sum (checksum included) is all ones. Without
+/// options that is five 32-bit loads and adds on the header `parse` already bounds-checked;
+/// options (rare) add a bounded loop.
+#[inline(always)]
+fn header_checksum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let w = pkt.ip as *const u32;
+    let mut s = 0u64;
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: the 20-byte header was bounds-checked by `parse`; unaligned packet loads
+        // are fine on the BPF JITs this runs on.
+        s += u64::from(unsafe { w.add(i).read_unaligned() });
+        i += 1;
+    }
+    let words = (pkt.l4_off - ETH_LEN) / 4;
+    let mut i = 5;
+    while i < 15 {
+        if i >= words {
+            break;
+        }
+        match ptr_at::<u32>(ctx, ETH_LEN + 4 * i) {
+            // SAFETY: bounds-checked.
+            Ok(p) => s += u64::from(unsafe { p.read_unaligned() }),
+            Err(()) => return false,
+        }
+        i += 1;
+    }
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s == 0xffff
+}
+
+/// Validates a packet that matched a service or a NAT real server's connection (`valid`,
+/// with the whole TCP or UDP header) and reads its TCP flags (0 for UDP). Only then is a
+/// malformed packet an error: other traffic is the stack's business.
 #[inline(always)]
 pub fn l4_checked(ctx: &XdpContext, pkt: &Packet) -> Result<u8, Verdict> {
     if pkt.proto == proto::TCP {
+        valid(ctx, pkt, core::mem::size_of::<TcpHdr>())?;
         let tcp: *mut TcpHdr =
             ptr_at(ctx, pkt.l4_off).map_err(|_| Verdict::Drop(cnt::DROP_MALFORMED))?;
         // Byte 13 of the TCP header holds CWR..FIN.
         // SAFETY: bounds checked by ptr_at (the whole 20-byte header).
         return Ok(unsafe { *(tcp as *const u8).add(13) });
     }
+    valid(ctx, pkt, core::mem::size_of::<UdpHdr>())?;
     let _: *mut UdpHdr = ptr_at(ctx, pkt.l4_off).map_err(|_| Verdict::Drop(cnt::DROP_MALFORMED))?;
     Ok(0)
 }

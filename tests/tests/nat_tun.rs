@@ -477,7 +477,13 @@ fn tun_encapsulates_with_the_inner_packet_untouched() {
         let mut outer = Frame::raw(TUN_SRC, far_rs(1), 4, inner.clone());
         outer.frag = df; // DF copied from the inner packet
         outer.tos = 0x10;
-        outer.id = syn.id;
+        // The outer ID is the director's own, not the client's: 0 for an atomic (DF)
+        // datagram, as the kernel; else from a counter (`tun_outer_ids_…` checks its values).
+        outer.id = if df != 0 {
+            0
+        } else {
+            u16::from_be_bytes([out.data[18], out.data[19]])
+        };
         let want = outer.eth(ROUTER_MAC, f.net.int_mac);
         assert_frame("IPIP", &out, XDP_REDIRECT, &want);
         assert_eq!(&out.data[34..], &inner[..], "the inner packet is untouched");
@@ -700,7 +706,7 @@ fn nat_and_tun_ask_the_fib_when_the_daemon_has_no_next_hop() {
     let syn = Frame::tcp(CLIENT, 40061, VIP, 80, TCP_SYN, b"");
     let out = f.arrives_from_client(&client_frame(&f, &syn));
     let mut outer = Frame::raw(TUN_SRC, far_rs(1), 4, syn.ip());
-    outer.id = syn.id;
+    outer.id = 0; // DF: an atomic datagram, ID 0 (RFC 6864), as the kernel sends it
     assert_frame(
         "IPIP via the FIB",
         &out,
@@ -745,5 +751,352 @@ fn nat_replies_follow_a_neighbour_change() {
         &f.arrives_from_servers(&reply).data[..6],
         &[2, 0, 0, 0, 0, 0x77],
         "looked up again"
+    );
+}
+
+// Issue 8, the data-path faults: NAT, TUN and the director's own ICMP errors.
+
+/// Pins this thread (and the namespace threads it starts) to CPU 0: the ICMP rate limiter
+/// and the TUN ID counter are per CPU.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity on this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+/// The real server's reply of connection `port` to the client arrives SNATed to the VIP.
+fn assert_reply_snated(f: &mut Fixture, rip: Ipv4Addr, rport: u16, port: u16, what: &str) {
+    let synack = Frame::tcp(rip, rport, CLIENT, port, TCP_SYN | TCP_ACK, b"");
+    let out = f.arrives_from_servers(&synack.eth(f.net.int_mac, rs_mac(1)));
+    let want = Frame::tcp(VIP, 80, CLIENT, port, TCP_SYN | TCP_ACK, b"")
+        .ttl(63)
+        .eth(CLIENT_MAC, f.net.ext_mac);
+    assert_frame(what, &out, XDP_REDIRECT, &want);
+}
+
+#[test]
+fn a_nat_connection_whose_first_packet_is_not_forwarded_still_gets_its_replies_snated() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(rs(1), 8080, Forward::Nat)],
+    ));
+    // The first SYN has TTL 1: time exceeded. The retransmission goes through; the server's
+    // SYN-ACK must come back from the VIP.
+    let syn = Frame::tcp(CLIENT, 40100, VIP, 80, TCP_SYN, b"");
+    let out = f.arrives_from_client(&client_frame(&f, &syn.clone().ttl(1)));
+    assert_eq!(out.action, XDP_TX, "time exceeded");
+    let out = f.arrives_from_client(&client_frame(&f, &syn));
+    assert_eq!(out.action, XDP_REDIRECT, "the retransmitted SYN is DNATed");
+    assert_reply_snated(&mut f, rs(1), 8080, 40100, "after a TTL-1 first SYN");
+
+    // Too big for the path: with DF, fragmentation needed; without, passed to the stack.
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(SMALL_MTU_RS, 80, Forward::Nat)],
+    ));
+    for (port, df, first_action) in [(40101, IP_DF, XDP_TX), (40102, 0, XDP_PASS)] {
+        let mut big = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, &[7; 700]);
+        big.frag = df;
+        let out = f.arrives_from_client(&client_frame(&f, &big));
+        assert_eq!(out.action, first_action, "a too-big first SYN, DF {df:#x}");
+        let small = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, b"");
+        let out = f.arrives_from_client(&client_frame(&f, &small));
+        assert_eq!(out.action, XDP_REDIRECT, "the small SYN is DNATed");
+        // Replies from the far server arrive through the router.
+        let synack = Frame::tcp(SMALL_MTU_RS, 80, CLIENT, port, TCP_SYN | TCP_ACK, b"");
+        let out = f.arrives_from_servers(&synack.eth(f.net.int_mac, ROUTER_MAC));
+        let want = Frame::tcp(VIP, 80, CLIENT, port, TCP_SYN | TCP_ACK, b"")
+            .ttl(63)
+            .eth(CLIENT_MAC, f.net.ext_mac);
+        assert_frame("SNAT after a too-big first SYN", &out, XDP_REDIRECT, &want);
+    }
+    assert_eq!(f.counter("nat_reply_clash"), 0);
+}
+
+#[test]
+fn a_translated_icmp_error_has_its_ttl_tested_before_it_is_decremented() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Udp,
+        53,
+        &[dest(rs(1), 5353, Forward::Nat)],
+    ));
+    f.arrives_from_client(&client_frame(
+        &f,
+        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
+    ));
+    let dnated = Frame::udp(CLIENT, 5000, rs(1), 5353, b"query").ttl(63).ip();
+    let int_mac = f.net.int_mac;
+    let unreach = |ttl| {
+        Frame::icmp_error(rs(1), CLIENT, 3, 3, [0; 4], &dnated[..28])
+            .ttl(ttl)
+            .eth(int_mac, rs_mac(1))
+    };
+    // TTL 2 is forwarded with TTL 1 (the kernel's ip_forward tests, then decrements).
+    let out = f.arrives_from_servers(&unreach(2));
+    assert_eq!(out.action, XDP_REDIRECT, "TTL 2: {out:?}");
+    assert_eq!(out.data[14 + 8], 1, "forwarded with TTL 1");
+    verify_checksums(&out.data[14..]).unwrap();
+    // TTL 1 and 0 have run out: dropped, and no error about an error.
+    for ttl in [1, 0] {
+        let out = f.arrives_from_servers(&unreach(ttl));
+        assert_eq!(out.action, XDP_DROP, "TTL {ttl}: {out:?}");
+    }
+    assert_eq!(f.counter("drop_icmp_suppressed"), 2);
+    assert_eq!(f.counter("icmp_sent"), 0);
+    // The same from the client's side (an error about a reply).
+    let reply = Frame::udp(VIP, 53, CLIENT, 5000, b"answer").ip();
+    for (ttl, action) in [(2, XDP_REDIRECT), (1, XDP_DROP), (0, XDP_DROP)] {
+        let err = Frame::icmp_error(CLIENT, VIP, 3, 3, [0; 4], &reply[..28]).ttl(ttl);
+        let out = f.arrives_from_client(&client_frame(&f, &err));
+        assert_eq!(out.action, action, "client side, TTL {ttl}: {out:?}");
+    }
+    assert_eq!(f.counter("drop_icmp_suppressed"), 4);
+}
+
+#[test]
+fn no_icmp_error_about_an_icmp_error_or_toward_a_non_unicast_source() {
+    // An ICMP error about a TUN connection that is too big for the tunnel, with DF: the
+    // director must not answer it with fragmentation-needed (an error about an error).
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(SMALL_MTU_RS, 80, Forward::Tun)],
+    ));
+    f.arrives_from_client(&client_frame(
+        &f,
+        &Frame::tcp(CLIENT, 40200, VIP, 80, TCP_SYN, b""),
+    ));
+    let reply = Frame::tcp(VIP, 80, CLIENT, 40200, TCP_ACK, &[0; 600]).ip();
+    let mut err = Frame::icmp_error(CLIENT, VIP, 3, 4, [0, 0, 0x05, 0x00], &reply);
+    err.frag = IP_DF;
+    let out = f.arrives_from_client(&client_frame(&f, &err));
+    assert_eq!(out.action, XDP_DROP, "an error about an error: {out:?}");
+    assert_eq!(f.counter("drop_icmp_suppressed"), 1);
+    assert_eq!(f.counter("icmp_sent"), 0);
+
+    // TTL-1 SYNs from sources that must never get an error.
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(rs(1), 80, Forward::Nat)],
+    ));
+    let sources = [
+        Ipv4Addr::new(127, 0, 0, 5),
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::new(240, 0, 0, 1),
+        Ipv4Addr::BROADCAST,
+    ];
+    for (i, src) in sources.into_iter().enumerate() {
+        let syn = Frame::tcp(src, 40300 + i as u16, VIP, 80, TCP_SYN, b"").ttl(1);
+        let out = f.arrives_from_client(&client_frame(&f, &syn));
+        assert_eq!(out.action, XDP_DROP, "TTL 1 from {src}: {out:?}");
+    }
+    assert_eq!(f.counter("drop_icmp_suppressed"), sources.len() as u64);
+    assert_eq!(f.counter("icmp_sent"), 0);
+}
+
+#[test]
+fn time_exceeded_about_a_nat_reply_comes_from_the_director_not_the_client() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(rs(1), 8080, Forward::Nat)],
+    ));
+    f.arrives_from_client(&client_frame(
+        &f,
+        &Frame::tcp(CLIENT, 40400, VIP, 80, TCP_SYN, b""),
+    ));
+    let synack = Frame::tcp(rs(1), 8080, CLIENT, 40400, TCP_SYN | TCP_ACK, b"").ttl(1);
+    let ip = synack.ip();
+    let out = f.arrives_from_servers(&synack.eth(f.net.int_mac, rs_mac(1)));
+    // From the director's address on the real servers' side (what the kernel's icmp_send
+    // would pick for an error about a packet it forwards), back to the real server.
+    let mut want = Frame::icmp_error(Ipv4Addr::new(192, 0, 2, 1), rs(1), 11, 0, [0; 4], &ip[..28]);
+    want.tos = 0xc0;
+    want.id = 0;
+    assert_frame(
+        "time exceeded about a reply",
+        &out,
+        XDP_TX,
+        &want.eth(rs_mac(1), f.net.int_mac),
+    );
+    assert_eq!(f.counter("icmp_sent"), 1);
+}
+
+#[test]
+fn the_directors_icmp_errors_are_rate_limited() {
+    pin_to_cpu0();
+    let burst = lb_common::icmp_limit::BURST;
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(rs(1), 80, Forward::Nat)],
+    ));
+    let ttl1 = |f: &Fixture, port: u16| {
+        client_frame(f, &Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, b"").ttl(1))
+    };
+    // The clock stands still: a full bucket, then nothing.
+    let mut port = 41000;
+    for _ in 0..burst {
+        let frame = ttl1(&f, port);
+        assert_eq!(f.arrives_from_client(&frame).action, XDP_TX, "port {port}");
+        port += 1;
+    }
+    for _ in 0..5 {
+        let frame = ttl1(&f, port);
+        let out = f.arrives_from_client(&frame);
+        assert_eq!(out.action, XDP_DROP, "over the limit, port {port}: {out:?}");
+        port += 1;
+    }
+    assert_eq!(f.counter("icmp_sent"), burst);
+    assert_eq!(f.counter("drop_icmp_ratelimit"), 5);
+    // Fragmentation-needed is not limited (path MTU discovery must work), as in the kernel.
+    f.set(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(SMALL_MTU_RS, 80, Forward::Nat)],
+    ));
+    let big = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, &[7; 700]);
+    let out = f.arrives_from_client(&client_frame(&f, &big));
+    assert_eq!(
+        out.action, XDP_TX,
+        "frag needed while the bucket is empty: {out:?}"
+    );
+    // A clock step (the daemon's tick, at least 100 ms) refills the bucket.
+    std::thread::sleep(std::time::Duration::from_millis(110));
+    f.dp().tick_clock().unwrap();
+    port += 1;
+    let frame = ttl1(&f, port);
+    assert_eq!(f.arrives_from_client(&frame).action, XDP_TX, "after a tick");
+    assert_eq!(f.counter("drop_icmp_ratelimit"), 5);
+}
+
+#[test]
+fn tun_outer_ids_are_the_directors_own() {
+    pin_to_cpu0();
+    let mut f = Fixture::new(one_service(
+        Protocol::Udp,
+        53,
+        &[dest(far_rs(1), 53, Forward::Tun)],
+    ));
+    // Two clients whose datagrams (without DF) carry the same ID.
+    let mut ids = Vec::new();
+    for client in [CLIENT, Ipv4Addr::new(198, 51, 100, 8)] {
+        let mut q = Frame::udp(client, 5000, VIP, 53, b"query");
+        q.frag = 0;
+        q.id = 0x4242;
+        let out = f.arrives_from_client(&client_frame(&f, &q));
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(
+            &out.data[34..],
+            &q.ip()[..],
+            "the inner packet is untouched"
+        );
+        verify_checksums(&out.data[14..]).unwrap();
+        ids.push(u16::from_be_bytes([out.data[18], out.data[19]]));
+    }
+    assert_ne!(
+        ids[0], ids[1],
+        "two clients' datagrams with one inner ID got outer IDs {ids:04x?}"
+    );
+    // With DF the datagram is atomic: ID 0, as the kernel sends it.
+    let q = Frame::udp(CLIENT, 5001, VIP, 53, b"query");
+    assert_eq!(q.frag, IP_DF);
+    let out = f.arrives_from_client(&client_frame(&f, &q));
+    assert_eq!(&out.data[18..20], &[0, 0], "DF: outer ID 0");
+}
+
+#[test]
+fn tun_leaves_ethernet_padding_out_of_the_tunnel() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(far_rs(1), 80, Forward::Tun)],
+    ));
+    let syn = Frame::tcp(CLIENT, 40500, VIP, 80, TCP_SYN, b"");
+    let mut frame = client_frame(&f, &syn);
+    frame.extend_from_slice(&[0xaa; 6]); // a 60-byte minimum frame
+    let out = f.arrives_from_client(&frame);
+    let mut outer = Frame::raw(TUN_SRC, far_rs(1), 4, syn.ip());
+    outer.id = 0;
+    assert_frame(
+        "IPIP of a padded frame",
+        &out,
+        XDP_REDIRECT,
+        &outer.eth(ROUTER_MAC, f.net.int_mac),
+    );
+    // A NAT request or reply claiming more than it carries is never forwarded.
+    let mut f = Fixture::new(one_service(
+        Protocol::Tcp,
+        80,
+        &[dest(rs(1), 80, Forward::Nat)],
+    ));
+    let mut liar = client_frame(&f, &Frame::tcp(CLIENT, 40501, VIP, 80, TCP_SYN, b""));
+    liar[16..18].copy_from_slice(&1000u16.to_be_bytes());
+    liar[24..26].copy_from_slice(&[0, 0]);
+    let sum = lb_tests::packet::checksum(&[&liar[14..34]]);
+    liar[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(f.arrives_from_client(&liar).action, XDP_DROP);
+    assert_eq!(f.counter("drop_malformed"), 1);
+}
+
+#[test]
+fn malformed_nat_replies_and_icmp_errors_about_connections_are_never_forwarded() {
+    let mut f = Fixture::new(one_service(
+        Protocol::Udp,
+        53,
+        &[dest(rs(1), 5353, Forward::Nat)],
+    ));
+    f.arrives_from_client(&client_frame(
+        &f,
+        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
+    ));
+    let set_len_fix_sum = |mut frame: Vec<u8>, tot_len: u16| {
+        frame[16..18].copy_from_slice(&tot_len.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = lb_tests::packet::checksum(&[&frame[14..34]]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+        frame
+    };
+    let reply = Frame::udp(rs(1), 5353, CLIENT, 5000, b"answer").eth(f.net.int_mac, rs_mac(1));
+    let dnated = Frame::udp(CLIENT, 5000, rs(1), 5353, b"query").ttl(63).ip();
+    let unreach =
+        Frame::icmp_error(rs(1), CLIENT, 3, 3, [0; 4], &dnated[..28]).eth(f.net.int_mac, rs_mac(1));
+    for (what, frame) in [("NAT reply", reply), ("ICMP error", unreach)] {
+        // Claiming 200 bytes more than the frame carries.
+        let len = u16::from_be_bytes([frame[16], frame[17]]);
+        let liar = set_len_fix_sum(frame.clone(), len + 200);
+        let before = f.counter("drop_malformed");
+        let out = f.arrives_from_servers(&liar);
+        assert_eq!(out.action, XDP_DROP, "{what} claiming more: {out:?}");
+        assert_eq!(f.counter("drop_malformed"), before + 1, "{what}");
+        // A bad header checksum.
+        let mut bad = frame.clone();
+        bad[24] ^= 0x01;
+        let before = f.counter("drop_bad_csum");
+        let out = f.arrives_from_servers(&bad);
+        assert_eq!(out.action, XDP_DROP, "{what} with a bad checksum: {out:?}");
+        assert_eq!(f.counter("drop_bad_csum"), before + 1, "{what}");
+        // Whole, it goes through.
+        assert_eq!(
+            f.arrives_from_servers(&frame).action,
+            XDP_REDIRECT,
+            "{what}, well-formed"
+        );
+    }
+    let snap = f.dp().snapshot(None, &Default::default());
+    assert_eq!(
+        snap.services[0].stats.outpkts, 1,
+        "only the well-formed reply counts as OutPkts"
     );
 }
