@@ -10,4 +10,3 @@ pub mod model;
 pub mod neigh;
 pub mod realserver;
 pub mod sched;
-pub mod testrun;

@@ -569,7 +569,17 @@ impl Dataplane {
             .collect()
     }
 
-    /// The balancer program (for `BPF_PROG_TEST_RUN`).
+    /// The balancer program (for `BPF_PROG_TEST_RUN` through aya's `TestRun`).
+    pub fn program(&self) -> anyhow::Result<&Xdp> {
+        let p: &Xdp = self
+            .bpf
+            .program(progs::BALANCER)
+            .ok_or_else(|| anyhow!("program {} missing", progs::BALANCER))?
+            .try_into()?;
+        Ok(p)
+    }
+
+    /// The balancer program's file descriptor.
     pub fn program_fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         let p: &Xdp = self

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use aya::programs::Xdp;
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Conn, progs, settings_flags, tcp_state, udp_state};
 
 use super::*;
@@ -90,17 +90,23 @@ impl Dataplane {
     /// Runs the in-kernel sweep (`lb_sweep`): expires idle connections and templates (the data
     /// path never does) and recounts every backend's connections.
     pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
-        use std::os::fd::AsFd;
         let prog: &Xdp = self
             .bpf
             .program(progs::SWEEP)
             .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
             .try_into()?;
         // The program ignores its packet; the kernel wants at least an Ethernet header.
-        let out = crate::testrun::run_xdp(&prog.fd()?.as_fd(), &[0u8; 64], 1, 0)
+        let packet = [0u8; 64];
+        let out = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&packet),
+                ..TestRunOptions::default()
+            })
             .context("running the sweep")?;
-        if out.action != crate::testrun::XDP_PASS {
-            bail!("the sweep program failed (verdict {})", out.action);
+        // XDP_PASS: the sweep ran to its end.
+        const XDP_PASS: u32 = 2;
+        if out.return_value != XDP_PASS {
+            bail!("the sweep program failed (verdict {})", out.return_value);
         }
         let s = self.maps.sweep.get(&0, 0)?;
         Ok(SweepReport {
