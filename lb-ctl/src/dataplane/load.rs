@@ -279,14 +279,7 @@ impl Dataplane {
             ProbeTable::open(take(&mut bpf, maps::SVC_TABLE)?, size::SVC_SLOTS, adopted)?;
         let nat_rs = ProbeTable::open(take(&mut bpf, maps::NAT_RS)?, size::NAT_RS_SLOTS, adopted)?;
 
-        let state = State {
-            services: BTreeMap::new(),
-            backends: BTreeMap::new(),
-            svc_ids: IdPool::new(size::MAX_SERVICES),
-            be_ids: IdPool::new(size::MAX_BACKENDS),
-            regions: RegionAlloc::new(sched_table_size),
-            retired: Vec::new(),
-        };
+        let state = State::new(size::MAX_SERVICES, size::MAX_BACKENDS, sched_table_size);
         let mut dp = Self {
             bpf,
             maps,

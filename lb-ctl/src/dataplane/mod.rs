@@ -7,13 +7,15 @@
 //! leaves traffic flowing; the next one adopts the maps (connections included), swaps in its
 //! program atomically with `BPF_LINK_UPDATE`, and reads its table back from the maps.
 //!
-//! By concern: `load` (open, adopt, attach/detach, pins, bpffs), `sync` (bringing the maps to a
-//! model), `state` (the allocation state: ids, table regions), `probe` (the double-buffered
-//! probe tables), `batch` (batched map I/O), `runtime` (clock, sweep, timeouts, settings),
-//! `stats` (listings, connections, counters).
+//! By concern: `load` (open, adopt, attach/detach, pins, bpffs); `plan` (a sync planned as a
+//! pure function of the allocation state, the model and the paths) apart from `sync` (applying
+//! a plan to the maps, refreshing paths, collecting garbage); `state` (the allocation state:
+//! ids, table regions); `probe` (the double-buffered probe tables); `batch` (batched map I/O);
+//! `runtime` (clock, sweep, timeouts, settings); `stats` (listings, connections, counters).
 
 mod batch;
 mod load;
+mod plan;
 mod probe;
 mod runtime;
 mod state;
@@ -25,6 +27,7 @@ pub use runtime::{StateTimeouts, SweepReport};
 pub use stats::ConnCounts;
 
 use batch::*;
+use plan::Plan;
 use probe::*;
 use state::*;
 use stats::*;

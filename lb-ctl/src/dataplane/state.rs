@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use lb_common::Backend;
 
+use super::TABLE_GRACE;
+
 use crate::{
     model::{DestConfig, SchedFlags, Scheduler, ServiceConfig, ServiceKey},
     sched::Member,
@@ -177,6 +179,33 @@ pub(super) struct State {
     pub(super) regions: RegionAlloc,
     /// Replaced tables, released after `TABLE_GRACE`.
     pub(super) retired: Vec<(Instant, Region)>,
+}
+
+impl State {
+    /// Nothing allocated: ids `1..max_services` and `1..max_backends`, and the scheduling-table
+    /// map's `sched_slots` slots (slot 0 never handed out).
+    pub(super) fn new(max_services: u32, max_backends: u32, sched_slots: u32) -> Self {
+        Self {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            svc_ids: IdPool::new(max_services),
+            be_ids: IdPool::new(max_backends),
+            regions: RegionAlloc::new(sched_slots),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Frees the regions of tables replaced at least `TABLE_GRACE` before `now`.
+    pub(super) fn release_retired(&mut self, now: Instant) {
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .retired
+            .drain(..)
+            .partition(|(t, _)| now.duration_since(*t) >= TABLE_GRACE);
+        self.retired = keep;
+        for (_, r) in old {
+            self.regions.release(r);
+        }
+    }
 }
 
 #[cfg(test)]
