@@ -11,4 +11,3 @@ pub mod neigh;
 pub mod realserver;
 pub mod resolve;
 pub mod sched;
-pub mod testrun;

@@ -17,6 +17,7 @@ pub mod process;
 pub mod tempdir;
 pub mod udp;
 pub mod xdp;
+pub mod xdp_run;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -6,11 +6,11 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use lb_ctl::{
-    model::{Model, Op, Protocol, Scheduler, ServiceKey},
-    testrun::{XDP_DROP, XDP_PASS, XDP_TX},
+use lb_ctl::model::{Model, Op, Protocol, Scheduler, ServiceKey};
+use lb_tests::{
+    packet::{self, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
+    xdp_run::{XDP_DROP, XDP_PASS, XDP_TX},
 };
-use lb_tests::packet::{self, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 #[test]
 fn syn_is_forwarded_with_rewritten_macs_only() {

@@ -4,19 +4,16 @@
 //! namespace that has them: an "external" and an "internal" interface, static neighbours,
 //! a router on the internal side, and a route with a small MTU. Root only.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, BorrowedFd},
-};
+use std::net::Ipv4Addr;
 
 use lb_ctl::{
     dataplane::{Dataplane, Options, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_tests::{
     Netns,
     packet::{Frame, IP_DF, TCP_ACK, TCP_FIN, TCP_SYN, verify_checksums},
+    xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
@@ -184,14 +181,13 @@ impl Fixture {
 
     /// Runs `frame` as if it arrived on `ifindex`, inside the namespace.
     fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
-        let fd = self.dp().program_fd().expect("program").as_raw_fd();
-        let out = self.net.ns.enter(|| {
-            // SAFETY: the program fd stays open (owned by `self.dp`) for the whole call.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            testrun::run_xdp(&fd, frame, 1, ifindex)
-        });
+        let prog = self.dp.as_ref().expect("open").program().expect("program");
+        let out = self
+            .net
+            .ns
+            .enter(|| xdp_run::run_xdp(prog, frame, 1, ifindex));
         let out = out.expect("BPF_PROG_TEST_RUN");
-        assert_ne!(out.action, testrun::XDP_ABORTED, "aborted on {frame:02x?}");
+        assert_ne!(out.action, xdp_run::XDP_ABORTED, "aborted on {frame:02x?}");
         out
     }
 

@@ -13,9 +13,11 @@ use lb_ctl::{
         ServiceConfig, ServiceKey,
     },
     sched,
-    testrun::{XDP_DROP, XDP_TX},
 };
-use lb_tests::packet::{Frame, TCP_ACK, TCP_RST, TCP_SYN};
+use lb_tests::{
+    packet::{Frame, TCP_ACK, TCP_RST, TCP_SYN},
+    xdp_run::{XDP_DROP, XDP_TX},
+};
 
 /// xorshift64*: deterministic, so a failing seed can be replayed.
 struct Rng(u64);

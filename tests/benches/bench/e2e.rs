@@ -53,18 +53,18 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{Array, MapData, PerCpuArray},
-    programs::Xdp,
+    programs::{ProgramError, Xdp},
 };
 use lb_common::{maps, progs};
 use lb_ctl::{
     dataplane::{Dataplane, Options, PASS_OBJ, Paths, RsPath},
     model::{DestConfig, Forward, Model, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, XDP_TX},
 };
 use lb_tests::{
     Netns,
     packet::{Frame, TCP_ACK, TCP_SYN, verify_checksums},
     veth,
+    xdp_run::{self, XDP_TX},
 };
 
 use crate::report::{E2eRow, Report, Spread};
@@ -329,7 +329,7 @@ fn ifindex(ns: &Netns, dev: &str) -> u32 {
 /// to `GEN_CPU`.
 struct Generator<'a> {
     ns: &'a Netns,
-    prog: RawFd,
+    prog: &'a Xdp,
     ifindex: u32,
     config: Array<MapData, Gen>,
     state: PerCpuArray<MapData, GenState>,
@@ -374,8 +374,8 @@ impl Generator<'_> {
         });
     }
 
-    /// Runs `f(prog fd, template, g0's ifindex)` on a thread in the namespace on `GEN_CPU`.
-    fn on_cpu<T: Send>(&self, f: impl FnOnce(RawFd, &[u8], u32) -> T + Send) -> T {
+    /// Runs `f(prog, template, g0's ifindex)` on a thread in the namespace on `GEN_CPU`.
+    fn on_cpu<T: Send>(&self, f: impl FnOnce(&Xdp, &[u8], u32) -> T + Send) -> T {
         let (prog, frame, ifindex) = (self.prog, &self.frame, self.ifindex);
         self.ns.enter(move || {
             pin(0, GEN_CPU).expect("pinning the generator thread");
@@ -413,11 +413,12 @@ impl Generator<'_> {
                     // SAFETY: gettid has no preconditions.
                     tx.send(unsafe { libc::gettid() }).unwrap();
                     while !done.load(Ordering::Relaxed) {
-                        match testrun::run_xdp_live(&prog, frame, u32::MAX, ifindex, BATCH) {
-                            Err(e) if e.raw_os_error() != Some(libc::EINTR) => {
-                                panic!("lb_gen (live): {e}")
-                            }
-                            _ => {}
+                        match xdp_run::run_xdp_live(prog, frame, u32::MAX, ifindex, BATCH) {
+                            // EINTR: the signal that ends the flood.
+                            Err(ProgramError::SyscallError(e))
+                                if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
+                            Err(e) => panic!("lb_gen (live): {e}"),
+                            Ok(_) => {}
                         }
                     }
                 })
@@ -578,7 +579,7 @@ pub fn run(report: &mut Report) {
     let swap = load(&mut refs, progs::MACSWAP);
     let count = load(&mut refs, progs::COUNT_DROP);
     let redirect = load(&mut refs, progs::REDIRECT);
-    let gen_prog = load(&mut refs, progs::GEN);
+    load(&mut refs, progs::GEN);
     let take = |refs: &mut Ebpf, name: &str| {
         refs.take_map(name)
             .unwrap_or_else(|| panic!("map {name} missing from lb-pass"))
@@ -596,12 +597,15 @@ pub fn run(report: &mut Report) {
         0,
     )
     .unwrap();
+    let gen_config = Array::try_from(take(&mut refs, maps::GEN)).unwrap();
+    let gen_state = PerCpuArray::try_from(take(&mut refs, maps::GEN_STATE)).unwrap();
+    let gen_prog: &Xdp = refs.program(progs::GEN).unwrap().try_into().unwrap();
     let mut generator = Generator {
         ns: &gen_ns,
-        prog: gen_prog.as_raw_fd(),
+        prog: gen_prog,
         ifindex: g0,
-        config: Array::try_from(take(&mut refs, maps::GEN)).unwrap(),
-        state: PerCpuArray::try_from(take(&mut refs, maps::GEN_STATE)).unwrap(),
+        config: gen_config,
+        state: gen_state,
         frame: Vec::new(),
     };
     // The generator's frames are what the template says, with both checksums right.
@@ -612,7 +616,7 @@ pub fn run(report: &mut Report) {
     );
     let outs: Vec<Vec<u8>> = (0..3)
         .map(|_| {
-            let out = testrun::run_xdp(&gen_prog, &generator.frame, 1, 0).expect("lb_gen");
+            let out = xdp_run::run_xdp(gen_prog, &generator.frame, 1, 0).expect("lb_gen");
             assert_eq!(out.action, XDP_TX, "lb_gen: {out:?}");
             verify_checksums(&out.data[14..]).unwrap_or_else(|e| panic!("lb_gen: {e}"));
             out.data

@@ -15,21 +15,17 @@
 //! are interleaved so that drift on this shared machine hits every path alike; the tables
 //! show the median and spread of the kernel's own ns/packet over the rounds.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    time::Instant,
-};
+use std::{net::Ipv4Addr, time::Instant};
 
 use aya::{Ebpf, programs::Xdp};
 use lb_ctl::{
     dataplane::{Dataplane, Options, PASS_OBJ, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_tests::{
     Netns,
     packet::{Frame, TCP_ACK, TCP_SYN},
+    xdp_run::{self, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 use crate::report::{PathRow, Report, Spread};
@@ -54,11 +50,11 @@ const REPEAT: u32 = 1_000_000;
 const SINGLES: usize = 150_000;
 const ROUNDS: usize = 7;
 
-struct Case {
+struct Case<'a> {
     name: String,
     /// One run per call on a fresh copy; else `REPEAT` repeats of one buffer.
     single: bool,
-    prog: OwnedFd,
+    prog: &'a Xdp,
     /// The frames to run, in turn (one, except for new flows: a distinct 5-tuple each).
     frames: Vec<Vec<u8>>,
     ingress: u32,
@@ -66,7 +62,7 @@ struct Case {
     ns: Vec<f64>,
 }
 
-impl Case {
+impl Case<'_> {
     fn median(&self) -> f64 {
         let mut v = self.ns.clone();
         v.sort_by(f64::total_cmp);
@@ -112,7 +108,7 @@ pub fn run(report: &mut Report) {
         .try_into()
         .unwrap();
     swap.load().unwrap();
-    let swap_fd = swap.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
+    let swap: &Xdp = &*swap;
     let pins = lb_tests::PinDir::new("bench");
     let pin_dir = pins.path().to_path_buf();
     let mut dp = Dataplane::open(Options {
@@ -192,7 +188,7 @@ pub fn run(report: &mut Report) {
         }
     }
     dp.sync(&model, &paths).expect("sync");
-    let lb = || dp.program_fd().unwrap().try_clone_to_owned().unwrap();
+    let lb = dp.program().expect("the balancer program");
     let from_client = |vip, flags| {
         Frame::tcp(CLIENT, 40000, vip, 80, flags, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
     };
@@ -207,17 +203,12 @@ pub fn run(report: &mut Report) {
     )
     .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
 
-    let run = |prog: &OwnedFd, frame: &[u8], ingress: u32, repeat: u32| {
-        let raw = prog.as_raw_fd();
-        ns.enter(|| {
-            // SAFETY: `prog` outlives the call.
-            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-            testrun::run_xdp(&fd, frame, repeat, ingress).expect("BPF_PROG_TEST_RUN")
-        })
+    let run = |prog: &Xdp, frame: &[u8], ingress: u32, repeat: u32| {
+        ns.enter(|| xdp_run::run_xdp(prog, frame, repeat, ingress).expect("BPF_PROG_TEST_RUN"))
     };
     // Create each flow once; every measured packet then finds it.
     for vip in [DR_VIP, NAT_VIP, TUN_VIP] {
-        let out = run(&lb(), &from_client(vip, TCP_SYN), ext, 1);
+        let out = run(lb, &from_client(vip, TCP_SYN), ext, 1);
         assert!(
             [XDP_TX, XDP_REDIRECT].contains(&out.action),
             "{vip}: {out:?}"
@@ -249,7 +240,7 @@ pub fn run(report: &mut Report) {
         case(
             "MAC-swap XDP_TX (floor)",
             false,
-            swap_fd.try_clone().unwrap(),
+            swap,
             one(from_client(DR_VIP, TCP_ACK)),
             ext,
             XDP_TX,
@@ -257,7 +248,7 @@ pub fn run(report: &mut Report) {
         case(
             "DR, established flow",
             false,
-            lb(),
+            lb,
             one(from_client(DR_VIP, TCP_ACK)),
             ext,
             XDP_TX,
@@ -265,7 +256,7 @@ pub fn run(report: &mut Report) {
         case(
             "non-VIP packet (XDP_PASS)",
             false,
-            lb(),
+            lb,
             one(other.clone()),
             ext,
             XDP_PASS,
@@ -273,7 +264,7 @@ pub fn run(report: &mut Report) {
         case(
             "MAC-swap XDP_TX (floor)",
             true,
-            swap_fd,
+            swap,
             one(from_client(DR_VIP, TCP_ACK)),
             ext,
             XDP_TX,
@@ -281,7 +272,7 @@ pub fn run(report: &mut Report) {
         case(
             "DR, established flow",
             true,
-            lb(),
+            lb,
             one(from_client(DR_VIP, TCP_ACK)),
             ext,
             XDP_TX,
@@ -289,7 +280,7 @@ pub fn run(report: &mut Report) {
         case(
             "DR, new flow, rr (schedule+insert)",
             true,
-            lb(),
+            lb,
             new_flows(DR_VIP),
             ext,
             XDP_TX,
@@ -297,7 +288,7 @@ pub fn run(report: &mut Report) {
         case(
             "DR, new flow, wlc over 8",
             true,
-            lb(),
+            lb,
             new_flows(WLC_VIP),
             ext,
             XDP_TX,
@@ -305,7 +296,7 @@ pub fn run(report: &mut Report) {
         case(
             "DR, new flow, mh over 8",
             true,
-            lb(),
+            lb,
             new_flows(MH_VIP),
             ext,
             XDP_TX,
@@ -313,7 +304,7 @@ pub fn run(report: &mut Report) {
         case(
             "NAT request, established",
             true,
-            lb(),
+            lb,
             one(from_client(NAT_VIP, TCP_ACK)),
             ext,
             XDP_REDIRECT,
@@ -321,7 +312,7 @@ pub fn run(report: &mut Report) {
         case(
             "NAT reply, established",
             true,
-            lb(),
+            lb,
             one(reply),
             int,
             XDP_REDIRECT,
@@ -329,7 +320,7 @@ pub fn run(report: &mut Report) {
         case(
             "TUN encap, established",
             true,
-            lb(),
+            lb,
             one(from_client(TUN_VIP, TCP_ACK)),
             ext,
             XDP_REDIRECT,
@@ -337,7 +328,7 @@ pub fn run(report: &mut Report) {
         case(
             "non-VIP packet (XDP_PASS)",
             true,
-            lb(),
+            lb,
             one(other),
             ext,
             XDP_PASS,
@@ -364,23 +355,21 @@ pub fn run(report: &mut Report) {
         }
         for c in cases.iter_mut() {
             let ns_per_packet = if c.single {
-                let raw = c.prog.as_raw_fd();
+                let prog = c.prog;
                 let (frames, ingress, expect, name) = (&c.frames, c.ingress, c.expect, &c.name);
                 ns.enter(|| {
-                    // SAFETY: `c.prog` outlives the call.
-                    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
                     let mut total = 0u64;
                     for i in 0..SINGLES {
                         let frame = &frames[(round * SINGLES + i) % frames.len()];
                         let out =
-                            testrun::run_xdp(&fd, frame, 1, ingress).expect("BPF_PROG_TEST_RUN");
+                            xdp_run::run_xdp(prog, frame, 1, ingress).expect("BPF_PROG_TEST_RUN");
                         assert_eq!(out.action, expect, "{name}: {out:?}");
                         total += u64::from(out.duration_ns);
                     }
                     total as f64 / SINGLES as f64
                 })
             } else {
-                let out = run(&c.prog, &c.frames[0], c.ingress, REPEAT);
+                let out = run(c.prog, &c.frames[0], c.ingress, REPEAT);
                 assert_eq!(out.action, c.expect, "{}: {out:?}", c.name);
                 f64::from(out.duration_ns)
             };

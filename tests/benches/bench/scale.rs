@@ -15,12 +15,14 @@
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, BorrowedFd},
     path::Path,
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::Xdp,
+};
 use lb_common::{Conn, FlowKey, maps, size};
 use lb_ctl::{
     dataplane::{Dataplane, Options, Paths, RsPath},
@@ -28,11 +30,11 @@ use lb_ctl::{
         DestConfig, Forward, Model, Op, Protocol, SchedFlags, Scheduler, ServiceConfig, ServiceKey,
     },
     sched::{self, Member},
-    testrun::{self, XDP_TX},
 };
 use lb_tests::{
     Daemon, Netns, TempDir,
     packet::{Frame, TCP_ACK, TCP_SYN},
+    xdp_run::{self, XDP_TX},
 };
 
 use crate::report::Report;
@@ -228,16 +230,17 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
     let others = others.join(", ") + " MiB";
     let conns_empty = conns_memory(&dp);
 
-    let raw = dp.program_fd().unwrap().as_raw_fd();
+    // The balancer program, borrowed from `dp` anew around the sweep (which needs `&mut dp`).
+    fn lb(dp: &Dataplane) -> &Xdp {
+        dp.program().expect("the balancer program")
+    }
     // One run per call of each frame in turn (ns/packet averaged over them), or `repeat` runs
     // of one frame; every packet must be forwarded.
-    let run = |frames: &[Vec<u8>], repeat: u32| -> f64 {
+    let run = |prog: &Xdp, frames: &[Vec<u8>], repeat: u32| -> f64 {
         ns.enter(|| {
-            // SAFETY: `dp` holds the program open for the whole function.
-            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
             let mut total = 0u64;
             for f in frames {
-                let out = testrun::run_xdp(&fd, f, repeat, ext).expect("BPF_PROG_TEST_RUN");
+                let out = xdp_run::run_xdp(prog, f, repeat, ext).expect("BPF_PROG_TEST_RUN");
                 assert_eq!(
                     out.action, XDP_TX,
                     "{l}: a DR packet of an established flow was not forwarded ({out:?}): its \
@@ -249,11 +252,11 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         })
     };
     let ack = packet(CLIENT, 40000, TCP_ACK);
-    let open_flow = || {
-        run(&[packet(CLIENT, 40000, TCP_SYN)], 1);
-        run(std::slice::from_ref(&ack), 1);
+    let open_flow = |prog: &Xdp| {
+        run(prog, &[packet(CLIENT, 40000, TCP_SYN)], 1);
+        run(prog, std::slice::from_ref(&ack), 1);
     };
-    open_flow();
+    open_flow(lb(&dp));
     let mut map = conns_map(pins.path());
     let entries_now: Vec<(FlowKey, Conn)> = map.iter().map(Result::unwrap).collect();
     assert_eq!(
@@ -262,13 +265,13 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         "{l}: after a SYN and an ACK the table should hold exactly that flow"
     );
     let established = entries_now[0].1;
-    let repeated = || {
+    let repeated = |prog: &Xdp| {
         let v: Vec<f64> = (0..ROUNDS)
-            .map(|_| run(std::slice::from_ref(&ack), REPEAT))
+            .map(|_| run(prog, std::slice::from_ref(&ack), REPEAT))
             .collect();
         median(&v)
     };
-    let empty_repeat = repeated();
+    let empty_repeat = repeated(lb(&dp));
     // `SPREAD` filler connections picked all over the index range (a multiplicative hash is
     // a permutation of it), first with only them in the table, later among all the others.
     let spread_clients: Vec<(Ipv4Addr, u16)> = (0..SPREAD as u32)
@@ -291,18 +294,18 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         .iter()
         .map(|&(c, p)| packet(c, p, TCP_ACK))
         .collect();
-    let spread_rounds = || {
-        let v: Vec<f64> = (0..3).map(|_| run(&spread, 1)).collect();
+    let spread_rounds = |prog: &Xdp| {
+        let v: Vec<f64> = (0..3).map(|_| run(prog, &spread, 1)).collect();
         median(&v)
     };
-    let alone_spread = spread_rounds();
+    let alone_spread = spread_rounds(lb(&dp));
 
     print!("    filling {entries} entries from user space… ");
     let took = fill(pins.path(), entries, established);
     println!("{:.1} s", took.as_secs_f64());
     // The last inserts on each CPU evicted a few entries: bring back any measured one.
     if map.get(&flow_key(CLIENT, 40000), 0).is_err() {
-        open_flow();
+        open_flow(lb(&dp));
     }
     insert_missing(&mut map);
     let sweep = dp.sweep().expect("sweep");
@@ -313,8 +316,8 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         sweep.entries,
         sweep.expired
     );
-    let full_repeat = repeated();
-    let full_spread = spread_rounds();
+    let full_repeat = repeated(lb(&dp));
+    let full_spread = spread_rounds(lb(&dp));
     let conns_full = conns_memory(&dp);
 
     let per_cpu = entries as f64 / aya::util::online_cpus().unwrap().len() as f64;

@@ -7,9 +7,11 @@ use std::net::Ipv4Addr;
 use lb_ctl::{
     dataplane::{Dataplane, Options, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
-    testrun::{self, Outcome, XDP_TX},
 };
-use lb_tests::packet::Frame;
+use lb_tests::{
+    packet::Frame,
+    xdp_run::{self, Outcome, XDP_TX},
+};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -85,11 +87,11 @@ impl Fixture {
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
-        let fd = self.dp().program_fd().expect("program");
-        let out = testrun::run_xdp(&fd, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
+        let prog = self.dp().program().expect("program");
+        let out = xdp_run::run_xdp(prog, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
         assert_ne!(
             out.action,
-            testrun::XDP_ABORTED,
+            xdp_run::XDP_ABORTED,
             "the program aborted on {frame:02x?}"
         );
         out

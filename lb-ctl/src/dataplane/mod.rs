@@ -1,0 +1,228 @@
+//! The only code that touches the XDP programs and their maps: load them (or adopt the pinned
+//! ones a previous daemon left), attach them, and bring the maps to match a `Model` as one diff.
+//!
+//! Pin layout under the pin directory (default `/sys/fs/bpf/lb`): `maps/<MAP>` for every map,
+//! `prog_lb_xdp` for the balancer program and `links/<interface>` for each XDP attachment.
+//! Because links and maps are pinned, a daemon that stops with `--keep-datapath` (or dies)
+//! leaves traffic flowing; the next one adopts the maps (connections included), swaps in its
+//! program atomically with `BPF_LINK_UPDATE`, and reads its table back from the maps.
+//!
+//! By concern: `load` (open, adopt, attach/detach, pins, bpffs); `plan` (a sync planned as a
+//! pure function of the allocation state, the model and the paths) apart from `sync` (applying
+//! a plan to the maps, refreshing paths, collecting garbage); `state` (the allocation state:
+//! ids, table regions); `probe` (the double-buffered probe tables); `batch` (batched map I/O);
+//! `runtime` (clock, sweep, timeouts, settings); `stats` (listings, connections, counters).
+
+mod batch;
+mod load;
+mod plan;
+mod probe;
+mod runtime;
+mod state;
+mod stats;
+mod sync;
+
+pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs};
+pub use runtime::{StateTimeouts, SweepReport};
+pub use stats::ConnCounts;
+
+use batch::*;
+use plan::Plan;
+use probe::*;
+use state::*;
+use stats::*;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::links::PinnedLink,
+};
+use lb_common::{
+    Backend, Conn, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings, Stats, SvcKey,
+    SweepStats, size,
+};
+
+use crate::model::{Forward, Protocol, Scheduler, ServiceKey};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+
+/// How long a replaced scheduling table stays untouched before its slots are reused: packets
+/// that read the old service entry just before the switch finish within microseconds.
+const TABLE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a deleted destination stays in the trash at least (IPVS keeps it while
+/// connections use it; we also wait for the next sweeps to have counted them).
+const TRASH_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a half of the service table stays untouched after it stopped being live, for the
+/// same reason as `TABLE_GRACE` (a packet reads `svc_half`, then probes).
+const SVC_HALF_GRACE: Duration = Duration::from_millis(20);
+
+/// Settings chosen at load time.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    pub conn_table_size: u32,
+    pub sched_table_size: u32,
+    /// Slots of every mh (Maglev) table: a prime.
+    pub mh_table_size: u32,
+    /// Entries of the persistence-template table.
+    pub persist_table_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            conn_table_size: size::DEFAULT_CONNS,
+            sched_table_size: size::DEFAULT_SCHED_TABLE,
+            mh_table_size: size::DEFAULT_MH_TABLE,
+            persist_table_size: size::DEFAULT_PERSIST,
+        }
+    }
+}
+
+/// How the director reaches a real server, filled in by the daemon (route + neighbour). DR
+/// uses the interface and MACs; NAT and TUN route per packet with the kernel's FIB, and TUN
+/// takes its outer source address from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RsPath {
+    pub ifindex: u32,
+    /// The real server itself when it is on-link, else the gateway towards it.
+    pub next_hop: Ipv4Addr,
+    pub smac: [u8; 6],
+    /// The next hop's MAC; `None` while the neighbour is unresolved.
+    pub dmac: Option<[u8; 6]>,
+    /// TUN: the outer source address (a service's `tunnel_source` overrides it).
+    pub tun_src: Ipv4Addr,
+    /// MTU of the path (the route's, else the interface's; 0: unknown).
+    pub mtu: u16,
+}
+
+impl Default for RsPath {
+    fn default() -> Self {
+        Self {
+            ifindex: 0,
+            next_hop: Ipv4Addr::UNSPECIFIED,
+            smac: [0; 6],
+            dmac: None,
+            tun_src: Ipv4Addr::UNSPECIFIED,
+            mtu: 0,
+        }
+    }
+}
+
+/// Paths to real servers, by address.
+pub type Paths = HashMap<Ipv4Addr, RsPath>;
+
+/// The maps, typed.
+struct Maps {
+    svc_info: Array<MapData, Service>,
+    rs_conns: Array<MapData, RsConns>,
+    rs_new: Array<MapData, u32>,
+    persist: BpfHashMap<MapData, PersistKey, PersistVal>,
+    timeouts: Array<MapData, u32>,
+    sweep: Array<MapData, SweepStats>,
+    backends: Array<MapData, Backend>,
+    sched_table: Array<MapData, u32>,
+    cursor: Array<MapData, u64>,
+    conns: BpfHashMap<MapData, FlowKey, Conn>,
+    svc_stats: PerCpuArray<MapData, Stats>,
+    backend_stats: PerCpuArray<MapData, Stats>,
+    counters: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
+    /// Kept open: the tail-call targets live as long as the map has a user.
+    _progs: ProgramArray<MapData>,
+}
+
+pub struct Dataplane {
+    bpf: Ebpf,
+    maps: Maps,
+    opts: Options,
+    links: BTreeMap<String, PinnedLink>,
+    state: State,
+    conn_table_size: u32,
+    /// Whether the maps came from a previous daemon.
+    adopted: bool,
+    /// The value last written to `LB_SETTINGS`.
+    settings: Settings,
+    /// `LB_SVC_TABLE` and `LB_NAT_RS`, which flip together.
+    svc_table: ProbeTable,
+    nat_rs: ProbeTable,
+    /// When the idle half stopped being live.
+    half_retired_at: Instant,
+    /// When `settings.clock_ns` was last advanced.
+    clock_at: Instant,
+}
+
+fn svc_key(k: &ServiceKey) -> SvcKey {
+    SvcKey {
+        addr: u32::from_ne_bytes(k.addr.octets()),
+        port: k.port.to_be(),
+        proto: k.proto.number(),
+        _pad: 0,
+    }
+}
+
+fn proto_of(n: u8) -> Option<Protocol> {
+    match n {
+        lb_common::proto::TCP => Some(Protocol::Tcp),
+        lb_common::proto::UDP => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn ip(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn sched_code(s: Scheduler) -> u8 {
+    Scheduler::ALL
+        .iter()
+        .position(|x| *x == s)
+        .map_or(0, |i| i as u8 + 1)
+}
+
+fn sched_of(code: u8) -> Option<Scheduler> {
+    Scheduler::ALL.get((code as usize).checked_sub(1)?).copied()
+}
+
+fn forward_of(code: u8) -> Option<Forward> {
+    [Forward::Dr, Forward::Nat, Forward::Tun]
+        .into_iter()
+        .find(|f| f.code() == code)
+}
+
+/// A probe-table key as people write it.
+fn show(k: &SvcKey) -> String {
+    let proto = proto_of(k.proto).map_or("?", |p| p.label());
+    format!("{proto} {}:{}", ip(k.addr), u16::from_be(k.port))
+}
+
+fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
+    let n = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+    Ok(PerCpuValues::try_from(vec![T::default(); n])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_codes_round_trip() {
+        for s in Scheduler::ALL {
+            assert_eq!(sched_of(sched_code(s)), Some(s));
+        }
+        assert_eq!(sched_code(Scheduler::Rr), lb_common::sched::RR);
+        assert_eq!(sched_code(Scheduler::Mh), lb_common::sched::MH);
+    }
+}

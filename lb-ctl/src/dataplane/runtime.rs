@@ -1,0 +1,153 @@
+//! What the daemon runs periodically or sets at run time: the clock, the sweep, timeouts and
+//! expiry rules, the mh table size.
+
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::{Conn, progs, settings_flags, tcp_state, udp_state};
+
+use super::*;
+use crate::api::Timeouts;
+
+/// Connection timeouts in seconds, per TCP state, and for UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTimeouts {
+    pub tcp: [u32; tcp_state::COUNT],
+    pub udp: u32,
+}
+
+impl Default for StateTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp: tcp_state::TIMEOUTS,
+            udp: udp_state::TIMEOUT,
+        }
+    }
+}
+
+impl StateTimeouts {
+    /// `ipvsadm --set tcp tcpfin udp` (0 leaves a value unchanged).
+    pub fn set(&mut self, t: &Timeouts) {
+        if t.tcp != 0 {
+            self.tcp[tcp_state::ESTABLISHED as usize] = t.tcp;
+        }
+        if t.tcpfin != 0 {
+            self.tcp[tcp_state::FIN_WAIT as usize] = t.tcpfin;
+        }
+        if t.udp != 0 {
+            self.udp = t.udp;
+        }
+    }
+    pub fn get(&self) -> Timeouts {
+        Timeouts {
+            tcp: self.tcp[tcp_state::ESTABLISHED as usize],
+            tcpfin: self.tcp[tcp_state::FIN_WAIT as usize],
+            udp: self.udp,
+        }
+    }
+    pub(super) fn of(&self, conn: &Conn, proto: u8) -> u32 {
+        if proto == lb_common::proto::TCP {
+            self.tcp
+                .get(conn.state as usize)
+                .copied()
+                .unwrap_or(self.tcp[tcp_state::CLOSE as usize])
+        } else {
+            self.udp
+        }
+    }
+}
+
+/// What one sweep of the connection table found.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    pub entries: usize,
+    pub expired: usize,
+    pub templates: usize,
+    pub templates_expired: usize,
+}
+
+impl Dataplane {
+    /// Advances the balancer's clock (`Settings::clock_ns`) by the time since the last call.
+    /// The daemon calls it every `CLOCK_TICK_NS`; connections record it as their last activity.
+    pub fn tick_clock(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.clock_at).as_nanos() as u64;
+        self.clock_at = now;
+        self.settings.clock_ns = self.settings.clock_ns.wrapping_add(elapsed);
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Makes every next hop cached in connections stale (after a route or neighbour change):
+    /// the data path looks each up again on its next packet.
+    pub fn bump_route_epoch(&mut self) -> anyhow::Result<()> {
+        self.settings.route_epoch = self.settings.route_epoch.wrapping_add(1);
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Runs the in-kernel sweep (`lb_sweep`): expires idle connections and templates (the data
+    /// path never does) and recounts every backend's connections.
+    pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
+        let prog: &Xdp = self
+            .bpf
+            .program(progs::SWEEP)
+            .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
+            .try_into()?;
+        // The program ignores its packet; the kernel wants at least an Ethernet header.
+        let packet = [0u8; 64];
+        let out = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&packet),
+                ..TestRunOptions::default()
+            })
+            .context("running the sweep")?;
+        // XDP_PASS: the sweep ran to its end.
+        const XDP_PASS: u32 = 2;
+        if out.return_value != XDP_PASS {
+            bail!("the sweep program failed (verdict {})", out.return_value);
+        }
+        let s = self.maps.sweep.get(&0, 0)?;
+        Ok(SweepReport {
+            entries: s.entries as usize,
+            expired: s.expired as usize,
+            templates: s.templates as usize,
+            templates_expired: s.templates_expired as usize,
+        })
+    }
+
+    /// The connection timeouts the sweep applies (`ipvsadm --set`).
+    pub fn set_timeouts(&mut self, t: &StateTimeouts) -> anyhow::Result<()> {
+        for (i, v) in t.tcp.iter().enumerate() {
+            self.maps.timeouts.set(i as u32, *v, 0)?;
+        }
+        self.maps.timeouts.set(lb_common::TIMEOUT_UDP, t.udp, 0)?;
+        Ok(())
+    }
+
+    /// IPVS's `expire_nodest_conn` and `expire_quiescent_template` sysctls.
+    pub fn set_expiry_rules(&mut self, nodest: bool, quiescent: bool) -> anyhow::Result<()> {
+        let mut f = self.settings.flags
+            & !(settings_flags::EXPIRE_NODEST | settings_flags::EXPIRE_QUIESCENT);
+        if nodest {
+            f |= settings_flags::EXPIRE_NODEST;
+        }
+        if quiescent {
+            f |= settings_flags::EXPIRE_QUIESCENT;
+        }
+        self.settings.flags = f;
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// The size every mh table is built with.
+    pub fn mh_table_size(&self) -> u32 {
+        self.opts.mh_table_size
+    }
+
+    /// Sets the mh table size (a prime) the next `sync` builds every mh table with.
+    pub fn set_mh_table_size(&mut self, slots: u32) {
+        self.opts.mh_table_size = slots;
+    }
+}

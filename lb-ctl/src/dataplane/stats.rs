@@ -1,0 +1,304 @@
+//! Listings and stats: what `-L`, `-Lc`, `--stats`, `--zero` and the rate estimator read.
+
+use std::{collections::HashMap, net::SocketAddrV4};
+
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::{Conn, FlowKey, Stats, conn_flags, tcp_state};
+
+use super::*;
+use crate::{
+    api::{ConnView, DestView, RateView, ServiceView, Snapshot, StatsView},
+    model::{Forward, Protocol, ServiceKey},
+    sched::Member,
+};
+
+/// Per-backend connection counts from the last sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub active: u32,
+    pub inactive: u32,
+    /// Persistence templates pointing at the backend.
+    pub persist: u32,
+    /// Skipped by the schedulers: over its upper threshold (`-x`), and not yet back under
+    /// its lower one (`-y`).
+    pub overloaded: bool,
+}
+
+/// A connection: its request entry and the last activity of either direction.
+pub(super) struct Connection {
+    key: FlowKey,
+    conn: Conn,
+    /// The later of the two entries' last activity.
+    last_seen_ns: u64,
+}
+
+/// One counter set, summed over its per-CPU copies.
+pub(super) fn sum_stats(per_cpu: &[Stats]) -> StatsView {
+    let mut v = StatsView::default();
+    for s in per_cpu {
+        v.conns += s.conns;
+        v.inpkts += s.in_pkts;
+        v.inbytes += s.in_bytes;
+        v.outpkts += s.out_pkts;
+        v.outbytes += s.out_bytes;
+    }
+    v
+}
+
+impl Dataplane {
+    /// A backend's connections as the data path sees them: the last sweep's counts, plus
+    /// the connections created since (active for TCP, inactive for UDP), and its templates.
+    pub fn conn_counts(&self, id: u32) -> ConnCounts {
+        let rs = self.maps.rs_conns.get(&id, 0).unwrap_or_default();
+        let new = self.maps.rs_new.get(&id, 0).unwrap_or(0);
+        let udp = self
+            .state
+            .backends
+            .get(&id)
+            .is_some_and(|b| b.svc.proto == Protocol::Udp);
+        let (mut active, mut inactive) = (rs.active, rs.inactive);
+        if udp {
+            inactive = inactive.saturating_add(new);
+        } else {
+            active = active.saturating_add(new);
+        }
+        // As the data path's `view`: the sweep's hysteresis flag, or over the threshold
+        // already with the connections created since.
+        let u = self
+            .state
+            .backends
+            .get(&id)
+            .map_or(0, |b| b.dest.u_threshold);
+        let overloaded = rs.overloaded != 0 || (u != 0 && active.saturating_add(inactive) >= u);
+        ConnCounts {
+            active,
+            inactive,
+            persist: rs.persist,
+            overloaded,
+        }
+    }
+
+    /// A service's members as the data path's schedulers see them now: backend ids in IPVS
+    /// list order, with their weights, connection counts and overload state (what
+    /// `sched::Model` needs to make the same pick).
+    pub fn sched_members(&self, key: &ServiceKey) -> Option<Vec<Member>> {
+        let svc = self.state.services.get(key)?;
+        let members = svc
+            .members
+            .iter()
+            .filter_map(|(dk, id)| {
+                let b = self.state.backends.get(id)?;
+                let c = self.conn_counts(*id);
+                Some(Member {
+                    id: *id,
+                    addr: dk.0,
+                    port: dk.1,
+                    weight: b.dest.weight,
+                    active: c.active,
+                    inactive: c.inactive,
+                    overloaded: c.overloaded,
+                })
+            })
+            .collect();
+        Some(members)
+    }
+
+    /// The connections among connection-table entries: request entries, each with the last
+    /// activity of either direction (a NAT connection's reply entry has its own).
+    pub(super) fn pair(&self, entries: &[(FlowKey, Conn)]) -> Vec<Connection> {
+        let replies: HashMap<FlowKey, Conn> = entries
+            .iter()
+            .filter(|(_, c)| c.flags & conn_flags::REPLY != 0)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        entries
+            .iter()
+            .filter(|(_, c)| c.flags & conn_flags::REPLY == 0)
+            .map(|(k, c)| {
+                let nat = self
+                    .state
+                    .backends
+                    .get(&c.backend)
+                    .filter(|b| b.dest.forward == Forward::Nat);
+                let reply = nat.map(|b| {
+                    k.nat_reply(
+                        u32::from_ne_bytes(b.dest.addr.octets()),
+                        b.dest.port.to_be(),
+                    )
+                });
+                let reply_seen = reply
+                    .and_then(|r| replies.get(&r))
+                    .map_or(0, |r| r.last_seen_ns);
+                Connection {
+                    key: *k,
+                    conn: *c,
+                    last_seen_ns: c.last_seen_ns.max(reply_seen),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn stats(map: &PerCpuArray<MapData, Stats>, id: u32) -> StatsView {
+        map.get(&id, 0)
+            .map_or_else(|_| StatsView::default(), |per_cpu| sum_stats(&per_cpu))
+    }
+
+    /// Per-service and per-backend stats, by id (for the rate estimator).
+    pub fn all_stats(&self) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
+        let svcs = Self::stats_of(
+            &self.maps.svc_stats,
+            self.state.services.values().map(|s| s.id),
+        );
+        let bes = Self::stats_of(
+            &self.maps.backend_stats,
+            self.state.backends.keys().copied(),
+        );
+        (svcs, bes)
+    }
+
+    /// The stats of `ids`: one lookup each when they are few, else the whole per-CPU array in
+    /// a few `BPF_MAP_LOOKUP_BATCH` calls (100,000 real servers would take 100,000 system
+    /// calls, a tenth of a second every time the rates are estimated).
+    pub(super) fn stats_of(
+        map: &PerCpuArray<MapData, Stats>,
+        ids: impl Iterator<Item = u32> + Clone,
+    ) -> HashMap<u32, StatsView> {
+        const BATCH_ABOVE: usize = 256;
+        if ids.clone().count() > BATCH_ABOVE
+            && let Ok(all) = lookup_batch_percpu(aya::maps::IterableMap::map(map))
+        {
+            return ids
+                .map(|id| (id, all.get(id as usize).copied().unwrap_or_default()))
+                .collect();
+        }
+        ids.map(|id| (id, Self::stats(map, id))).collect()
+    }
+
+    /// What `-L` shows. `rates` gives (service id → rates, backend id → rates).
+    pub fn snapshot(
+        &self,
+        only: Option<&ServiceKey>,
+        rates: &(HashMap<u32, RateView>, HashMap<u32, RateView>),
+    ) -> Snapshot {
+        let mut services = Vec::new();
+        for (k, s) in &self.state.services {
+            if only.is_some_and(|o| o != k) {
+                continue;
+            }
+            let mut dests = Vec::new();
+            for (_, id) in s.members.iter().rev() {
+                let Some(b) = self.state.backends.get(id) else {
+                    continue;
+                };
+                let c = self.conn_counts(*id);
+                dests.push(DestView {
+                    config: b.dest,
+                    active_conns: c.active,
+                    inact_conns: c.inactive,
+                    persist_conns: c.persist,
+                    stats: Self::stats(&self.maps.backend_stats, *id),
+                    rates: rates.1.get(id).copied().unwrap_or_default(),
+                });
+            }
+            services.push(ServiceView {
+                config: s.config,
+                stats: Self::stats(&self.maps.svc_stats, s.id),
+                rates: rates.0.get(&s.id).copied().unwrap_or_default(),
+                dests,
+            });
+        }
+        Snapshot {
+            conn_table_size: self.conn_table_size,
+            services,
+        }
+    }
+
+    /// The connection entries (`-Lc`).
+    pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
+        let now = self.settings.clock_ns;
+        let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
+        let conns = self.pair(&entries);
+        let mut out = Vec::new();
+        for c in conns {
+            let (k, conn) = (c.key, c.conn);
+            let Some(b) = self.state.backends.get(&conn.backend) else {
+                continue;
+            };
+            let timeout = u64::from(timeouts.of(&conn, k.proto));
+            let idle = now.saturating_sub(c.last_seen_ns) / 1_000_000_000;
+            let (proto, state) = if k.proto == lb_common::proto::TCP {
+                (
+                    "TCP",
+                    tcp_state::NAMES
+                        .get(conn.state as usize)
+                        .copied()
+                        .unwrap_or("ERR!"),
+                )
+            } else {
+                ("UDP", "UDP")
+            };
+            out.push(ConnView {
+                proto: proto.into(),
+                expire_secs: timeout.saturating_sub(idle) as u32,
+                state: state.into(),
+                client: SocketAddrV4::new(ip(k.saddr), u16::from_be(k.sport)),
+                virtual_addr: SocketAddrV4::new(ip(k.daddr), u16::from_be(k.dport)),
+                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+            });
+        }
+        // Persistence templates, as IPVS lists them: protocol "IP", client network and port 0.
+        for item in self.maps.persist.iter() {
+            let Ok((k, t)) = item else { continue };
+            let (Some(b), Some(svc)) = (
+                self.state.backends.get(&t.backend),
+                self.state.services.values().find(|s| s.id == k.svc_id),
+            ) else {
+                continue;
+            };
+            let timeout = u64::from(svc.config.persistence.map_or(0, |p| p.timeout));
+            let idle = now.saturating_sub(t.last_seen_ns) / 1_000_000_000;
+            out.push(ConnView {
+                proto: "IP".into(),
+                expire_secs: timeout.saturating_sub(idle) as u32,
+                state: "NONE".into(),
+                client: SocketAddrV4::new(ip(k.client), 0),
+                virtual_addr: SocketAddrV4::new(svc.config.key.addr, svc.config.key.port),
+                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+            });
+        }
+        out
+    }
+
+    /// Zeroes the stats of one service (and its destinations) or of all.
+    pub fn zero(&mut self, only: Option<&ServiceKey>) -> anyhow::Result<()> {
+        for (k, s) in &self.state.services {
+            if only.is_some_and(|o| o != k) {
+                continue;
+            }
+            self.maps.svc_stats.set(s.id, zeros()?, 0)?;
+            for (_, id) in &s.members {
+                self.maps.backend_stats.set(*id, zeros()?, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Global data-path counters (`lb_common::cnt`), summed over CPUs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (0..lb_common::cnt::MAX)
+            .filter_map(|i| {
+                let name = lb_common::cnt::NAMES[i as usize];
+                if name.is_empty() {
+                    return None;
+                }
+                let v = self
+                    .maps
+                    .counters
+                    .get(&i, 0)
+                    .map(|p| p.iter().sum())
+                    .unwrap_or(0);
+                Some((name, v))
+            })
+            .collect()
+    }
+}
