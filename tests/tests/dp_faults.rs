@@ -9,7 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use lb_ctl::testrun::{XDP_DROP, XDP_PASS, XDP_TX};
+use lb_tests::xdp_run::{XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::packet::{Frame, TCP_ACK, TCP_SYN, checksum};
 
 /// An address no service uses.
