@@ -9,8 +9,8 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use lb_tests::xdp_run::{XDP_DROP, XDP_PASS, XDP_TX};
 use lb_tests::packet::{Frame, TCP_ACK, TCP_SYN, checksum};
+use lb_tests::xdp_run::{XDP_DROP, XDP_PASS, XDP_TX};
 
 /// An address no service uses.
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);

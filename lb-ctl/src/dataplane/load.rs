@@ -179,6 +179,18 @@ impl Dataplane {
             if name == maps::SCHED_TABLE {
                 sched_table_size = info.max_entries();
             }
+            // aya reuses a pinned map whatever its size: a counter array pinned by an older
+            // lb-ctl keeps its length, and the counters added since are not kept (they read
+            // 0). Forwarding and the connections are unaffected, so say so and go on rather
+            // than refuse to adopt.
+            if name == maps::COUNTERS && info.max_entries() < lb_common::cnt::MAX {
+                log::warn!(
+                    "the pinned counter map holds {} counters, this lb-ctl has {}: the newer \
+                     ones read 0 until the data path is started afresh",
+                    info.max_entries(),
+                    lb_common::cnt::MAX
+                );
+            }
         }
 
         let mut loader = EbpfLoader::new();
