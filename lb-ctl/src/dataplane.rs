@@ -12,6 +12,11 @@ use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -431,6 +436,34 @@ impl StateTimeouts {
     }
 }
 
+/// The thread `Dataplane::start_clock` runs; dropping it stops the clock.
+pub struct ClockThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ClockThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many ids and scheduling-table slots are in use, by the control plane's account
+/// (`lb-ctl status`): after `-C` and the grace periods, all of them are free again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub service_ids: usize,
+    pub backend_ids: usize,
+    /// Backends kept after deletion while connections may still use them.
+    pub trashed_backends: usize,
+    pub table_slots_used: u64,
+    pub table_slots: u64,
+}
+
 /// A connection: its request entry and the last activity of either direction.
 struct Connection {
     key: FlowKey,
@@ -466,6 +499,9 @@ pub struct Dataplane {
     half_retired_at: Instant,
     /// When `settings.clock_ns` was last advanced.
     clock_at: Instant,
+    /// Serialises writes of `LB_SETTINGS` with the clock thread (`start_clock`), which
+    /// advances `clock_ns` while this side may be busy for a while (a sync, a resolve).
+    settings_lock: Arc<Mutex<()>>,
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
@@ -857,6 +893,7 @@ impl Dataplane {
             nat_rs,
             half_retired_at: Instant::now() - SVC_HALF_GRACE,
             clock_at: Instant::now(),
+            settings_lock: Arc::new(Mutex::new(())),
         };
         if adopted {
             dp.adopt()
@@ -998,7 +1035,92 @@ impl Dataplane {
                 s.config.tunnel_source = Some(ip(one));
             }
         }
+        self.trash_orphans(now);
         Ok(())
+    }
+
+    /// After adoption: a backend that no live service lists is trashed (its id is reclaimed
+    /// once no connection uses it). A daemon killed in the middle of a sync leaves such
+    /// backends: it writes new and edited backends before the service table flips, and stops
+    /// deleted ones after; only the live half of the service table says which count.
+    fn trash_orphans(&mut self, now: Instant) {
+        let listed: HashSet<u32> = self
+            .state
+            .services
+            .values()
+            .flat_map(|s| s.members.iter().map(|(_, id)| *id))
+            .collect();
+        let mut n = 0;
+        for (id, b) in self.state.backends.iter_mut() {
+            if b.trashed_at.is_none() && !listed.contains(id) {
+                b.trashed_at = Some(now);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            log::info!("adoption: {n} real server entries no live service lists, trashed");
+        }
+    }
+
+    /// The connection timeouts the pinned maps hold (after adoption: what the previous daemon
+    /// set, `--set` included).
+    pub fn read_timeouts(&self) -> anyhow::Result<StateTimeouts> {
+        let mut t = StateTimeouts::default();
+        for (i, v) in t.tcp.iter_mut().enumerate() {
+            *v = self.maps.timeouts.get(&(i as u32), 0)?;
+        }
+        t.udp = self.maps.timeouts.get(&lb_common::TIMEOUT_UDP, 0)?;
+        Ok(t)
+    }
+
+    /// `expire_nodest_conn` and `expire_quiescent_template` as the settings map holds them.
+    pub fn expiry_rules(&self) -> (bool, bool) {
+        let f = self.settings.flags;
+        (
+            f & settings_flags::EXPIRE_NODEST != 0,
+            f & settings_flags::EXPIRE_QUIESCENT != 0,
+        )
+    }
+
+    /// The Maglev table size the adopted mh services were built with (none: `None`).
+    pub fn adopted_mh_table_size(&self) -> Option<u32> {
+        self.state
+            .services
+            .values()
+            .filter(|s| s.config.scheduler == Scheduler::Mh && s.table_len > 0)
+            .map(|s| s.table_len)
+            .max()
+    }
+
+    /// Ids and table slots in use (see `PoolUsage`).
+    pub fn pool_usage(&self) -> PoolUsage {
+        let used = |p: &IdPool| p.used.iter().skip(1).filter(|u| **u).count();
+        let free: u64 = self
+            .state
+            .regions
+            .free
+            .iter()
+            .map(|r| u64::from(r.len))
+            .sum();
+        let used_slots: u64 = self
+            .state
+            .services
+            .values()
+            .map(|s| u64::from(s.region.len))
+            .chain(self.state.retired.iter().map(|(_, r)| u64::from(r.len)))
+            .sum();
+        PoolUsage {
+            service_ids: used(&self.state.svc_ids),
+            backend_ids: used(&self.state.be_ids),
+            trashed_backends: self
+                .state
+                .backends
+                .values()
+                .filter(|b| b.trashed_at.is_some())
+                .count(),
+            table_slots_used: used_slots,
+            table_slots: free + used_slots,
+        }
     }
 
     /// The table as the data path has it (after `open` on adopted maps: what the previous
@@ -1477,7 +1599,7 @@ impl Dataplane {
         self.svc_table.write_half(idle, svc)?;
         self.nat_rs.write_half(idle, rs)?;
         self.settings.svc_half = idle as u32;
-        self.maps.settings.set(0, self.settings, 0)?;
+        self.write_settings()?;
         self.half_retired_at = Instant::now();
         Ok(())
     }
@@ -1488,16 +1610,81 @@ impl Dataplane {
         let now = Instant::now();
         let elapsed = now.duration_since(self.clock_at).as_nanos() as u64;
         self.clock_at = now;
-        self.settings.clock_ns = self.settings.clock_ns.wrapping_add(elapsed);
+        let _held = self.settings_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.maps.settings.get(&0, 0)?.clock_ns;
+        self.settings.clock_ns = current.wrapping_add(elapsed);
         self.maps.settings.set(0, self.settings, 0)?;
         Ok(())
+    }
+
+    /// Writes `self.settings` to `LB_SETTINGS`, keeping the clock the map holds: the clock
+    /// thread (`start_clock`) may have advanced it since this side last looked.
+    fn write_settings(&mut self) -> anyhow::Result<()> {
+        let _held = self.settings_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.settings.clock_ns = self.maps.settings.get(&0, 0)?.clock_ns;
+        self.maps.settings.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// The balancer's clock as the data path reads it now.
+    fn clock_now(&self) -> u64 {
+        self.maps
+            .settings
+            .get(&0, 0)
+            .map_or(self.settings.clock_ns, |s| s.clock_ns)
+    }
+
+    /// Starts a thread that advances the balancer's clock every `CLOCK_TICK_NS`, apart from
+    /// the daemon's loop: a long sync or resolve there must not stop the clock (connections
+    /// would record stale activity, and expire late). It writes through its own handle on the
+    /// pinned settings map, read-modify-write under the lock every other settings write takes,
+    /// so neither side undoes the other's change. Stopped (and joined) when dropped.
+    pub fn start_clock(&self) -> anyhow::Result<ClockThread> {
+        let pin = self.opts.pin_dir.join("maps").join(maps::SETTINGS);
+        let data = MapData::from_pin(&pin)
+            .with_context(|| format!("opening {} for the clock", pin.display()))?;
+        let mut map: Array<MapData, Settings> = Array::try_from(aya::maps::Map::Array(data))?;
+        let lock = self.settings_lock.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let tick = Duration::from_nanos(lb_common::CLOCK_TICK_NS);
+        let thread = std::thread::Builder::new()
+            .name("lb-clock".into())
+            .spawn(move || {
+                let mut at = Instant::now();
+                let mut warned = false;
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(tick.saturating_sub(at.elapsed()));
+                    if at.elapsed() < tick {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let elapsed = now.duration_since(at).as_nanos() as u64;
+                    at = now;
+                    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = map.get(&0, 0).and_then(|mut s| {
+                        s.clock_ns = s.clock_ns.wrapping_add(elapsed);
+                        map.set(0, s, 0)
+                    });
+                    if let Err(e) = r
+                        && !std::mem::replace(&mut warned, true)
+                    {
+                        log::warn!("advancing the data path's clock: {e}");
+                    }
+                }
+            })
+            .context("starting the clock thread")?;
+        Ok(ClockThread {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Makes every next hop cached in connections stale (after a route or neighbour change):
     /// the data path looks each up again on its next packet.
     pub fn bump_route_epoch(&mut self) -> anyhow::Result<()> {
         self.settings.route_epoch = self.settings.route_epoch.wrapping_add(1);
-        self.maps.settings.set(0, self.settings, 0)?;
+        self.write_settings()?;
         Ok(())
     }
 
@@ -1613,7 +1800,7 @@ impl Dataplane {
             f |= settings_flags::EXPIRE_QUIESCENT;
         }
         self.settings.flags = f;
-        self.maps.settings.set(0, self.settings, 0)?;
+        self.write_settings()?;
         Ok(())
     }
 
@@ -1796,7 +1983,7 @@ impl Dataplane {
 
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
-        let now = self.settings.clock_ns;
+        let now = self.clock_now();
         let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
         let conns = self.pair(&entries);
         let mut out = Vec::new();
