@@ -53,8 +53,8 @@ const RATE_INTERVAL: Duration = Duration::from_secs(2);
 /// `largest_restore_fits_the_request_cap`); the cap leaves room for longer addresses and
 /// flags, and stops a client from making the daemon buffer without bound.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
-/// How long a client has to send its request, and to take the answer: a silent client only
-/// holds its own task, and not for ever.
+/// How long a client has to send its request, and to take each part of the answer: a silent
+/// client only holds its own task, and not for ever.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients served at once; one more is answered "busy" at once.
 const MAX_CLIENTS: usize = 32;
@@ -572,7 +572,23 @@ fn pools_json(u: crate::dataplane::PoolUsage) -> serde_json::Value {
 /// What a client task hands the daemon's loop: a request and where its answer goes.
 struct Call {
     req: Request,
-    reply: oneshot::Sender<Response>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The daemon's answer to a call; `written`, if given, is told once the answer is sent (the
+/// daemon waits for that before it exits after a `Shutdown`).
+struct Answer {
+    resp: Response,
+    written: Option<oneshot::Sender<()>>,
+}
+
+impl From<Response> for Answer {
+    fn from(resp: Response) -> Self {
+        Answer {
+            resp,
+            written: None,
+        }
+    }
 }
 
 const STOPPING: &str = "the daemon is stopping (signal): the request was interrupted";
@@ -601,40 +617,62 @@ async fn accept(listener: UnixListener, tx: mpsc::Sender<Call>) {
 
 /// Serves one client: one request, one answer, each bounded in size and time.
 async fn client(stream: UnixStream, tx: mpsc::Sender<Call>, admitted: bool) {
-    let (r, mut w) = stream.into_split();
+    let (mut r, mut w) = stream.into_split();
     let allowed = w
         .as_ref()
         .peer_cred()
         .is_ok_and(|c| c.uid() == 0 || c.uid() == unsafe { libc::geteuid() });
-    let resp = if !allowed {
-        Response::Error("permission denied: the control socket is for root".into())
+    let answer: Answer = if !allowed {
+        Response::Error("permission denied: the control socket is for root".into()).into()
     } else if !admitted {
         Response::Error(format!(
             "the daemon is busy: {MAX_CLIENTS} clients are connected; try again"
         ))
+        .into()
     } else {
-        match tokio::time::timeout(CLIENT_TIMEOUT, read_request(r, MAX_REQUEST_BYTES)).await {
+        match tokio::time::timeout(CLIENT_TIMEOUT, read_request(&mut r, MAX_REQUEST_BYTES)).await {
             // Connected and closed without a word (a liveness probe): nothing to answer.
             Ok(Ok(None)) => return,
             Ok(Ok(Some(req))) => {
                 let (reply, answer) = oneshot::channel();
                 if tx.send(Call { req, reply }).await.is_err() {
-                    Response::Error(STOPPING.into())
+                    Response::Error(STOPPING.into()).into()
                 } else {
                     answer
                         .await
-                        .unwrap_or_else(|_| Response::Error(STOPPING.into()))
+                        .unwrap_or_else(|_| Response::Error(STOPPING.into()).into())
                 }
             }
-            Ok(Err(e)) => Response::Error(e),
+            Ok(Err(e)) => Response::Error(e).into(),
             Err(_) => Response::Error(format!(
                 "no complete request within {} s",
                 CLIENT_TIMEOUT.as_secs()
-            )),
+            ))
+            .into(),
         }
     };
-    let out = encode_reply(&resp);
-    let _ = tokio::time::timeout(CLIENT_TIMEOUT, w.write_all(out.as_bytes())).await;
+    let out = encode_reply(&answer.resp);
+    // A large listing takes a while to read: the bound is on a client that stops reading,
+    // not on the whole answer.
+    for chunk in out.as_bytes().chunks(64 << 10) {
+        match tokio::time::timeout(CLIENT_TIMEOUT, w.write_all(chunk)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    // End the answer, then discard what the client may still be sending (an oversized
+    // request): closing with unread input would reset the connection, and the client would
+    // lose the answer. Bounded like the request.
+    let _ = w.shutdown().await;
+    if let Some(written) = answer.written {
+        let _ = written.send(());
+    }
+    let mut rest = (&mut r).take(MAX_REQUEST_BYTES as u64);
+    let _ = tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+    )
+    .await;
 }
 
 /// Reads one request: a line of JSON of at most `cap` bytes. `Ok(None)`: the client closed
@@ -707,21 +745,26 @@ impl Daemon {
                         bail!("the control socket's listener stopped");
                     };
                     if let Request::Shutdown { keep_datapath } = req {
-                        let _ = reply.send(Response::Ok);
+                        // Answer before stopping: the client task must get to write it.
+                        let (written, sent) = oneshot::channel();
+                        let answer = Answer { resp: Response::Ok, written: Some(written) };
+                        if reply.send(answer).is_ok() {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), sent).await;
+                        }
                         break keep_datapath;
                     }
                     let resp = tokio::select! {
                         r = self.handle(req) => r,
                         _ = term.recv() => {
-                            let _ = reply.send(Response::Error(STOPPING.into()));
+                            let _ = reply.send(Response::Error(STOPPING.into()).into());
                             break false;
                         }
                         _ = int.recv() => {
-                            let _ = reply.send(Response::Error(STOPPING.into()));
+                            let _ = reply.send(Response::Error(STOPPING.into()).into());
                             break false;
                         }
                     };
-                    let _ = reply.send(resp);
+                    let _ = reply.send(resp.into());
                 }
             }
         };
