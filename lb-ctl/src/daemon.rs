@@ -4,18 +4,22 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fs::File,
     net::Ipv4Addr,
-    os::unix::fs::PermissionsExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
 use aya::programs::XdpMode;
+use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::{Semaphore, mpsc, oneshot},
     time::{MissedTickBehavior, interval},
 };
 
@@ -41,6 +45,19 @@ pub struct Settings {
 
 /// IPVS estimates rates every 2 s.
 const RATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The largest request the daemon reads. The largest legitimate one is `-R` of a full table:
+/// 1,000 services × 100 real servers encode to about 18 MiB of JSON (measured by
+/// `largest_restore_fits_the_request_cap`); the cap leaves room for longer addresses and
+/// flags, and stops a client from making the daemon buffer without bound.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// How long a client has to send its request, and to take each part of the answer: a silent
+/// client only holds its own task, and not for ever.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once; one more is answered "busy" at once.
+const MAX_CLIENTS: usize = 32;
+/// Requests waiting for the daemon's loop (each client waits for its own answer).
+const QUEUE: usize = 64;
 
 /// IPVS-style rate estimation (`ip_vs_est.c`): every 2 s, the per-second rate of the last
 /// interval, smoothed with weight 1/4, in IPVS's fixed point (counts × 2^10, bytes × 2^5) so
@@ -152,6 +169,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for i in &interfaces {
         nl.link_by_name(i).await?;
     }
+    // One owner: nothing below (maps, programs, links, settings) is touched before this
+    // daemon holds the pin directory, and the socket is its own.
+    let _lock = lock_pin_dir(&settings.pin_dir)?;
+    let listener = bind_socket(&settings.socket)?;
+    let socket_file = SocketFile(settings.socket.clone());
     let desired_size = settings
         .conn_table_size
         .or(cfg.as_ref().map(|c| c.director.conn_table_size))
@@ -176,9 +198,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             dp.model().services.len()
         );
     }
-    let mut timeouts = StateTimeouts::default();
+    // What the previous daemon set (`--set`, its config) stays, unless this daemon's config
+    // says otherwise, as a reload keeps a timeout the file leaves out.
+    let mut timeouts = if dp.adopted() {
+        dp.read_timeouts()
+            .context("reading the pinned connection timeouts")?
+    } else {
+        StateTimeouts::default()
+    };
     if let Some(t) = cfg.as_ref().and_then(|c| c.timeouts) {
         timeouts.set(&t);
+    }
+    if cfg.is_none()
+        && let Some(mh) = dp.adopted_mh_table_size()
+    {
+        dp.set_mh_table_size(mh);
     }
     Dataplane::check(&model)?;
     dp.set_timeouts(&timeouts)?;
@@ -208,7 +242,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         log::info!("detached from {gone} (not in this daemon's interfaces)");
     }
 
-    let listener = bind_socket(&settings.socket)?;
+    let clock = dp.start_clock()?;
     log::info!(
         "ready: {} services, control socket {}",
         model.services.len(),
@@ -224,8 +258,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         last_sweep: Default::default(),
     };
     let keep = d.serve(listener).await;
-    let socket = d.settings.socket.clone();
-    let _ = std::fs::remove_file(&socket);
+    drop(socket_file);
+    drop(clock);
     let keep = keep?;
     if !keep {
         let empty = Model::default();
@@ -243,6 +277,67 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the control socket when the daemon stops, or fails after binding it.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Takes the daemon's exclusive lock on its pin directory (`flock`, which bpffs supports as
+/// any filesystem: it is VFS-level), held until the returned file is closed, at exit, even on
+/// SIGKILL. A second daemon on the same directory gives up here, before it reads or writes
+/// anything in it.
+fn lock_pin_dir(dir: &Path) -> anyhow::Result<File> {
+    crate::dataplane::ensure_bpffs(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on an fd this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e).with_context(|| format!("locking {}", dir.display()));
+        }
+        let who = f
+            .metadata()
+            .ok()
+            .and_then(|m| lock_holder(&std::fs::read_to_string("/proc/locks").ok()?, &m))
+            .map_or(String::new(), |pid| format!(" (pid {pid})"));
+        bail!(
+            "another lb-ctl daemon{who} owns {}: stop it first, or give this one another \
+             --pin-path",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// The pid holding a `flock` on the file `m` describes, from `/proc/locks` (lines such as
+/// `1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF`, the device as major:minor in hex).
+fn lock_holder(locks: &str, m: &std::fs::Metadata) -> Option<u32> {
+    let dev = m.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        m.ino()
+    );
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "->" marks a waiter, shifting the fields.
+        let f = if f.get(1) == Some(&"->") {
+            &f[1..]
+        } else {
+            &f[..]
+        };
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -258,8 +353,168 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// Ids and table slots in use, for `lb-ctl status` (a leak shows there).
+fn pools_json(u: crate::dataplane::PoolUsage) -> serde_json::Value {
+    serde_json::json!({
+        "service_ids": u.service_ids,
+        "backend_ids": u.backend_ids,
+        "trashed_backends": u.trashed_backends,
+        "table_slots_used": u.table_slots_used,
+        "table_slots": u.table_slots,
+    })
+}
+
+/// What a client task hands the daemon's loop: a request and where its answer goes.
+struct Call {
+    req: Request,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The daemon's answer to a call; `written`, if given, is told once the answer is sent (the
+/// daemon waits for that before it exits after a `Shutdown`).
+struct Answer {
+    resp: Response,
+    written: Option<oneshot::Sender<()>>,
+}
+
+impl From<Response> for Answer {
+    fn from(resp: Response) -> Self {
+        Answer {
+            resp,
+            written: None,
+        }
+    }
+}
+
+const STOPPING: &str = "the daemon is stopping (signal): the request was interrupted";
+
+/// Accepts clients for as long as the daemon's loop runs, each in its own task.
+async fn accept(listener: UnixListener, tx: mpsc::Sender<Call>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                log::warn!("accepting a client: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = slots.clone().try_acquire_owned().ok();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit.as_ref();
+            client(stream, tx, permit.is_some()).await;
+        });
+    }
+}
+
+/// Serves one client: one request, one answer, each bounded in size and time.
+async fn client(stream: UnixStream, tx: mpsc::Sender<Call>, admitted: bool) {
+    let (mut r, mut w) = stream.into_split();
+    let allowed = w
+        .as_ref()
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == 0 || c.uid() == unsafe { libc::geteuid() });
+    let answer: Answer = if !allowed {
+        Response::Error("permission denied: the control socket is for root".into()).into()
+    } else if !admitted {
+        Response::Error(format!(
+            "the daemon is busy: {MAX_CLIENTS} clients are connected; try again"
+        ))
+        .into()
+    } else {
+        match tokio::time::timeout(CLIENT_TIMEOUT, read_request(&mut r, MAX_REQUEST_BYTES)).await {
+            // Connected and closed without a word (a liveness probe): nothing to answer.
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(req))) => {
+                let (reply, answer) = oneshot::channel();
+                if tx.send(Call { req, reply }).await.is_err() {
+                    Response::Error(STOPPING.into()).into()
+                } else {
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Response::Error(STOPPING.into()).into())
+                }
+            }
+            Ok(Err(e)) => Response::Error(e).into(),
+            Err(_) => Response::Error(format!(
+                "no complete request within {} s",
+                CLIENT_TIMEOUT.as_secs()
+            ))
+            .into(),
+        }
+    };
+    let out = encode_reply(&answer.resp);
+    // A large listing takes a while to read: the bound is on a client that stops reading,
+    // not on the whole answer.
+    for chunk in out.as_bytes().chunks(64 << 10) {
+        match tokio::time::timeout(CLIENT_TIMEOUT, w.write_all(chunk)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    // End the answer, then discard what the client may still be sending (an oversized
+    // request): closing with unread input would reset the connection, and the client would
+    // lose the answer. Bounded like the request.
+    let _ = w.shutdown().await;
+    if let Some(written) = answer.written {
+        let _ = written.send(());
+    }
+    let mut rest = (&mut r).take(MAX_REQUEST_BYTES as u64);
+    let _ = tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+    )
+    .await;
+}
+
+/// Reads one request: a line of JSON of at most `cap` bytes. `Ok(None)`: the client closed
+/// the connection without sending anything.
+async fn read_request<R: AsyncRead + Unpin>(r: R, cap: usize) -> Result<Option<Request>, String> {
+    let mut buf = Vec::new();
+    // One byte over the cap tells an oversized request from one that fits exactly.
+    let mut limited = BufReader::new(r).take(cap as u64 + 1);
+    limited
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf.len() > cap {
+        return Err(format!(
+            "request too large: over {cap} bytes (the limit is {} MiB)",
+            cap >> 20
+        ));
+    }
+    serde_json::from_slice::<Request>(&buf)
+        .map(Some)
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+/// The answer as one line of JSON; an answer that cannot be encoded becomes an error, never
+/// a false `Ok`.
+fn encode_reply<T: Serialize>(resp: &T) -> String {
+    let mut out = serde_json::to_string(resp).unwrap_or_else(|e| {
+        serde_json::to_string(&Response::Error(format!(
+            "the answer could not be encoded: {e}"
+        )))
+        .expect("a string always encodes")
+    });
+    out.push('\n');
+    out
+}
+
 impl Daemon {
     /// Serves until told to stop; returns whether to keep the data path running.
+    ///
+    /// This loop is the one owner of the data path's maps: clients are read and answered in
+    /// their own tasks (`accept`), which hand each parsed request here and wait for the
+    /// answer, so a slow or silent client holds only itself. The clock runs on its own
+    /// thread (`Dataplane::start_clock`), so a long sync or resolve here does not stop it;
+    /// SIGTERM/SIGINT also interrupt a request in progress.
     async fn serve(&mut self, listener: UnixListener) -> anyhow::Result<bool> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -268,31 +523,48 @@ impl Daemon {
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rates = interval(RATE_INTERVAL);
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut clock = interval(Duration::from_nanos(lb_common::CLOCK_TICK_NS));
-        clock.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
+        let (tx, mut rx) = mpsc::channel::<Call>(QUEUE);
+        let acceptor = tokio::spawn(accept(listener, tx));
+        let stop = loop {
             tokio::select! {
-                _ = term.recv() => return Ok(false),
-                _ = int.recv() => return Ok(false),
+                _ = term.recv() => break false,
+                _ = int.recv() => break false,
                 _ = hup.recv() => match self.reload().await {
                     Ok(()) => log::info!("reloaded the config"),
                     Err(e) => log::error!("reload refused, nothing changed: {e:#}"),
                 },
                 _ = sweep.tick() => self.tick().await,
                 _ = rates.tick() => self.estimator.update(self.dp.all_stats()),
-                _ = clock.tick() => {
-                    if let Err(e) = self.dp.tick_clock() {
-                        log::warn!("advancing the data path's clock: {e:#}");
+                call = rx.recv() => {
+                    let Some(Call { req, reply }) = call else {
+                        bail!("the control socket's listener stopped");
+                    };
+                    if let Request::Shutdown { keep_datapath } = req {
+                        // Answer before stopping: the client task must get to write it.
+                        let (written, sent) = oneshot::channel();
+                        let answer = Answer { resp: Response::Ok, written: Some(written) };
+                        if reply.send(answer).is_ok() {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), sent).await;
+                        }
+                        break keep_datapath;
                     }
-                }
-                conn = listener.accept() => {
-                    let Ok((stream, _)) = conn else { continue };
-                    if let Some(keep) = self.client(stream).await {
-                        return Ok(keep);
-                    }
+                    let resp = tokio::select! {
+                        r = self.handle(req) => r,
+                        _ = term.recv() => {
+                            let _ = reply.send(Response::Error(STOPPING.into()).into());
+                            break false;
+                        }
+                        _ = int.recv() => {
+                            let _ = reply.send(Response::Error(STOPPING.into()).into());
+                            break false;
+                        }
+                    };
+                    let _ = reply.send(resp.into());
                 }
             }
-        }
+        };
+        acceptor.abort();
+        Ok(stop)
     }
 
     async fn tick(&mut self) {
@@ -316,44 +588,6 @@ impl Daemon {
         {
             log::warn!("updating real servers' next hops: {e:#}");
         }
-    }
-
-    /// Handles one client; `Some(keep)` asks the daemon to stop.
-    async fn client(&mut self, stream: UnixStream) -> Option<bool> {
-        let (r, mut w) = stream.into_split();
-        let allowed = w
-            .as_ref()
-            .peer_cred()
-            .is_ok_and(|c| c.uid() == 0 || c.uid() == unsafe { libc::geteuid() });
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(10),
-            BufReader::new(r).read_line(&mut line),
-        )
-        .await;
-        let mut stop = None;
-        let resp = if !allowed {
-            Response::Error("permission denied: the control socket is for root".into())
-        } else {
-            match read {
-                Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => {
-                        if let Request::Shutdown { keep_datapath } = req {
-                            stop = Some(keep_datapath);
-                            Response::Ok
-                        } else {
-                            self.handle(req).await
-                        }
-                    }
-                    Err(e) => Response::Error(format!("bad request: {e}")),
-                },
-                _ => return None,
-            }
-        };
-        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "\"Ok\"".into());
-        out.push('\n');
-        let _ = w.write_all(out.as_bytes()).await;
-        stop
     }
 
     /// Applies a new model: check, resolve, sync; all or nothing.
@@ -460,6 +694,7 @@ impl Daemon {
                     "persistence_templates": self.last_sweep.templates,
                     "services": self.model.services.len(),
                     "real_servers": self.resolver.status(),
+                    "pools": pools_json(self.dp.pool_usage()),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),
@@ -475,6 +710,7 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Forward;
 
     fn sample(conns: u64, inbytes: u64) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
         let s = StatsView {
@@ -506,6 +742,121 @@ mod tests {
             })
             .collect();
         assert_eq!(cps, [1, 1, 1, 0]);
+    }
+
+    /// `-R` of 1,000 services × 100 real servers (the largest table a director is sized
+    /// for, 100,000 of the 131,071 backend ids), as the CLI sends it.
+    fn largest_restore() -> Request {
+        use crate::model::{DestConfig, Op, Scheduler, ServiceConfig, ServiceKey};
+        let mut ops = Vec::new();
+        for s in 0..1000u32 {
+            let key = ServiceKey::tcp(
+                Ipv4Addr::new(203, 0, (s / 250) as u8, (s % 250) as u8 + 1),
+                65535 - s as u16,
+            );
+            let mut cfg = ServiceConfig::new(key, Scheduler::Wrr);
+            cfg.persistence = Some(crate::model::Persistence {
+                timeout: 86400,
+                netmask: Ipv4Addr::new(255, 255, 255, 255),
+            });
+            ops.push(Op::AddService(cfg));
+            for d in 0..100u32 {
+                let addr = Ipv4Addr::new(198, 51, 100 + (d / 250) as u8, (d % 250) as u8 + 1);
+                let mut dest = DestConfig::new(addr, 65535, Forward::Tun, 65535);
+                dest.u_threshold = 4_000_000_000;
+                dest.l_threshold = 4_000_000_000;
+                ops.push(Op::AddDest(key, dest));
+            }
+        }
+        Request::Ops(ops)
+    }
+
+    #[test]
+    fn largest_restore_fits_the_request_cap() {
+        let line = encode_reply(&largest_restore());
+        eprintln!(
+            "-R of 1,000 × 100: {} bytes ({:.1} MiB) of JSON",
+            line.len(),
+            line.len() as f64 / (1 << 20) as f64
+        );
+        assert!(
+            line.len() * 2 < MAX_REQUEST_BYTES,
+            "the largest legitimate request ({} bytes) must fit the cap ({MAX_REQUEST_BYTES}) \
+             with room to spare",
+            line.len()
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let read = rt.block_on(read_request(line.as_bytes(), MAX_REQUEST_BYTES));
+        assert_eq!(read, Ok(Some(largest_restore())));
+    }
+
+    #[test]
+    fn a_request_over_the_cap_is_refused_with_its_size() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let line = encode_reply(&Request::GetTimeouts);
+        let fits = line.len();
+        // Exactly the cap (newline included) is read; one byte more is not.
+        assert_eq!(
+            rt.block_on(read_request(line.as_bytes(), fits)),
+            Ok(Some(Request::GetTimeouts))
+        );
+        let err = rt
+            .block_on(read_request(line.as_bytes(), fits - 1))
+            .unwrap_err();
+        assert!(err.starts_with("request too large: over "), "{err}");
+        // Without a newline the cap still holds: an endless line is not buffered.
+        let endless = vec![b'x'; 4096];
+        let err = rt.block_on(read_request(&endless[..], 100)).unwrap_err();
+        assert!(err.starts_with("request too large"), "{err}");
+        // Nothing at all: the client hung up (no answer is due).
+        assert_eq!(rt.block_on(read_request(&b""[..], 100)), Ok(None));
+        let err = rt
+            .block_on(read_request(&b"{\"ops\":7}\n"[..], 100))
+            .unwrap_err();
+        assert!(err.starts_with("bad request: "), "{err}");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_encoded_is_an_error_not_ok() {
+        struct Unencodable;
+        impl Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("a value JSON cannot hold"))
+            }
+        }
+        let line = encode_reply(&Unencodable);
+        assert!(line.ends_with('\n'), "{line:?}");
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            back,
+            Response::Error("the answer could not be encoded: a value JSON cannot hold".into())
+        );
+        assert_eq!(encode_reply(&Response::Ok), "\"ok\"\n");
+    }
+
+    #[test]
+    fn the_lock_holder_is_found_in_proc_locks() {
+        let dir = std::env::temp_dir();
+        let m = std::fs::metadata(&dir).unwrap();
+        let dev = m.dev();
+        let id = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(dev),
+            libc::minor(dev),
+            m.ino()
+        );
+        let locks = format!(
+            "1: POSIX  ADVISORY  WRITE 77 {id} 0 EOF\n\
+             2: FLOCK  ADVISORY  WRITE 1234 {id} 0 EOF\n\
+             2: -> FLOCK  ADVISORY  WRITE 999 {id} 0 EOF\n\
+             3: FLOCK  ADVISORY  WRITE 55 00:01:1 0 EOF\n"
+        );
+        assert_eq!(lock_holder(&locks, &m), Some(1234));
+        assert_eq!(lock_holder("", &m), None);
     }
 
     #[test]

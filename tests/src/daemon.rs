@@ -33,6 +33,8 @@ pub struct Daemon {
     socket: PathBuf,
     pin_path: PathBuf,
     log: PathBuf,
+    /// How long `launch` waits for the socket to answer (see `set_ready_timeout`).
+    ready_timeout: Duration,
     _dir: TempDir,
     _root: PinRootUse,
 }
@@ -64,6 +66,7 @@ impl Daemon {
             socket: dir.join("lb-ctl.sock"),
             pin_path: crate::pin_root().join(format!("daemon-{}", crate::next_id())),
             log: dir.join("daemon.log"),
+            ready_timeout: READY_TIMEOUT,
             _dir: dir,
             _root: root,
         };
@@ -99,7 +102,8 @@ impl Daemon {
 
     /// Polls `-Ln` until it succeeds; panics with the daemon's log if it exits or never does.
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready_timeout = self.ready_timeout;
+        let deadline = Instant::now() + ready_timeout;
         loop {
             let proc = self.proc.as_mut().expect("daemon started");
             if let Some(status) = proc.try_status() {
@@ -116,7 +120,7 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "lb-ctl daemon not ready after {READY_TIMEOUT:?}; last try: {}\n--- daemon log ---\n{}",
+                    "lb-ctl daemon not ready after {ready_timeout:?}; last try: {}\n--- daemon log ---\n{}",
                     report(&cmd, &out),
                     self.log()
                 );
@@ -186,6 +190,53 @@ impl Daemon {
     /// SIGTERM, bounded wait, SIGKILL. Leaves the pins (a restart should find them).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.proc.take().map(|mut p| p.stop(STOP_TIMEOUT))
+    }
+
+    /// SIGKILL (no cleanup by the daemon: pins, links and a half-done sync stay as they are).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.proc.as_mut().map(Process::kill)
+    }
+
+    /// A bound on how long later (re)starts wait for the socket to answer (adopting a large
+    /// table in a debug build takes longer than the default allows).
+    pub fn set_ready_timeout(&mut self, t: Duration) {
+        self.ready_timeout = t;
+    }
+
+    /// The options the next `restart` uses (a restart without `--config`, say).
+    pub fn set_opts(&mut self, opts: DaemonOpts) {
+        self.opts = opts;
+    }
+
+    /// Runs a second `lb-ctl daemon` in the same netns on this daemon's pin path, with
+    /// `socket` and `ifaces`, and waits (bounded) for it to exit. Returns its exit status and
+    /// everything it printed. Panics, after killing it, if it keeps running.
+    pub fn run_second(&self, socket: &Path, ifaces: &[&str]) -> (ExitStatus, String) {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path.display()))
+            .arg(&self.lb_ctl)
+            .arg("daemon");
+        for iface in ifaces {
+            cmd.args(["-i", iface]);
+        }
+        cmd.arg("--socket")
+            .arg(socket)
+            .arg("--pin-path")
+            .arg(&self.pin_path)
+            .env("RUST_LOG", "info");
+        let mut p = Process::spawn("second-daemon", cmd);
+        match p.wait_timeout(READY_TIMEOUT) {
+            Some(status) => (status, p.log()),
+            None => {
+                p.kill();
+                panic!(
+                    "a second daemon on {} kept running: {}\n--- first daemon's log ---\n{}",
+                    self.pin_path.display(),
+                    p.log(),
+                    self.log()
+                );
+            }
+        }
     }
 
     /// Stops the daemon and starts it again with the same options, socket and pin path.

@@ -305,6 +305,7 @@ impl Dataplane {
             nat_rs,
             half_retired_at: Instant::now() - SVC_HALF_GRACE,
             clock_at: Instant::now(),
+            settings_lock: Default::default(),
         };
         if adopted {
             dp.adopt()
@@ -446,6 +447,7 @@ impl Dataplane {
                 s.config.tunnel_source = Some(ip(one));
             }
         }
+        self.trash_orphans(now);
         Ok(())
     }
 
@@ -622,6 +624,41 @@ impl Dataplane {
                 Ok((name, bytes))
             })
             .collect()
+    }
+}
+
+impl Dataplane {
+    /// After adoption: a backend that no live service lists is trashed (its id is reclaimed
+    /// once no connection uses it). A daemon killed in the middle of a sync leaves such
+    /// backends: it writes new and edited backends before the service table flips, and stops
+    /// deleted ones after; only the live half of the service table says which count.
+    fn trash_orphans(&mut self, now: Instant) {
+        let listed: std::collections::HashSet<u32> = self
+            .state
+            .services
+            .values()
+            .flat_map(|s| s.members.iter().map(|(_, id)| *id))
+            .collect();
+        let mut n = 0;
+        for (id, b) in self.state.backends.iter_mut() {
+            if b.trashed_at.is_none() && !listed.contains(id) {
+                b.trashed_at = Some(now);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            log::info!("adoption: {n} real server entries no live service lists, trashed");
+        }
+    }
+
+    /// The Maglev table size the adopted mh services were built with (none: `None`).
+    pub fn adopted_mh_table_size(&self) -> Option<u32> {
+        self.state
+            .services
+            .values()
+            .filter(|s| s.config.scheduler == Scheduler::Mh && s.table_len > 0)
+            .map(|s| s.table_len)
+            .max()
     }
 }
 

@@ -23,7 +23,7 @@ mod stats;
 mod sync;
 
 pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs};
-pub use runtime::{StateTimeouts, SweepReport};
+pub use runtime::{ClockThread, PoolUsage, StateTimeouts, SweepReport};
 pub use stats::ConnCounts;
 
 use batch::*;
@@ -162,6 +162,9 @@ pub struct Dataplane {
     half_retired_at: Instant,
     /// When `settings.clock_ns` was last advanced.
     clock_at: Instant,
+    /// Serialises writes of `LB_SETTINGS` with the clock thread (`start_clock`), which
+    /// advances `clock_ns` while this side may be busy for a while (a sync, a resolve).
+    settings_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {

@@ -215,7 +215,7 @@ impl Dataplane {
 
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
-        let now = self.settings.clock_ns;
+        let now = self.clock_now();
         let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
         let conns = self.pair(&entries);
         let mut out = Vec::new();
@@ -300,5 +300,38 @@ impl Dataplane {
                 Some((name, v))
             })
             .collect()
+    }
+}
+
+impl Dataplane {
+    /// Ids and table slots in use (see `PoolUsage`).
+    pub fn pool_usage(&self) -> PoolUsage {
+        let used = |p: &IdPool| p.used.iter().skip(1).filter(|u| **u).count();
+        let free: u64 = self
+            .state
+            .regions
+            .free
+            .iter()
+            .map(|r| u64::from(r.len))
+            .sum();
+        let used_slots: u64 = self
+            .state
+            .services
+            .values()
+            .map(|s| u64::from(s.region.len))
+            .chain(self.state.retired.iter().map(|(_, r)| u64::from(r.len)))
+            .sum();
+        PoolUsage {
+            service_ids: used(&self.state.svc_ids),
+            backend_ids: used(&self.state.be_ids),
+            trashed_backends: self
+                .state
+                .backends
+                .values()
+                .filter(|b| b.trashed_at.is_some())
+                .count(),
+            table_slots_used: used_slots,
+            table_slots: free + used_slots,
+        }
     }
 }

@@ -132,7 +132,7 @@ impl Dataplane {
         self.svc_table.write_half(idle, svc)?;
         self.nat_rs.write_half(idle, rs)?;
         self.settings.svc_half = idle as u32;
-        self.maps.settings.set(0, self.settings, 0)?;
+        self.write_settings()?;
         self.half_retired_at = Instant::now();
         Ok(())
     }
