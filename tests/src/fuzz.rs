@@ -296,6 +296,29 @@ pub fn role(w: &World, frame: &[u8]) -> Role {
             }
         }
         IPPROTO_ICMP => {
+            // An ICMP header, or an error's quote (header and ports), cut short by the total
+            // length while the frame goes on: nothing past the total length is the packet's.
+            let l4 = ip.l4();
+            let frame_l4 = &frame[ETH + ip.ihl..];
+            // Whether the frame (read past the total length, as a careless parser would)
+            // quotes a packet of ours.
+            let quotes_ours = frame_l4.len() >= 8 + 20 && {
+                let q = &frame_l4[8..];
+                let qs = Ipv4Addr::new(q[12], q[13], q[14], q[15]);
+                let qd = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+                [qs, qd].iter().any(|a| w.is_vip(*a) || w.is_server(*a))
+            };
+            let ours = w.is_vip(ip.dst) || w.is_server(ip.src) || quotes_ours;
+            if ours && l4.len() < 8 && frame_l4.len() >= 8 {
+                return Role::Malformed("L4 header past the total length");
+            }
+            if ours
+                && matches!(l4.first(), Some(3 | 4 | 5 | 11 | 12))
+                && l4.len() < 8 + 24
+                && frame_l4.len() > l4.len()
+            {
+                return Role::Malformed("L4 header past the total length");
+            }
             if ip.icmp_error_type().is_some() {
                 let q = &ip.l4()[8..];
                 if q.len() >= 20 {
@@ -360,9 +383,15 @@ pub fn check(w: &World, input: &[u8], action: u32, output: &[u8]) -> Result<Outc
     match role {
         Role::NotIpv4 | Role::Other | Role::Fragment => {
             if action != XDP_PASS || !unchanged {
+                let short = ipv4(input).is_some_and(|i| {
+                    matches!(i.proto, IPPROTO_TCP | IPPROTO_UDP) && i.ports().is_none()
+                });
                 let class = match role {
                     Role::NotIpv4 => "non-ipv4-not-passed-unchanged",
                     Role::Fragment => "fragment-not-passed-unchanged",
+                    _ if short => {
+                        "not-for-a-service-not-passed-unchanged: TCP/UDP with under 4 L4 bytes"
+                    }
                     _ => "not-for-a-service-not-passed-unchanged",
                 };
                 return Err(v(
@@ -808,6 +837,8 @@ pub struct Gen {
     pub flows: HashMap<(u8, Ipv4Addr, u16, Ipv4Addr, u16), Flow>,
     keys: Vec<(u8, Ipv4Addr, u16, Ipv4Addr, u16)>,
     pub clients: Vec<Ipv4Addr>,
+    /// The last outcomes of each connection's packets, to explain a violation about it.
+    history: HashMap<(u8, Ipv4Addr, u16, Ipv4Addr, u16), Vec<String>>,
 }
 
 impl Gen {
@@ -821,6 +852,7 @@ impl Gen {
             flows: HashMap::new(),
             keys: Vec::new(),
             clients,
+            history: HashMap::new(),
         }
     }
 
@@ -955,15 +987,23 @@ impl Gen {
             3 => (12, 0, [0x14, 0, 0, 0]),
             _ => (self.rng.u8(..20), self.rng.u8(..16), [0; 4]),
         };
-        let quote_len = [28, 28, 48, 20, 24, 8][self.rng.usize(..6)];
+        // Some errors quote a lot (as Linux's do, up to 576 bytes in all) and carry DF, so
+        // that they can meet a path too small for them.
+        let long = self.rng.u8(..6) == 0;
+        let quote_len = if long {
+            self.rng.usize(400..1200)
+        } else {
+            [28, 28, 48, 20, 24, 8][self.rng.usize(..6)]
+        };
+        let filler = vec![0u8; if long { quote_len } else { 10 }];
         let flow = self.pick_flow(None);
         let (quoted, src, dst, from_servers) = match flow {
             Some(f) if self.rng.u8(..5) != 0 => {
                 let mk = |p: u8, s, sp, d, dp| {
                     if p == IPPROTO_TCP {
-                        Frame::tcp(s, sp, d, dp, TCP_ACK, &[0; 10])
+                        Frame::tcp(s, sp, d, dp, TCP_ACK, &filler)
                     } else {
-                        Frame::udp(s, sp, d, dp, &[0; 10])
+                        Frame::udp(s, sp, d, dp, &filler)
                     }
                 };
                 match (f.mode, f.server, self.rng.bool()) {
@@ -1008,6 +1048,9 @@ impl Gen {
             &quoted[..quote_len.min(quoted.len())],
         );
         f.ttl = self.ttl();
+        if long {
+            f.frag = IP_DF;
+        }
         (f, from_servers)
     }
 
@@ -1264,28 +1307,71 @@ impl Gen {
         name
     }
 
-    /// Learns from a run what the generator aims at next: a forwarded packet of a service
-    /// opens (or confirms) a connection; for NAT, the server it was DNATed to, forgotten when
-    /// a request was not DNATed.
-    pub fn learn(&mut self, input: &[u8], outcome: Outcome, output: &[u8]) {
+    /// What happened to the last packets of the connection a reply (`frame`, from the real
+    /// server) belongs to.
+    pub fn history_of_reply(&self, frame: &[u8]) -> String {
+        let Some(ip) = ipv4(frame) else {
+            return String::new();
+        };
+        let Some((sport, dport)) = ip.ports() else {
+            return String::new();
+        };
+        self.flows
+            .values()
+            .find(|f| {
+                f.proto == ip.proto
+                    && f.client == ip.dst
+                    && f.cport == dport
+                    && f.server == Some((ip.src, sport))
+            })
+            .and_then(|f| {
+                self.history
+                    .get(&(f.proto, f.client, f.cport, f.vip, f.vport))
+            })
+            .map(|h| h.join("; "))
+            .unwrap_or_default()
+    }
+
+    /// Learns from a run what the generator aims at next: a cleanly forwarded packet of a
+    /// service opens (or confirms) a connection; for NAT, the server it was DNATed to. Any
+    /// other outcome for a connection's packet (including a violation: `None`), even of a
+    /// malformed one that the data path still took for the connection's, makes its server
+    /// unknown, as the connection may have been closed or rescheduled.
+    pub fn learn(&mut self, input: &[u8], outcome: Option<Outcome>, output: &[u8]) {
         let Some(ip) = ipv4(input) else { return };
-        if ip.malformed().is_some() || ip.is_fragment() {
+        if ip.ihl < 20 || input.len() < ETH + ip.ihl + 4 {
             return;
         }
-        let Some((sport, dport)) = ip.ports() else {
-            return;
-        };
+        // Ports as the frame has them, whatever the total length says.
+        let l4 = &input[ETH + ip.ihl..];
+        let (sport, dport) = (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        );
         let Some(svc) = self.world.service(ip.proto, ip.dst, dport) else {
             return;
         };
+        let clean = ip.malformed().is_none() && !ip.is_fragment();
         let key = (ip.proto, ip.src, sport, ip.dst, dport);
-        let server = match (outcome, ipv4(output)) {
-            (Outcome::Nat, Some(o)) => o.ports().map(|p| (o.dst, p.1)),
+        let h = self.history.entry(key).or_default();
+        if h.len() >= 6 {
+            h.remove(0);
+        }
+        let flags = if ip.proto == IPPROTO_TCP && l4.len() >= 14 {
+            format!(" flags {:#04x}", l4[13])
+        } else {
+            String::new()
+        };
+        let shown = outcome.map_or("a violation".to_string(), |o| format!("{o:?}"));
+        let malformed = if clean { "" } else { " (malformed)" };
+        h.push(format!("ttl {}{flags}{malformed}: {shown}", ip.ttl));
+        let server = match (clean, outcome, ipv4(output)) {
+            (true, Some(Outcome::Nat), Some(o)) => o.ports().map(|p| (o.dst, p.1)),
             _ => None,
         };
         match self.flows.get_mut(&key) {
             Some(f) => f.server = server,
-            None if matches!(outcome, Outcome::Dr | Outcome::Tun | Outcome::Nat) => {
+            None if clean && matches!(outcome, Some(Outcome::Dr | Outcome::Tun | Outcome::Nat)) => {
                 self.flows.insert(
                     key,
                     Flow {

@@ -4,7 +4,7 @@
 //! byte; forwarded → valid headers, checksums and lengths, the method's rewrite and nothing
 //! else; malformed → never forwarded). Root only.
 //!
-//! Bounded here (`LB_FUZZ_PACKETS`, default 200,000, about a minute on the 2-core VM);
+//! Bounded here (`LB_FUZZ_PACKETS`, default 1,000,000: about 45 s on the 2-core VM);
 //! `cargo xtask fuzz` runs the same loop with its own bounds. `LB_FUZZ_SEED` replays a run.
 //! It fails listing every class of violation with a count and the first frame in hex.
 
@@ -30,7 +30,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
-/// The clients' router: spoofed sources (198.18.0.0/15) are routed through it.
+/// The clients' router: the default route.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -106,7 +106,9 @@ impl Net {
         via("203.0.113.0/24", ROUTER, "int", None);
         via(&format!("{SMALL_MTU_TUN}/32"), ROUTER, "int", Some("600"));
         via(&format!("{SMALL_MTU_NAT}/32"), ROUTER, "int", Some("600"));
-        via("198.18.0.0/15", GATEWAY, "ext", None);
+        // Every other client (spoofed sources, and the ones mutations make) is reached
+        // through the clients' router, so that every NAT reply has a way back.
+        via("default", GATEWAY, "ext", None);
         let ifindex = |i: &str| {
             ns.run(&["cat", &format!("/sys/class/net/{i}/ifindex")])
                 .trim()
@@ -221,7 +223,7 @@ impl Drop for Balancer {
 
 #[test]
 fn fuzz_packets() {
-    let packets = fuzz::env_u64("LB_FUZZ_PACKETS", 200_000);
+    let packets = fuzz::env_u64("LB_FUZZ_PACKETS", 1_000_000);
     let seconds = fuzz::env_u64("LB_FUZZ_SECONDS", 0);
     let seed = fuzz::seed_from_env();
     eprintln!(
@@ -309,6 +311,8 @@ fn fuzz_packets() {
     let mut gen_ = Gen::new(seed, world.clone(), macs, clients);
     let (ext, int) = (net.ext, net.int);
 
+    // LB_FUZZ_VERBOSE=1: every violation, not only the first of each class.
+    let verbose = std::env::var_os("LB_FUZZ_VERBOSE").is_some();
     let start = Instant::now();
     let report = net.ns.enter(move || {
         // SAFETY: both programs stay loaded (owned by `bal` and `decap`, which outlive this
@@ -326,6 +330,20 @@ fn fuzz_packets() {
             if n.is_multiple_of(4096) && deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
+            // Long runs (cargo xtask fuzz) say how far they are, so that one stopped with
+            // Ctrl-C has told what it found.
+            if n > 0 && n.is_multiple_of(1_000_000) {
+                let classes: Vec<String> = report
+                    .classes
+                    .iter()
+                    .map(|(c, e)| format!("{c} {}", e.0))
+                    .collect();
+                eprintln!(
+                    "fuzz_packets: {n} packets, {} violations so far {classes:?} ({:.0} s)",
+                    report.violations(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
             // Connections first, so that what follows meets established ones.
             let case = if n < 2000 { gen_.opener() } else { gen_.next_case() };
             n += 1;
@@ -336,13 +354,16 @@ fn fuzz_packets() {
                 r = Err(fuzz::Violation {
                     class: "nat-reply-not-snated",
                     detail: format!(
-                        "a reply of a connection whose last request was DNATed to its sender: {:?}, verdict {}",
-                        r, out.action
+                        "a reply of a connection whose last request was DNATed to its sender: {:?}, verdict {}; the connection's requests: {}",
+                        r,
+                        out.action,
+                        gen_.history_of_reply(&case.frame)
                     ),
                 });
             }
-            if let Ok(o) = r {
-                gen_.learn(&case.frame, o, &out.data);
+            gen_.learn(&case.frame, r.as_ref().ok().copied(), &out.data);
+            if verbose && let Err(e) = &r {
+                eprintln!("violation {}: {} | {}", e.class, e.detail, fuzz::hex(&case.frame));
             }
             report.add("lb_xdp", case.how, &case.frame, &out.data, &r);
 

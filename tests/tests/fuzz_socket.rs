@@ -123,7 +123,7 @@ fn config_of(s: &Snapshot) -> Vec<(ServiceConfig, Vec<DestConfig>)> {
         .collect()
 }
 
-/// What ipvsadm (and so `lb-ctl`'s CLI) refuses, found in an accepted table.
+/// What ipvsadm (and so `lb-ctl`'s CLI) or the config file refuses, found in an accepted table.
 fn cli_would_refuse(s: &Snapshot, t: Timeouts) -> Option<(&'static str, String)> {
     for (k, v) in [("tcp", t.tcp), ("tcpfin", t.tcpfin), ("udp", t.udp)] {
         if v > MAX_TIMEOUT {
@@ -148,7 +148,7 @@ fn cli_would_refuse(s: &Snapshot, t: Timeouts) -> Option<(&'static str, String)>
             let m = u32::from(p.netmask);
             if m.leading_ones() + m.trailing_zeros() != 32 {
                 return Some((
-                    "accepted: non-contiguous persistence netmask",
+                    "accepted: non-contiguous persistence netmask (the config file refuses it)",
                     format!("{}: -M {}", c.key, p.netmask),
                 ));
             }
