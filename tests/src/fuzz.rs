@@ -780,12 +780,10 @@ impl Report {
         let _ = writeln!(s, "inputs: {:?}", self.made);
         let _ = writeln!(s, "outcomes: {:?}", self.outcomes);
         for (class, (n, detail, input, output)) in &self.classes {
-            let _ = writeln!(
-                s,
-                "VIOLATION {class}: {n}× — e.g. {detail}\n  input  {}\n  output {}",
-                hex(input),
-                hex(output)
-            );
+            let _ = writeln!(s, "VIOLATION {class}: {n}× — e.g. {detail}");
+            if !input.is_empty() {
+                let _ = writeln!(s, "  input  {}\n  output {}", hex(input), hex(output));
+            }
         }
         s
     }

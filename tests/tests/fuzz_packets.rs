@@ -324,6 +324,10 @@ fn fuzz_packets() {
             )
         };
         let mut report = Report::default();
+        // Per service (proto, VIP, port): the IP bytes its packets really carried, which
+        // its InBytes counter may not exceed.
+        let mut received: std::collections::HashMap<(u8, Ipv4Addr, u16), u64> =
+            Default::default();
         let deadline = (seconds > 0).then(|| start + Duration::from_secs(seconds));
         let mut n = 0u64;
         while packets == 0 || n < packets {
@@ -347,6 +351,14 @@ fn fuzz_packets() {
             // Connections first, so that what follows meets established ones.
             let case = if n < 2000 { gen_.opener() } else { gen_.next_case() };
             n += 1;
+            if let Some(ip) = fuzz::ipv4(&case.frame)
+                && case.frame.len() >= 14 + ip.ihl.max(20) + 4
+            {
+                let l4 = &case.frame[14 + ip.ihl.max(20)..];
+                let dport = u16::from_be_bytes([l4[2], l4[3]]);
+                *received.entry((ip.proto, ip.dst, dport)).or_default() +=
+                    (case.frame.len() - 14) as u64;
+            }
             let ifindex = if case.from_servers { int } else { ext };
             let out = testrun::run_xdp(&lb, &case.frame, 1, ifindex).expect("BPF_PROG_TEST_RUN");
             let mut r = fuzz::check(&world, &case.frame, out.action, &out.data);
@@ -388,8 +400,28 @@ fn fuzz_packets() {
                 report.add("lb_decap(tun)", case.how, &out.data, &d.data, &rd);
             }
         }
-        report
+        (report, received)
     });
+    let (mut report, received) = report;
+    // Bytes counted are bytes received: a length field's claim is not (IPVS counts skb->len).
+    let snap = bal.dp.as_ref().unwrap().snapshot(None, &Default::default());
+    for v in &snap.services {
+        let k = v.config.key;
+        let got = received
+            .get(&(k.proto.number(), k.addr, k.port))
+            .copied()
+            .unwrap_or(0);
+        if v.stats.inbytes > got {
+            let e = fuzz::Violation {
+                class: "inbytes-beyond-bytes-received",
+                detail: format!(
+                    "service {k}: InBytes {} but its packets carried at most {got} IP bytes",
+                    v.stats.inbytes
+                ),
+            };
+            report.add("lb_xdp", "stats", &[], &[], &Err(e));
+        }
+    }
     let took = start.elapsed();
     let text = report.render();
     eprintln!(
