@@ -4,7 +4,7 @@
 //! byte; forwarded → valid headers, checksums and lengths, the method's rewrite and nothing
 //! else; malformed → never forwarded). Root only.
 //!
-//! Bounded here (`LB_FUZZ_PACKETS`, default 1,000,000: about 45 s on the 2-core VM);
+//! Bounded here (`LB_FUZZ_PACKETS`, default 1,000,000: 20–45 s on the shared 2-core VM);
 //! `cargo xtask fuzz` runs the same loop with its own bounds. `LB_FUZZ_SEED` replays a run.
 //! It fails listing every class of violation with a count and the first frame in hex.
 
