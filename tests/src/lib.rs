@@ -9,6 +9,7 @@ pub mod client;
 pub mod cmd;
 pub mod daemon;
 pub mod demo;
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod nginx;

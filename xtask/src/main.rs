@@ -1,4 +1,4 @@
-//! Task runner: `cargo xtask setup | test | demo | bench` (see `cargo xtask --help`).
+//! Task runner: `cargo xtask setup | test | demo | bench | fuzz` (see `cargo xtask --help`).
 mod setup;
 mod util;
 
@@ -40,6 +40,28 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run setup, then fuzz without the test command's bounds: random and mutated frames
+    /// through lb_xdp and lb_decap with every output checked (optimised build), then random
+    /// and mutated requests on a live daemon's control socket, then mutated TOML examples.
+    /// Prints the counts run and the violations by class with an example of each; fails if
+    /// there is any. Needs root.
+    Fuzz {
+        /// Packets to run; 0: no count bound (stop with --seconds or Ctrl-C).
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// Stop the packet run after this many seconds (0: no time bound).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Seed (decimal or 0x-hex) for all three, to replay a run; default: a fresh one each.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Requests sent to the control socket.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Mutated configuration files parsed.
+        #[arg(long, default_value_t = 200_000)]
+        configs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +71,13 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Fuzz {
+            packets,
+            seconds,
+            seed,
+            requests,
+            configs,
+        } => fuzz(packets, seconds, seed.as_deref(), requests, configs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +225,85 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("test failed in: {}", failed.join(", "))
     }
+}
+
+fn fuzz(
+    packets: u64,
+    seconds: u64,
+    seed: Option<&str>,
+    requests: u64,
+    configs: u64,
+) -> anyhow::Result<()> {
+    if let Some(s) = seed {
+        let s = s.trim();
+        let ok = match s.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).is_ok(),
+            None => s.parse::<u64>().is_ok(),
+        };
+        anyhow::ensure!(ok, "--seed {s:?}: not a decimal or 0x-hex number");
+    }
+    setup::run()?;
+    let lb_ctl = build_lb_ctl()?;
+    // Each run prints its seed, counts and violations by class; the tests are the fuzzers,
+    // with their bounds raised through the environment.
+    let run = |name: &'static str, args: &[&str], env: &[(&str, String)]| {
+        let mut cmd = cargo();
+        cmd.args(["test"])
+            .args(args)
+            .args(["--", "--test-threads=1", "--nocapture"])
+            .env("LB_CTL", &lb_ctl)
+            .env("PATH", path_with_sbin())
+            .current_dir(root_dir());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(s) = seed {
+            cmd.env("LB_FUZZ_SEED", s);
+        }
+        Stage {
+            name,
+            result: run_status(&mut cmd),
+        }
+    };
+    let stages = [
+        // Optimised: the generator and the checker, not the kernel, bound the rate in debug.
+        run(
+            "packets (lb_xdp, lb_decap)",
+            &["--release", "-p", "lb-tests", "--test", "fuzz_packets"],
+            &[
+                ("LB_FUZZ_PACKETS", packets.to_string()),
+                ("LB_FUZZ_SECONDS", seconds.to_string()),
+            ],
+        ),
+        run(
+            "control socket",
+            &["-p", "lb-tests", "--test", "fuzz_socket"],
+            &[("LB_FUZZ_REQUESTS", requests.to_string())],
+        ),
+        run(
+            "TOML",
+            &["-p", "lb-ctl", "--test", "fuzz_config"],
+            &[("LB_FUZZ_CONFIGS", configs.to_string())],
+        ),
+    ];
+    println!();
+    println!("summary:");
+    let mut failed = Vec::new();
+    for stage in &stages {
+        match &stage.result {
+            Ok(()) => println!("  ok:     {}", stage.name),
+            Err(e) => {
+                println!("  FAILED: {}: {e:#}", stage.name);
+                failed.push(stage.name);
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "fuzzing found violations in: {}",
+        failed.join(", ")
+    );
+    Ok(())
 }
 
 fn bench(extra: &[String]) -> anyhow::Result<()> {
