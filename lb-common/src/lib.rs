@@ -473,6 +473,10 @@ pub mod cnt {
     /// truncated header, TCP/UDP without room for its ports): the stack drops it and counts
     /// it. (A malformed packet the balancer would forward is dropped: `DROP_MALFORMED`.)
     pub const PASS_MALFORMED: u32 = 25;
+    /// Dropped: a packet the balancer would forward whose source is no host's address (0/8,
+    /// 127/8, multicast, 240/4 and broadcast): the kernel's routing drops such "martian"
+    /// sources before IPVS sees them.
+    pub const DROP_MARTIAN: u32 = 26;
     /// Number of counters (room to grow without changing the map's size).
     pub const MAX: u32 = 32;
 
@@ -504,7 +508,7 @@ pub mod cnt {
         "drop_icmp_ratelimit",
         "drop_icmp_suppressed",
         "pass_malformed",
-        "",
+        "drop_martian",
         "",
         "",
         "",

@@ -18,9 +18,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_TIMEOUT: u32 = 86400 * 31;
 
 /// A TUN outer source address (a service's `tunnel_source`, the director's
-/// `tunnel_sources`): unicast and not loopback, since real servers answer nothing to others.
+/// `tunnel_sources`): a unicast host address (not 0/8, loopback, multicast, 240/4), since a
+/// real server drops or never answers packets from anything else.
 pub fn check_tunnel_source(a: Ipv4Addr) -> Result<(), OpError> {
-    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+    // No host's address: "this network" (0/8), loopback, multicast, 240/4 and broadcast.
+    let first = a.octets()[0];
+    if first == 0 || first == 127 || first >= 224 {
         return Err(OpError::Invalid(format!(
             "invalid tunnel source address {a}"
         )));

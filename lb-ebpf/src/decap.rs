@@ -1,7 +1,8 @@
 //! IPIP decapsulation for LVS-TUN real servers, for kernels (and hosts) without the `ipip`
 //! module: an IPv4-in-IPv4 packet whose inner destination is one of the configured VIPs loses
 //! its outer header here and goes up the stack as if it had arrived plain. Everything else
-//! passes untouched. Scope: outer headers without options, no fragments (passed as they are).
+//! passes untouched. Scope: outer headers without options, no fragments (passed as they are); an outer header
+//! the kernel would drop (total length past the frame, bad checksum) passes untouched.
 #![no_std]
 #![no_main]
 
@@ -44,6 +45,25 @@ fn decap(ctx: &XdpContext) -> Option<()> {
     let frags = u16::from_be_bytes([h[ETH + 6], h[ETH + 7]]);
     if ethertype != 0x0800 || outer_vihl != 0x45 || h[ETH + 9] != proto::IPIP || frags & 0x3fff != 0
     {
+        return None;
+    }
+    // The checks of the kernel's `ip_rcv`, which would drop a bad outer header before ipip
+    // saw it: the total length within the frame and room for the inner header in it, and a
+    // right header checksum. Anything else passes as it is, for the stack to drop.
+    let frame = ctx.data_end() - ctx.data();
+    let tot = usize::from(u16::from_be_bytes([h[ETH + 2], h[ETH + 3]]));
+    if ETH + tot > frame || tot < 2 * IP {
+        return None;
+    }
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IP / 2 {
+        sum += u32::from(u16::from_be_bytes([h[ETH + 2 * i], h[ETH + 2 * i + 1]]));
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if sum != 0xffff {
         return None;
     }
     let inner = ETH + IP;

@@ -399,6 +399,12 @@ fn available(backend: u32) -> Result<Backend, Verdict> {
 #[inline(always)]
 pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, Verdict> {
     let q = quoted(ctx, pkt)?;
+    // An error goes to the source of the datagram it quotes (RFC 792, RFC 1812 4.3.2.2): the
+    // VIP for a reply the director or a DR/TUN real server sent, the client for a DNATed
+    // request. One addressed elsewhere is about nothing of ours.
+    if pkt.daddr != q.saddr {
+        return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
+    }
     // The quoted datagram, reversed: the key of the connection (client → VIP) or of the NAT
     // reply entry (RIP → client) it belongs to.
     let key = FlowKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);

@@ -138,6 +138,12 @@ pub fn valid(ctx: &XdpContext, pkt: &Packet, l4_need: usize) -> Result<(), Verdi
     if !header_checksum_ok(ctx, pkt) {
         return Err(Verdict::Drop(cnt::DROP_BAD_CSUM));
     }
+    // A martian source (0/8, 127/8, multicast, 240/4 and broadcast) — the kernel's
+    // `ip_route_input` drops it, so IPVS never opens a connection for one.
+    let first = pkt.saddr.to_ne_bytes()[0];
+    if first == 0 || first == 127 || first >= 224 {
+        return Err(Verdict::Drop(cnt::DROP_MARTIAN));
+    }
     Ok(())
 }
 

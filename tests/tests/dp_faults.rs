@@ -192,3 +192,138 @@ fn every_ihl_and_truncation_of_a_service_packet_is_forwarded_only_when_whole() {
     }
     assert_eq!(f.counter("new_conn"), 11);
 }
+
+#[test]
+fn martian_sources_never_open_a_connection() {
+    // The kernel's routing drops packets from 0/8, 127/8, multicast, 240/4 and broadcast
+    // before IPVS sees them; the balancer drops them too, and opens nothing for them.
+    let mut f = Fixture::new(web_rr());
+    let martians = [
+        Ipv4Addr::new(0, 0, 0, 0),
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::new(240, 0, 0, 1),
+        Ipv4Addr::BROADCAST,
+    ];
+    for (i, src) in martians.into_iter().enumerate() {
+        let syn =
+            Frame::tcp(src, 54000 + i as u16, VIP, 80, TCP_SYN, b"").eth(DIRECTOR_MAC, ROUTER_MAC);
+        let out = f.run(&syn);
+        assert_eq!(out.action, XDP_DROP, "a SYN from {src}: {out:?}");
+    }
+    assert_eq!(f.counter("drop_martian"), martians.len() as u64);
+    assert_eq!(
+        f.counter("new_conn"),
+        0,
+        "no connection for a martian source"
+    );
+    // A host address is served as before.
+    f.forwarded_to(&tcp(54100, TCP_SYN));
+    assert_eq!(f.counter("new_conn"), 1);
+}
+
+#[test]
+fn an_icmp_error_not_sent_to_the_source_it_quotes_is_not_ours() {
+    // An error about a reply of a DR connection (VIP → client) goes to the VIP; the same error
+    // addressed elsewhere is about nothing of ours and passes untouched (IPVS only sees it
+    // when it is addressed to the director).
+    let mut f = Fixture::new(web_rr());
+    f.forwarded_to(&tcp(54200, TCP_SYN));
+    let reply = Frame::tcp(VIP, 80, CLIENT, 54200, TCP_ACK, b"").ip();
+    let to_vip =
+        Frame::icmp_error(CLIENT, VIP, 3, 3, [0; 4], &reply[..28]).eth(DIRECTOR_MAC, ROUTER_MAC);
+    let out = f.run(&to_vip);
+    assert_eq!(
+        out.action, XDP_TX,
+        "an error about a reply, to the VIP: {out:?}"
+    );
+    let elsewhere =
+        Frame::icmp_error(CLIENT, OTHER, 3, 3, [0; 4], &reply[..28]).eth(DIRECTOR_MAC, ROUTER_MAC);
+    let out = f.run(&elsewhere);
+    assert_eq!(out.action, XDP_PASS, "the same error to {OTHER}: {out:?}");
+    assert_eq!(out.data, elsewhere, "passed byte for byte");
+    assert_eq!(f.counter("icmp_forwarded"), 1);
+}
+
+/// `lb_decap` loaded as `lb-ctl realserver --mode tun` loads it, decapsulating for `VIP`.
+fn decap_program() -> aya::Ebpf {
+    let mut bpf = aya::Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
+    let mut vips: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(bpf.map_mut(lb_common::maps::DECAP_VIPS).expect("decap map"))
+            .expect("decap map type");
+    vips.insert(u32::from_ne_bytes(VIP.octets()), 1, 0)
+        .expect("adding the VIP");
+    let prog: &mut aya::programs::Xdp = bpf
+        .program_mut(lb_common::progs::DECAP)
+        .expect("decap program")
+        .try_into()
+        .expect("XDP");
+    prog.load().expect("loading lb_decap into the kernel");
+    bpf
+}
+
+/// An IPIP frame (director → real server) around `inner`, with the outer total length and
+/// header checksum as given (`None`: the right ones).
+fn ipip(inner: &[u8], tot_len: Option<u16>, csum: Option<u16>) -> Vec<u8> {
+    let tot = tot_len.unwrap_or((20 + inner.len()) as u16);
+    let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0];
+    outer[2..4].copy_from_slice(&tot.to_be_bytes());
+    outer.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 11]);
+    let sum = csum.unwrap_or_else(|| checksum(&[&outer]));
+    outer[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = lb_tests::packet::eth_header(rs_mac(1), DIRECTOR_MAC, 0x0800);
+    frame.extend_from_slice(&outer);
+    frame.extend_from_slice(inner);
+    frame
+}
+
+#[test]
+fn lb_decap_strips_only_outer_headers_the_kernel_would_accept() {
+    let bpf = decap_program();
+    let prog: &aya::programs::Xdp = bpf
+        .program(lb_common::progs::DECAP)
+        .expect("decap program")
+        .try_into()
+        .expect("XDP");
+    let inner = Frame::tcp(CLIENT, 55000, VIP, 80, TCP_SYN, b"").ip();
+    let run = |frame: &[u8]| lb_tests::xdp_run::run_xdp(prog, frame, 1, 0).expect("test run");
+
+    let good = ipip(&inner, None, None);
+    let out = run(&good);
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(
+        &out.data[14..],
+        &inner[..],
+        "the inner packet, decapsulated: {out:?}"
+    );
+
+    // The outer header claims more than the frame carries, or less than two headers, or its
+    // checksum is wrong: the kernel's ip_rcv would drop it, so it is left as it is.
+    let bad = [
+        (
+            "total length past the frame",
+            ipip(&inner, Some(0xffff), None),
+        ),
+        (
+            "total length short of the inner header",
+            ipip(&inner, Some(30), None),
+        ),
+        ("bad header checksum", ipip(&inner, None, Some(0x1234))),
+    ];
+    for (what, frame) in bad {
+        let frame = if what == "bad header checksum" {
+            frame
+        } else {
+            // Only the length is wrong: the checksum matches the lying header.
+            let mut f = frame;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let sum = checksum(&[&f[14..34]]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            f
+        };
+        let out = run(&frame);
+        assert_eq!(out.action, XDP_PASS, "{what}: {out:?}");
+        assert_eq!(out.data, frame, "{what}: passed untouched");
+    }
+}

@@ -144,15 +144,9 @@ fn cli_would_refuse(s: &Snapshot, t: Timeouts) -> Option<(&'static str, String)>
                 format!("{}: persistence timeout {}", c.key, p.timeout),
             ));
         }
-        if let Some(p) = c.persistence {
-            let m = u32::from(p.netmask);
-            if m.leading_ones() + m.trailing_zeros() != 32 {
-                return Some((
-                    "accepted: non-contiguous persistence netmask (the config file refuses it)",
-                    format!("{}: -M {}", c.key, p.netmask),
-                ));
-            }
-        }
+        // No rule for `-M`: ipvsadm and the kernel take any IPv4 mask (the data path ANDs the
+        // client address with it), and so does `lb-ctl -M`; only the TOML file insists on a
+        // contiguous one, as a guard against typos in a file.
         if c.sched_flags.0 & !known != 0 {
             return Some((
                 "accepted: unknown scheduler flag bits",
