@@ -245,6 +245,19 @@ pub struct DrLab {
 }
 
 impl DrLab {
+    /// `n` sequential requests from the client to `url`; the bodies, in order (a failed
+    /// request panics with its number and error).
+    pub fn curls(&self, url: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| match crate::curl(self.client(), url) {
+                Ok(body) => body.trim().to_string(),
+                Err(e) => panic!("request {i} to {url} failed: {e}"),
+            })
+            .collect()
+    }
+}
+
+impl DrLab {
     /// The full lab with `real_servers` real servers (rs1 … rsN).
     pub fn new(real_servers: usize) -> DrLab {
         DrLab::with_opts(DrLabOpts {

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod process;
+pub mod routed;
 pub mod tempdir;
 pub mod udp;
 pub mod xdp;

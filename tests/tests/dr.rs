@@ -3,18 +3,13 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use lb_tests::{Daemon, DrLab, KeepAlive, TempDir, curl};
+use lb_tests::{Daemon, DrLab, KeepAlive, TempDir};
 
 const VIP_URL: &str = "http://192.0.2.100/";
 
 /// `n` sequential curls from the client to the VIP; the bodies, in order.
 fn curls(lab: &DrLab, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| match curl(lab.client(), VIP_URL) {
-            Ok(body) => body.trim().to_string(),
-            Err(e) => panic!("request {i} to the VIP failed: {e}"),
-        })
-        .collect()
+    lab.curls(VIP_URL, n)
 }
 
 fn tally(bodies: &[String]) -> BTreeMap<String, usize> {

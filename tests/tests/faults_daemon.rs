@@ -18,17 +18,13 @@ use lb_ctl::{
     api::{self, Request, Response},
     model::{DestConfig, Forward, Op, Scheduler, ServiceConfig, ServiceKey},
 };
-use lb_tests::{Daemon, DaemonOpts, DrLab, KeepAlive, TempDir, cmd::output, curl};
+use lb_tests::{Daemon, DaemonOpts, DrLab, KeepAlive, TempDir, cmd::output};
 
 const VIP_URL: &str = "http://192.0.2.100/";
 
+/// `n` sequential curls from the client to the VIP; the bodies, in order.
 fn curls(lab: &DrLab, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| match curl(lab.client(), VIP_URL) {
-            Ok(body) => body.trim().to_string(),
-            Err(e) => panic!("request {i} to the VIP failed: {e}"),
-        })
-        .collect()
+    lab.curls(VIP_URL, n)
 }
 
 fn rr_service(d: &Daemon) {

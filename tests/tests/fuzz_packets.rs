@@ -19,113 +19,20 @@ use lb_ctl::{
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
 };
 use lb_tests::{
-    Netns,
     fuzz::{self, Gen, Macs, Mode, Outcome, Report, Service, World},
     packet::{IPPROTO_TCP, IPPROTO_UDP},
+    routed::{CLIENT, CLIENT_MAC, EXT_ADDR, INT_ADDR, Net, ROUTER, ROUTER_MAC, far_rs, rs, rs_mac},
     xdp_run,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
 /// The clients' router: the default route.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const EXT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const INT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Far real servers behind the router on a 600-byte-MTU path (frag-needed), TUN and NAT.
 const SMALL_MTU_TUN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 const SMALL_MTU_NAT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 98);
-
-fn rs(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 10 + n)
-}
-fn rs_mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x10, n]
-}
-fn far_rs(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(203, 0, 113, 10 + n)
-}
-
-fn lladdr(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("6 bytes")
-}
-
-/// The namespace the programs run in (as nat_tun.rs's): `ext` (clients' side) and `int`
-/// (real servers' side), static neighbours, a router on each side, small-MTU routes.
-struct Net {
-    ns: Netns,
-    ext: u32,
-    int: u32,
-    ext_mac: [u8; 6],
-    int_mac: [u8; 6],
-}
-
-impl Net {
-    fn new() -> Net {
-        let ns = Netns::new("fuzz");
-        ns.ip(&["link", "add", "ext", "type", "veth", "peer", "name", "int"]);
-        ns.ip(&["addr", "add", &format!("{EXT_ADDR}/24"), "dev", "ext"]);
-        ns.ip(&["addr", "add", &format!("{INT_ADDR}/24"), "dev", "int"]);
-        ns.ip(&["link", "set", "ext", "up"]);
-        ns.ip(&["link", "set", "int", "up"]);
-        ns.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.forwarding", "1"),
-        ]);
-        for n in 1..=4 {
-            ns.neigh_permanent(&rs(n).to_string(), &lladdr(rs_mac(n)), "int");
-        }
-        ns.neigh_permanent(&ROUTER.to_string(), &lladdr(ROUTER_MAC), "int");
-        ns.neigh_permanent(&CLIENT.to_string(), &lladdr(CLIENT_MAC), "ext");
-        ns.neigh_permanent(&GATEWAY.to_string(), &lladdr(GATEWAY_MAC), "ext");
-        let via = |dst: &str, gw: Ipv4Addr, dev: &str, mtu: Option<&str>| {
-            let gw = gw.to_string();
-            let mut args = vec!["route", "add", dst, "via", &gw, "dev", dev];
-            if let Some(m) = mtu {
-                args.extend(["mtu", "lock", m]);
-            }
-            ns.ip(&args);
-        };
-        via("203.0.113.0/24", ROUTER, "int", None);
-        via(&format!("{SMALL_MTU_TUN}/32"), ROUTER, "int", Some("600"));
-        via(&format!("{SMALL_MTU_NAT}/32"), ROUTER, "int", Some("600"));
-        // Every other client (spoofed sources, and the ones mutations make) is reached
-        // through the clients' router, so that every NAT reply has a way back.
-        via("default", GATEWAY, "ext", None);
-        let ifindex = |i: &str| {
-            ns.run(&["cat", &format!("/sys/class/net/{i}/ifindex")])
-                .trim()
-                .parse()
-                .expect("ifindex")
-        };
-        let (ext, int) = (ifindex("ext"), ifindex("int"));
-        let ext_mac = mac(&ns.run(&["cat", "/sys/class/net/ext/address"]));
-        let int_mac = mac(&ns.run(&["cat", "/sys/class/net/int/address"]));
-        Net {
-            ns,
-            ext,
-            int,
-            ext_mac,
-            int_mac,
-        }
-    }
-}
 
 /// The services, once for the daemon's model and once for the checker.
 fn services() -> Vec<Service> {
@@ -254,7 +161,11 @@ fn fuzz_packets() {
         dp: Some(dp),
         _pins: pins,
     };
-    let net = Net::new();
+    let net = Net::new(
+        "fuzz",
+        &[SMALL_MTU_TUN, SMALL_MTU_NAT],
+        Some((GATEWAY, GATEWAY_MAC)),
+    );
     let svcs = services();
     bal.dp
         .as_mut()

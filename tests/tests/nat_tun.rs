@@ -11,109 +11,15 @@ use lb_ctl::{
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
 };
 use lb_tests::{
-    Netns,
     packet::{Frame, IP_DF, TCP_ACK, TCP_FIN, TCP_SYN, verify_checksums},
+    routed::{CLIENT, CLIENT_MAC, INT_ADDR, Net, ROUTER, ROUTER_MAC, far_rs, rs, rs_mac},
     xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const TUN_SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const TUN_SRC: Ipv4Addr = INT_ADDR;
 /// A real server behind the router, on a path with a 600-byte MTU.
 const SMALL_MTU_RS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
-
-fn rs(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 10 + n)
-}
-fn rs_mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x10, n]
-}
-fn far_rs(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(203, 0, 113, 10 + n)
-}
-
-/// The namespace the program runs in: `ext` (198.51.100.2/24, the clients' side) and `int`
-/// (192.0.2.1/24, the real servers' side), a veth pair; forwarding on.
-struct Net {
-    ns: Netns,
-    ext: u32,
-    int: u32,
-    ext_mac: [u8; 6],
-    int_mac: [u8; 6],
-}
-
-fn read_sys(ns: &Netns, what: &str) -> String {
-    ns.run(&["cat", what]).trim().to_string()
-}
-
-fn mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("6 bytes")
-}
-
-impl Net {
-    fn new() -> Self {
-        let ns = Netns::new("fib");
-        ns.ip(&["link", "add", "ext", "type", "veth", "peer", "name", "int"]);
-        ns.ip(&["addr", "add", "198.51.100.2/24", "dev", "ext"]);
-        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "int"]);
-        ns.ip(&["link", "set", "ext", "up"]);
-        ns.ip(&["link", "set", "int", "up"]);
-        ns.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.forwarding", "1"),
-        ]);
-        let lladdr = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        for n in 1..=4 {
-            ns.neigh_permanent(&rs(n).to_string(), &lladdr(rs_mac(n)), "int");
-        }
-        ns.neigh_permanent(&ROUTER.to_string(), &lladdr(ROUTER_MAC), "int");
-        ns.neigh_permanent(&CLIENT.to_string(), &lladdr(CLIENT_MAC), "ext");
-        ns.ip(&[
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            &ROUTER.to_string(),
-            "dev",
-            "int",
-        ]);
-        ns.ip(&[
-            "route",
-            "add",
-            &format!("{SMALL_MTU_RS}/32"),
-            "via",
-            &ROUTER.to_string(),
-            "dev",
-            "int",
-            "mtu",
-            "lock",
-            "600",
-        ]);
-        let ext = read_sys(&ns, "/sys/class/net/ext/ifindex").parse().unwrap();
-        let int = read_sys(&ns, "/sys/class/net/int/ifindex").parse().unwrap();
-        let ext_mac = mac(&read_sys(&ns, "/sys/class/net/ext/address"));
-        let int_mac = mac(&read_sys(&ns, "/sys/class/net/int/address"));
-        Self {
-            ns,
-            ext,
-            int,
-            ext_mac,
-            int_mac,
-        }
-    }
-}
 
 /// A loaded balancer with its own pins (removed on drop) and the namespace to run it in.
 struct Fixture {
@@ -134,7 +40,7 @@ impl Fixture {
             persist_table_size: 4096,
         })
         .expect("loading the balancer (root, bpffs)");
-        let net = Net::new();
+        let net = Net::new("fib", &[SMALL_MTU_RS], None);
         let mut f = Self {
             net,
             dp: Some(dp),

@@ -208,10 +208,17 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         }
     }
 
+    let failed = summary(&stages);
+    anyhow::ensure!(failed.is_empty(), "test failed in: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Prints each stage's result; returns the names of those that failed.
+fn summary(stages: &[Stage]) -> Vec<&'static str> {
     println!();
     println!("summary:");
     let mut failed = Vec::new();
-    for stage in &stages {
+    for stage in stages {
         match &stage.result {
             Ok(()) => println!("  ok:     {}", stage.name),
             Err(e) => {
@@ -220,11 +227,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             }
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!("test failed in: {}", failed.join(", "))
-    }
+    failed
 }
 
 fn fuzz(
@@ -286,18 +289,7 @@ fn fuzz(
             &[("LB_FUZZ_CONFIGS", configs.to_string())],
         ),
     ];
-    println!();
-    println!("summary:");
-    let mut failed = Vec::new();
-    for stage in &stages {
-        match &stage.result {
-            Ok(()) => println!("  ok:     {}", stage.name),
-            Err(e) => {
-                println!("  FAILED: {}: {e:#}", stage.name);
-                failed.push(stage.name);
-            }
-        }
-    }
+    let failed = summary(&stages);
     anyhow::ensure!(
         failed.is_empty(),
         "fuzzing found violations in: {}",
