@@ -324,6 +324,18 @@ impl Estimator {
     }
 }
 
+/// What the last sweep pass cost: it runs every second, so its CPU time is expiry's CPU time
+/// per second.
+fn sweep_status(r: &crate::dataplane::SweepReport) -> serde_json::Value {
+    serde_json::json!({
+        "cpu_us_per_s": r.cpu.as_micros() as u64,
+        "wall_us": r.wall.as_micros() as u64,
+        "calls": r.calls,
+        "longest_call_us": r.longest_call.as_micros() as u64,
+        "longest_run_us": r.longest_run.as_micros() as u64,
+    })
+}
+
 struct Daemon {
     settings: Settings,
     dp: Dataplane,
@@ -365,6 +377,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         mh_table_size: cfg.as_ref().map_or(lb_common::size::DEFAULT_MH_TABLE, |c| {
             c.director.mh_table_size
         }),
+        embryo_table_size: cfg
+            .as_ref()
+            .and_then(|c| c.director.embryonic_table_size)
+            .unwrap_or(0),
         ..Options::default()
     };
     let mut dp = Dataplane::open(opts)?;
@@ -498,6 +514,23 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// The SYN-flood defence: the embryonic table, its fill and its counters.
+    fn defence_status(&self) -> serde_json::Value {
+        let counters: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+        let size = self.dp.embryo_table_size();
+        let entries = self.last_sweep.embryonic;
+        serde_json::json!({
+            "embryonic_table_size": size,
+            "embryonic_entries": entries,
+            // Under a flood the table stays full and the LRU evicts the oldest embryos.
+            "embryonic_table_full": entries as u64 * 100 >= size as u64 * 95,
+            "embryonic_expired_last_sweep": self.last_sweep.embryonic_expired,
+            "embryonic_opened": counters.get("embryo_new").copied().unwrap_or(0),
+            "promoted": counters.get("embryo_promoted").copied().unwrap_or(0),
+            "promote_failed": counters.get("embryo_promote_failed").copied().unwrap_or(0),
+        })
     }
 
     async fn tick(&mut self) {
@@ -660,6 +693,8 @@ impl Daemon {
                     "conn_entries": self.last_sweep.entries,
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
+                    "syn_flood_defence": self.defence_status(),
+                    "sweep": sweep_status(&self.last_sweep),
                     "services": self.model.services.len(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
