@@ -344,6 +344,12 @@ struct Daemon {
     resolver: Resolver,
     estimator: Estimator,
     last_sweep: crate::dataplane::SweepReport,
+    /// The embryonic table at the last tick: (opened, promoted, entries) and how many
+    /// embryos the LRU evicted between the last two ticks (opened, less promoted, expired
+    /// and still there): more than none means SYNs are arriving faster than handshakes
+    /// complete or time out, a flood.
+    embryo_seen: (u64, u64, u64),
+    embryos_evicted: u64,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -443,6 +449,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         resolver,
         estimator: Estimator::default(),
         last_sweep: Default::default(),
+        embryo_seen: (0, 0, 0),
+        embryos_evicted: 0,
     };
     let keep = d.serve(listener).await;
     let socket = d.settings.socket.clone();
@@ -519,13 +527,11 @@ impl Daemon {
     /// The SYN-flood defence: the embryonic table, its fill and its counters.
     fn defence_status(&self) -> serde_json::Value {
         let counters: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
-        let size = self.dp.embryo_table_size();
-        let entries = self.last_sweep.embryonic;
         serde_json::json!({
-            "embryonic_table_size": size,
-            "embryonic_entries": entries,
-            // Under a flood the table stays full and the LRU evicts the oldest embryos.
-            "embryonic_table_full": entries as u64 * 100 >= size as u64 * 95,
+            "state": if self.embryos_evicted > 0 { "flooded" } else { "normal" },
+            "embryos_evicted_last_second": self.embryos_evicted,
+            "embryonic_table_size": self.dp.embryo_table_size(),
+            "embryonic_entries": self.last_sweep.embryonic,
             "embryonic_expired_last_sweep": self.last_sweep.embryonic_expired,
             "embryonic_opened": counters.get("embryo_new").copied().unwrap_or(0),
             "promoted": counters.get("embryo_promoted").copied().unwrap_or(0),
@@ -535,7 +541,28 @@ impl Daemon {
 
     async fn tick(&mut self) {
         match self.dp.sweep() {
-            Ok(r) => self.last_sweep = r,
+            Ok(r) => {
+                let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+                let now = (
+                    c.get("embryo_new").copied().unwrap_or(0),
+                    c.get("embryo_promoted").copied().unwrap_or(0),
+                    r.embryonic as u64,
+                );
+                let (opened, promoted, entries) = self.embryo_seen;
+                let gone = now.0.saturating_sub(opened) + entries;
+                // Nothing to compare with at the first tick (the counters may come from an
+                // adopted data path).
+                let first = self.embryo_seen == (0, 0, 0);
+                self.embryos_evicted = if first {
+                    0
+                } else {
+                    gone.saturating_sub(now.1.saturating_sub(promoted))
+                        .saturating_sub(r.embryonic_expired as u64)
+                        .saturating_sub(now.2)
+                };
+                self.embryo_seen = now;
+                self.last_sweep = r;
+            }
             Err(e) => log::warn!("sweeping the connection table: {e:#}"),
         }
         if let Err(e) = self.dp.collect_garbage() {
