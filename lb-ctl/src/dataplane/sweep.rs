@@ -32,8 +32,10 @@ const NS: u64 = 1_000_000_000;
 const ORPHAN_REPLY_NS: u64 = 10 * NS;
 /// Entries per `BPF_MAP_LOOKUP_BATCH` of a connection table: about 0.2 ms of copying.
 pub const SWEEP_CHUNK: u32 = 4096;
-/// Backends per `PUBLISH` run and per tally write.
+/// Backends per `PUBLISH` run (about 20 ns each in the kernel).
 const PUBLISH_CHUNK: u32 = 8192;
+/// Array elements per batch read or write (the kernel copies array elements one by one).
+const ARRAY_CHUNK: usize = 4096;
 
 /// What one sweep pass found and what it cost.
 #[derive(Clone, Debug, Default)]
@@ -55,8 +57,11 @@ pub struct SweepReport {
     /// at most `size::SWEEP_KEYS`).
     pub keys_checked: usize,
     pub key_runs: usize,
-    /// The longest single call, measured around it (an upper bound of its time in the kernel).
+    /// The longest single call, measured around it (an upper bound of its time in the kernel:
+    /// it includes any time the thread was preempted), and the longest of each kind.
     pub longest_call: Duration,
+    pub longest_read: Duration,
+    pub longest_write: Duration,
     /// The longest `lb_sweep` run as the kernel reports it.
     pub longest_run: Duration,
     /// Wall time and this thread's CPU time (user and kernel) for the whole pass.
@@ -65,12 +70,13 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
+    fn timed<T>(&mut self, f: impl FnOnce() -> T) -> (T, Duration) {
         let t = Instant::now();
         let r = f();
-        self.longest_call = self.longest_call.max(t.elapsed());
+        let took = t.elapsed();
+        self.longest_call = self.longest_call.max(took);
         self.calls += 1;
-        r
+        (r, took)
     }
 }
 
@@ -138,7 +144,9 @@ fn walk<K: aya::Pod + Default, V: aya::Pod + Default>(
         };
         // SAFETY: the buffers hold `count` keys and values of the map's sizes (checked at
         // load) and outlive the call; the cursors are 8 bytes, more than the kernel's 4.
-        let r = rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) });
+        let (r, took) =
+            rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) });
+        rep.longest_read = rep.longest_read.max(took);
         let n = attr.count as usize;
         f(&keys[..n], &values[..n], rep)?;
         read += n;
@@ -177,7 +185,9 @@ fn write<V: aya::Pod>(
             ..BatchAttr::default()
         };
         // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
-        let r = rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) });
+        let (r, took) =
+            rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) });
+        rep.longest_write = rep.longest_write.max(took);
         match r {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 => {}
@@ -275,6 +285,7 @@ impl Pass<'_> {
                     ..TestRunOptions::default()
                 })
             })
+            .0
             .context("running the sweep step")?;
         rep.runs += 1;
         rep.longest_run = rep.longest_run.max(out.duration);
@@ -448,12 +459,18 @@ impl Dataplane {
         // What the data path reads: backends, services, timeouts, and the connections it
         // created so far (published counts are taken relative to these).
         let mut backends = vec![Backend::default(); size::MAX_BACKENDS as usize];
-        walk::<u32, Backend>(md(&m.backends), 16384, usize::MAX, &mut rep, |k, v, _| {
-            for (i, b) in k.iter().zip(v) {
-                backends[*i as usize] = *b;
-            }
-            Ok(())
-        })?;
+        walk::<u32, Backend>(
+            md(&m.backends),
+            ARRAY_CHUNK as u32,
+            usize::MAX,
+            &mut rep,
+            |k, v, _| {
+                for (i, b) in k.iter().zip(v) {
+                    backends[*i as usize] = *b;
+                }
+                Ok(())
+            },
+        )?;
         let mut services = vec![Service::default(); size::MAX_SERVICES as usize];
         walk::<u32, Service>(md(&m.svc_info), 4096, usize::MAX, &mut rep, |k, v, _| {
             for (i, s) in k.iter().zip(v) {
@@ -469,12 +486,18 @@ impl Dataplane {
             Ok(())
         })?;
         let mut tally = vec![RsConns::default(); size::MAX_BACKENDS as usize];
-        walk::<u32, u32>(md(&m.rs_new), 16384, usize::MAX, &mut rep, |k, v, _| {
-            for (i, n) in k.iter().zip(v) {
-                tally[*i as usize].overloaded = *n;
-            }
-            Ok(())
-        })?;
+        walk::<u32, u32>(
+            md(&m.rs_new),
+            ARRAY_CHUNK as u32,
+            usize::MAX,
+            &mut rep,
+            |k, v, _| {
+                for (i, n) in k.iter().zip(v) {
+                    tally[*i as usize].overloaded = *n;
+                }
+                Ok(())
+            },
+        )?;
         let mut pass = Pass {
             view: View {
                 backends,
@@ -491,13 +514,7 @@ impl Dataplane {
         let (entries, expired) = pass.conns(md(&m.conns), false, &mut rep)?;
         let (embryonic, embryonic_expired) = pass.conns(md(&m.embryo), true, &mut rep)?;
         let (templates, templates_expired) = pass.templates(md(&m.persist), &mut rep)?;
-        write(
-            md(&m.rs_tally),
-            0,
-            &pass.tally,
-            PUBLISH_CHUNK as usize,
-            &mut rep,
-        )?;
+        write(md(&m.rs_tally), 0, &pass.tally, ARRAY_CHUNK, &mut rep)?;
         for start in (0..size::MAX_BACKENDS).step_by(PUBLISH_CHUNK as usize) {
             pass.run(sweep_op::PUBLISH, PUBLISH_CHUNK, start, &mut rep)?;
         }

@@ -409,10 +409,13 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
         s.longest_call.as_secs_f64() * 1e6,
         "µs",
         &format!(
-            "of {} calls (batch reads of {} entries, lb_sweep runs); longest lb_sweep run in \
-             the kernel {:.0} µs over {} runs; before: one run of the whole table",
+            "wall time around each of {} calls: batch reads of {} entries (longest {:.0} µs), \
+             batch writes (longest {:.0} µs), lb_sweep runs (longest in the kernel {:.0} µs over \
+             {} runs); before: one run of the whole table",
             s.calls,
             lb_ctl::dataplane::SWEEP_CHUNK,
+            s.longest_read.as_secs_f64() * 1e6,
+            s.longest_write.as_secs_f64() * 1e6,
             s.longest_run.as_secs_f64() * 1e6,
             s.runs
         ),
