@@ -332,6 +332,7 @@ fn sweep_status(r: &crate::dataplane::SweepReport) -> serde_json::Value {
         "wall_us": r.wall.as_micros() as u64,
         "calls": r.calls,
         "longest_call_us": r.longest_call.as_micros() as u64,
+        "longest_call_wall_us": r.longest_call_wall.as_micros() as u64,
         "longest_run_us": r.longest_run.as_micros() as u64,
     })
 }
