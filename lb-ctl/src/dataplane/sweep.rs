@@ -32,8 +32,9 @@ const NS: u64 = 1_000_000_000;
 const ORPHAN_REPLY_NS: u64 = 10 * NS;
 /// Entries per `BPF_MAP_LOOKUP_BATCH` of a connection table. Reading a full table costs about
 /// 440 ns an entry at 1M and 1.4 µs at 4M (cache and TLB misses, a locked bucket each), so
-/// 4,096 took up to 2 and 6 ms; 256 stay near a third of a millisecond.
-pub const SWEEP_CHUNK: u32 = 256;
+/// 4,096 took up to 2 and 6 ms; 128 take about 0.2 ms at 4M, leaving room under 1 ms for
+/// the interrupts that land in a call.
+pub const SWEEP_CHUNK: u32 = 128;
 /// Backends per `PUBLISH` run (about 20 ns each in the kernel).
 const PUBLISH_CHUNK: u32 = 8192;
 /// Array elements per batch read or write (the kernel copies array elements one by one).
