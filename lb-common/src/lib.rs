@@ -22,8 +22,20 @@ pub mod maps {
     pub const SCHED_TABLE: &str = "LB_SCHED_TABLE";
     /// `u32` service id → `u64` round-robin cursor, shared by all CPUs (atomic add).
     pub const SVC_CURSOR: &str = "LB_SVC_CURSOR";
-    /// `FlowKey` → `Conn`. LRU hash, the connection table.
+    /// `FlowKey` → `Conn`. LRU hash, the connection table: every connection past its
+    /// handshake (and UDP ones, and NAT connections from their first packet). One LRU for the
+    /// whole table (no per-CPU shares), so it evicts only when it is full as a whole.
     pub const CONNS: &str = "LB_CONNS";
+    /// `FlowKey` → `Conn`. LRU hash of embryonic DR/TUN connections (SYN_RECV, opened by a
+    /// SYN), moved to `CONNS` by the packet that takes them out of SYN_RECV. A flood of
+    /// spoofed SYNs can only evict entries here, never an established connection.
+    pub const EMBRYO: &str = "LB_EMBRYO";
+    /// `u32` slot → `FlowKey`: the keys one sweep step hands to `lb_sweep` (see `sweep_op`).
+    /// Scratch of one daemon (not pinned).
+    pub const SWEEP_KEYS: &str = "LB_SWEEP_KEYS";
+    /// `u32` backend id → `RsConns`: the sweep's tally, written by the daemon and published by
+    /// `lb_sweep` (not pinned).
+    pub const RS_TALLY: &str = "LB_RS_TALLY";
     /// `u32` service id → `Stats`, per CPU.
     pub const SVC_STATS: &str = "LB_SVC_STATS";
     /// `u32` backend id → `Stats`, per CPU.
@@ -77,7 +89,7 @@ pub mod maps {
     pub const FWD: &str = "LB_FWD";
 
     /// Every map of the balancer the daemon pins and adopts again after a restart.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SVC_TABLE,
         NAT_RS,
         SVC_INFO,
@@ -91,6 +103,7 @@ pub mod maps {
         SCHED_TABLE,
         SVC_CURSOR,
         CONNS,
+        EMBRYO,
         SVC_STATS,
         BACKEND_STATS,
         COUNTERS,
@@ -180,6 +193,15 @@ pub mod size {
     pub const MAX_BACKENDS: u32 = 1 << 17;
     /// Default connection-table size (entries).
     pub const DEFAULT_CONNS: u32 = 1 << 20;
+    /// Default size of the embryonic-connection table (`maps::EMBRYO`), when none is given:
+    /// the connection table's size divided by this.
+    pub const EMBRYO_DIVISOR: u32 = 4;
+    /// The smallest embryonic table (a tiny connection table still gets room for a burst).
+    pub const MIN_EMBRYO: u32 = 1024;
+    /// Slots of `maps::SWEEP_KEYS`: the most keys one `lb_sweep` run handles. Expiring one
+    /// costs about 1.3 µs in a full 4M table (a cold lookup, then the LRU's locked free
+    /// list), so a run stays near 0.15 ms.
+    pub const SWEEP_KEYS: u32 = 128;
     /// Default number of slots in the shared scheduling-table array: room for about 30 mh
     /// services at the default table size, each rebuilt beside its old table. (32 MiB: the
     /// kernel rounds an array's elements up to 8 bytes.)
@@ -477,6 +499,13 @@ pub mod cnt {
     /// 127/8, multicast, 240/4 and broadcast): the kernel's routing drops such "martian"
     /// sources before IPVS sees them.
     pub const DROP_MARTIAN: u32 = 26;
+    /// SYNs that opened an embryonic connection (`maps::EMBRYO`).
+    pub const EMBRYO_NEW: u32 = 27;
+    /// Embryonic connections moved to the connection table (their handshake went on).
+    pub const EMBRYO_PROMOTED: u32 = 28;
+    /// Embryonic connections that could not be moved (the connection table refused the
+    /// insert); they stay embryonic with their new state.
+    pub const EMBRYO_PROMOTE_FAILED: u32 = 29;
     /// Number of counters (room to grow without changing the map's size).
     pub const MAX: u32 = 32;
 
@@ -509,9 +538,9 @@ pub mod cnt {
         "drop_icmp_suppressed",
         "pass_malformed",
         "drop_martian",
-        "",
-        "",
-        "",
+        "embryo_new",
+        "embryo_promoted",
+        "embryo_promote_failed",
         "",
         "",
     ];
@@ -797,7 +826,50 @@ pub mod icmp_limit {
 pub const CLOCK_TICK_NS: u64 = 100_000_000;
 
 /// Layout version of the pinned maps; bump when any type above changes.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `EMBRYO` and `SWEEP_KEYS`, one common LRU for `CONNS`, `lb_sweep` driven in steps.
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// `lb_sweep`'s commands: the first 8 bytes of the frame it is run on are `SweepOp`.
+pub mod sweep_op {
+    /// Check the `count` connection keys in `SWEEP_KEYS` against `CONNS`: expire what is idle
+    /// beyond its timeout; write each key's `sweep_result` into its `_pad1`.
+    pub const CONNS: u32 = 1;
+    /// The same against `EMBRYO`.
+    pub const EMBRYO: u32 = 2;
+    /// Check the `count` templates in `SWEEP_KEYS` (`saddr` = service id, `daddr` = client
+    /// network, `sport`/`dport` = backend low/high 16 bits, `proto` = 1 to re-arm): re-arm
+    /// those that still control a connection of their backend, expire the idle ones.
+    pub const TEMPLATES: u32 = 3;
+    /// Publish backends `[start, start + count)`'s tallies from `RS_TALLY` into `RS_CONNS`,
+    /// with IPVS's overload hysteresis, and take the new connections counted since.
+    pub const PUBLISH: u32 = 4;
+}
+
+/// What `lb_sweep` found for one key (written into the key's `_pad1`).
+pub mod sweep_result {
+    /// Expired and deleted, or already gone.
+    pub const GONE: u16 = 0;
+    /// Kept, counts as active.
+    pub const ACTIVE: u16 = 1;
+    /// Kept, counts as inactive (or a kept template).
+    pub const INACTIVE: u16 = 2;
+    /// Kept, not counted (a NAT reply entry).
+    pub const KEPT: u16 = 3;
+    /// Not looked at yet (what user space writes).
+    pub const UNSEEN: u16 = 0xffff;
+}
+
+/// The command at the start of `lb_sweep`'s frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepOp {
+    /// `sweep_op::*`.
+    pub op: u32,
+    pub count: u32,
+    /// `PUBLISH`: the first backend.
+    pub start: u32,
+    pub _pad: u32,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -818,6 +890,7 @@ mod pod {
     unsafe impl aya::Pod for LblcKey {}
     unsafe impl aya::Pod for LblcVal {}
     unsafe impl aya::Pod for SweepStats {}
+    unsafe impl aya::Pod for SweepOp {}
 }
 
 #[cfg(test)]

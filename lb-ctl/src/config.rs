@@ -41,6 +41,9 @@ pub struct Director {
     pub interfaces: Vec<String>,
     /// Entries in the connection table.
     pub conn_table_size: u32,
+    /// Entries in the embryonic-connection table (DR/TUN connections until the client's
+    /// handshake ACK), where SYN floods are absorbed; `None`: a quarter of `conn_table_size`.
+    pub embryonic_table_size: Option<u32>,
     /// TUN: outer source address per director interface (the one towards the real server);
     /// a service's `tunnel_source` overrides it, the route's source address is the default.
     pub tunnel_sources: std::collections::BTreeMap<String, Ipv4Addr>,
@@ -65,6 +68,7 @@ impl Default for Director {
         Director {
             interfaces: Vec::new(),
             conn_table_size: Self::DEFAULT_CONN_TABLE_SIZE,
+            embryonic_table_size: None,
             tunnel_sources: Default::default(),
             mh_table_size: lb_common::size::DEFAULT_MH_TABLE,
             expire_nodest_conn: false,
@@ -165,6 +169,7 @@ struct RawDirector {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
     conn_table_size: Option<Spanned<i64>>,
+    embryonic_table_size: Option<Spanned<i64>>,
     #[serde(default)]
     tunnel_sources: std::collections::BTreeMap<String, Spanned<String>>,
     mh_table_size: Option<Spanned<i64>>,
@@ -324,6 +329,15 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
         )?,
         None => Director::DEFAULT_CONN_TABLE_SIZE,
     };
+    let embryonic_table_size = match &raw.embryonic_table_size {
+        Some(v) => Some(ranged(
+            v,
+            "embryonic_table_size",
+            lb_common::size::MIN_EMBRYO,
+            u32::MAX,
+        )?),
+        None => None,
+    };
     let mut tunnel_sources = std::collections::BTreeMap::new();
     for (iface, addr) in &raw.tunnel_sources {
         tunnel_sources.insert(iface.clone(), ipv4(addr)?);
@@ -341,6 +355,7 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
     Ok(Director {
         interfaces,
         conn_table_size,
+        embryonic_table_size,
         tunnel_sources,
         mh_table_size,
         expire_nodest_conn: raw.expire_nodest_conn,
@@ -785,7 +800,7 @@ mod tests {
             "[director]\ninterface = []\n",
             2,
             1,
-            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template)",
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, embryonic_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template)",
         );
         assert_err(
             "[[services]]\n",
@@ -997,6 +1012,12 @@ mod tests {
             2,
             19,
             "conn_table_size 1000 out of range 1024..4294967295",
+        );
+        assert_err(
+            "[director]\nembryonic_table_size = 10\n",
+            2,
+            24,
+            "embryonic_table_size 10 out of range 1024..4294967295",
         );
         assert_err(
             "[timeouts]\ntcp = 0\n",

@@ -138,6 +138,19 @@ impl Estimator {
     }
 }
 
+/// What the last sweep pass cost: it runs every second, so its CPU time is expiry's CPU time
+/// per second.
+fn sweep_status(r: &crate::dataplane::SweepReport) -> serde_json::Value {
+    serde_json::json!({
+        "cpu_us_per_s": r.cpu.as_micros() as u64,
+        "wall_us": r.wall.as_micros() as u64,
+        "calls": r.calls,
+        "longest_call_us": r.longest_call.as_micros() as u64,
+        "longest_call_wall_us": r.longest_call_wall.as_micros() as u64,
+        "longest_run_us": r.longest_run.as_micros() as u64,
+    })
+}
+
 struct Daemon {
     settings: Settings,
     dp: Dataplane,
@@ -146,6 +159,12 @@ struct Daemon {
     resolver: Resolver,
     estimator: Estimator,
     last_sweep: crate::dataplane::SweepReport,
+    /// The embryonic table at the last tick: (opened, promoted, entries) and how many
+    /// embryos the LRU evicted between the last two ticks (opened, less promoted, expired
+    /// and still there): more than none means SYNs are arriving faster than handshakes
+    /// complete or time out, a flood.
+    embryo_seen: (u64, u64, u64),
+    embryos_evicted: u64,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -184,6 +203,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         mh_table_size: cfg.as_ref().map_or(lb_common::size::DEFAULT_MH_TABLE, |c| {
             c.director.mh_table_size
         }),
+        embryo_table_size: cfg
+            .as_ref()
+            .and_then(|c| c.director.embryonic_table_size)
+            .unwrap_or(0),
         ..Options::default()
     };
     let mut dp = Dataplane::open(opts)?;
@@ -256,6 +279,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         resolver,
         estimator: Estimator::default(),
         last_sweep: Default::default(),
+        embryo_seen: (0, 0, 0),
+        embryos_evicted: 0,
     };
     let keep = d.serve(listener).await;
     drop(socket_file);
@@ -567,9 +592,45 @@ impl Daemon {
         Ok(stop)
     }
 
+    /// The SYN-flood defence: the embryonic table, its fill and its counters.
+    fn defence_status(&self) -> serde_json::Value {
+        let counters: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+        serde_json::json!({
+            "state": if self.embryos_evicted > 0 { "flooded" } else { "normal" },
+            "embryos_evicted_last_second": self.embryos_evicted,
+            "embryonic_table_size": self.dp.embryo_table_size(),
+            "embryonic_entries": self.last_sweep.embryonic,
+            "embryonic_expired_last_sweep": self.last_sweep.embryonic_expired,
+            "embryonic_opened": counters.get("embryo_new").copied().unwrap_or(0),
+            "promoted": counters.get("embryo_promoted").copied().unwrap_or(0),
+            "promote_failed": counters.get("embryo_promote_failed").copied().unwrap_or(0),
+        })
+    }
+
     async fn tick(&mut self) {
         match self.dp.sweep() {
-            Ok(r) => self.last_sweep = r,
+            Ok(r) => {
+                let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+                let now = (
+                    c.get("embryo_new").copied().unwrap_or(0),
+                    c.get("embryo_promoted").copied().unwrap_or(0),
+                    r.embryonic as u64,
+                );
+                let (opened, promoted, entries) = self.embryo_seen;
+                let gone = now.0.saturating_sub(opened) + entries;
+                // Nothing to compare with at the first tick (the counters may come from an
+                // adopted data path).
+                let first = self.embryo_seen == (0, 0, 0);
+                self.embryos_evicted = if first {
+                    0
+                } else {
+                    gone.saturating_sub(now.1.saturating_sub(promoted))
+                        .saturating_sub(r.embryonic_expired as u64)
+                        .saturating_sub(now.2)
+                };
+                self.embryo_seen = now;
+                self.last_sweep = r;
+            }
             Err(e) => log::warn!("sweeping the connection table: {e:#}"),
         }
         if let Err(e) = self.dp.collect_garbage() {
@@ -692,6 +753,8 @@ impl Daemon {
                     "conn_entries": self.last_sweep.entries,
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
+                    "syn_flood_defence": self.defence_status(),
+                    "sweep": sweep_status(&self.last_sweep),
                     "services": self.model.services.len(),
                     "real_servers": self.resolver.status(),
                     "pools": pools_json(self.dp.pool_usage()),

@@ -4,16 +4,26 @@
 //! As IPVS does, a TCP connection is created only by a SYN; other TCP segments without an
 //! entry are passed to the stack. A SYN that hits an entry in TIME_WAIT or CLOSE starts a new
 //! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the sweep's job
-//! (`lb_sweep`, run by the daemon every second); the LRU only evicts when the table is full.
+//! (`lb_sweep`, driven by the daemon every second); the LRU only evicts when the table is full.
+//!
+//! SYN floods: a DR/TUN connection opened by a SYN starts in `EMBRYO`, a table of its own, and
+//! moves to `CONNS` with the packet that takes it out of SYN_RECV (the client's ACK). A flood
+//! of spoofed SYNs, which never complete a handshake, can fill and churn `EMBRYO` only: no
+//! established connection is ever evicted by it. (NAT connections start in `CONNS`: their
+//! reply entry and the real server's SYN-ACK need the request entry there.)
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{Conn, FlowKey, Service, cnt, conn_flags, proto, svc_flags, tcp_state, udp_state};
+use lb_common::{
+    Conn, FlowKey, Service, cnt, conn_flags, fwd as fwd_mode, proto, svc_flags, tcp_state,
+    udp_state,
+};
 
 use crate::{
     Verdict,
-    maps::CONNS,
+    maps::{BACKENDS, CONNS, EMBRYO},
     parse::{Packet, tcp_flags as tf},
     select::select,
+    stats::count,
 };
 
 /// The backend a packet goes to, and whether this packet created the connection.
@@ -87,10 +97,53 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
             new: false,
         }));
     }
+    if is_tcp && let Some(e) = EMBRYO.get_ptr_mut(&key) {
+        return Ok(Lookup::Found(embryo(pkt, &key, e, tcp_flags, now)));
+    }
     if is_tcp && !new_conn_syn {
         return Err(Verdict::Pass(cnt::PASS_NO_CONN));
     }
     Ok(Lookup::Create { reuse: false })
+}
+
+/// A packet of an embryonic connection: runs the state machine, and once the connection is
+/// out of SYN_RECV moves it to `CONNS` (where floods cannot reach it).
+#[inline(always)]
+fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) -> Flow {
+    // SAFETY: a pointer into the map value, copied at once (40 bytes).
+    let mut v = unsafe { *e };
+    let backend = v.backend;
+    let state = next_state(pkt.proto, v.flags, v.state, tcp_flags);
+    v.state = state;
+    v.last_seen_ns = now;
+    if state != tcp_state::SYN_RECV {
+        // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
+        // holds the same backend.
+        if CONNS.insert(key, &v, BPF_NOEXIST as u64).is_ok() || CONNS.get_ptr(key).is_some() {
+            let _ = EMBRYO.remove(key);
+            count(cnt::EMBRYO_PROMOTED);
+            return Flow {
+                backend,
+                new: false,
+            };
+        }
+        // The connection table refused it (an LRU insert fails only under memory pressure):
+        // it stays here with its new state and moves with a later packet.
+        count(cnt::EMBRYO_PROMOTE_FAILED);
+    }
+    // SAFETY: as above; field by field.
+    unsafe {
+        if (*e).state != state {
+            (*e).state = state;
+        }
+        if (*e).last_seen_ns != now {
+            (*e).last_seen_ns = now;
+        }
+    }
+    Flow {
+        backend,
+        new: false,
+    }
 }
 
 /// `lookup`, and for a packet that opens a connection: schedule it and record it.
@@ -119,11 +172,19 @@ pub fn lookup_or_create(
     conn.state = next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags);
     conn.flags = flags;
     conn.last_seen_ns = now;
+    // A DR/TUN connection opened by a SYN is embryonic until its handshake goes on; a reused
+    // tuple replaces its finished entry in `CONNS` in place.
+    let embryonic = pkt.proto == proto::TCP
+        && !reuse
+        && BACKENDS
+            .get(backend)
+            .is_some_and(|be| be.fwd != fwd_mode::NAT);
+    let table = if embryonic { &EMBRYO } else { &CONNS };
     // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
     let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
-    if CONNS.insert(&key, &*conn, mode).is_err() {
-        return match CONNS.get_ptr(&key) {
+    if table.insert(&key, &*conn, mode).is_err() {
+        return match table.get_ptr(&key) {
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {
                 backend: unsafe { (*c).backend },
@@ -131,6 +192,9 @@ pub fn lookup_or_create(
             }),
             None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
         };
+    }
+    if embryonic {
+        count(cnt::EMBRYO_NEW);
     }
     Ok(Flow { backend, new: true })
 }

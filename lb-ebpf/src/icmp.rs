@@ -15,7 +15,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     Verdict, csum, dr,
     fwd::{self, Route},
-    maps::{BACKENDS, CONNS, CPU_STATE, NAT_RS, SETTINGS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, CPU_STATE, EMBRYO, NAT_RS, SETTINGS, SVC_TABLE},
     parse::{ETH_LEN, IP_LEN, IP_OFFSET, Packet, ptr_at},
     service,
     stats::count,
@@ -416,8 +416,10 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
         _pad: 0,
     };
     if service::lookup(&SVC_TABLE, lb_common::size::SVC_SLOTS, half, &vip).is_some() {
+        // An embryonic (SYN_RECV) DR/TUN connection is in its own table.
         let c = CONNS
             .get_ptr(&key)
+            .or_else(|| EMBRYO.get_ptr(&key))
             .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
         // SAFETY: pointer into the map value.
         let be = available(unsafe { (*c).backend })?;

@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNS, NAT_RS, PENDING, PROGS, SETTINGS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, EMBRYO, NAT_RS, PENDING, PROGS, SETTINGS, SVC_TABLE},
     stats::count,
 };
 
@@ -171,7 +171,10 @@ fn balance(ctx: &XdpContext, resume: bool) -> Result<u32, Verdict> {
         // Its server was deleted. IPVS drops the packet; with expire_nodest_conn it also
         // forgets the connection, so the client's next attempt is scheduled afresh.
         if i.flags & settings_flags::EXPIRE_NODEST != 0 {
-            let _ = CONNS.remove(&conntrack::flow_key(pkt));
+            let key = conntrack::flow_key(pkt);
+            if CONNS.remove(&key).is_err() {
+                let _ = EMBRYO.remove(&key);
+            }
         }
         return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
     }

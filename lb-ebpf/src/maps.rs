@@ -13,8 +13,8 @@ use lb_common::{
     Backend, Conn, FlowKey, LblcKey, LblcVal, PersistKey, PersistVal, RsConns, Service, Settings,
     Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
     size::{
-        DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, LBLC_ENTRIES, MAX_BACKENDS,
-        MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS,
+        DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, EMBRYO_DIVISOR, LBLC_ENTRIES,
+        MAX_BACKENDS, MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS, SWEEP_KEYS as SWEEP_KEYS_LEN,
     },
 };
 
@@ -35,11 +35,23 @@ pub static SCHED_TABLE: Array<u32> = Array::with_max_entries(DEFAULT_SCHED_TABLE
 #[map(name = "LB_SVC_CURSOR")]
 pub static SVC_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Per-CPU LRU lists (no common LRU): eviction never takes a global lock; lookups still see
-/// every CPU's entries.
+/// One LRU for the whole table: with per-CPU shares (`BPF_F_NO_COMMON_LRU`) a CPU whose share
+/// is full evicts its own (established) entries while the rest of the table is free. The
+/// common LRU refills each CPU's free list from the global one (128 at a time) and evicts
+/// only when that runs dry. SYN floods never reach it (see `EMBRYO`).
 #[map(name = "LB_CONNS")]
-pub static CONNS: LruHashMap<FlowKey, Conn> =
-    LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
+pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNS, 0);
+
+/// Embryonic DR/TUN connections until their handshake moves on (`lb_common::maps::EMBRYO`).
+/// Per-CPU LRU lists: a flood evicts only the flooded CPU's embryos, and never takes a global
+/// lock doing so.
+#[map(name = "LB_EMBRYO")]
+pub static EMBRYO: LruHashMap<FlowKey, Conn> =
+    LruHashMap::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, BPF_F_NO_COMMON_LRU);
+
+/// The keys one sweep step checks (written by the daemon, results in `_pad1`).
+#[map(name = "LB_SWEEP_KEYS")]
+pub static SWEEP_KEYS: Array<FlowKey> = Array::with_max_entries(SWEEP_KEYS_LEN, 0);
 
 #[map(name = "LB_SVC_STATS")]
 pub static SVC_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -65,7 +77,7 @@ pub static RS_CONNS: Array<RsConns> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "LB_RS_NEW")]
 pub static RS_NEW: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// The sweep's scratch tally, per backend.
+/// The sweep's tally, per backend (written by the daemon, published by `lb_sweep`).
 #[map(name = "LB_RS_TALLY")]
 pub static RS_TALLY: Array<RsConns> = Array::with_max_entries(MAX_BACKENDS, 0);
 

@@ -1,28 +1,28 @@
-//! The sweep, run by the daemon every second with `BPF_PROG_TEST_RUN`: it walks the connection
-//! table and the persistence templates inside the kernel (one call, not one syscall per
-//! entry), expires what has been idle longer than its IPVS timeout, and publishes exact
-//! per-backend counts (active, inactive, templates) with IPVS's overload hysteresis.
+//! The sweep's in-kernel steps. The daemon walks the connection tables and the persistence
+//! templates itself, in bounded chunks (`BPF_MAP_LOOKUP_BATCH`), counts what is plainly alive,
+//! and hands `lb_sweep` only what needs a decision made against the live entry: keys that look
+//! expired (at most `size::SWEEP_KEYS` per run), templates to re-arm or expire, and ranges of
+//! backends whose counts to publish. Every run does a bounded amount of work, so no run holds
+//! its CPU (bottom halves off, under `BPF_PROG_TEST_RUN`) for long, whatever the table size;
+//! the single `bpf_for_each_map_elem` over the whole table that this replaces could not stop
+//! and resume.
 //!
-//! The data path counts connections it creates in `RS_NEW`; the sweep notes those counts
-//! before its walk and subtracts them after, so a connection created during the walk is
-//! counted at least once (the schedulers prefer over- to under-counting).
+//! The data path counts connections it creates in `RS_NEW`; the daemon notes those counts
+//! before its walk and `PUBLISH` subtracts them after, so a connection created during the walk
+//! is counted at least once (the schedulers prefer over- to under-counting).
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_for_each_map_elem, bpf_loop},
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_loop, macros::xdp, programs::XdpContext};
 use lb_common::{
-    Conn, FlowKey, PersistKey, PersistVal, RsConns, SweepStats, TIMEOUT_UDP, conn_flags,
-    fwd as fwd_mode, proto, size, svc_flags, tcp_state,
+    Conn, FlowKey, PersistKey, SweepOp, TIMEOUT_UDP, conn_flags, fwd as fwd_mode, proto, size,
+    svc_flags, sweep_op, sweep_result, tcp_state,
 };
 
 use crate::{
     maps::{
-        BACKENDS, CONNS, PERSIST, RS_CONNS, RS_NEW, RS_TALLY, SETTINGS, SVC_INFO, SWEEP, TIMEOUTS,
+        BACKENDS, CONNS, EMBRYO, PERSIST, RS_CONNS, RS_NEW, RS_TALLY, SETTINGS, SVC_INFO,
+        SWEEP_KEYS, TIMEOUTS,
     },
     select::add32,
 };
@@ -35,58 +35,56 @@ const ORPHAN_REPLY_NS: u64 = 10 * NS;
 #[repr(C)]
 struct Ctx {
     now: u64,
-    stats: SweepStats,
+    /// `PUBLISH`: the first backend.
+    start: u32,
+    _pad: u32,
 }
 
-/// Zeroes backend `i`'s tally and notes its new-connection count (kept in `overloaded`, which
-/// the tally does not otherwise use).
-extern "C" fn prepare(i: u64, _ctx: *mut c_void) -> i64 {
-    let id = i as u32;
-    let seen = RS_NEW.get(id).copied().unwrap_or(0);
-    if let Some(t) = RS_TALLY.get_ptr_mut(id) {
-        // SAFETY: pointer into the map value; only the sweep touches the tally.
-        unsafe {
-            *t = RsConns {
-                active: 0,
-                inactive: 0,
-                persist: 0,
-                overloaded: seen,
-            };
-        }
-    }
-    0
+/// The live value of `k` in the table the step checks.
+#[inline(always)]
+fn get(embryo: bool, k: &FlowKey) -> Option<Conn> {
+    let p = if embryo {
+        EMBRYO.get_ptr(k)
+    } else {
+        CONNS.get_ptr(k)
+    }?;
+    // SAFETY: pointer into the map value, copied at once.
+    Some(unsafe { *p })
 }
 
 #[inline(always)]
-fn delete(k: &FlowKey, c: &mut Ctx) {
-    if CONNS.remove(k).is_ok() {
-        c.stats.expired += 1;
-    }
+fn remove(embryo: bool, k: &FlowKey) {
+    let _ = if embryo {
+        EMBRYO.remove(k)
+    } else {
+        CONNS.remove(k)
+    };
 }
 
-extern "C" fn walk_conn(
-    _map: *mut c_void,
-    key: *mut FlowKey,
-    val: *mut Conn,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: pointers the kernel passes for this entry and our context; copied at once.
-    let (c, k, v) = unsafe { (&mut *(ctx as *mut Ctx), *key, *val) };
-    c.stats.entries += 1;
-    let Some(be) = BACKENDS.get(v.backend) else {
-        delete(&k, c);
-        return 0;
+/// Expires connection `k` if it is idle beyond its timeout (a NAT connection is as fresh as
+/// the later of its two entries), and says how the kept ones count.
+#[inline(always)]
+fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
+    let Some(v) = get(embryo, k) else {
+        return sweep_result::GONE;
     };
-    let idle = |seen: u64| c.now.saturating_sub(seen);
+    let Some(be) = BACKENDS.get(v.backend) else {
+        remove(embryo, k);
+        return sweep_result::GONE;
+    };
+    let idle = |seen: u64| now.saturating_sub(seen);
     if v.flags & conn_flags::REPLY != 0 {
         // Kept while its connection (the request entry) is.
         let fwd = k.nat_request(be.vaddr, be.vport);
-        if CONNS.get_ptr(&fwd).is_none() && idle(v.last_seen_ns) >= ORPHAN_REPLY_NS {
-            delete(&k, c);
+        if CONNS.get_ptr(&fwd).is_none()
+            && EMBRYO.get_ptr(&fwd).is_none()
+            && idle(v.last_seen_ns) >= ORPHAN_REPLY_NS
+        {
+            remove(embryo, k);
+            return sweep_result::GONE;
         }
-        return 0;
+        return sweep_result::KEPT;
     }
-    // A NAT connection is as fresh as the later of its two entries.
     let mut last = v.last_seen_ns;
     let mut reply = None;
     if be.fwd == fwd_mode::NAT {
@@ -109,77 +107,85 @@ extern "C" fn walk_conn(
     let idx = if tcp { state } else { TIMEOUT_UDP };
     let timeout = TIMEOUTS.get(idx).copied().unwrap_or(0) as u64 * NS;
     if idle(last) >= timeout {
-        delete(&k, c);
+        remove(embryo, k);
         if let Some(r) = reply {
             let _ = CONNS.remove(&r);
         }
-        return 0;
+        return sweep_result::GONE;
     }
-    if let Some(t) = RS_TALLY.get_ptr_mut(v.backend) {
-        let active = tcp && tcp_state::ACTIVE[(state as usize) % tcp_state::COUNT];
-        // SAFETY: pointer into the map value; only the sweep touches the tally.
-        unsafe {
-            if active {
-                (*t).active += 1;
-            } else {
-                (*t).inactive += 1;
-            }
-        }
+    if tcp && tcp_state::ACTIVE[(state as usize) % tcp_state::COUNT] {
+        sweep_result::ACTIVE
+    } else {
+        sweep_result::INACTIVE
     }
-    // A template lives on while it controls a connection (IPVS re-arms it then).
-    if let Some(svc) = SVC_INFO.get(be.svc_id)
-        && svc.flags & svc_flags::PERSISTENT != 0
-    {
-        let tk = PersistKey {
-            svc_id: svc.id,
-            client: k.saddr & svc.persist_mask,
-        };
-        if let Some(t) = PERSIST.get_ptr_mut(&tk) {
-            // SAFETY: pointer into the map value.
-            unsafe {
-                if (*t).backend == v.backend && (*t).last_seen_ns < c.now {
-                    (*t).last_seen_ns = c.now;
-                }
-            }
-        }
-    }
-    0
 }
 
-extern "C" fn walk_template(
-    _map: *mut c_void,
-    key: *mut PersistKey,
-    val: *mut PersistVal,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: pointers the kernel passes for this entry and our context; copied at once.
-    let (c, k, v) = unsafe { (&mut *(ctx as *mut Ctx), *key, *val) };
+/// Re-arms template `k` (encoded as `sweep_op::TEMPLATES` says) if it still controls a
+/// connection of its backend (IPVS re-arms it then), else expires it once idle beyond its
+/// service's persistence timeout.
+#[inline(always)]
+fn check_template(k: &FlowKey, now: u64) -> u16 {
+    let tk = PersistKey {
+        svc_id: k.saddr,
+        client: k.daddr,
+    };
+    let Some(t) = PERSIST.get_ptr_mut(&tk) else {
+        return sweep_result::GONE;
+    };
+    let backend = k.sport as u32 | ((k.dport as u32) << 16);
+    // SAFETY: pointer into the map value, fields one at a time.
+    let (tb, seen) = unsafe { ((*t).backend, (*t).last_seen_ns) };
+    if k.proto == 1 && tb == backend {
+        if seen < now {
+            // SAFETY: as above.
+            unsafe { (*t).last_seen_ns = now };
+        }
+        return sweep_result::INACTIVE;
+    }
     let timeout = SVC_INFO
-        .get(k.svc_id)
-        .filter(|s| s.id == k.svc_id && s.flags & svc_flags::PERSISTENT != 0)
+        .get(tk.svc_id)
+        .filter(|s| s.id == tk.svc_id && s.flags & svc_flags::PERSISTENT != 0)
         .map_or(0, |s| s.persist_timeout as u64 * NS);
-    if c.now.saturating_sub(v.last_seen_ns) >= timeout {
-        if PERSIST.remove(&k).is_ok() {
-            c.stats.templates_expired += 1;
-        }
-        return 0;
+    if now.saturating_sub(seen) >= timeout {
+        let _ = PERSIST.remove(&tk);
+        return sweep_result::GONE;
     }
-    c.stats.templates += 1;
-    if let Some(t) = RS_TALLY.get_ptr_mut(v.backend) {
-        // SAFETY: pointer into the map value; only the sweep touches the tally.
-        unsafe { (*t).persist += 1 };
-    }
-    0
+    sweep_result::INACTIVE
 }
 
-/// Publishes backend `i`'s counts, with IPVS's overload hysteresis (set at `-x`, cleared
-/// below `-y`, or below 3/4 of `-x` without one), and takes the new connections it saw.
-extern "C" fn publish(i: u64, _ctx: *mut c_void) -> i64 {
-    let id = i as u32;
+macro_rules! each_key {
+    ($name:ident, $check:expr) => {
+        extern "C" fn $name(i: u64, ctx: *mut c_void) -> i64 {
+            // SAFETY: our context, see `lb_sweep`.
+            let now = unsafe { (*(ctx as *const Ctx)).now };
+            let Some(kp) = SWEEP_KEYS.get_ptr_mut(i as u32) else {
+                return 1;
+            };
+            // SAFETY: pointer into the map value; only the daemon's sweep uses this map.
+            let mut k = unsafe { *kp };
+            // The result field: the daemon marks it unseen; a table key has it zero.
+            k._pad1 = 0;
+            let r: u16 = $check(&k, now);
+            // SAFETY: as above.
+            unsafe { (*kp)._pad1 = r };
+            0
+        }
+    };
+}
+
+each_key!(conn_step, |k: &FlowKey, now| check_conn(false, k, now));
+each_key!(embryo_step, |k: &FlowKey, now| check_conn(true, k, now));
+each_key!(template_step, check_template);
+
+/// Publishes backend `start + i`'s counts, with IPVS's overload hysteresis (set at `-x`,
+/// cleared below `-y`, or below 3/4 of `-x` without one), and takes the new connections it saw.
+extern "C" fn publish(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: our context, see `lb_sweep`.
+    let id = unsafe { (*(ctx as *const Ctx)).start }.wrapping_add(i as u32);
     let (Some(t), Some(rs), Some(be)) =
         (RS_TALLY.get(id), RS_CONNS.get_ptr_mut(id), BACKENDS.get(id))
     else {
-        return 0;
+        return 1;
     };
     let t = *t;
     let total = t.active as u64 + t.inactive as u64;
@@ -219,34 +225,32 @@ extern "C" fn publish(i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
+/// One sweep step: the `SweepOp` at the start of the frame says which.
 #[xdp]
-pub fn lb_sweep(_ctx: XdpContext) -> u32 {
+pub fn lb_sweep(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + core::mem::size_of::<SweepOp>() > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: bounds checked just above.
+    let op = unsafe { *(data as *const SweepOp) };
     let Some(settings) = SETTINGS.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
     let mut c = Ctx {
         now: settings.clock_ns,
-        stats: SweepStats::default(),
+        start: op.start,
+        _pad: 0,
     };
     let cp = &mut c as *mut Ctx as *mut c_void;
-    // SAFETY: callbacks of the helpers' signatures; `c` outlives the calls; the map pointers
-    // are the map definitions the loader relocates.
-    unsafe {
-        bpf_loop(size::MAX_BACKENDS, prepare as *mut c_void, cp, 0);
-        bpf_for_each_map_elem(
-            &CONNS as *const _ as *mut c_void,
-            walk_conn as *mut c_void,
-            cp,
-            0,
-        );
-        bpf_for_each_map_elem(
-            &PERSIST as *const _ as *mut c_void,
-            walk_template as *mut c_void,
-            cp,
-            0,
-        );
-        bpf_loop(size::MAX_BACKENDS, publish as *mut c_void, cp, 0);
-    }
-    let _ = SWEEP.set(0, c.stats, 0);
+    let (f, n): (*mut c_void, u32) = match op.op {
+        sweep_op::CONNS => (conn_step as *mut c_void, op.count.min(size::SWEEP_KEYS)),
+        sweep_op::EMBRYO => (embryo_step as *mut c_void, op.count.min(size::SWEEP_KEYS)),
+        sweep_op::TEMPLATES => (template_step as *mut c_void, op.count.min(size::SWEEP_KEYS)),
+        sweep_op::PUBLISH => (publish as *mut c_void, op.count.min(size::MAX_BACKENDS)),
+        _ => return xdp_action::XDP_ABORTED,
+    };
+    // SAFETY: a callback of the helper's signature; `c` outlives the call.
+    unsafe { bpf_loop(n, f, cp, 0) };
     xdp_action::XDP_PASS
 }

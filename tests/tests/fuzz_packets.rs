@@ -155,6 +155,7 @@ fn fuzz_packets() {
         sched_table_size: 4096,
         mh_table_size: 251,
         persist_table_size: 4096,
+        ..Options::default()
     })
     .expect("loading the balancer (root, bpffs)");
     let mut bal = Balancer {

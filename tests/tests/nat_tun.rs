@@ -38,6 +38,7 @@ impl Fixture {
             sched_table_size: 4096,
             mh_table_size: 251,
             persist_table_size: 4096,
+            ..Options::default()
         })
         .expect("loading the balancer (root, bpffs)");
         let net = Net::new("fib", &[SMALL_MTU_RS], None);

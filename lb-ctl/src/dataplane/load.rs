@@ -83,7 +83,7 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::BACKENDS => s(4, size_of::<Backend>()),
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
-        maps::CONNS => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::CONNS | maps::EMBRYO => s(size_of::<FlowKey>(), size_of::<Conn>()),
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
         maps::SETTINGS => s(4, size_of::<Settings>()),
@@ -144,8 +144,27 @@ impl Dataplane {
         fs::create_dir_all(&map_dir).with_context(|| format!("creating {}", map_dir.display()))?;
         fs::create_dir_all(opts.pin_dir.join("links"))?;
 
+        // A data path of an older layout (before the embryonic table) is not adopted: say so
+        // and start afresh (its maps are unpinned; programs still attached keep using them
+        // until this daemon's replace them).
+        let old_layout = map_dir.join(maps::CONNS).exists() && !map_dir.join(maps::EMBRYO).exists();
+        if old_layout {
+            log::warn!(
+                "the pinned data path under {} has an older layout (no {}): starting afresh, \
+                 its connections are not adopted",
+                opts.pin_dir.display(),
+                maps::EMBRYO
+            );
+            for name in maps::ALL {
+                let _ = fs::remove_file(map_dir.join(name));
+            }
+        }
         let mut adopted = false;
         let mut conn_table_size = opts.conn_table_size;
+        let mut embryo_table_size = match opts.embryo_table_size {
+            0 => (opts.conn_table_size / size::EMBRYO_DIVISOR).max(size::MIN_EMBRYO),
+            n => n,
+        };
         let mut sched_table_size = opts.sched_table_size;
         for name in maps::ALL {
             let pin = map_dir.join(name);
@@ -191,6 +210,9 @@ impl Dataplane {
                     lb_common::cnt::MAX
                 );
             }
+            if name == maps::EMBRYO {
+                embryo_table_size = info.max_entries();
+            }
         }
 
         let mut loader = EbpfLoader::new();
@@ -200,6 +222,7 @@ impl Dataplane {
         loader.map_max_entries(maps::CONNS, conn_table_size);
         loader.map_max_entries(maps::SCHED_TABLE, sched_table_size);
         loader.map_max_entries(maps::PERSIST, opts.persist_table_size);
+        loader.map_max_entries(maps::EMBRYO, embryo_table_size);
         let mut bpf = loader
             .load(BALANCER_OBJ)
             .context("loading the balancer's maps and programs")?;
@@ -260,6 +283,9 @@ impl Dataplane {
             sched_table: take(&mut bpf, maps::SCHED_TABLE)?,
             cursor: take(&mut bpf, maps::SVC_CURSOR)?,
             conns: take(&mut bpf, maps::CONNS)?,
+            embryo: take(&mut bpf, maps::EMBRYO)?,
+            sweep_keys: take(&mut bpf, maps::SWEEP_KEYS)?,
+            rs_tally: take(&mut bpf, maps::RS_TALLY)?,
             svc_stats: take(&mut bpf, maps::SVC_STATS)?,
             backend_stats: take(&mut bpf, maps::BACKEND_STATS)?,
             counters: take(&mut bpf, maps::COUNTERS)?,
@@ -299,6 +325,7 @@ impl Dataplane {
             links: BTreeMap::new(),
             state,
             conn_table_size,
+            embryo_table_size,
             adopted,
             settings,
             svc_table,
@@ -321,6 +348,11 @@ impl Dataplane {
 
     pub fn conn_table_size(&self) -> u32 {
         self.conn_table_size
+    }
+
+    /// Entries of the embryonic-connection table.
+    pub fn embryo_table_size(&self) -> u32 {
+        self.embryo_table_size
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -20,11 +20,13 @@ mod probe;
 mod runtime;
 mod state;
 mod stats;
+mod sweep;
 mod sync;
 
 pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs};
-pub use runtime::{ClockThread, PoolUsage, StateTimeouts, SweepReport};
+pub use runtime::{ClockThread, PoolUsage, StateTimeouts};
 pub use stats::ConnCounts;
+pub use sweep::{SWEEP_CHUNK, SweepReport};
 
 use batch::*;
 use plan::Plan;
@@ -77,6 +79,8 @@ pub struct Options {
     pub mh_table_size: u32,
     /// Entries of the persistence-template table.
     pub persist_table_size: u32,
+    /// Entries of the embryonic-connection table (0: the connection table's size / 4).
+    pub embryo_table_size: u32,
 }
 
 impl Default for Options {
@@ -87,6 +91,7 @@ impl Default for Options {
             sched_table_size: size::DEFAULT_SCHED_TABLE,
             mh_table_size: size::DEFAULT_MH_TABLE,
             persist_table_size: size::DEFAULT_PERSIST,
+            embryo_table_size: 0,
         }
     }
 }
@@ -136,6 +141,9 @@ struct Maps {
     sched_table: Array<MapData, u32>,
     cursor: Array<MapData, u64>,
     conns: BpfHashMap<MapData, FlowKey, Conn>,
+    embryo: BpfHashMap<MapData, FlowKey, Conn>,
+    sweep_keys: Array<MapData, FlowKey>,
+    rs_tally: Array<MapData, RsConns>,
     svc_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
     counters: PerCpuArray<MapData, u64>,
@@ -151,6 +159,7 @@ pub struct Dataplane {
     links: BTreeMap<String, PinnedLink>,
     state: State,
     conn_table_size: u32,
+    embryo_table_size: u32,
     /// Whether the maps came from a previous daemon.
     adopted: bool,
     /// The value last written to `LB_SETTINGS`.

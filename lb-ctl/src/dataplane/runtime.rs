@@ -10,9 +10,8 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, anyhow, bail};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{Conn, progs, settings_flags, tcp_state, udp_state};
+use anyhow::Context;
+use lb_common::{Conn, settings_flags, tcp_state, udp_state};
 
 use super::*;
 use crate::api::Timeouts;
@@ -65,15 +64,6 @@ impl StateTimeouts {
     }
 }
 
-/// What one sweep of the connection table found.
-#[derive(Clone, Debug, Default)]
-pub struct SweepReport {
-    pub entries: usize,
-    pub expired: usize,
-    pub templates: usize,
-    pub templates_expired: usize,
-}
-
 impl Dataplane {
     /// Advances the balancer's clock (`Settings::clock_ns`) by the time since the last call.
     /// The daemon calls it every `CLOCK_TICK_NS`; connections record it as their last activity.
@@ -94,36 +84,6 @@ impl Dataplane {
         self.settings.route_epoch = self.settings.route_epoch.wrapping_add(1);
         self.write_settings()?;
         Ok(())
-    }
-
-    /// Runs the in-kernel sweep (`lb_sweep`): expires idle connections and templates (the data
-    /// path never does) and recounts every backend's connections.
-    pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
-        let prog: &Xdp = self
-            .bpf
-            .program(progs::SWEEP)
-            .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
-            .try_into()?;
-        // The program ignores its packet; the kernel wants at least an Ethernet header.
-        let packet = [0u8; 64];
-        let out = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&packet),
-                ..TestRunOptions::default()
-            })
-            .context("running the sweep")?;
-        // XDP_PASS: the sweep ran to its end.
-        const XDP_PASS: u32 = 2;
-        if out.return_value != XDP_PASS {
-            bail!("the sweep program failed (verdict {})", out.return_value);
-        }
-        let s = self.maps.sweep.get(&0, 0)?;
-        Ok(SweepReport {
-            entries: s.entries as usize,
-            expired: s.expired as usize,
-            templates: s.templates as usize,
-            templates_expired: s.templates_expired as usize,
-        })
     }
 
     /// The connection timeouts the sweep applies (`ipvsadm --set`).

@@ -216,7 +216,11 @@ impl Dataplane {
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
         let now = self.clock_now();
-        let entries: Vec<(FlowKey, Conn)> = self.maps.conns.iter().filter_map(Result::ok).collect();
+        // Embryonic connections (SYN_RECV, `LB_EMBRYO`) are listed with the others.
+        let entries: Vec<(FlowKey, Conn)> = (self.maps.conns.iter())
+            .chain(self.maps.embryo.iter())
+            .filter_map(Result::ok)
+            .collect();
         let conns = self.pair(&entries);
         let mut out = Vec::new();
         for c in conns {

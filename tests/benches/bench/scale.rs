@@ -75,6 +75,7 @@ pub fn run(report: &mut Report) {
     for &entries in &CONN_SIZES {
         conn_table(report, &ns, entries);
     }
+    flood(report, &ns, CONN_SIZES[0]);
     drop(ns);
     control_plane(report);
     println!("  ({:.0} s)", started.elapsed().as_secs_f64());
@@ -167,10 +168,9 @@ fn fill(pin_dir: &Path, n: u32, conn: Conn) -> Duration {
     started.elapsed()
 }
 
-/// Memory, fill and lookup cost of a connection table of `entries`.
-fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
-    let l = label(entries);
-    println!("  connection table of {l} entries");
+/// The balancer loaded with its own pins and a connection table of `entries`, one DR service
+/// (VIP:80 → RS) reached through `ns`'s `ext`; and `ext`'s ifindex (the ingress of every run).
+fn director(ns: &Netns, pins: &lb_tests::PinDir, entries: u32) -> (Dataplane, u32) {
     let ext: u32 = ns
         .run(&["cat", "/sys/class/net/ext/ifindex"])
         .trim()
@@ -182,7 +182,6 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         .split(':')
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
-    let pins = lb_tests::PinDir::new(&format!("scale-{l}"));
     let mut dp = Dataplane::open(Options {
         pin_dir: pins.path().to_path_buf(),
         conn_table_size: entries,
@@ -214,6 +213,15 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         },
     );
     dp.sync(&model, &paths).expect("sync");
+    (dp, ext)
+}
+
+/// Memory, fill and lookup cost of a connection table of `entries`.
+fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
+    let l = label(entries);
+    println!("  connection table of {l} entries");
+    let pins = lb_tests::PinDir::new(&format!("scale-{l}"));
+    let (mut dp, ext) = director(ns, &pins, entries);
     let conns_memory = |dp: &Dataplane| {
         let all = dp.map_memory().expect("reading the maps' memory");
         all.iter().find(|(n, _)| *n == maps::CONNS).unwrap().1
@@ -316,6 +324,7 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         sweep.entries,
         sweep.expired
     );
+    sweep_rows(report, &l, "table full, nothing expires", &sweep);
     let full_repeat = repeated(lb(&dp));
     let full_spread = spread_rounds(lb(&dp));
     let conns_full = conns_memory(&dp);
@@ -374,6 +383,181 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         full_spread,
         "ns/pkt",
         &format!("{:.2}x holding only them", full_spread / alone_spread),
+    );
+    // Expiry of the whole table at once: every entry is an ESTABLISHED connection, and with
+    // a 1 s timeout they all go in one pass.
+    let mut t = lb_ctl::dataplane::StateTimeouts::default();
+    t.tcp[lb_common::tcp_state::ESTABLISHED as usize] = 1;
+    dp.set_timeouts(&t).expect("timeouts");
+    std::thread::sleep(Duration::from_millis(1100));
+    dp.tick_clock().expect("clock");
+    let sweep = dp.sweep().expect("sweep");
+    assert!(
+        sweep.expired as f64 >= entries as f64 * FULL_ENOUGH,
+        "{l}: every entry should have expired: {sweep:?}"
+    );
+    sweep_rows(report, &l, "table full, every entry expires", &sweep);
+    drop((map, dp, pins));
+}
+
+/// The figures of one sweep pass: its longest single system call (each is bounded), the
+/// longest `lb_sweep` run the kernel reports, and the pass's CPU time, which is expiry's CPU
+/// time per second (the daemon sweeps every second).
+fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::SweepReport) {
+    report.scale(
+        &format!("expiry {l}, {what}: longest single call"),
+        s.longest_call.as_secs_f64() * 1e6,
+        "µs",
+        &format!(
+            "CPU time across each of {} calls (wall: {:.0} µs): batch reads of {} entries \
+             (longest {:.0} µs), batch writes (longest {:.0} µs), lb_sweep runs (longest in \
+             the kernel {:.0} µs over {} runs); before: one run of the whole table",
+            s.calls,
+            s.longest_call_wall.as_secs_f64() * 1e6,
+            lb_ctl::dataplane::SWEEP_CHUNK,
+            s.longest_read.as_secs_f64() * 1e6,
+            s.longest_write.as_secs_f64() * 1e6,
+            s.longest_run.as_secs_f64() * 1e6,
+            s.runs
+        ),
+    );
+    report.scale(
+        &format!("expiry {l}, {what}: CPU per pass (= per second)"),
+        s.cpu.as_secs_f64() * 1e3,
+        "ms",
+        &format!(
+            "user + kernel time of the sweeping thread; {:.0} ms wall; {} entries, {} expired",
+            s.wall.as_secs_f64() * 1e3,
+            s.entries,
+            s.expired
+        ),
+    );
+}
+
+/// A spoofed SYN from the benchmarking range 198.18.0.0/15, the `j`th of a flood.
+fn spoofed(j: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(0xc612_0000 | (j & 0x1_ffff)),
+        1024 + (j >> 17) as u16,
+    )
+}
+
+/// A flood of spoofed SYNs ten times the table's size, one per `BPF_PROG_TEST_RUN` call,
+/// against a table half full of established connections: how many of those it costs, and
+/// whether legitimate clients, one handshake among every `LEGIT_EVERY` SYNs with `RTT_SYNS`
+/// flood SYNs between its SYN and its ACK, are still served.
+fn flood(report: &mut Report, ns: &Netns, entries: u32) {
+    const LEGIT_EVERY: u32 = 1000;
+    const RTT_SYNS: u32 = 500;
+    let l = label(entries);
+    println!(
+        "  SYN flood of {}M against a {l} table",
+        (entries * 10) >> 20
+    );
+    let pins = lb_tests::PinDir::new(&format!("flood-{l}"));
+    let (mut dp, ext) = director(ns, &pins, entries);
+    let established = entries / 2;
+    // The fill's connections: ESTABLISHED, seen now.
+    let conn = Conn {
+        backend: {
+            let prog = dp.program().expect("program");
+            ns.enter(|| {
+                xdp_run::run_xdp(prog, &packet(CLIENT, 40000, TCP_SYN), 1, ext).unwrap();
+                xdp_run::run_xdp(prog, &packet(CLIENT, 40000, TCP_ACK), 1, ext).unwrap();
+            });
+            conns_map(pins.path())
+                .get(&flow_key(CLIENT, 40000), 0)
+                .expect("the handshake's entry")
+                .backend
+        },
+        state: lb_common::tcp_state::ESTABLISHED,
+        ..Conn::default()
+    };
+    fill(pins.path(), established, conn);
+    let before = dp.sweep().expect("sweep");
+    let flood = entries * 10;
+    let (mut legit, mut served, mut kernel_ns) = (0u32, 0u32, 0u64);
+    let mut waiting: Vec<(u32, Vec<u8>)> = Vec::new();
+    let started = Instant::now();
+    let prog = dp.program().expect("program");
+    ns.enter(|| {
+        for j in 0..flood {
+            let (src, sport) = spoofed(j);
+            let syn =
+                Frame::tcp(src, sport, VIP, 80, TCP_SYN, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
+            let out = xdp_run::run_xdp(prog, &syn, 1, ext).expect("run");
+            assert_eq!(out.action, XDP_TX, "spoofed SYN {j}: {out:?}");
+            kernel_ns += u64::from(out.duration_ns);
+            if j % LEGIT_EVERY == 0 {
+                let c = (
+                    Ipv4Addr::new(203, 0, 113, (legit % 250) as u8 + 1),
+                    1024 + (legit / 250) as u16,
+                );
+                legit += 1;
+                let syn =
+                    Frame::tcp(c.0, c.1, VIP, 80, TCP_SYN, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
+                let out = xdp_run::run_xdp(prog, &syn, 1, ext).expect("run");
+                assert_eq!(out.action, XDP_TX, "legitimate SYN: {out:?}");
+                let ack =
+                    Frame::tcp(c.0, c.1, VIP, 80, TCP_ACK, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
+                waiting.push((j + RTT_SYNS, ack));
+            }
+            while waiting.first().is_some_and(|(due, _)| *due <= j) {
+                let (_, ack) = waiting.remove(0);
+                let out = xdp_run::run_xdp(prog, &ack, 1, ext).expect("run");
+                served += (out.action == XDP_TX) as u32;
+            }
+        }
+    });
+    let wall = started.elapsed();
+    let after = dp.sweep().expect("sweep");
+    // Every established connection still there and still on its server.
+    let map = conns_map(pins.path());
+    let lost = (0..established)
+        .filter(|&i| {
+            let (c, p) = filler(i);
+            map.get(&flow_key(c, p), 0)
+                .map_or(true, |v| v.backend != conn.backend)
+        })
+        .count();
+    report.scale(
+        &format!(
+            "SYN flood {l}: ESTABLISHED lost to {}M spoofed SYNs",
+            flood >> 20
+        ),
+        lost as f64,
+        "conns",
+        &format!(
+            "of {established} established (table half full); embryonic table {} entries, \
+             {} after; connection table {} → {} entries",
+            dp.embryo_table_size(),
+            after.embryonic,
+            before.entries,
+            after.entries
+        ),
+    );
+    report.scale(
+        &format!("SYN flood {l}: legitimate handshakes completed"),
+        served as f64 / legit.max(1) as f64 * 100.0,
+        "%",
+        &format!(
+            "{served} of {legit}, one per {LEGIT_EVERY} spoofed SYNs, {RTT_SYNS} flood SYNs \
+             between each SYN and its ACK"
+        ),
+    );
+    let per_syn = kernel_ns as f64 / flood as f64;
+    let share = dp.embryo_table_size() as f64 / aya::util::online_cpus().unwrap().len() as f64;
+    report.scale(
+        &format!("SYN flood {l}: a spoofed SYN, kernel time"),
+        per_syn,
+        "ns",
+        &format!(
+            "{:.1} M SYN/s per CPU at most; at that rate an embryo lives {:.0} ms in its CPU's \
+             share ({share:.0} entries): a client whose ACK comes sooner is served ({:.0} s wall)",
+            1e3 / per_syn,
+            share * per_syn / 1e6,
+            wall.as_secs_f64()
+        ),
     );
     drop((map, dp, pins));
 }

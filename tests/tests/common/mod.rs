@@ -35,13 +35,19 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(model: Model) -> Self {
+        Self::with_table(model, 4096)
+    }
+
+    /// A fixture whose connection table has `conns` entries (the embryonic table a quarter).
+    pub fn with_table(model: Model, conns: u32) -> Self {
         let pins = lb_tests::PinDir::new("fixture");
         let dp = Dataplane::open(Options {
             pin_dir: pins.path().to_path_buf(),
-            conn_table_size: 4096,
+            conn_table_size: conns,
             sched_table_size: 1 << 16,
             mh_table_size: 251,
             persist_table_size: 4096,
+            ..Options::default()
         })
         .expect("loading the balancer (root, bpffs)");
         // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
