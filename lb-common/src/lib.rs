@@ -199,9 +199,9 @@ pub mod size {
     /// The smallest embryonic table (a tiny connection table still gets room for a burst).
     pub const MIN_EMBRYO: u32 = 1024;
     /// Slots of `maps::SWEEP_KEYS`: the most keys one `lb_sweep` run handles. Expiring one
-    /// costs about 1.3 µs in a full 4M table (a cold lookup, then the LRU's locked free
-    /// list), so a run stays near 0.15 ms.
-    pub const SWEEP_KEYS: u32 = 128;
+    /// costs up to 1.3 µs in a full 4M table (a cold lookup, then the LRU's locked free list),
+    /// so a run stays near a third of a millisecond.
+    pub const SWEEP_KEYS: u32 = 256;
     /// Default number of slots in the shared scheduling-table array: room for about 30 mh
     /// services at the default table size, each rebuilt beside its old table. (32 MiB: the
     /// kernel rounds an array's elements up to 8 bytes.)

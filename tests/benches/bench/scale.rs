@@ -409,10 +409,13 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
         s.longest_call.as_secs_f64() * 1e6,
         "µs",
         &format!(
-            "CPU time across each of {} calls (wall: {:.0} µs): batch reads of {} entries \
-             (longest {:.0} µs), batch writes (longest {:.0} µs), lb_sweep runs (longest in \
-             the kernel {:.0} µs over {} runs); before: one run of the whole table",
+            "CPU time across each of {} calls, 99th/99.9th percentile {:.0}/{:.0} µs (wall: \
+             {:.0} µs): batch reads of {} entries (longest {:.0} µs), batch writes (longest \
+             {:.0} µs), lb_sweep runs (longest in the kernel {:.0} µs over {} runs); before: \
+             one run of the whole table",
             s.calls,
+            s.p99_call.as_secs_f64() * 1e6,
+            s.p999_call.as_secs_f64() * 1e6,
             s.longest_call_wall.as_secs_f64() * 1e6,
             lb_ctl::dataplane::SWEEP_CHUNK,
             s.longest_read.as_secs_f64() * 1e6,
