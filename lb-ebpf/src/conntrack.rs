@@ -20,9 +20,9 @@ use lb_common::{
 
 use crate::{
     Verdict,
-    maps::{BACKENDS, CONNS, EMBRYO},
+    maps::{BACKENDS, CONNS, EMBRYO, RS_NEW},
     parse::{Packet, tcp_flags as tf},
-    select::select,
+    select::{add32, select},
     stats::count,
 };
 
@@ -184,6 +184,13 @@ pub fn lookup_or_create(
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
     let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
     if table.insert(&key, &*conn, mode).is_err() {
+        // Another CPU recorded this tuple first (or the table refused it): this CPU's pick
+        // was not used, so it does not count as a new connection.
+        if let Some(n) = RS_NEW.get_ptr_mut(backend) {
+            // SAFETY: a u32 all CPUs update only atomically; adding the two's complement
+            // subtracts.
+            unsafe { add32(n, 0u32.wrapping_sub(1)) };
+        }
         return match table.get_ptr(&key) {
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {

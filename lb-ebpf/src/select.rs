@@ -14,7 +14,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_loop;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
     LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
     sched_flags, settings_flags, size, svc_flags,
@@ -159,7 +159,25 @@ fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
         _pad: 0,
         last_seen_ns: now,
     };
-    let _ = PERSIST.insert(&key, &t, 0);
+    // Inserted without overwriting: if another CPU has just made a template for the same
+    // client, both connections follow that one, as if it had been there first. A template
+    // that is there but cannot be used (why this client was scheduled) is replaced. (Decided
+    // here, after scheduling, rather than carried through it: a flag live across every
+    // scheduler's paths doubles what the verifier walks.)
+    if PERSIST.insert(&key, &t, BPF_NOEXIST as u64).is_err() {
+        if let Some(o) = PERSIST.get_ptr(&key) {
+            // SAFETY: pointer into the map value.
+            let other = unsafe { (*o).backend };
+            if let Some(be) = BACKENDS.get(other)
+                && be.svc_id == svc.id
+                && be.flags & backend_flags::AVAILABLE != 0
+                && !(flags & settings_flags::EXPIRE_QUIESCENT != 0 && be.weight == 0)
+            {
+                return Some(other);
+            }
+        }
+        let _ = PERSIST.insert(&key, &t, 0);
+    }
     Some(id)
 }
 
