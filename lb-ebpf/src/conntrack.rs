@@ -20,9 +20,9 @@ use lb_common::{
 
 use crate::{
     Verdict,
-    maps::{BACKENDS, CONNS, EMBRYO},
+    maps::{BACKENDS, CONNS, EMBRYO, RS_NEW},
     parse::{Packet, tcp_flags as tf},
-    select::select,
+    select::{add32, picked, rewind, select},
     stats::count,
 };
 
@@ -159,9 +159,12 @@ pub fn lookup_or_create(
         Lookup::Found(flow) => return Ok(flow),
         Lookup::Create { reuse } => reuse,
     };
-    let backend =
-        select(pkt, svc, now, settings_flags).ok_or(Verdict::Drop(cnt::DROP_NO_BACKEND))?;
+    let Some(backend) = select(pkt, svc, now, settings_flags) else {
+        picked();
+        return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
+    };
     if pkt.proto != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
+        picked();
         return Ok(Flow { backend, new: true });
     }
     let key = flow_key(pkt);
@@ -184,6 +187,14 @@ pub fn lookup_or_create(
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
     let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
     if table.insert(&key, &*conn, mode).is_err() {
+        // Another CPU recorded this tuple first (or the table refused it): this CPU's pick
+        // was not used, so it neither counts as a new connection nor moves rr/wrr on.
+        if let Some(n) = RS_NEW.get_ptr_mut(backend) {
+            // SAFETY: a u32 all CPUs update only atomically; adding the two's complement
+            // subtracts.
+            unsafe { add32(n, 0u32.wrapping_sub(1)) };
+        }
+        rewind();
         return match table.get_ptr(&key) {
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {
@@ -193,6 +204,7 @@ pub fn lookup_or_create(
             None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
         };
     }
+    picked();
     if embryonic {
         count(cnt::EMBRYO_NEW);
     }

@@ -113,6 +113,10 @@ pub struct Pending {
     pub new: u32,
 }
 
+/// This CPU's rr/wrr cursor steps for the connection being opened (`select::Pick`).
+#[map(name = "LB_PICK")]
+pub static PICK: PerCpuArray<crate::select::Pick> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "LB_PENDING")]
 pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 

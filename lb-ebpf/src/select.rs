@@ -14,14 +14,14 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_loop;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
     LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
     sched_flags, settings_flags, size, svc_flags,
 };
 
 use crate::{
-    maps::{BACKENDS, LBLC, PERSIST, RS_CONNS, RS_NEW, SCHED_TABLE, SVC_CURSOR},
+    maps::{BACKENDS, LBLC, PERSIST, PICK, RS_CONNS, RS_NEW, SCHED_TABLE, SVC_CURSOR},
     parse::Packet,
 };
 
@@ -68,6 +68,78 @@ pub unsafe fn add32(p: *mut u32, v: u32) {
             options(nostack),
         );
     }
+}
+
+/// Atomically replaces `*p` with `new` if it holds `old` (BPF_ATOMIC | BPF_CMPXCHG, kernel
+/// ≥ 5.12; written out for the reason `fetch_add` is).
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) {
+    let mut r0 = old;
+    // SAFETY: `p` is valid for an 8-byte atomic access (caller).
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") r0,
+            options(nostack),
+        );
+    }
+    let _ = r0;
+}
+
+/// This CPU's rr/wrr cursor steps for the connection being opened (`maps::PICK`), so that a
+/// CPU that loses the race to record it can take them back.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pick {
+    pub svc_id: u32,
+    /// Steps taken.
+    pub steps: u32,
+    /// The cursor's value after the last step.
+    pub after: u64,
+}
+
+/// Notes one step of service `svc_id`'s cursor, from `n` to `n + 1`.
+#[inline(always)]
+fn stepped(svc_id: u32, n: u64) {
+    if let Some(p) = PICK.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; this packet is the only one running on this CPU.
+        unsafe {
+            (*p).svc_id = svc_id;
+            (*p).steps += 1;
+            (*p).after = n.wrapping_add(1);
+        }
+    }
+}
+
+/// Forgets this CPU's cursor steps: the connection they were for is recorded, or none is.
+#[inline(always)]
+pub fn picked() {
+    if let Some(p) = PICK.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, see `stepped`.
+        unsafe { (*p).steps = 0 };
+    }
+}
+
+/// Takes back this CPU's cursor steps for a connection it then did not record, if no other
+/// CPU has moved the cursor since (then it is as if they never happened; otherwise they
+/// cannot be taken back without undoing the other CPU's pick too).
+#[inline(always)]
+pub fn rewind() {
+    let Some(p) = PICK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, see `stepped`.
+    let (svc_id, steps, after) = unsafe { ((*p).svc_id, (*p).steps, (*p).after) };
+    if steps != 0
+        && let Some(c) = SVC_CURSOR.get_ptr_mut(svc_id)
+    {
+        // SAFETY: the cursor is only updated atomically.
+        unsafe { cmpxchg(c, after, after.wrapping_sub(steps as u64)) };
+    }
+    // SAFETY: as above.
+    unsafe { (*p).steps = 0 };
 }
 
 /// A backend as the schedulers see it.
@@ -159,7 +231,27 @@ fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
         _pad: 0,
         last_seen_ns: now,
     };
-    let _ = PERSIST.insert(&key, &t, 0);
+    // Inserted without overwriting: if another CPU has just made a template for the same
+    // client, both connections follow that one, as if it had been there first. A template
+    // that is there but cannot be used (why this client was scheduled) is replaced. (Decided
+    // here, after scheduling, rather than carried through it: a flag live across every
+    // scheduler's paths doubles what the verifier walks.)
+    if PERSIST.insert(&key, &t, BPF_NOEXIST as u64).is_err() {
+        if let Some(o) = PERSIST.get_ptr(&key) {
+            // SAFETY: pointer into the map value.
+            let other = unsafe { (*o).backend };
+            if let Some(be) = BACKENDS.get(other)
+                && be.svc_id == svc.id
+                && be.flags & backend_flags::AVAILABLE != 0
+                && !(flags & settings_flags::EXPIRE_QUIESCENT != 0 && be.weight == 0)
+            {
+                // This CPU's pick is not used: as if it had not been made.
+                rewind();
+                return Some(other);
+            }
+        }
+        let _ = PERSIST.insert(&key, &t, 0);
+    }
     Some(id)
 }
 
@@ -204,6 +296,7 @@ fn sequence(svc: &Service, tcp: bool) -> Option<u32> {
     let cursor = SVC_CURSOR.get_ptr_mut(svc.id)?;
     // SAFETY: the map value is a u64 all CPUs update only through this atomic.
     let n = unsafe { fetch_add(cursor, 1) };
+    stepped(svc.id, n);
     let id = *SCHED_TABLE.get(svc.table_off.wrapping_add((n % len as u64) as u32))?;
     if id != 0 && !view(id, tcp)?.overloaded {
         return Some(id);
@@ -340,6 +433,7 @@ extern "C" fn retry_one(i: u64, ctx: *mut c_void) -> i64 {
             };
             // SAFETY: as in `sequence`.
             let n = unsafe { fetch_add(cursor, 1) };
+            stepped(r.svc_id, n);
             (n % len as u64) as u32
         }
         RETRY_SH => {
