@@ -233,16 +233,26 @@ fn tunnel_sources_seen(lab: &TunLab, f: impl FnOnce()) -> Vec<String> {
     let dir = TempDir::new("tunsrc");
     let pcap = dir.path().join("director-link.txt");
     let log = std::fs::File::create(&pcap).unwrap();
+    let notes = dir.path().join("tcpdump.stderr");
     let mut cap = lab
         .router()
         .command("tcpdump")
         .args(["-n", "-l", "-i", tun::ROUTER_DIRECTOR_IFACE, "ip proto 4"])
         .stdout(log)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&notes).unwrap())
         .spawn()
         .unwrap();
-    // tcpdump needs a moment to open its socket; the check below fails if it missed all.
-    std::thread::sleep(Duration::from_millis(700));
+    // tcpdump says "listening on …" once its socket is open; on a loaded machine that can
+    // take well over a fixed pause, and packets sent before it are not seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&notes).is_ok_and(|n| n.contains("listening on")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump on the router did not start listening: {:?}",
+            std::fs::read_to_string(&notes)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     f();
     std::thread::sleep(Duration::from_millis(500));
     let _ = cap.kill();
