@@ -7,50 +7,107 @@ use lb_common::Stats;
 use super::*;
 use crate::api::StatsView;
 
+pub(super) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub(super) const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Where a `BPF_MAP_LOOKUP_BATCH` walk is: the next bucket (hash maps) or index (arrays),
+/// which the kernel writes as a `u32`; kept in 8 bytes, more than it needs.
+#[derive(Default)]
+pub(super) struct Cursor {
+    next: u64,
+    started: bool,
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH`: up to `count` elements of `map` after `cursor` into `keys` and
+/// `values`, moving the cursor on. Returns how many were read and whether the map's end was
+/// reached (the kernel's ENOENT, which may come with the last elements).
+///
+/// # Safety
+/// `keys` and `values` hold at least `count` keys and values of `map`'s sizes (a per-CPU
+/// map's value is one per possible CPU).
+pub(super) unsafe fn lookup_chunk<K, V>(
+    map: &MapData,
+    cursor: &mut Cursor,
+    keys: &mut [K],
+    values: &mut [V],
+    count: u32,
+) -> anyhow::Result<(usize, bool)> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut out_batch = 0u64;
+    let mut attr = BatchAttr {
+        in_batch: if cursor.started {
+            &cursor.next as *const u64 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_batch as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: the caller vouches for the buffers; the cursors outlive the call.
+    let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+    cursor.next = out_batch;
+    cursor.started = true;
+    match r {
+        Ok(_) => Ok((attr.count as usize, false)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
+        Err(e) => bail!("BPF_MAP_LOOKUP_BATCH: {e}"),
+    }
+}
+
+/// One `BPF_MAP_UPDATE_BATCH` of `values` into the slots `keys` of array `map`; returns how
+/// many the kernel wrote (it says so also when a signal interrupted it part way).
+pub(super) fn update_chunk<V: aya::Pod>(
+    map: &MapData,
+    keys: &[u32],
+    values: &[V],
+) -> anyhow::Result<usize> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
+    let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+    match r {
+        Ok(_) => Ok(attr.count as usize),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 => {
+            Ok(attr.count as usize)
+        }
+        Err(e) => bail!("BPF_MAP_UPDATE_BATCH: {e}"),
+    }
+}
+
 /// Every element of the per-CPU `Stats` array `map`, summed over CPUs, read with
 /// `BPF_MAP_LOOKUP_BATCH` (see `update_batch`).
 pub(super) fn lookup_batch_percpu(map: &MapData) -> anyhow::Result<Vec<StatsView>> {
-    use std::os::fd::{AsFd, AsRawFd};
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 8192;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
     let mut out = Vec::new();
     let mut keys = vec![0u32; CHUNK];
     let mut values = vec![Stats::default(); CHUNK * cpus];
-    let (mut in_batch, mut out_batch) = (0u32, 0u32);
-    let mut first = true;
+    let mut cursor = Cursor::default();
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &in_batch as *const u32 as u64
-            },
-            out_batch: &mut out_batch as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the buffers hold `count` keys and values (a value of a per-CPU map is one
-        // `Stats` per possible CPU, 8-byte aligned as `Stats` is) and outlive the call.
-        let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        for k in 0..attr.count as usize {
+        // SAFETY: the buffers hold `CHUNK` keys and values (a value of a per-CPU map is one
+        // `Stats` per possible CPU, 8-byte aligned as `Stats` is).
+        let (n, end) =
+            unsafe { lookup_chunk(map, &mut cursor, &mut keys, &mut values, CHUNK as u32) }?;
+        for k in 0..n {
             let id = keys[k] as usize;
             if out.len() <= id {
                 out.resize(id + 1, StatsView::default());
             }
             out[id] = sum_stats(&values[k * cpus..(k + 1) * cpus]);
         }
-        match r {
-            Ok(_) => {}
-            // ENOENT: the end of the array.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) => bail!("BPF_MAP_LOOKUP_BATCH: {e}"),
+        if end {
+            return Ok(out);
         }
-        in_batch = out_batch;
-        first = false;
     }
 }
 
@@ -72,27 +129,10 @@ pub(super) struct BatchAttr {
 /// `BPF_MAP_UPDATE_BATCH` (aya has no wrapper for it): a 65,537-slot Maglev table costs one
 /// system call instead of 65,537.
 pub(super) fn update_batch(map: &MapData, off: u32, values: &[u32]) -> anyhow::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let keys: Vec<u32> = (off..off + values.len() as u32).collect();
     let mut done = 0usize;
     while done < values.len() {
-        let mut attr = BatchAttr {
-            keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
-            count: (values.len() - done) as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
-        let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
-        // The kernel reports how many it wrote in `count`, also on an error.
-        match r {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 => {}
-            Err(e) => bail!("BPF_MAP_UPDATE_BATCH: {e}"),
-        }
-        done += attr.count as usize;
+        done += update_chunk(map, &keys[done..], &values[done..])?;
     }
     Ok(())
 }

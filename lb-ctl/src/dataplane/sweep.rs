@@ -107,23 +107,6 @@ fn md<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> &MapData {
     m.map()
 }
 
-/// The batch member of `union bpf_attr` (`BPF_MAP_*_BATCH`).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
 /// Reads `map` from the start, `chunk` elements per `BPF_MAP_LOOKUP_BATCH`, handing each chunk
 /// to `f` before reading the next (the cursor makes the walk resumable between calls).
 fn walk<K: aya::Pod + Default, V: aya::Pod + Default>(
@@ -133,47 +116,22 @@ fn walk<K: aya::Pod + Default, V: aya::Pod + Default>(
     rep: &mut SweepReport,
     mut f: impl FnMut(&[K], &[V], &mut SweepReport) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
     let mut keys = vec![K::default(); chunk as usize];
     let mut values = vec![V::default(); chunk as usize];
-    // The cursor is the next bucket (hash maps) or the next index (arrays): a u32 either way
-    // for the maps walked here.
-    let (mut in_batch, mut out_batch) = (0u64, 0u64);
-    let mut first = true;
+    let mut cursor = Cursor::default();
     let mut read = 0usize;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &in_batch as *const u64 as u64
-            },
-            out_batch: &mut out_batch as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the buffers hold `count` keys and values of the map's sizes (checked at
-        // load) and outlive the call; the cursors are 8 bytes, more than the kernel's 4.
+        // SAFETY: the buffers hold `chunk` keys and values of the map's sizes (checked at
+        // load).
         let (r, took) =
-            rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) });
+            rep.timed(|| unsafe { lookup_chunk(map, &mut cursor, &mut keys, &mut values, chunk) });
         rep.longest_read = rep.longest_read.max(took);
-        let n = attr.count as usize;
+        let (n, end) = r?;
         f(&keys[..n], &values[..n], rep)?;
         read += n;
-        if read >= limit {
+        if end || read >= limit {
             return Ok(());
         }
-        match r {
-            Ok(_) => {}
-            // ENOENT: the end of the map (with the last elements, if any, in `count`).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => bail!("BPF_MAP_LOOKUP_BATCH: {e}"),
-        }
-        in_batch = out_batch;
-        first = false;
     }
 }
 
@@ -185,28 +143,14 @@ fn write<V: aya::Pod>(
     chunk: usize,
     rep: &mut SweepReport,
 ) -> anyhow::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
     let keys: Vec<u32> = (off..off + values.len() as u32).collect();
     let mut done = 0usize;
     while done < values.len() {
         let n = (values.len() - done).min(chunk);
-        let mut attr = BatchAttr {
-            keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
-            count: n as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the key and value buffers hold `count` elements each and outlive the call.
         let (r, took) =
-            rep.timed(|| unsafe { crate::bpf::sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) });
+            rep.timed(|| update_chunk(map, &keys[done..done + n], &values[done..done + n]));
         rep.longest_write = rep.longest_write.max(took);
-        match r {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attr.count > 0 => {}
-            Err(e) => bail!("BPF_MAP_UPDATE_BATCH: {e}"),
-        }
-        done += attr.count as usize;
+        done += r?;
     }
     Ok(())
 }
