@@ -391,7 +391,7 @@ fn stats_read_in_batches_match_one_by_one() {
     for i in 0..300u32 {
         let (_, d) = service(Protocol::Tcp, 80, Scheduler::Rr, &[(1, 1)]);
         let mut d = d[0];
-        d.addr = Ipv4Addr::new(10, 9, (i >> 8) as u8, i as u8);
+        d.addr = Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8);
         m.apply(&Op::AddDest(key, d)).unwrap();
     }
     let mut f = Fixture::new(m);

@@ -134,7 +134,7 @@ fn agree(
                 let i = rng.below(vips as u64) as u8;
                 // Few networks, many hosts: the hashing schedulers see repeat clients.
                 let client = SocketAddrV4::new(
-                    Ipv4Addr::new(10, rng.below(4) as u8, 0, 1 + rng.below(200) as u8),
+                    Ipv4Addr::new(198, 18, rng.below(4) as u8, 1 + rng.below(200) as u8),
                     port,
                 );
                 port = port.wrapping_add(1).max(10000);
@@ -242,7 +242,7 @@ fn rr_wrr_lblc_lblcr_pick_what_the_model_picks() {
 fn thresholds_hold_a_server_off_between_x_and_y() {
     let dests: [Rs; 2] = [(1, 1, 3, 1), (2, 1, 0, 0)];
     let mut f = Fixture::new(svc_model(1, Scheduler::Rr, 0, None, &dests));
-    let client = |p| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), p);
+    let client = |p| SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), p);
     // rr alternates until rs1 holds 3 connections (-x 3): then only rs2.
     let picks: Vec<u8> = (0..8)
         .map(|p| f.forwarded_to(&syn(client(20000 + p), vip(0))))
@@ -303,7 +303,7 @@ fn persistence_template_is_created_and_honoured() {
     };
     let dests: [Rs; 3] = [(1, 1, 0, 0), (2, 1, 0, 0), (3, 1, 0, 0)];
     let mut f = Fixture::new(svc_model(1, Scheduler::Rr, 0, Some(p), &dests));
-    let a = |host, port| SocketAddrV4::new(Ipv4Addr::new(10, 1, 1, host), port);
+    let a = |host, port| SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, host), port);
     let first = f.forwarded_to(&syn(a(1, 30000), vip(0)));
     // Other hosts and ports of the same /24 follow the template, whatever rr would say.
     for (host, port) in [(1, 30001), (2, 30002), (200, 30003), (77, 30004)] {
@@ -316,13 +316,13 @@ fn persistence_template_is_created_and_honoured() {
     assert_eq!(templates.len(), 1, "{conns:?}");
     assert_eq!(
         templates[0].client,
-        SocketAddrV4::new(Ipv4Addr::new(10, 1, 1, 0), 0)
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 0), 0)
     );
     assert_eq!(templates[0].virtual_addr, SocketAddrV4::new(vip(0), 80));
     assert_eq!(templates[0].dest.ip(), &rs(first));
     // Another /24 is scheduled by rr: the next server in turn.
     let other = f.forwarded_to(&syn(
-        SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 1), 30010),
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 1), 30010),
         vip(0),
     ));
     assert_ne!(other, first);
@@ -348,7 +348,7 @@ fn persistence_template_is_created_and_honoured() {
     assert!(
         !left
             .iter()
-            .any(|c| c.proto == "IP" && c.client.ip() == &Ipv4Addr::new(10, 1, 1, 0)),
+            .any(|c| c.proto == "IP" && c.client.ip() == &Ipv4Addr::new(198, 18, 1, 0)),
         "template still there: {left:?}"
     );
 }
@@ -364,7 +364,7 @@ fn rr_rotation_is_exact_across_cpus() {
     for p in 0..60u16 {
         // Each packet on the next CPU (BPF_PROG_TEST_RUN runs on the caller's).
         pin_to_cpu(p as usize % cpus);
-        let c = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000 + p);
+        let c = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000 + p);
         picks.push(f.forwarded_to(&syn(c, vip(0))));
     }
     pin_to_cpu_any(cpus);
@@ -413,7 +413,7 @@ fn quiesced_server_keeps_persistent_clients_unless_expire_quiescent_template() {
     };
     let dests: [Rs; 2] = [(1, 1, 0, 0), (2, 1, 0, 0)];
     let mut f = Fixture::new(svc_model(1, Scheduler::Rr, 0, Some(p), &dests));
-    let c = |host, port| SocketAddrV4::new(Ipv4Addr::new(10, 2, 0, host), port);
+    let c = |host, port| SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, host), port);
     let (x, y) = (
         f.forwarded_to(&syn(c(1, 31000), vip(0))),
         f.forwarded_to(&syn(c(2, 31000), vip(0))),

@@ -80,7 +80,7 @@ const GEN_CPU: usize = 0;
 const DIRECTOR_CPU: usize = 1;
 
 /// Flow `i` is `CLIENT + i / 64`, port `CLIENT_PORT + i % 64` (see `lb_gen`).
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT_PORT: u16 = 1024;
 const DR_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
@@ -534,7 +534,7 @@ pub fn run(report: &mut Report) {
         ifindex(&sink, S0),
     );
     let s0_mac_str = s0_mac.map(|b| format!("{b:02x}")).join(":");
-    dir.ip(&["addr", "add", "10.255.255.254/8", "dev", D0]);
+    dir.ip(&["addr", "add", "198.19.255.254/15", "dev", D0]);
     dir.ip(&["addr", "add", &format!("{DIRECTOR_INT}/24"), "dev", D1]);
     dir.sysctls(&[("net.ipv4.ip_forward", "1")]);
     // The director's lookups (ours and the kernel's) find every next hop resolved.

@@ -116,11 +116,12 @@ fn flow_key(client: Ipv4Addr, sport: u16) -> FlowKey {
     )
 }
 
-/// The `i`th filler connection's client: 10.x.y.z, port 1024..2047.
+/// The `i`th filler connection's client: from the benchmarking range 198.18.0.0/15 (at most
+/// 4,096 addresses for 4M fillers), ports 20000..21023 (apart from the flood's, `spoofed`).
 fn filler(i: u32) -> (Ipv4Addr, u16) {
     (
-        Ipv4Addr::from(0x0a00_0000 + (i >> 10)),
-        1024 + (i & 1023) as u16,
+        Ipv4Addr::from(0xc612_0000 + (i >> 10)),
+        20_000 + (i & 1023) as u16,
     )
 }
 
@@ -566,7 +567,7 @@ fn flood(report: &mut Report, ns: &Netns, entries: u32) {
 }
 
 fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+    Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
 fn rip(j: usize) -> Ipv4Addr {
@@ -683,7 +684,7 @@ fn control_plane(report: &mut Report) {
         let w = if r % 2 == 0 { 2 } else { 1 };
         std::fs::write(&config, big_config(w)).unwrap();
         reloads.push(timed(&d, &["reload"]));
-        assert_eq!(weight_of(&d, "10.1.0.2:80", "192.0.2.1:80"), w, "reload");
+        assert_eq!(weight_of(&d, "198.18.0.2:80", "192.0.2.1:80"), w, "reload");
     }
     println!("    reload: {:.2} s", median(&reloads));
 
