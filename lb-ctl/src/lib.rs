@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod model;
 pub mod neigh;
+pub mod notify;
 pub mod realserver;
 pub mod resolve;
 pub mod sched;
