@@ -72,7 +72,7 @@ fn twenty_nat_connections_keep_their_servers_through_reloads_that_add_change_and
     }
     // wrr 2:1 (the exact sequence is the scheduler tests' business): both servers hold some.
     assert!(
-        spread.get("rs1") > spread.get("rs2") && spread.get("rs2").is_some(),
+        spread.get("rs1") > spread.get("rs2") && spread.contains_key("rs2"),
         "wrr 2:1 over 20 connections: {spread:?}"
     );
     let before = counters(&d);
