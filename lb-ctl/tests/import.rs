@@ -517,6 +517,19 @@ virtual_server 192.0.2.100 443 {
     assert_eq!(rs2["inhibit_on_failure"].as_bool(), Some(false));
     assert_eq!(rs2["forward"].as_str(), Some("tun"));
     assert_eq!(rs2.get("check"), None);
+    // What config.rs knows today (sched_flags, persistence_netmask, thresholds, UDP, mixed
+    // forwarding) it accepts as imported.
+    let c = parse_as_config(&o, "t");
+    let e = c.model.services.values().next().unwrap();
+    assert_eq!(
+        e.config
+            .persistence
+            .map(|p| p.netmask.to_string())
+            .as_deref(),
+        Some("255.255.255.0")
+    );
+    assert_eq!(e.dests[0].u_threshold, 100);
+    assert_eq!(e.dests[1].forward, Forward::Tun);
 }
 
 #[test]
@@ -664,6 +677,28 @@ fn malformed_files_fail_with_the_line() {
         "not an MD5 sum",
     );
     assert_error(&kv("virtual_server 192.0.2.1 80\n"), 1, "needs a { } block");
+    assert_error(
+        &kv("virtual_server 192.0.2.1 80 {\n}\n\nvirtual_server 192.0.2.1 80 {\n}\n"),
+        4,
+        "duplicate virtual_server 192.0.2.1 80 tcp (first at test.conf:1)",
+    );
+    // The same address and port over UDP is another service.
+    assert!(
+        !kv("virtual_server 192.0.2.1 80 {\n}\nvirtual_server 192.0.2.1 80 {\n protocol UDP\n}\n")
+            .has_errors()
+    );
+    assert_error(
+        &kv(
+            "virtual_server 192.0.2.1 80 {\n real_server 192.0.2.2 80 { }\n real_server 192.0.2.2 { }\n}\n",
+        ),
+        3,
+        "duplicate real_server 192.0.2.2 80 (first at line 2)",
+    );
+    assert_error(
+        &kv("virtual_server 192.0.2.1 80 {\n lb_kind DR\n real_server 192.0.2.2 8080 { }\n}\n"),
+        3,
+        "real server port 8080 differs from the virtual server's 80: only NAT can map ports",
+    );
     // Several errors are all reported, each with its line.
     let o = kv("virtual_server 192.0.2.1 80 {\n delay_loop x\n lb_algo y\n}\n");
     assert_eq!(o.errors().map(|d| d.line).collect::<Vec<_>>(), [2, 3]);

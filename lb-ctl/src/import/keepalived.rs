@@ -66,6 +66,7 @@ fn finish(mut r: Reader, name: &str) -> Outcome {
         r,
         global: Table::default(),
         doc: Table::default(),
+        services: Vec::new(),
     };
     for n in &nodes {
         conv.top(n);
@@ -431,7 +432,13 @@ struct Converter {
     r: Reader,
     global: Table,
     doc: Table,
+    /// Services imported so far (protocol, address, port) and where, to refuse duplicates
+    /// at their keepalived line rather than leave them to the TOML's.
+    services: Vec<(ServiceId, (usize, usize))>,
 }
+
+/// A virtual service as IPVS keys it: protocol, address, port.
+type ServiceId = (String, Ipv4Addr, u16);
 
 /// Checker settings keepalived lets a virtual or real server give for all its checkers.
 const INHERITED: [&str; 5] = [
@@ -979,15 +986,53 @@ impl Converter {
                 "sorry_server_lvs_method without sorry_server: nothing to apply it to".into(),
             );
         }
+        let proto = svc
+            .get("protocol")
+            .and_then(|p| p.as_str())
+            .unwrap_or("tcp");
+        let key = (proto.to_owned(), addr.parse().expect("checked above"), port);
+        if let Some((_, (src, line))) = self.services.iter().find(|(k, _)| *k == key) {
+            let first = format!("{}:{line}", self.r.sources[*src]);
+            self.error(
+                n,
+                format!("duplicate virtual_server {addr} {port} {proto} (first at {first})"),
+            );
+            return;
+        }
+        self.services.push((key, (n.src, n.line)));
+        let mut seen: Vec<((Ipv4Addr, u16), usize)> = Vec::new();
         for rs in real_servers {
-            if let Some(t) = self.real_server(rs, forward, &vs_defaults) {
-                svc.push("real_server", t);
+            let Some(t) = self.real_server(rs, port, forward, &vs_defaults) else {
+                continue;
+            };
+            let addr: Ipv4Addr = t
+                .get("address")
+                .and_then(|a| a.as_str())
+                .unwrap()
+                .parse()
+                .unwrap();
+            let rs_port = t
+                .get("port")
+                .and_then(|p| p.as_integer())
+                .map_or(port, |p| p as u16);
+            if let Some((_, line)) = seen.iter().find(|(k, _)| *k == (addr, rs_port)) {
+                let msg = format!("duplicate real_server {addr} {rs_port} (first at line {line})");
+                self.error(rs, msg);
+                continue;
             }
+            seen.push(((addr, rs_port), rs.line));
+            svc.push("real_server", t);
         }
         self.doc.push("service", svc);
     }
 
-    fn real_server(&mut self, n: &Node, vs_forward: &str, vs_defaults: &Table) -> Option<Table> {
+    fn real_server(
+        &mut self,
+        n: &Node,
+        vs_port: u16,
+        vs_forward: &str,
+        vs_defaults: &Table,
+    ) -> Option<Table> {
         let (addr, port) = match n.args.as_slice() {
             [a] => (a, None),
             [a, p] => (a, Some(p)),
@@ -1074,6 +1119,19 @@ impl Converter {
             }
         }
         rs.set("forward", forward);
+        if let Some(p) = port.filter(|p| *p != vs_port && forward != "nat") {
+            // keepalived lets it through and IPVS ignores the port; lb refuses it (see
+            // config.rs), so say so here, at the keepalived line.
+            self.error(
+                n,
+                format!(
+                    "real server port {p} differs from the virtual server's {vs_port}: only \
+                     NAT can map ports ({} forwarding keeps the port)",
+                    forward.to_ascii_uppercase()
+                ),
+            );
+            return None;
+        }
         for c in checks {
             if let Some(t) = self.checker(c, &defaults) {
                 rs.push("check", t);
