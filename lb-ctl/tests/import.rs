@@ -699,6 +699,24 @@ fn malformed_files_fail_with_the_line() {
         3,
         "real server port 8080 differs from the virtual server's 80: only NAT can map ports",
     );
+    // What lb (and ipvsadm) refuse, at the keepalived line that says it.
+    assert_error(
+        &kv(
+            "virtual_server 192.0.2.1 80 {\n real_server 192.0.2.2 80 { }\n real_server 192.0.2.3 80 {\n  uthreshold 10\n  lthreshold 20\n }\n}\n",
+        ),
+        3,
+        "lb refuses this: lower threshold 20 above upper threshold 10",
+    );
+    assert_error(
+        &kv("virtual_server 192.0.2.1 80 {\n ops\n}\n"),
+        1,
+        "lb refuses this: One-Packet Scheduling is only for UDP virtual services",
+    );
+    assert_error(
+        &kv("virtual_server 192.0.2.1 80 {\n lb_algo rr\n sh-port\n}\n"),
+        1,
+        "lb refuses this: scheduler flag \"sh-port\" is only for scheduler sh, not rr",
+    );
     // Several errors are all reported, each with its line.
     let o = kv("virtual_server 192.0.2.1 80 {\n delay_loop x\n lb_algo y\n}\n");
     assert_eq!(o.errors().map(|d| d.line).collect::<Vec<_>>(), [2, 3]);

@@ -478,6 +478,29 @@ const SCHED_FLAG_KEYWORDS: [&str; 7] = [
     "mh-fallback",
 ];
 
+/// A service table without the health checker's keys (see `lb_accepts`).
+fn balancing_only(svc: &Table) -> Table {
+    const SERVICE: [&str; 9] = [
+        "delay_loop",
+        "alpha",
+        "quorum",
+        "hysteresis",
+        "quorum_up",
+        "quorum_down",
+        "sorry_server",
+        "sorry_server_forward",
+        "sorry_server_inhibit",
+    ];
+    const REAL_SERVER: [&str; 3] = ["inhibit_on_failure", "notify_up", "notify_down"];
+    let mut t = svc.clone();
+    t.keys.retain(|(k, _)| !SERVICE.contains(&k.as_str()));
+    for (_, rs) in &mut t.subs {
+        rs.keys.retain(|(k, _)| !REAL_SERVER.contains(&k.as_str()));
+        rs.subs.clear();
+    }
+    t
+}
+
 /// Top-level blocks that belong to keepalived's VRRP process (the VRRP issue).
 fn is_vrrp_block(name: &str) -> bool {
     name.starts_with("vrrp_")
@@ -1001,6 +1024,7 @@ impl Converter {
         }
         self.services.push((key, (n.src, n.line)));
         let mut seen: Vec<((Ipv4Addr, u16), usize)> = Vec::new();
+        let mut pushed: Vec<&Node> = Vec::new();
         for rs in real_servers {
             let Some(t) = self.real_server(rs, port, forward, &vs_defaults) else {
                 continue;
@@ -1022,8 +1046,50 @@ impl Converter {
             }
             seen.push(((addr, rs_port), rs.line));
             svc.push("real_server", t);
+            pushed.push(rs);
         }
-        self.doc.push("service", svc);
+        if self.lb_accepts(n, &svc, &pushed) {
+            self.doc.push("service", svc);
+        }
+    }
+
+    /// Whether lb's own config rules (the same as ipvsadm's: thresholds, one-packet
+    /// scheduling, scheduler flags, …) accept the service as imported. If not, the error
+    /// goes to the keepalived line of the service or of the first real server it refuses, so
+    /// an import that succeeds gives a file `lb-ctl check` passes.
+    fn lb_accepts(&mut self, n: &Node, svc: &Table, real_servers: &[&Node]) -> bool {
+        // TODO(merge): once config.rs knows the health checker's keys, check the service
+        // whole (checkers included) instead of its balancing part.
+        let balancing = balancing_only(svc);
+        let parse = |rs_count: usize| {
+            let mut one = balancing.clone();
+            let mut kept = 0;
+            one.subs.retain(|(name, _)| {
+                kept += usize::from(name == "real_server");
+                name != "real_server" || kept <= rs_count
+            });
+            let mut doc = Table::default();
+            doc.push("service", one);
+            let mut text = String::new();
+            doc.write(&mut text, "", 0);
+            crate::config::parse(&text, "import").map_err(|e| e.message().to_owned())
+        };
+        if parse(usize::MAX).is_ok() {
+            return true;
+        }
+        // Find the culprit: the service alone, then one more real server at a time.
+        let mut at = n;
+        let mut message = None;
+        for k in 0..=real_servers.len() {
+            if let Err(e) = parse(k) {
+                at = if k == 0 { n } else { real_servers[k - 1] };
+                message = Some(e);
+                break;
+            }
+        }
+        let message = message.unwrap_or_else(|| parse(usize::MAX).unwrap_err());
+        self.error(at, format!("lb refuses this: {message}"));
+        false
     }
 
     fn real_server(
