@@ -948,3 +948,95 @@ fn the_import_command() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("address = \"203.0.113.216\""));
 }
+
+/// Garbage in: 3,000 mutations of the tutorials' files (random bytes, braces, quotes,
+/// comment marks, odd spaces, backslashes, lines cut, duplicated or swapped). The import
+/// never panics; it gives either errors with a line inside the file and no TOML, or TOML
+/// that parses. `LB_FUZZ_SEED` replays a run.
+#[test]
+fn mutated_keepalived_files_never_panic_and_errors_have_lines() {
+    let seed = match std::env::var("LB_FUZZ_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            s.strip_prefix("0x")
+                .map_or_else(|| s.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("LB_FUZZ_SEED={s:?} is not a number"))
+        }
+        Err(_) => fastrand::u64(..),
+    };
+    eprintln!("import fuzz: seed {seed:#x} (LB_FUZZ_SEED={seed:#x} replays)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let seeds: Vec<String> = [
+        "seed000.conf",
+        "seed003-master.conf",
+        "seed003-backup.conf",
+        "seed004.conf",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(fixture(&format!("keepalived/{f}"))).unwrap())
+    .collect();
+    const PIECES: [&str; 16] = [
+        "{",
+        "}",
+        "\"",
+        "#",
+        "!",
+        "\\",
+        "\u{a0}",
+        "\u{3000}",
+        "\n",
+        " ",
+        "real_server 192.0.2.9 80 {",
+        "TCP_CHECK {",
+        "HTTP_GET { url { path / } }",
+        "weight 99999999999999999999",
+        "include *",
+        "virtual_server",
+    ];
+    for case in 0..3000 {
+        let mut text = seeds[rng.usize(..seeds.len())].clone();
+        for _ in 0..rng.usize(1..4) {
+            let mut at = rng.usize(..=text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            match rng.u8(..4) {
+                0 => text.insert_str(at, PIECES[rng.usize(..PIECES.len())]),
+                1 => {
+                    let mut end = (at + rng.usize(..40)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+                2 => text.insert(at, char::from_u32(rng.u32(..0x3100)).unwrap_or('x')),
+                _ => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let i = rng.usize(..lines.len());
+                    let mut l: Vec<&str> = lines.clone();
+                    l.insert(rng.usize(..=l.len()), lines[i]);
+                    text = l.join("\n");
+                }
+            }
+        }
+        // A name that no include pattern of the mutations ("include *") can reach.
+        let name = "/nonexistent-dir/keepalived.conf";
+        let o = std::panic::catch_unwind(|| keepalived::import_str(&text, name))
+            .unwrap_or_else(|_| panic!("case {case} (seed {seed:#x}) panicked on:\n{text}"));
+        let n_lines = text.lines().count().max(1);
+        for d in &o.diags {
+            assert!(
+                d.file == name && (1..=n_lines).contains(&d.line),
+                "case {case} (seed {seed:#x}): diagnostic without a line in the file: {d}\n{text}"
+            );
+        }
+        if o.has_errors() {
+            assert!(o.toml.is_empty(), "case {case}: TOML despite errors");
+        } else if let Err(e) = toml::from_str::<toml::Value>(&o.toml) {
+            panic!(
+                "case {case} (seed {seed:#x}): invalid TOML: {e}\n{}\nfrom:\n{text}",
+                o.toml
+            );
+        }
+    }
+}

@@ -157,7 +157,8 @@ pub fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Imported by `lb-ctl import {command}` from {source}."
+        "# Imported by `lb-ctl import {command}` from {}.",
+        comment_text(source)
     );
     let warnings: Vec<&Diag> = diags
         .iter()
@@ -171,9 +172,12 @@ pub fn render(
             } else {
                 format!("{}:{}", d.file, d.line)
             };
-            // One line per note: a message never spans lines, but guard the comment anyway.
-            let msg = d.message.replace('\n', " ");
-            let _ = writeln!(out, "#   {where_}: {msg}");
+            let _ = writeln!(
+                out,
+                "#   {}: {}",
+                comment_text(&where_),
+                comment_text(&d.message)
+            );
         }
     }
     if let Some(g) = global.filter(|g| !g.is_empty()) {
@@ -185,6 +189,20 @@ pub fn render(
     }
     doc.write(&mut out, "", 0);
     out
+}
+
+/// `s` fit for a TOML comment, which may not hold control characters (a message quotes
+/// words of the input file, which can hold anything): those are written as `\u{..}`.
+fn comment_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -226,6 +244,22 @@ mod tests {
         assert!(text.starts_with("# Imported by `lb-ctl import test` from x.conf.\n"));
         assert!(
             text.contains("\n  [[service.real_server]]\n  address = "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_notes_keep_the_comments_valid() {
+        let d = Diag {
+            file: "a\nb.conf".into(),
+            line: 3,
+            severity: Severity::Warning,
+            message: "word \u{12}\r\u{7f} left out".into(),
+        };
+        let text = render("test", "x\ny.conf", None, &Table::default(), &[d]);
+        toml::from_str::<toml::Value>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(
+            text.contains("#   a\\u{a}b.conf:3: word \\u{12}\\u{d}\\u{7f} left out\n"),
             "{text}"
         );
     }
