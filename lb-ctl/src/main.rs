@@ -93,6 +93,13 @@ enum Cmd {
         #[arg(long, default_value = realserver::DEFAULT_PIN_DIR)]
         pin_path: PathBuf,
     },
+    /// Print the TOML equivalent of a keepalived.conf or an ipvsadm rules file; what is not
+    /// carried over is reported on stderr as FILE:LINE. Exits non-zero, printing no TOML,
+    /// only when the file cannot be imported as written.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Attach a pass-through XDP program to IFACE and pin its link at PIN (removing PIN
     /// detaches it). For the veth peers of balancer interfaces.
     XdpPass {
@@ -100,6 +107,54 @@ enum Cmd {
         #[arg(long)]
         pin: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportFrom {
+    /// A keepalived.conf (includes followed): global_defs, virtual_server, checkers.
+    Keepalived {
+        file: PathBuf,
+        /// Write the TOML here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// An ipvsadm-save dump or /etc/sysconfig/ipvsadm (what `lb-ctl -R` reads).
+    Ipvsadm {
+        file: PathBuf,
+        /// Write the TOML here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `lb-ctl import …`: diagnostics to stderr, the TOML to stdout or `output`.
+fn import(from: ImportFrom) -> anyhow::Result<()> {
+    let (outcome, file, output) = match from {
+        ImportFrom::Keepalived { file, output } => {
+            (lb_ctl::import::keepalived::import(&file), file, output)
+        }
+        ImportFrom::Ipvsadm { file, output } => {
+            (lb_ctl::import::ipvsadm::import(&file), file, output)
+        }
+    };
+    for d in &outcome.diags {
+        eprintln!("{d}");
+    }
+    let errors = outcome.errors().count();
+    anyhow::ensure!(
+        errors == 0,
+        "{}: not imported ({errors} error{})",
+        file.display(),
+        if errors == 1 { "" } else { "s" }
+    );
+    match output {
+        Some(path) => std::fs::write(&path, &outcome.toml)
+            .with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{}", outcome.toml);
+            Ok(())
+        }
+    }
 }
 
 fn call_ok(socket: &std::path::Path, req: &api::Request) -> anyhow::Result<api::Response> {
@@ -157,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Cmd::Import { from }) => import(from),
         Some(Cmd::XdpPass { iface, pin }) => dataplane::attach_pass(&iface, &pin),
         Some(Cmd::Realserver {
             vips,

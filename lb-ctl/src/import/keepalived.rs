@@ -1,0 +1,1390 @@
+//! `lb-ctl import keepalived FILE`: a keepalived.conf read the way keepalived's own parser
+//! (lib/parser.c) reads it, turned into lb's TOML.
+//!
+//! Reading, as keepalived does: a comment starts at any `!` or `#` outside double quotes
+//! (`\!` and `\#` are literal); a line ending in `\` continues on the next; `{` and `}` are
+//! words of their own wherever they are (glued to a keyword or on a line of their own, the
+//! block's `{` may also open the next line); `include PATTERN` reads every file the glob
+//! matches, relative to the including file's directory. One deliberate difference: words are
+//! split at any Unicode white space, not only ASCII blanks, because configs copied out of
+//! web pages carry no-break spaces (U+00A0) and ideographic spaces (U+3000) between words
+//! and before comments (the tutorials' files do), which keepalived would read as part of a
+//! word and then fail on.
+//!
+//! What is carried over: `global_defs` (the mail settings and `router_id`), and every
+//! `virtual_server IP PORT` with its real servers and their TCP_CHECK, HTTP_GET, SSL_GET and
+//! MISC_CHECK checkers. keepalived's defaults that differ from lb's (forwarding NAT,
+//! scheduler wlc) are written out explicitly. Checker settings given on the virtual or real
+//! server (keepalived's inherited defaults) are copied into each checker that does not set
+//! its own. Anything else — VRRP blocks (kept for the VRRP issue), other checkers, options
+//! lb does not have, unknown keywords — is reported by name and line and left out.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use super::{Diag, Outcome, Severity, Table, render};
+use crate::model::Scheduler;
+
+/// Deepest include nesting followed; deeper is taken as an include loop.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// keepalived's persistence timeout when `persistence_timeout` has no value, or only
+/// `persistence_granularity` is given (IPVS_SVC_PERSISTENT_TIMEOUT, 6 minutes).
+const DEFAULT_PERSISTENCE_TIMEOUT: i64 = 360;
+
+/// Reads `path` (and its includes) and returns the TOML and what was not carried over.
+pub fn import(path: &Path) -> Outcome {
+    let mut r = Reader::default();
+    let name = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => r.read_text(&String::from_utf8_lossy(&bytes), &name, path, 0),
+        Err(e) => r.diag(
+            None,
+            Severity::Error,
+            format!("cannot read the file: {e}"),
+            &name,
+        ),
+    }
+    finish(r, &name)
+}
+
+/// Imports `text` as if it were the file `name`; relative includes are looked up beside
+/// `name`.
+pub fn import_str(text: &str, name: &str) -> Outcome {
+    let mut r = Reader::default();
+    r.read_text(text, name, Path::new(name), 0);
+    finish(r, name)
+}
+
+fn finish(mut r: Reader, name: &str) -> Outcome {
+    let toks = std::mem::take(&mut r.toks);
+    let mut pos = 0;
+    let nodes = r.block(&toks, &mut pos, None);
+    let mut conv = Converter {
+        r,
+        global: Table::default(),
+        doc: Table::default(),
+        services: Vec::new(),
+    };
+    for n in &nodes {
+        conv.top(n);
+    }
+    let Converter { r, global, doc, .. } = conv;
+    let mut diags = r.diags;
+    // Lines of the same file in order; files in the order they were read.
+    diags.sort_by_key(|d| (r.sources.iter().position(|s| *s == d.file), d.line));
+    let toml = if diags.iter().any(|d| d.severity == Severity::Error) {
+        String::new()
+    } else {
+        render("keepalived", name, Some(&global), &doc, &diags)
+    };
+    Outcome { toml, diags }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading: files → words (with their file and line) → blocks.
+
+#[derive(Clone, Debug)]
+struct Tok {
+    word: String,
+    /// `{` or `}` outside quotes.
+    brace: bool,
+    src: usize,
+    line: usize,
+}
+
+/// A keyword line: the keyword, its arguments, and the block that follows it, if any.
+#[derive(Clone, Debug)]
+struct Node {
+    name: String,
+    args: Vec<String>,
+    block: Option<Vec<Node>>,
+    src: usize,
+    line: usize,
+}
+
+impl Node {
+    /// The arguments as one string, as keepalived reads a command (`notify_up`, `misc_path`).
+    fn rest(&self) -> String {
+        self.args.join(" ")
+    }
+}
+
+#[derive(Default)]
+struct Reader {
+    sources: Vec<String>,
+    toks: Vec<Tok>,
+    diags: Vec<Diag>,
+}
+
+impl Reader {
+    fn diag(
+        &mut self,
+        at: Option<(usize, usize)>,
+        severity: Severity,
+        message: String,
+        file: &str,
+    ) {
+        let (file, line) = match at {
+            Some((src, line)) => (self.sources[src].clone(), line),
+            None => (file.to_owned(), 0),
+        };
+        self.diags.push(Diag {
+            file,
+            line,
+            severity,
+            message,
+        });
+    }
+
+    fn at(&mut self, src: usize, line: usize, severity: Severity, message: String) {
+        self.diag(Some((src, line)), severity, message, "");
+    }
+
+    fn read_text(&mut self, text: &str, name: &str, path: &Path, depth: usize) {
+        let src = self.sources.len();
+        self.sources.push(name.to_owned());
+        let mut pending: Option<(usize, String)> = None;
+        for (i, raw) in text.lines().enumerate() {
+            // Each physical line loses its own comment before a continuation joins it to
+            // the next, as keepalived's read_line does.
+            let (stripped, continued) = decomment(raw);
+            let (start, line) = match pending.take() {
+                Some((start, mut acc)) => {
+                    acc.push(' ');
+                    acc.push_str(&stripped);
+                    (start, acc)
+                }
+                None => (i + 1, stripped),
+            };
+            if continued {
+                pending = Some((start, line));
+                continue;
+            }
+            self.read_line(&line, src, start, path, depth);
+        }
+        if let Some((start, line)) = pending {
+            self.read_line(&line, src, start, path, depth);
+        }
+    }
+
+    fn read_line(&mut self, line: &str, src: usize, n: usize, path: &Path, depth: usize) {
+        let words = match split_words(line) {
+            Ok(w) => w,
+            Err(e) => {
+                self.at(src, n, Severity::Error, e);
+                return;
+            }
+        };
+        let Some(first) = words.first() else { return };
+        if !first.1 && (first.0.starts_with('$') || first.0.starts_with('@')) {
+            // keepalived's parameter definitions ($NAME=…) and conditional lines (@id …).
+            self.at(
+                src,
+                n,
+                Severity::Warning,
+                format!(
+                    "\"{}\": keepalived's parameter substitution and conditional lines are \
+                     not supported; line ignored",
+                    first.0
+                ),
+            );
+            return;
+        }
+        if !first.1 && first.0 == "include" {
+            self.include(&words[1..], src, n, path, depth);
+            return;
+        }
+        for (word, quoted) in words {
+            let brace = !quoted && (word == "{" || word == "}");
+            self.toks.push(Tok {
+                word,
+                brace,
+                src,
+                line: n,
+            });
+        }
+    }
+
+    fn include(
+        &mut self,
+        patterns: &[(String, bool)],
+        src: usize,
+        n: usize,
+        path: &Path,
+        depth: usize,
+    ) {
+        if patterns.is_empty() {
+            self.at(src, n, Severity::Error, "include needs a file name".into());
+            return;
+        }
+        if depth >= MAX_INCLUDE_DEPTH {
+            self.at(
+                src,
+                n,
+                Severity::Error,
+                format!("includes nested deeper than {MAX_INCLUDE_DEPTH} (an include loop?)"),
+            );
+            return;
+        }
+        let base = path.parent().unwrap_or(Path::new(""));
+        for (pattern, _) in patterns {
+            let full: PathBuf = if Path::new(pattern).is_absolute() {
+                PathBuf::from(pattern)
+            } else {
+                base.join(pattern)
+            };
+            let full_text = full.to_string_lossy().into_owned();
+            let matches = match glob::glob(&full_text) {
+                Ok(paths) => paths.filter_map(Result::ok).collect::<Vec<_>>(),
+                Err(e) => {
+                    self.at(
+                        src,
+                        n,
+                        Severity::Error,
+                        format!("include {pattern}: bad pattern: {e}"),
+                    );
+                    continue;
+                }
+            };
+            // Directories are skipped, as keepalived does (GLOB_MARK, trailing '/').
+            let files: Vec<PathBuf> = matches.into_iter().filter(|p| !p.is_dir()).collect();
+            if files.is_empty() {
+                // keepalived goes on without it; an import would silently lose its services.
+                self.at(
+                    src,
+                    n,
+                    Severity::Error,
+                    format!("include {pattern}: no file matches {full_text}"),
+                );
+                continue;
+            }
+            for file in files {
+                let name = file.display().to_string();
+                match std::fs::read(&file) {
+                    Ok(bytes) => {
+                        self.read_text(&String::from_utf8_lossy(&bytes), &name, &file, depth + 1)
+                    }
+                    Err(e) => self.at(
+                        src,
+                        n,
+                        Severity::Error,
+                        format!("include {name}: cannot read the file: {e}"),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The keyword lines up to the `}` that closes the block opened at `open` (or to the end
+    /// of the input at the top).
+    fn block(&mut self, toks: &[Tok], pos: &mut usize, open: Option<(usize, usize)>) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        loop {
+            let Some(t) = toks.get(*pos) else {
+                if let Some((src, line)) = open {
+                    self.at(
+                        src,
+                        line,
+                        Severity::Error,
+                        "block opened here is never closed (missing '}')".into(),
+                    );
+                }
+                return nodes;
+            };
+            if t.brace && t.word == "}" {
+                *pos += 1;
+                if open.is_some() {
+                    return nodes;
+                }
+                self.at(t.src, t.line, Severity::Error, "extra '}'".into());
+                continue;
+            }
+            if t.brace {
+                // A '{' with no keyword before it: read its block to stay in step, drop it.
+                *pos += 1;
+                self.at(
+                    t.src,
+                    t.line,
+                    Severity::Error,
+                    "'{' without a keyword".into(),
+                );
+                self.block(toks, pos, Some((t.src, t.line)));
+                continue;
+            }
+            let (src, line) = (t.src, t.line);
+            let name = t.word.clone();
+            *pos += 1;
+            let mut args = Vec::new();
+            while let Some(a) = toks.get(*pos) {
+                if a.brace || a.src != src || a.line != line {
+                    break;
+                }
+                args.push(a.word.clone());
+                *pos += 1;
+            }
+            let block = match toks.get(*pos) {
+                Some(b) if b.brace && b.word == "{" => {
+                    *pos += 1;
+                    Some(self.block(toks, pos, Some((src, line))))
+                }
+                _ => None,
+            };
+            nodes.push(Node {
+                name,
+                args,
+                block,
+                src,
+                line,
+            });
+        }
+    }
+}
+
+/// keepalived's `decomment`: the line without its comment and outer white space; `true` when
+/// it ends in a `\` that continues it on the next line.
+fn decomment(line: &str) -> (String, bool) {
+    let mut out = String::with_capacity(line.len());
+    let mut quote = false;
+    let mut chars = line.chars().peekable();
+    let mut continued = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quote = !quote;
+                out.push(c);
+            }
+            '\\' => match chars.peek() {
+                Some(&n) if !quote && (n == '#' || n == '!') => {
+                    out.push(n);
+                    chars.next();
+                }
+                Some(&n) => {
+                    out.push(c);
+                    out.push(n);
+                    chars.next();
+                }
+                None => {
+                    continued = true;
+                }
+            },
+            '!' | '#' if !quote => break,
+            _ => out.push(c),
+        }
+    }
+    (out.trim().to_owned(), continued)
+}
+
+/// The words of a comment-free line: split at white space, `"…"` one word (quotes removed),
+/// `{` and `}` outside quotes words of their own. Each word comes with whether it was quoted.
+fn split_words(line: &str) -> Result<Vec<(String, bool)>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            let mut q = String::new();
+            let mut closed = false;
+            for c in chars.by_ref() {
+                if c == '"' {
+                    closed = true;
+                    break;
+                }
+                q.push(c);
+            }
+            if !closed {
+                return Err(format!("unterminated quote in {line:?}"));
+            }
+            if in_word {
+                // `a"b c"` — keepalived keeps it one word; so do we.
+                cur.push_str(&q);
+            } else {
+                words.push((q, true));
+            }
+            continue;
+        }
+        if c.is_whitespace() || c == '{' || c == '}' {
+            if in_word {
+                words.push((std::mem::take(&mut cur), false));
+                in_word = false;
+            }
+            if c == '{' || c == '}' {
+                words.push((c.to_string(), false));
+            }
+            continue;
+        }
+        cur.push(c);
+        in_word = true;
+    }
+    if in_word {
+        words.push((cur, false));
+    }
+    Ok(words)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Converting: blocks → TOML tables.
+
+struct Converter {
+    r: Reader,
+    global: Table,
+    doc: Table,
+    /// Services imported so far (protocol, address, port) and where, to refuse duplicates
+    /// at their keepalived line rather than leave them to the TOML's.
+    services: Vec<(ServiceId, (usize, usize))>,
+}
+
+/// A virtual service as IPVS keys it: protocol, address, port.
+type ServiceId = (String, Ipv4Addr, u16);
+
+/// Checker settings keepalived lets a virtual or real server give for all its checkers.
+const INHERITED: [&str; 5] = [
+    "connect_timeout",
+    "retry",
+    "delay_before_retry",
+    "warmup",
+    "delay_loop",
+];
+
+/// The checkers lb has, as keepalived names them, and their TOML `type`.
+const CHECKERS: [(&str, &str); 4] = [
+    ("TCP_CHECK", "tcp"),
+    ("HTTP_GET", "http"),
+    ("SSL_GET", "ssl"),
+    ("MISC_CHECK", "misc"),
+];
+
+/// keepalived checkers lb does not have.
+const OTHER_CHECKERS: [&str; 6] = [
+    "SMTP_CHECK",
+    "DNS_CHECK",
+    "UDP_CHECK",
+    "PING_CHECK",
+    "FILE_CHECK",
+    "BFD_CHECK",
+];
+
+/// keepalived's scheduler flag keywords lb has, with the `sched_flags` name they become.
+const SCHED_FLAG_KEYWORDS: [&str; 7] = [
+    "flag-1",
+    "flag-2",
+    "flag-3",
+    "sh-port",
+    "sh-fallback",
+    "mh-port",
+    "mh-fallback",
+];
+
+/// A service table without the health checker's keys (see `lb_accepts`).
+fn balancing_only(svc: &Table) -> Table {
+    const SERVICE: [&str; 9] = [
+        "delay_loop",
+        "alpha",
+        "quorum",
+        "hysteresis",
+        "quorum_up",
+        "quorum_down",
+        "sorry_server",
+        "sorry_server_forward",
+        "sorry_server_inhibit",
+    ];
+    const REAL_SERVER: [&str; 3] = ["inhibit_on_failure", "notify_up", "notify_down"];
+    let mut t = svc.clone();
+    t.keys.retain(|(k, _)| !SERVICE.contains(&k.as_str()));
+    for (_, rs) in &mut t.subs {
+        rs.keys.retain(|(k, _)| !REAL_SERVER.contains(&k.as_str()));
+        rs.subs.clear();
+    }
+    t
+}
+
+/// Top-level blocks that belong to keepalived's VRRP process (the VRRP issue).
+fn is_vrrp_block(name: &str) -> bool {
+    name.starts_with("vrrp_")
+        || matches!(
+            name,
+            "static_ipaddress"
+                | "static_routes"
+                | "static_rules"
+                | "track_file"
+                | "garp_group"
+                | "linkbeat_interfaces"
+        )
+}
+
+impl Converter {
+    fn warn(&mut self, n: &Node, msg: String) {
+        self.r.at(n.src, n.line, Severity::Warning, msg);
+    }
+
+    fn error(&mut self, n: &Node, msg: String) {
+        self.r.at(n.src, n.line, Severity::Error, msg);
+    }
+
+    /// "keyword [args]" as written, for messages.
+    fn shown(n: &Node) -> String {
+        if n.args.is_empty() {
+            n.name.clone()
+        } else {
+            format!("{} {}", n.name, n.args.join(" "))
+        }
+    }
+
+    fn unsupported(&mut self, n: &Node, context: &str) {
+        let what = if n.block.is_some() { " block" } else { "" };
+        self.warn(
+            n,
+            format!(
+                "{}{what} in {context}: not supported by lb, left out",
+                Self::shown(n)
+            ),
+        );
+    }
+
+    fn unknown(&mut self, n: &Node, context: &str) {
+        self.warn(
+            n,
+            format!("unknown keyword \"{}\" in {context}, left out", n.name),
+        );
+    }
+
+    /// A keyword that takes values, not a block.
+    fn no_block(&mut self, n: &Node) {
+        if n.block.is_some() {
+            self.warn(
+                n,
+                format!("{} takes no {{ }} block; the block is ignored", n.name),
+            );
+        }
+    }
+
+    /// The keyword's single value; an error (and `None`) when there is none. Extra words are
+    /// reported.
+    fn one<'a>(&mut self, n: &'a Node) -> Option<&'a str> {
+        self.no_block(n);
+        match n.args.as_slice() {
+            [] => {
+                self.error(n, format!("{} needs a value", n.name));
+                None
+            }
+            [v] => Some(v),
+            [v, rest @ ..] => {
+                self.warn(
+                    n,
+                    format!(
+                        "{}: extra words after \"{v}\" ignored: {}",
+                        n.name,
+                        rest.join(" ")
+                    ),
+                );
+                Some(v)
+            }
+        }
+    }
+
+    fn integer(&mut self, n: &Node, min: i64, max: i64) -> Option<i64> {
+        let v = self.one(n)?;
+        match v.parse::<i64>() {
+            Ok(x) if (min..=max).contains(&x) => Some(x),
+            _ => {
+                self.error(
+                    n,
+                    format!(
+                        "{}: invalid number \"{v}\" (an integer in {min}..={max})",
+                        n.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A time in seconds; keepalived takes fractions (to the microsecond). Whole seconds
+    /// stay integers in the TOML.
+    fn seconds(&mut self, n: &Node) -> Option<toml::Value> {
+        let v = self.one(n)?;
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x >= 0.0 && x <= u32::MAX as f64 => {
+                Some(if x.fract() == 0.0 {
+                    toml::Value::Integer(x as i64)
+                } else {
+                    toml::Value::Float(x)
+                })
+            }
+            _ => {
+                self.error(
+                    n,
+                    format!("{}: invalid time \"{v}\" (seconds, e.g. 3 or 1.5)", n.name),
+                );
+                None
+            }
+        }
+    }
+
+    /// keepalived's optional boolean: no value is true.
+    fn flag(&mut self, n: &Node) -> Option<bool> {
+        self.no_block(n);
+        match n.args.first().map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("true" | "yes" | "on") => Some(true),
+            Some("false" | "no" | "off") => Some(false),
+            Some(_) => {
+                self.error(
+                    n,
+                    format!(
+                        "{}: \"{}\" is not true/false (yes/no, on/off)",
+                        n.name, n.args[0]
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn ipv4(&mut self, n: &Node, v: &str) -> Option<Ipv4Addr> {
+        match v.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Some(a),
+            Ok(IpAddr::V6(_)) => {
+                self.error(n, format!("{}: IPv6 address {v}: lb is IPv4 only", n.name));
+                None
+            }
+            Err(_) => {
+                self.error(n, format!("{}: invalid IPv4 address \"{v}\"", n.name));
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, n: &Node, v: &str) -> Option<u16> {
+        match v.parse::<u16>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.error(n, format!("{}: invalid port \"{v}\" (0..=65535)", n.name));
+                None
+            }
+        }
+    }
+
+    /// A command line (`notify_up`, `misc_path`, …): the rest of the line.
+    fn command(&mut self, n: &Node) -> Option<String> {
+        self.no_block(n);
+        if n.args.is_empty() {
+            self.error(n, format!("{} needs a command", n.name));
+            return None;
+        }
+        Some(n.rest())
+    }
+
+    fn forward(&mut self, n: &Node) -> Option<&'static str> {
+        let v = self.one(n)?;
+        let f = match v {
+            "DR" => "dr",
+            "NAT" => "nat",
+            "TUN" => "tun",
+            other => {
+                self.error(
+                    n,
+                    format!("{}: unknown method \"{other}\" (NAT, DR or TUN)", n.name),
+                );
+                return None;
+            }
+        };
+        // one() has reported any extra words (TUN's "type gue port N" and the like).
+        Some(f)
+    }
+
+    fn block<'a>(&mut self, n: &'a Node) -> Option<&'a [Node]> {
+        match &n.block {
+            Some(b) => Some(b),
+            None => {
+                self.error(n, format!("{} needs a {{ }} block", Self::shown(n)));
+                None
+            }
+        }
+    }
+
+    fn top(&mut self, n: &Node) {
+        match n.name.as_str() {
+            "global_defs" => {
+                if let Some(b) = self.block(n) {
+                    for c in b {
+                        self.global_def(c);
+                    }
+                }
+            }
+            "virtual_server" => self.virtual_server(n),
+            name if is_vrrp_block(name) => self.warn(
+                n,
+                format!(
+                    "{}: not yet applied (VRRP is a later issue), left out",
+                    Self::shown(n)
+                ),
+            ),
+            "virtual_server_group"
+            | "SSL"
+            | "net_namespace"
+            | "instance"
+            | "use_pid_dir"
+            | "bfd_instance" => self.unsupported(n, "keepalived.conf"),
+            _ => self.unknown(n, "keepalived.conf"),
+        }
+    }
+
+    fn global_def(&mut self, n: &Node) {
+        match n.name.as_str() {
+            "router_id" => {
+                if let Some(v) = self.one(n) {
+                    self.global.set("router_id", v);
+                }
+            }
+            "notification_email" => {
+                let Some(b) = self.block(n) else { return };
+                let mut emails: Vec<String> = Vec::new();
+                for c in b {
+                    emails.push(c.name.clone());
+                    emails.extend(c.args.iter().cloned());
+                }
+                if emails.is_empty() {
+                    self.warn(n, "notification_email block is empty".into());
+                }
+                self.global.set("notification_email", emails);
+            }
+            "notification_email_from" => {
+                if let Some(v) = self.one(n) {
+                    self.global.set("notification_email_from", v);
+                }
+            }
+            "smtp_server" => self.smtp_server(n),
+            "smtp_connect_timeout" => {
+                if let Some(v) = self.integer(n, 0, u32::MAX as i64) {
+                    self.global.set("smtp_connect_timeout", v);
+                }
+            }
+            "lvs_sync_daemon" => self.warn(
+                n,
+                format!(
+                    "{}: not yet applied (connection sync is a later issue), left out",
+                    Self::shown(n)
+                ),
+            ),
+            name if name.starts_with("vrrp_") => self.warn(
+                n,
+                format!(
+                    "{}: not yet applied (VRRP is a later issue), left out",
+                    Self::shown(n)
+                ),
+            ),
+            _ => self.unsupported(n, "global_defs"),
+        }
+    }
+
+    /// `smtp_server IP [PORT]` → "IP", "IP:PORT" or "[IPv6]:PORT".
+    fn smtp_server(&mut self, n: &Node) {
+        self.no_block(n);
+        let (host, port) = match n.args.as_slice() {
+            [h] => (h, None),
+            [h, p] => (h, Some(p)),
+            _ => {
+                self.error(
+                    n,
+                    "smtp_server needs an address and an optional port".into(),
+                );
+                return;
+            }
+        };
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            self.warn(
+                n,
+                format!(
+                    "smtp_server {host}: host names are not supported (give an address), left out"
+                ),
+            );
+            return;
+        };
+        let port = match port {
+            Some(p) => match self.port(n, p) {
+                Some(p) => Some(p),
+                None => return,
+            },
+            None => None,
+        };
+        let text = match (ip, port) {
+            (ip, None) => ip.to_string(),
+            (IpAddr::V4(a), Some(p)) => format!("{a}:{p}"),
+            (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        };
+        self.global.set("smtp_server", text);
+    }
+
+    fn virtual_server(&mut self, n: &Node) {
+        let (addr, port) = match n.args.as_slice() {
+            [kind, ..] if kind == "fwmark" || kind == "group" => {
+                self.warn(
+                    n,
+                    format!(
+                        "{}: firewall-mark and group virtual servers are not supported, left out",
+                        Self::shown(n)
+                    ),
+                );
+                return;
+            }
+            [a, p] => (a, p),
+            _ => {
+                self.error(
+                    n,
+                    format!("{}: expected virtual_server IP PORT", Self::shown(n)),
+                );
+                return;
+            }
+        };
+        let Some(b) = self.block(n) else { return };
+        let (Some(_), Some(port)) = (self.ipv4(n, addr), self.port(n, port)) else {
+            return;
+        };
+        let mut svc = Table::default();
+        svc.set("address", addr.as_str());
+        svc.set("port", port as i64);
+        // keepalived's defaults where lb's differ, or to be explicit.
+        svc.set("protocol", "tcp");
+        svc.set("scheduler", Scheduler::DEFAULT.name());
+        // Virtual-server defaults for its real servers and their checkers.
+        let mut vs_defaults = Table::default();
+        // keepalived's forwarding default is NAT (lb's is DR).
+        let mut forward = "nat";
+        let mut sorry_forward: Option<&'static str> = None;
+        let mut sched_flags: Vec<String> = Vec::new();
+        let mut granularity: Option<String> = None;
+        let mut real_servers = Vec::new();
+        for c in b {
+            match c.name.as_str() {
+                "delay_loop" => {
+                    if let Some(v) = self.seconds(c) {
+                        svc.set("delay_loop", v);
+                    }
+                }
+                "lb_algo" | "lvs_sched" => {
+                    if let Some(v) = self.one(c) {
+                        match v.parse::<Scheduler>() {
+                            Ok(s) => svc.set("scheduler", s.name()),
+                            Err(e) => self.error(c, format!("{}: {e}", c.name)),
+                        }
+                    }
+                }
+                "lb_kind" | "lvs_method" => {
+                    if let Some(f) = self.forward(c) {
+                        forward = f;
+                    }
+                }
+                "protocol" => {
+                    if let Some(v) = self.one(c) {
+                        match v.to_ascii_uppercase().as_str() {
+                            "TCP" => svc.set("protocol", "tcp"),
+                            "UDP" => svc.set("protocol", "udp"),
+                            _ => {
+                                self.error(c, format!("protocol {v}: lb balances TCP and UDP only"))
+                            }
+                        }
+                    }
+                }
+                "persistence_timeout" => {
+                    self.no_block(c);
+                    if c.args.is_empty() {
+                        svc.set("persistence_timeout", DEFAULT_PERSISTENCE_TIMEOUT);
+                    } else if let Some(v) = self.integer(c, 1, 86400 * 31) {
+                        svc.set("persistence_timeout", v);
+                    }
+                }
+                "persistence_granularity" => {
+                    if let Some(v) = self.one(c)
+                        && self.ipv4(c, v).is_some()
+                    {
+                        granularity = Some(v.to_owned());
+                    }
+                }
+                "ops" => {
+                    if let Some(v) = self.flag(c) {
+                        svc.set("ops", v);
+                    }
+                }
+                f if SCHED_FLAG_KEYWORDS.contains(&f) => {
+                    self.no_block(c);
+                    if !sched_flags.iter().any(|s| s == f) {
+                        sched_flags.push(f.to_owned());
+                    }
+                }
+                "alpha" => {
+                    if let Some(v) = self.flag(c) {
+                        svc.set("alpha", v);
+                    }
+                }
+                "quorum" => {
+                    if let Some(v) = self.integer(c, 1, u32::MAX as i64) {
+                        svc.set("quorum", v);
+                    }
+                }
+                "hysteresis" => {
+                    if let Some(v) = self.integer(c, 0, u32::MAX as i64) {
+                        svc.set("hysteresis", v);
+                    }
+                }
+                "quorum_up" | "quorum_down" => {
+                    if let Some(v) = self.command(c) {
+                        svc.set(&c.name, v);
+                    }
+                }
+                "sorry_server" => {
+                    self.no_block(c);
+                    match c.args.as_slice() {
+                        [a] | [a, _] => {
+                            let port = match c.args.get(1) {
+                                Some(p) => self.port(c, p),
+                                None => Some(port),
+                            };
+                            if let (Some(a), Some(p)) = (self.ipv4(c, a), port) {
+                                svc.set("sorry_server", format!("{a}:{p}"));
+                            }
+                        }
+                        _ => self.error(c, "sorry_server needs IP [PORT]".into()),
+                    }
+                }
+                "sorry_server_inhibit" => {
+                    if let Some(v) = self.flag(c) {
+                        svc.set("sorry_server_inhibit", v);
+                    }
+                }
+                "sorry_server_lvs_method" => {
+                    if let Some(f) = self.forward(c) {
+                        sorry_forward = Some(f);
+                    }
+                }
+                "inhibit_on_failure" => {
+                    if let Some(v) = self.flag(c) {
+                        vs_defaults.set("inhibit_on_failure", v);
+                    }
+                }
+                "retry" | "nb_get_retry" => {
+                    if let Some(v) = self.integer(c, 0, u32::MAX as i64) {
+                        vs_defaults.set("retry", v);
+                    }
+                }
+                "connect_timeout" | "delay_before_retry" | "warmup" => {
+                    if let Some(v) = self.seconds(c) {
+                        vs_defaults.set(&c.name, v);
+                    }
+                }
+                "ip_family" => {
+                    if c.args.first().map(String::as_str) != Some("inet") {
+                        self.unsupported(c, "virtual_server");
+                    }
+                }
+                "real_server" => real_servers.push(c),
+                "ha_suspend" | "smtp_alert" | "virtualhost" | "snmp_name" | "omega"
+                | "persistence_engine" | "hashed" | "weight" => {
+                    self.unsupported(c, "virtual_server")
+                }
+                _ => self.unknown(c, "virtual_server"),
+            }
+        }
+        if !sched_flags.is_empty() {
+            svc.set("sched_flags", sched_flags);
+        }
+        if let Some(mask) = granularity {
+            if !svc.has("persistence_timeout") {
+                svc.set("persistence_timeout", DEFAULT_PERSISTENCE_TIMEOUT);
+            }
+            svc.set("persistence_netmask", mask);
+        }
+        if svc.has("sorry_server") {
+            // keepalived's default for the sorry server is the virtual server's method.
+            svc.set("sorry_server_forward", sorry_forward.unwrap_or(forward));
+        } else if sorry_forward.is_some() {
+            let c = b
+                .iter()
+                .find(|c| c.name == "sorry_server_lvs_method")
+                .expect("seen above");
+            self.warn(
+                c,
+                "sorry_server_lvs_method without sorry_server: nothing to apply it to".into(),
+            );
+        }
+        let proto = svc
+            .get("protocol")
+            .and_then(|p| p.as_str())
+            .unwrap_or("tcp");
+        let key = (proto.to_owned(), addr.parse().expect("checked above"), port);
+        if let Some((_, (src, line))) = self.services.iter().find(|(k, _)| *k == key) {
+            let first = format!("{}:{line}", self.r.sources[*src]);
+            self.error(
+                n,
+                format!("duplicate virtual_server {addr} {port} {proto} (first at {first})"),
+            );
+            return;
+        }
+        self.services.push((key, (n.src, n.line)));
+        let mut seen: Vec<((Ipv4Addr, u16), usize)> = Vec::new();
+        let mut pushed: Vec<&Node> = Vec::new();
+        for rs in real_servers {
+            let Some(t) = self.real_server(rs, port, forward, &vs_defaults) else {
+                continue;
+            };
+            let addr: Ipv4Addr = t
+                .get("address")
+                .and_then(|a| a.as_str())
+                .unwrap()
+                .parse()
+                .unwrap();
+            let rs_port = t
+                .get("port")
+                .and_then(|p| p.as_integer())
+                .map_or(port, |p| p as u16);
+            if let Some((_, line)) = seen.iter().find(|(k, _)| *k == (addr, rs_port)) {
+                let msg = format!("duplicate real_server {addr} {rs_port} (first at line {line})");
+                self.error(rs, msg);
+                continue;
+            }
+            seen.push(((addr, rs_port), rs.line));
+            svc.push("real_server", t);
+            pushed.push(rs);
+        }
+        if self.lb_accepts(n, &svc, &pushed) {
+            self.doc.push("service", svc);
+        }
+    }
+
+    /// Whether lb's own config rules (the same as ipvsadm's: thresholds, one-packet
+    /// scheduling, scheduler flags, …) accept the service as imported. If not, the error
+    /// goes to the keepalived line of the service or of the first real server it refuses, so
+    /// an import that succeeds gives a file `lb-ctl check` passes.
+    fn lb_accepts(&mut self, n: &Node, svc: &Table, real_servers: &[&Node]) -> bool {
+        // TODO(merge): once config.rs knows the health checker's keys, check the service
+        // whole (checkers included) instead of its balancing part.
+        let balancing = balancing_only(svc);
+        let parse = |rs_count: usize| {
+            let mut one = balancing.clone();
+            let mut kept = 0;
+            one.subs.retain(|(name, _)| {
+                kept += usize::from(name == "real_server");
+                name != "real_server" || kept <= rs_count
+            });
+            let mut doc = Table::default();
+            doc.push("service", one);
+            let mut text = String::new();
+            doc.write(&mut text, "", 0);
+            crate::config::parse(&text, "import").map_err(|e| e.message().to_owned())
+        };
+        if parse(usize::MAX).is_ok() {
+            return true;
+        }
+        // Find the culprit: the service alone, then one more real server at a time.
+        let mut at = n;
+        let mut message = None;
+        for k in 0..=real_servers.len() {
+            if let Err(e) = parse(k) {
+                at = if k == 0 { n } else { real_servers[k - 1] };
+                message = Some(e);
+                break;
+            }
+        }
+        let message = message.unwrap_or_else(|| parse(usize::MAX).unwrap_err());
+        self.error(at, format!("lb refuses this: {message}"));
+        false
+    }
+
+    fn real_server(
+        &mut self,
+        n: &Node,
+        vs_port: u16,
+        vs_forward: &str,
+        vs_defaults: &Table,
+    ) -> Option<Table> {
+        let (addr, port) = match n.args.as_slice() {
+            [a] => (a, None),
+            [a, p] => (a, Some(p)),
+            _ => {
+                self.error(
+                    n,
+                    format!("{}: expected real_server IP [PORT]", Self::shown(n)),
+                );
+                return None;
+            }
+        };
+        self.ipv4(n, addr)?;
+        let port = match port {
+            Some(p) => Some(self.port(n, p)?),
+            None => None,
+        };
+        let mut rs = Table::default();
+        rs.set("address", addr.as_str());
+        if let Some(p) = port {
+            rs.set("port", p as i64);
+        }
+        let mut forward = vs_forward;
+        let mut defaults = vs_defaults.clone();
+        defaults.keys.retain(|(k, _)| k != "inhibit_on_failure");
+        if let Some(v) = vs_defaults.get("inhibit_on_failure") {
+            rs.set("inhibit_on_failure", v.clone());
+        }
+        let mut checks = Vec::new();
+        let block = n.block.as_deref().unwrap_or_default();
+        for c in block {
+            match c.name.as_str() {
+                "weight" => {
+                    if let Some(v) = self.integer(c, 0, 65535) {
+                        rs.set("weight", v);
+                    }
+                }
+                "lvs_method" => {
+                    if let Some(f) = self.forward(c) {
+                        forward = f;
+                    }
+                }
+                "uthreshold" | "lthreshold" => {
+                    if let Some(v) = self.integer(c, 0, i32::MAX as i64) {
+                        let key = if c.name == "uthreshold" {
+                            "upper_threshold"
+                        } else {
+                            "lower_threshold"
+                        };
+                        rs.set(key, v);
+                    }
+                }
+                "inhibit_on_failure" => {
+                    if let Some(v) = self.flag(c) {
+                        rs.set("inhibit_on_failure", v);
+                    }
+                }
+                "notify_up" | "notify_down" => {
+                    if let Some(v) = self.command(c) {
+                        rs.set(&c.name, v);
+                    }
+                }
+                "retry" | "nb_get_retry" => {
+                    if let Some(v) = self.integer(c, 0, u32::MAX as i64) {
+                        defaults.set("retry", v);
+                    }
+                }
+                "connect_timeout" | "delay_before_retry" | "warmup" | "delay_loop" => {
+                    if let Some(v) = self.seconds(c) {
+                        defaults.set(&c.name, v);
+                    }
+                }
+                name if CHECKERS.iter().any(|(k, _)| *k == name) => checks.push(c),
+                name if OTHER_CHECKERS.contains(&name) => self.warn(
+                    c,
+                    format!(
+                        "{name}: checker not supported by lb, left out (real server {addr} \
+                         is checked by its other checkers only, or always up)"
+                    ),
+                ),
+                "alpha" | "smtp_alert" | "virtualhost" | "snmp_name" => {
+                    self.unsupported(c, "real_server")
+                }
+                _ => self.unknown(c, "real_server"),
+            }
+        }
+        rs.set("forward", forward);
+        if let Some(p) = port.filter(|p| *p != vs_port && forward != "nat") {
+            // keepalived lets it through and IPVS ignores the port; lb refuses it (see
+            // config.rs), so say so here, at the keepalived line.
+            self.error(
+                n,
+                format!(
+                    "real server port {p} differs from the virtual server's {vs_port}: only \
+                     NAT can map ports ({} forwarding keeps the port)",
+                    forward.to_ascii_uppercase()
+                ),
+            );
+            return None;
+        }
+        for c in checks {
+            if let Some(t) = self.checker(c, &defaults) {
+                rs.push("check", t);
+            }
+        }
+        Some(rs)
+    }
+
+    fn checker(&mut self, n: &Node, defaults: &Table) -> Option<Table> {
+        let kind = CHECKERS
+            .iter()
+            .find(|(k, _)| *k == n.name)
+            .map(|(_, t)| *t)
+            .expect("a checker keyword");
+        let b = self.block(n)?;
+        let mut t = Table::default();
+        t.set("type", kind);
+        let mut urls = Vec::new();
+        let mut misc = Table::default();
+        let is_misc = kind == "misc";
+        let context = n.name.clone();
+        for c in b {
+            match c.name.as_str() {
+                "connect_ip" | "bindto" if !is_misc => {
+                    if let Some(v) = self.one(c)
+                        && self.ipv4(c, v).is_some()
+                    {
+                        t.set(&c.name, v);
+                    }
+                }
+                "connect_port" | "bind_port" if !is_misc => {
+                    if let Some(v) = self.one(c)
+                        && let Some(p) = self.port(c, v)
+                    {
+                        t.set(&c.name, p as i64);
+                    }
+                }
+                "connect_timeout" if !is_misc => {
+                    if let Some(v) = self.seconds(c) {
+                        t.set("connect_timeout", v);
+                    }
+                }
+                "retry" | "nb_get_retry" => {
+                    if let Some(v) = self.integer(c, 0, u32::MAX as i64) {
+                        t.set("retry", v);
+                    }
+                }
+                "delay_before_retry" | "warmup" | "delay_loop" => {
+                    if let Some(v) = self.seconds(c) {
+                        t.set(&c.name, v);
+                    }
+                }
+                "url" if kind == "http" || kind == "ssl" => {
+                    if let Some(u) = self.url(c) {
+                        urls.push(u);
+                    }
+                }
+                "misc_path" if is_misc => {
+                    if let Some(v) = self.command(c) {
+                        misc.set("misc_path", v);
+                    }
+                }
+                "misc_timeout" if is_misc => {
+                    if let Some(v) = self.seconds(c) {
+                        misc.set("misc_timeout", v);
+                    }
+                }
+                "misc_dynamic" if is_misc => {
+                    if let Some(v) = self.flag(c) {
+                        misc.set("misc_dynamic", v);
+                    }
+                }
+                "user" if is_misc => {
+                    self.no_block(c);
+                    match c.args.as_slice() {
+                        [u] => misc.set("user", u.as_str()),
+                        [u, _group] => {
+                            self.warn(
+                                c,
+                                "user: a group is not supported; the user's own group is used"
+                                    .into(),
+                            );
+                            misc.set("user", u.as_str());
+                        }
+                        _ => self.error(c, "user needs a user name".into()),
+                    }
+                }
+                "bind_if" | "fwmark" | "alpha" | "log_all_failures" | "virtualhost"
+                | "http_protocol" | "enable_sni" | "sni_name" | "fast_recovery"
+                | "tls_compliant" => self.unsupported(c, &context),
+                _ => self.unknown(c, &context),
+            }
+        }
+        for key in INHERITED {
+            // MISC_CHECK does not connect, so it takes no connect_timeout.
+            let own = t.has(key) || (is_misc && key == "connect_timeout");
+            if !own && let Some(v) = defaults.get(key) {
+                t.set(key, v.clone());
+            }
+        }
+        // The schema's order: common keys, then the checker's own.
+        t.keys.extend(misc.keys);
+        if is_misc && !t.has("misc_path") {
+            self.error(n, "MISC_CHECK needs misc_path".into());
+            return None;
+        }
+        if (kind == "http" || kind == "ssl") && urls.is_empty() {
+            self.error(n, format!("{} needs at least one url {{ path … }}", n.name));
+            return None;
+        }
+        for u in urls {
+            t.push("url", u);
+        }
+        Some(t)
+    }
+
+    fn url(&mut self, n: &Node) -> Option<Table> {
+        let b = self.block(n)?;
+        let mut u = Table::default();
+        for c in b {
+            match c.name.as_str() {
+                "path" => {
+                    if let Some(v) = self.one(c) {
+                        u.set("path", v);
+                    }
+                }
+                "digest" => {
+                    if let Some(v) = self.one(c) {
+                        if v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit()) {
+                            u.set("digest", v.to_ascii_lowercase());
+                        } else {
+                            self.error(
+                                c,
+                                format!("digest \"{v}\": not an MD5 sum (32 hex digits)"),
+                            );
+                        }
+                    }
+                }
+                "status_code" => {
+                    self.no_block(c);
+                    if let Some(codes) = self.status_codes(c) {
+                        u.set("status_code", codes);
+                    }
+                }
+                "virtualhost" | "regex" | "regex_no_match" | "regex_options"
+                | "regex_min_offset" | "regex_max_offset" | "regex_stack" | "tls_compliant" => {
+                    self.unsupported(c, "url")
+                }
+                _ => self.unknown(c, "url"),
+            }
+        }
+        if !u.has("path") {
+            self.error(n, "url needs a path".into());
+            return None;
+        }
+        Some(u)
+    }
+
+    /// `status_code 200 301-303 …`: codes and ranges, as keepalived 2 takes them.
+    fn status_codes(&mut self, n: &Node) -> Option<Vec<i64>> {
+        if n.args.is_empty() {
+            self.error(n, "status_code needs a value".into());
+            return None;
+        }
+        let mut codes = Vec::new();
+        for a in &n.args {
+            let (lo, hi) = match a.split_once('-') {
+                Some((l, h)) => (l.parse::<i64>(), h.parse::<i64>()),
+                None => (a.parse::<i64>(), a.parse::<i64>()),
+            };
+            match (lo, hi) {
+                (Ok(l), Ok(h)) if (100..=599).contains(&l) && (l..=599).contains(&h) => {
+                    for c in l..=h {
+                        if !codes.contains(&c) {
+                            codes.push(c);
+                        }
+                    }
+                }
+                _ => {
+                    self.error(
+                        n,
+                        format!("status_code \"{a}\": not an HTTP status or range (100..=599)"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(codes)
+    }
+}
