@@ -1253,6 +1253,24 @@ mod tests {
 
         let all = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 101], 0)];
         assert_eq!(all.config.persistence.map(|p| p.timeout), Some(300));
+
+        // Health checks and global_defs.
+        assert_eq!(c.global.router_id.as_deref(), Some("LVS_DEVEL"));
+        assert_eq!(c.global.smtp_server, Some("192.0.2.25:25".parse().unwrap()));
+        let h = &c.health[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert!(h.is_active());
+        assert_eq!(
+            h.sorry.map(|s| (s.port, s.forward)),
+            Some((8080, Forward::Nat))
+        );
+        let kinds: Vec<_> = h.real_servers[0]
+            .checks
+            .iter()
+            .map(|c| c.kind.name())
+            .collect();
+        assert_eq!(kinds, ["TCP_CHECK", "HTTP_GET", "MISC_CHECK"]);
+        assert!(h.real_servers[1].checks.is_empty());
+        assert!(!c.health[&key(Protocol::Udp, [192, 0, 2, 100], 53)].is_active());
     }
 
     #[test]

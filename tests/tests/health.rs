@@ -449,3 +449,34 @@ fn garbage_answers_and_a_hanging_command_do_not_stop_the_director() {
         .unwrap_or(0);
     assert!(n <= 1, "hung check commands pile up: {n} are running");
 }
+
+/// The checker's link to a real server cut: its TCP_CHECK connects time out, it leaves the
+/// table, the other keeps every request; the link back, it returns.
+#[test]
+fn a_real_server_cut_off_times_out_and_returns_with_its_link() {
+    let lab = DrLab::new(2);
+    let dir = TempDir::new("health");
+    let tcp = format!("type = \"tcp\"\n{TIMING}");
+    let cfg = config(&lab, &dir, 2, "", "", &tcp);
+    let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+    wait_checked(&d, "192.0.2.11:80");
+    lab.rs(1).ns().ip(&["link", "set", "eth0", "down"]);
+    let took = wait_table(&d, "rs1 cut off leaves", BOUND * 3, |t| {
+        !t.contains_key("192.0.2.11:80")
+    });
+    eprintln!(
+        "detection of a cut link (connects time out): {:.2} s, bound {} s",
+        took.as_secs_f64(),
+        BOUND.as_secs()
+    );
+    let h = health(&d, "192.0.2.11:80");
+    assert_eq!(h["down_reason"], "timeout", "{h}");
+    let bodies = lab.curls(VIP_URL, 20);
+    assert!(bodies.iter().all(|b| b == "rs2"), "{:?}", tally(&bodies));
+    lab.rs(1).ns().ip(&["link", "set", "eth0", "up"]);
+    wait_table(&d, "rs1 back with its link", Duration::from_secs(30), |t| {
+        t.contains_key("192.0.2.11:80")
+    });
+    let bodies = lab.curls(VIP_URL, 4);
+    assert_eq!(tally(&bodies).len(), 2, "{bodies:?}");
+}

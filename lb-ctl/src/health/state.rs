@@ -403,13 +403,17 @@ impl Health {
             t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
         };
+        let mut by_rs: BTreeMap<RsKey, Vec<&Checker>> = BTreeMap::new();
+        for c in self.checkers.values() {
+            by_rs.entry(c.rs).or_default().push(c);
+        }
+        let none = Vec::new();
         let mut rs_out = Vec::new();
         for (rk, st) in &self.rss {
             let spec = self.rs_spec(rk);
-            let checks: Vec<_> = self
-                .checkers
-                .values()
-                .filter(|c| c.rs == *rk)
+            let mine = by_rs.get(rk).unwrap_or(&none);
+            let checks: Vec<_> = mine
+                .iter()
                 .map(|c| {
                     serde_json::json!({
                         "type": c.spec.kind.name(),
@@ -421,16 +425,9 @@ impl Health {
                     })
                 })
                 .collect();
-            let last_check = self
-                .checkers
-                .values()
-                .filter(|c| c.rs == *rk)
-                .filter_map(|c| c.probe.last_check)
-                .max();
-            let last_failure = self
-                .checkers
-                .values()
-                .filter(|c| c.rs == *rk)
+            let last_check = mine.iter().filter_map(|c| c.probe.last_check).max();
+            let last_failure = mine
+                .iter()
                 .filter_map(|c| Some((c.probe.last_failure_at?, c.probe.last_failure.clone()?)))
                 .max_by_key(|(t, _)| *t)
                 .map(|(_, r)| r);
