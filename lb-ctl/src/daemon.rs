@@ -822,7 +822,10 @@ impl Daemon {
                     let mut next = self.model.clone();
                     next.apply_all(&ops)
                         .map_err(|(_, e): (usize, OpError)| anyhow::anyhow!("{e}"))?;
-                    self.apply(next).await?;
+                    // A weight or server change may gain or lose a quorum.
+                    let mut health = self.hc.health.clone();
+                    health.refresh_quorums(&next, &mut self.hc.notifier);
+                    self.apply_with(next, None, Some(health)).await?;
                     Response::Ok
                 }
                 Request::List { service } => {

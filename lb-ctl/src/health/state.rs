@@ -207,6 +207,14 @@ impl Health {
         changes
     }
 
+    /// Re-evaluates every quorum against `model` (after ipvsadm-style edits changed weights
+    /// or servers: keepalived's quorum follows its own table the same way).
+    pub fn refresh_quorums(&mut self, model: &Model, n: &mut dyn Notifier) {
+        for key in self.specs.keys().copied().collect::<Vec<_>>() {
+            self.update_quorum(&key, model, n);
+        }
+    }
+
     /// Whether any service has something to check (else the runner is not needed).
     pub fn has_checks(&self) -> bool {
         !self.checkers.is_empty()
@@ -771,6 +779,27 @@ mod tests {
         assert!(!h.report(ids[1], up(), &model, &mut rec));
         assert!(h.report(ch.start[0].0, up(), &model, &mut rec));
         assert_eq!(dests(&h.effective(&model)), [(rs(2), 1)]);
+    }
+
+    #[test]
+    fn an_edit_that_lowers_the_live_weight_loses_the_quorum() {
+        let sorry = SorrySpec {
+            addr: Ipv4Addr::new(192, 0, 2, 200),
+            port: 80,
+            forward: Forward::Dr,
+            inhibit: false,
+        };
+        let (mut h, mut model, mut rec, _) = setup(&[1, 1], false, Some(sorry), 2, 0);
+        // ipvsadm -e -w 0 on rs2: live weight 1 < quorum 2.
+        model.services.get_mut(&VS).unwrap().dests[1].weight = 0;
+        h.refresh_quorums(&model, &mut rec);
+        assert_eq!(dests(&h.effective(&model)), [(sorry.addr, 1)]);
+        assert!(
+            rec.0
+                .lock()
+                .unwrap()
+                .contains(&"run /bin/qdown".to_string())
+        );
     }
 
     #[test]
