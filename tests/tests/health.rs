@@ -496,3 +496,56 @@ fn a_real_server_cut_off_times_out_and_returns_with_its_link() {
     let bodies = lab.curls(VIP_URL, 4);
     assert_eq!(tally(&bodies).len(), 2, "{bodies:?}");
 }
+
+/// A reload keeps the state of a checker whose real server and settings are unchanged (as
+/// keepalived on SIGHUP): failed rs1 stays out while rs2's weight changes; a changed check
+/// is a new checker, up until it fails again.
+#[test]
+fn a_reload_keeps_unchanged_checkers_state() {
+    let mut lab = DrLab::new(2);
+    let dir = TempDir::new("health");
+    let cfg = config(&lab, &dir, 2, "", "", &http_check());
+    let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+    wait_checked(&d, "192.0.2.11:80");
+    lab.rs_mut(1).stop_nginx();
+    wait_table(&d, "rs1 out", BOUND * 3, |t| {
+        !t.contains_key("192.0.2.11:80")
+    });
+
+    // rs2 weight 2: rs1's checker is unchanged, so it stays down through the reload.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let heavier = text.replace(
+        "address = \"192.0.2.12\"\n",
+        "address = \"192.0.2.12\"\nweight = 2\n",
+    );
+    assert_ne!(heavier, text);
+    std::fs::write(&cfg, &heavier).unwrap();
+    d.ctl_ok(&["reload"]);
+    let t = table(&d);
+    assert_eq!(
+        t,
+        BTreeMap::from([("192.0.2.12:80".to_string(), 2)]),
+        "right after the reload"
+    );
+    let h = health(&d, "192.0.2.11:80");
+    assert_eq!(
+        (h["health"].as_str(), h["transitions"].as_u64()),
+        (Some("down"), Some(1)),
+        "{h}"
+    );
+
+    // rs1's check changed (another connect_timeout): a new checker, up (no alpha) until
+    // its first probes fail.
+    let changed = heavier.replacen("connect_timeout = 1\n", "connect_timeout = 2\n", 1);
+    assert_ne!(changed, heavier);
+    std::fs::write(&cfg, &changed).unwrap();
+    d.ctl_ok(&["reload"]);
+    assert_eq!(
+        table(&d).get("192.0.2.11:80"),
+        Some(&1),
+        "a new checker starts up (alpha off)"
+    );
+    wait_table(&d, "rs1 out again", Duration::from_secs(15), |t| {
+        !t.contains_key("192.0.2.11:80")
+    });
+}
