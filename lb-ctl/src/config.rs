@@ -722,16 +722,11 @@ fn build_health(
     };
     let sorry = match &raw.sorry_server {
         None => {
-            for (set, name) in [(
-                raw.sorry_server_forward.as_ref().map(|v| v.span()),
-                "sorry_server_forward",
-            )] {
-                if let Some(span) = set {
-                    return Err(Problem {
-                        offset: span.start,
-                        message: format!("{name} needs sorry_server"),
-                    });
-                }
+            if let Some(f) = &raw.sorry_server_forward {
+                return Err(Problem::at(
+                    f,
+                    "sorry_server_forward needs sorry_server".into(),
+                ));
             }
             None
         }
@@ -1016,16 +1011,12 @@ fn build_check(
             }
         }
         _ => {
-            let Some(path) = &raw.misc_path else {
+            let Some(cmd) = command(&raw.misc_path, "misc_path")? else {
                 return Err(Problem::at(
                     &raw.kind,
                     "a misc check needs misc_path".into(),
                 ));
             };
-            let Some(cmd) = command(&raw.misc_path, "misc_path")? else {
-                unreachable!("misc_path is set")
-            };
-            let _ = path;
             CheckKind::Misc {
                 path: cmd,
                 timeout: match &raw.misc_timeout {
