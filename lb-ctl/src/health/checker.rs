@@ -110,6 +110,68 @@ pub async fn run<P, F>(
     }
 }
 
+/// [`run`] under a supervisor: a checker whose probe panics (a bug, not a failed check) is
+/// logged, reported as a failed probe, and started again `delay_loop` later with the
+/// up/down state it last reported, so one broken checker never stops checking for good and
+/// never takes the others (tasks of the same runtime) with it. Ends when `report` does.
+pub async fn supervise<P, F, R>(
+    id: u64,
+    timing: Timing,
+    state: CheckerState,
+    first: Duration,
+    probe: P,
+    report: R,
+) where
+    P: FnMut() -> F + Clone + Send + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+    R: FnMut(Report) -> bool + Clone + Send + 'static,
+{
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let up = Arc::new(AtomicBool::new(state.up));
+    let mut state = state;
+    let mut first = first;
+    loop {
+        let seen = up.clone();
+        let mut inner_report = report.clone();
+        let task = tokio::spawn(run(timing, state, first, probe.clone(), move |r| {
+            if let Report::Changed { up, .. } = &r {
+                seen.store(*up, Ordering::Relaxed);
+            }
+            inner_report(r)
+        }));
+        // Aborting the supervisor (a checker stopped by a reload) aborts the checker.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _guard = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Err(e) if e.is_panic() => {
+                log::error!(
+                    "health checker {id} panicked; it starts again in {:?}",
+                    timing.delay_loop
+                );
+                let mut r = report.clone();
+                if !r(Report::Probed(Err("checker panicked".into()))) {
+                    return;
+                }
+            }
+            _ => return,
+        }
+        state = CheckerState {
+            up: up.load(Ordering::Relaxed),
+            has_run: true,
+            retry_it: 0,
+        };
+        first = timing.delay_loop;
+    }
+}
+
 /// A random delay in `0..=warmup`, so that checkers started together do not probe together
 /// (keepalived's `warmup`).
 pub fn warmup_delay(warmup: Duration, salt: u64) -> Duration {
@@ -279,6 +341,64 @@ mod tests {
             *seen.lock().unwrap(),
             [Report::Weight(5), Report::Weight(9)]
         );
+    }
+
+    /// A probe that panics (its 2nd call) is restarted, keeping the state it had reported.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_checker_is_restarted_with_its_state() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let seen: Arc<Mutex<Vec<Report>>> = Default::default();
+        let c = calls.clone();
+        let s = seen.clone();
+        let task = tokio::spawn(supervise(
+            7,
+            timing(0),
+            CheckerState::new(false),
+            Duration::ZERO,
+            move || {
+                let c = c.clone();
+                async move {
+                    let n = {
+                        let mut n = c.lock().unwrap();
+                        *n += 1;
+                        *n
+                    };
+                    match n {
+                        1 => Err("connection refused".to_string()),
+                        2 => panic!("a bug in a probe"),
+                        _ => Ok(None),
+                    }
+                }
+            },
+            move |r| {
+                s.lock().unwrap().push(r);
+                true
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        task.abort();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen[..4],
+            [
+                Report::Probed(Err("connection refused".into())),
+                Report::Changed {
+                    up: false,
+                    reason: "connection refused".into()
+                },
+                Report::Probed(Err("checker panicked".into())),
+                Report::Probed(Ok(())),
+            ]
+        );
+        // Restarted down (as it had reported), so the first good probe brings it up.
+        assert_eq!(
+            seen[4],
+            Report::Changed {
+                up: true,
+                reason: "check succeeded".into()
+            }
+        );
+        assert!(*calls.lock().unwrap() >= 4);
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl Runner {
                                 let first = checker::warmup_delay(spec.timing.warmup, id);
                                 let spec = Arc::new(spec);
                                 let timing = spec.timing;
-                                let h = tokio::spawn(checker::run(
+                                let h = tokio::spawn(checker::supervise(
+                                    id,
                                     timing,
                                     st,
                                     first,
