@@ -12,6 +12,7 @@ use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -19,6 +20,10 @@ use toml::Spanned;
 
 use crate::{
     api::Timeouts,
+    health::spec::{
+        CheckKind, CheckSpec, GlobalDefs, HealthSpecs, RsHealthSpec, ServiceHealthSpec, SorrySpec,
+        Timing, UrlSpec, defaults,
+    },
     model::{
         DestConfig, Forward, Model, Op, OpError, Persistence, Protocol, SchedFlags, Scheduler,
         ServiceConfig, ServiceKey,
@@ -32,6 +37,10 @@ pub struct Config {
     /// `[timeouts]`, if given; a key left out is 0, which means "unchanged" as in `ipvsadm --set`.
     pub timeouts: Option<Timeouts>,
     pub model: Model,
+    /// `[global]`: keepalived's `global_defs`.
+    pub global: GlobalDefs,
+    /// Health checks, quorum and sorry servers, by service (every service has an entry).
+    pub health: HealthSpecs,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -156,6 +165,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawFile {
     #[serde(default)]
+    global: Option<RawGlobal>,
+    #[serde(default)]
     director: Option<RawDirector>,
     #[serde(default)]
     timeouts: Option<RawTimeouts>,
@@ -201,6 +212,17 @@ struct RawService {
     #[serde(default)]
     ops: bool,
     tunnel_source: Option<Spanned<String>>,
+    delay_loop: Option<Spanned<RawSecs>>,
+    #[serde(default)]
+    alpha: bool,
+    quorum: Option<Spanned<i64>>,
+    hysteresis: Option<Spanned<i64>>,
+    quorum_up: Option<Spanned<String>>,
+    quorum_down: Option<Spanned<String>>,
+    sorry_server: Option<Spanned<String>>,
+    sorry_server_forward: Option<Spanned<String>>,
+    #[serde(default)]
+    sorry_server_inhibit: bool,
     #[serde(default)]
     real_server: Vec<Spanned<RawRealServer>>,
 }
@@ -214,6 +236,83 @@ struct RawRealServer {
     forward: Option<Spanned<String>>,
     upper_threshold: Option<Spanned<i64>>,
     lower_threshold: Option<Spanned<i64>>,
+    #[serde(default)]
+    inhibit_on_failure: bool,
+    notify_up: Option<Spanned<String>>,
+    notify_down: Option<Spanned<String>>,
+    #[serde(default)]
+    check: Vec<Spanned<RawCheck>>,
+}
+
+/// keepalived's `global_defs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawGlobal {
+    router_id: Option<Spanned<String>>,
+    #[serde(default)]
+    notification_email: Vec<Spanned<String>>,
+    notification_email_from: Option<Spanned<String>>,
+    smtp_server: Option<Spanned<String>>,
+    smtp_connect_timeout: Option<Spanned<RawSecs>>,
+}
+
+/// A checker (keepalived's TCP_CHECK, HTTP_GET, SSL_GET, MISC_CHECK blocks).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    connect_ip: Option<Spanned<String>>,
+    connect_port: Option<Spanned<i64>>,
+    bindto: Option<Spanned<String>>,
+    bind_port: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<RawSecs>>,
+    retry: Option<Spanned<i64>>,
+    /// keepalived's old spelling of `retry`.
+    nb_get_retry: Option<Spanned<i64>>,
+    delay_before_retry: Option<Spanned<RawSecs>>,
+    delay_loop: Option<Spanned<RawSecs>>,
+    warmup: Option<Spanned<RawSecs>>,
+    #[serde(default)]
+    url: Vec<Spanned<RawUrl>>,
+    misc_path: Option<Spanned<String>>,
+    misc_timeout: Option<Spanned<RawSecs>>,
+    misc_dynamic: Option<Spanned<bool>>,
+    user: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawUrl {
+    path: Spanned<String>,
+    #[serde(default)]
+    status_code: Vec<Spanned<i64>>,
+    digest: Option<Spanned<String>>,
+}
+
+/// Seconds, as a TOML integer or float (keepalived takes fractions for its timers).
+struct RawSecs(f64);
+
+impl<'de> Deserialize<'de> for RawSecs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawSecs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawSecs, E> {
+                Ok(RawSecs(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawSecs, E> {
+                Ok(RawSecs(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawSecs, E> {
+                Ok(RawSecs(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A semantic error at a byte offset of the text.
@@ -252,6 +351,11 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         None => Director::default(),
     };
     let timeouts = raw.timeouts.map(build_timeouts).transpose()?;
+    let global = match &raw.global {
+        Some(g) => build_global(g)?,
+        None => GlobalDefs::default(),
+    };
+    let mut health = HealthSpecs::new();
 
     let mut model = Model::default();
     // Where each service began, for the "first defined at" of a duplicate.
@@ -293,11 +397,14 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
             })?;
             dests.insert((dest.addr, dest.port), rs.span().start);
         }
+        health.insert(key, build_health(svc.get_ref(), &model.services[&key])?);
     }
     Ok(Config {
         director,
         timeouts,
         model,
+        global,
+        health,
     })
 }
 
@@ -491,6 +598,455 @@ fn build_dest(raw: &RawRealServer, service_port: u16) -> Result<DestConfig, Prob
         weight,
         u_threshold: threshold(&raw.upper_threshold, "upper_threshold")?,
         l_threshold: threshold(&raw.lower_threshold, "lower_threshold")?,
+    })
+}
+
+/// The longest time a health-check key takes (keepalived reads them into `unsigned`
+/// microseconds or seconds; a day is more than any check needs).
+const MAX_CHECK_SECS: f64 = 86400.0;
+
+/// Seconds as a duration: `min_zero` allows 0, else it must be positive.
+fn secs(v: &Spanned<RawSecs>, name: &str, allow_zero: bool) -> Result<Duration, Problem> {
+    let s = v.get_ref().0;
+    let ok = s.is_finite() && s <= MAX_CHECK_SECS && if allow_zero { s >= 0.0 } else { s > 0.0 };
+    if !ok {
+        let lo = if allow_zero { "0" } else { "above 0" };
+        return Err(Problem::at(
+            v,
+            format!("{name} {s} out of range ({lo} up to {MAX_CHECK_SECS} seconds)"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// A command line (notify, quorum, misc_path): not empty.
+fn command(v: &Option<Spanned<String>>, name: &str) -> Result<Option<String>, Problem> {
+    match v {
+        None => Ok(None),
+        Some(c) if c.get_ref().trim().is_empty() => {
+            Err(Problem::at(c, format!("{name} is an empty command")))
+        }
+        Some(c) => Ok(Some(c.get_ref().trim().to_string())),
+    }
+}
+
+fn build_global(raw: &RawGlobal) -> Result<GlobalDefs, Problem> {
+    let mut to = Vec::new();
+    for e in &raw.notification_email {
+        check_mail_address(e)?;
+        to.push(e.get_ref().clone());
+    }
+    if let Some(f) = &raw.notification_email_from {
+        check_mail_address(f)?;
+    }
+    if let Some(r) = &raw.router_id
+        && (r.get_ref().is_empty() || r.get_ref().chars().any(|c| c.is_control()))
+    {
+        return Err(Problem::at(
+            r,
+            format!("invalid router_id {:?}", r.get_ref()),
+        ));
+    }
+    let smtp_server = match &raw.smtp_server {
+        None => None,
+        Some(v) => {
+            let s = v.get_ref();
+            let addr = s.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                s.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| std::net::SocketAddr::new(ip, 25))
+            });
+            match addr {
+                Some(a) if a.port() != 0 => Some(a),
+                _ => {
+                    return Err(Problem::at(
+                        v,
+                        format!(
+                            "invalid smtp_server {s:?} (expected \"IP\", \"IP:PORT\" or \"[IPv6]:PORT\")"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(GlobalDefs {
+        router_id: raw.router_id.as_ref().map(|r| r.get_ref().clone()),
+        notification_email: to,
+        notification_email_from: raw
+            .notification_email_from
+            .as_ref()
+            .map(|f| f.get_ref().clone()),
+        smtp_server,
+        smtp_connect_timeout: match &raw.smtp_connect_timeout {
+            Some(t) => secs(t, "smtp_connect_timeout", false)?,
+            None => GlobalDefs::DEFAULT_SMTP_CONNECT_TIMEOUT,
+        },
+    })
+}
+
+/// An e-mail address as SMTP takes it: local@domain, no spaces or angle brackets (they would
+/// break the envelope).
+fn check_mail_address(v: &Spanned<String>) -> Result<(), Problem> {
+    let s = v.get_ref();
+    let ok = s
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::at(v, format!("invalid e-mail address {s:?}")))
+    }
+}
+
+/// The health settings of one service, defaults resolved as keepalived does: checker →
+/// (real server) → virtual server → built-in.
+fn build_health(
+    raw: &RawService,
+    entry: &crate::model::ServiceEntry,
+) -> Result<ServiceHealthSpec, Problem> {
+    let key = entry.config.key;
+    let delay_loop = match &raw.delay_loop {
+        Some(v) => secs(v, "delay_loop", false)?,
+        None => defaults::DELAY_LOOP,
+    };
+    let quorum = match &raw.quorum {
+        Some(v) => ranged(v, "quorum", 1, u32::MAX)?,
+        None => defaults::QUORUM,
+    };
+    let hysteresis = match &raw.hysteresis {
+        Some(v) => ranged(v, "hysteresis", 0, u32::MAX)?,
+        None => 0,
+    };
+    let sorry = match &raw.sorry_server {
+        None => {
+            if let Some(f) = &raw.sorry_server_forward {
+                return Err(Problem::at(
+                    f,
+                    "sorry_server_forward needs sorry_server".into(),
+                ));
+            }
+            None
+        }
+        Some(v) => {
+            let s = v.get_ref();
+            let (addr, port) = match s.parse::<std::net::SocketAddrV4>() {
+                Ok(a) => (*a.ip(), a.port()),
+                Err(_) => (ipv4(v)?, key.port),
+            };
+            // keepalived: sorry_server_lvs_method, default the virtual server's lb_kind,
+            // which is the real servers' method when they share one.
+            let forward = match &raw.sorry_server_forward {
+                Some(f) => forward(f)?,
+                None => {
+                    let mut methods = entry.dests.iter().map(|d| d.forward);
+                    match methods.next() {
+                        Some(first) if methods.all(|m| m == first) => first,
+                        _ => Forward::Dr,
+                    }
+                }
+            };
+            // The rules of `-a` (port mapping needs NAT, unicast addresses, …).
+            let mut scratch = Model::default();
+            scratch
+                .apply(&Op::AddService(entry.config))
+                .and_then(|_| {
+                    scratch.apply(&Op::AddDest(
+                        key,
+                        DestConfig::new(addr, port, forward, defaults::SORRY_WEIGHT),
+                    ))
+                })
+                .map_err(|e| Problem::at(v, format!("sorry_server: {e}")))?;
+            Some(SorrySpec {
+                addr,
+                port,
+                forward,
+                inhibit: raw.sorry_server_inhibit,
+            })
+        }
+    };
+    let mut real_servers = Vec::new();
+    for (rs, dest) in raw.real_server.iter().zip(&entry.dests) {
+        let r = rs.get_ref();
+        let mut checks = Vec::new();
+        for c in &r.check {
+            checks.push(build_check(c.get_ref(), dest, delay_loop, raw.alpha)?);
+        }
+        real_servers.push(RsHealthSpec {
+            addr: dest.addr,
+            port: dest.port,
+            inhibit_on_failure: r.inhibit_on_failure,
+            notify_up: command(&r.notify_up, "notify_up")?,
+            notify_down: command(&r.notify_down, "notify_down")?,
+            checks,
+        });
+    }
+    Ok(ServiceHealthSpec {
+        quorum,
+        hysteresis,
+        quorum_up: command(&raw.quorum_up, "quorum_up")?,
+        quorum_down: command(&raw.quorum_down, "quorum_down")?,
+        sorry,
+        real_servers,
+    })
+}
+
+fn forward(f: &Spanned<String>) -> Result<Forward, Problem> {
+    match f.get_ref().as_str() {
+        "dr" => Ok(Forward::Dr),
+        "nat" => Ok(Forward::Nat),
+        "tun" => Ok(Forward::Tun),
+        other => Err(Problem::at(
+            f,
+            format!("unknown forwarding method {other:?} (expected one of: dr, nat, tun)"),
+        )),
+    }
+}
+
+/// Names the first key of `keys` that is set, for "… is only for … checks".
+fn misplaced(keys: &[(bool, Option<usize>, &str)], what: &str) -> Result<(), Problem> {
+    match keys.iter().find(|(set, ..)| *set) {
+        Some((_, offset, name)) => Err(Problem {
+            offset: offset.unwrap_or(0),
+            message: format!("{name} is only for {what}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn build_check(
+    raw: &RawCheck,
+    dest: &DestConfig,
+    service_delay_loop: Duration,
+    alpha: bool,
+) -> Result<CheckSpec, Problem> {
+    let kind_name = raw.kind.get_ref().as_str();
+    let http = matches!(kind_name, "http" | "ssl");
+    let misc = kind_name == "misc";
+    if !matches!(kind_name, "tcp" | "http" | "ssl" | "misc") {
+        return Err(Problem::at(
+            &raw.kind,
+            format!("unknown check type {kind_name:?} (expected one of: tcp, http, ssl, misc)"),
+        ));
+    }
+    let at = |o: Option<std::ops::Range<usize>>| o.map(|r| r.start);
+    if !http {
+        misplaced(
+            &[(
+                !raw.url.is_empty(),
+                at(raw.url.first().map(|u| u.span())),
+                "url",
+            )],
+            "http and ssl checks",
+        )?;
+    }
+    if !misc {
+        misplaced(
+            &[
+                (
+                    raw.misc_path.is_some(),
+                    at(raw.misc_path.as_ref().map(|v| v.span())),
+                    "misc_path",
+                ),
+                (
+                    raw.misc_timeout.is_some(),
+                    at(raw.misc_timeout.as_ref().map(|v| v.span())),
+                    "misc_timeout",
+                ),
+                (
+                    raw.misc_dynamic.is_some(),
+                    at(raw.misc_dynamic.as_ref().map(|v| v.span())),
+                    "misc_dynamic",
+                ),
+                (
+                    raw.user.is_some(),
+                    at(raw.user.as_ref().map(|v| v.span())),
+                    "user",
+                ),
+            ],
+            "misc checks",
+        )?;
+    } else {
+        // A command has no address or connection of its own.
+        misplaced(
+            &[
+                (
+                    raw.connect_ip.is_some(),
+                    at(raw.connect_ip.as_ref().map(|v| v.span())),
+                    "connect_ip",
+                ),
+                (
+                    raw.connect_port.is_some(),
+                    at(raw.connect_port.as_ref().map(|v| v.span())),
+                    "connect_port",
+                ),
+                (
+                    raw.bindto.is_some(),
+                    at(raw.bindto.as_ref().map(|v| v.span())),
+                    "bindto",
+                ),
+                (
+                    raw.bind_port.is_some(),
+                    at(raw.bind_port.as_ref().map(|v| v.span())),
+                    "bind_port",
+                ),
+                (
+                    raw.connect_timeout.is_some(),
+                    at(raw.connect_timeout.as_ref().map(|v| v.span())),
+                    "connect_timeout",
+                ),
+            ],
+            "tcp, http and ssl checks",
+        )?;
+    }
+    let delay_loop = match &raw.delay_loop {
+        Some(v) => secs(v, "delay_loop", false)?,
+        None => service_delay_loop,
+    };
+    let retry = match (&raw.retry, &raw.nb_get_retry) {
+        (Some(_), Some(old)) => {
+            return Err(Problem::at(
+                old,
+                "give retry or nb_get_retry (its old name), not both".into(),
+            ));
+        }
+        (Some(v), None) => ranged(v, "retry", 0, u32::MAX)?,
+        (None, Some(v)) => ranged(v, "nb_get_retry", 0, u32::MAX)?,
+        (None, None) if misc => defaults::MISC_RETRY,
+        (None, None) => defaults::RETRY,
+    };
+    let delay_before_retry = match &raw.delay_before_retry {
+        Some(v) => secs(v, "delay_before_retry", true)?,
+        None if http => defaults::HTTP_DELAY_BEFORE_RETRY,
+        None => defaults::DELAY_BEFORE_RETRY,
+    };
+    let warmup = match &raw.warmup {
+        Some(v) => secs(v, "warmup", true)?,
+        None => delay_loop,
+    };
+    let connect_timeout = match &raw.connect_timeout {
+        Some(v) => secs(v, "connect_timeout", false)?,
+        None => defaults::CONNECT_TIMEOUT,
+    };
+    let ip = match &raw.connect_ip {
+        Some(v) => ipv4(v)?,
+        None => dest.addr,
+    };
+    let port = match &raw.connect_port {
+        Some(v) => ranged(v, "connect_port", 1, u16::MAX)?,
+        None if dest.port == 0 => {
+            return Err(Problem::at(
+                &raw.kind,
+                "connect_port is needed: the real server's port is 0 (all ports)".into(),
+            ));
+        }
+        None => dest.port,
+    };
+    let bindto = raw.bindto.as_ref().map(ipv4).transpose()?;
+    let bind_port = match &raw.bind_port {
+        Some(v) => Some(ranged(v, "bind_port", 1, u16::MAX)?),
+        None => None,
+    };
+    let mut urls = Vec::new();
+    for u in &raw.url {
+        let r = u.get_ref();
+        let path = r.path.get_ref();
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Problem::at(
+                &r.path,
+                format!("invalid url path {path:?} (an absolute path without spaces)"),
+            ));
+        }
+        let mut status_code = Vec::new();
+        for c in &r.status_code {
+            status_code.push(ranged(c, "status_code", 100, 599)?);
+        }
+        let digest = match &r.digest {
+            None => None,
+            Some(d) => {
+                let h = d.get_ref();
+                let bytes: Option<Vec<u8>> = (h.len() == 32)
+                    .then(|| {
+                        (0..16)
+                            .map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+                            .collect()
+                    })
+                    .flatten();
+                match bytes {
+                    Some(b) => Some(b.try_into().expect("16 bytes")),
+                    None => {
+                        return Err(Problem::at(
+                            d,
+                            format!(
+                                "invalid digest {h:?} (32 hex digits: an MD5, as genhash prints)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        urls.push(UrlSpec {
+            path: path.clone(),
+            status_code,
+            digest,
+        });
+    }
+    let kind = match kind_name {
+        "tcp" => CheckKind::Tcp,
+        "http" | "ssl" => {
+            if urls.is_empty() {
+                return Err(Problem::at(
+                    &raw.kind,
+                    format!(
+                        "a {kind_name} check needs at least one [[service.real_server.check.url]]"
+                    ),
+                ));
+            }
+            if kind_name == "http" {
+                CheckKind::Http(urls)
+            } else {
+                CheckKind::Ssl(urls)
+            }
+        }
+        _ => {
+            let Some(cmd) = command(&raw.misc_path, "misc_path")? else {
+                return Err(Problem::at(
+                    &raw.kind,
+                    "a misc check needs misc_path".into(),
+                ));
+            };
+            CheckKind::Misc {
+                path: cmd,
+                timeout: match &raw.misc_timeout {
+                    Some(v) => secs(v, "misc_timeout", false)?,
+                    None => delay_loop,
+                },
+                dynamic: raw.misc_dynamic.as_ref().is_some_and(|v| *v.get_ref()),
+                user: match &raw.user {
+                    Some(u) if u.get_ref().is_empty() => {
+                        return Err(Problem::at(u, "user is empty".into()));
+                    }
+                    Some(u) => Some(u.get_ref().clone()),
+                    None => None,
+                },
+            }
+        }
+    };
+    Ok(CheckSpec {
+        kind,
+        target: std::net::SocketAddrV4::new(ip, port),
+        bindto,
+        bind_port,
+        connect_timeout,
+        timing: Timing {
+            delay_loop,
+            retry,
+            delay_before_retry,
+            warmup,
+        },
+        alpha,
     })
 }
 
@@ -688,6 +1244,24 @@ mod tests {
 
         let all = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 101], 0)];
         assert_eq!(all.config.persistence.map(|p| p.timeout), Some(300));
+
+        // Health checks and global_defs.
+        assert_eq!(c.global.router_id.as_deref(), Some("LVS_DEVEL"));
+        assert_eq!(c.global.smtp_server, Some("192.0.2.25:25".parse().unwrap()));
+        let h = &c.health[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert!(h.is_active());
+        assert_eq!(
+            h.sorry.map(|s| (s.port, s.forward)),
+            Some((8080, Forward::Nat))
+        );
+        let kinds: Vec<_> = h.real_servers[0]
+            .checks
+            .iter()
+            .map(|c| c.kind.name())
+            .collect();
+        assert_eq!(kinds, ["TCP_CHECK", "HTTP_GET", "MISC_CHECK"]);
+        assert!(h.real_servers[1].checks.is_empty());
+        assert!(!c.health[&key(Protocol::Udp, [192, 0, 2, 100], 53)].is_active());
     }
 
     #[test]
@@ -787,14 +1361,16 @@ mod tests {
             12,
             1,
             "unknown key \"wieght\" (expected one of: address, port, weight, forward, \
-             upper_threshold, lower_threshold)",
+             upper_threshold, lower_threshold, inhibit_on_failure, notify_up, notify_down, check)",
         );
         assert_err(
             &web("  persistance_timeout = 2", ""),
             9,
             3,
             "unknown key \"persistance_timeout\" (expected one of: address, port, protocol, \
-             scheduler, sched_flags, persistence_timeout, persistence_netmask, ops, tunnel_source, real_server)",
+             scheduler, sched_flags, persistence_timeout, persistence_netmask, ops, tunnel_source, \
+             delay_loop, alpha, quorum, hysteresis, quorum_up, quorum_down, sorry_server, \
+             sorry_server_forward, sorry_server_inhibit, real_server)",
         );
         assert_err(
             "[director]\ninterface = []\n",
@@ -806,7 +1382,7 @@ mod tests {
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: director, timeouts, service)",
+            "unknown key \"services\" (expected one of: global, director, timeouts, service)",
         );
     }
 
@@ -1060,6 +1636,318 @@ mod tests {
         assert_eq!(line_column("é\né", 5), (2, 2));
         // An offset inside a character counts as that character.
         assert_eq!(line_column("é\né", 4), (2, 1));
+    }
+
+    #[test]
+    fn health_keys_and_keepalived_defaults() {
+        let text = "[global]\nrouter_id = \"LVS_DEVEL\"\n\
+            notification_email = [\"ops@example.org\", \"noc@example.org\"]\n\
+            notification_email_from = \"lb@example.org\"\nsmtp_server = \"192.0.2.25:2525\"\n\
+            smtp_connect_timeout = 7.5\n\
+            [[service]]\naddress = \"192.0.2.100\"\nport = 80\ndelay_loop = 6\nalpha = true\n\
+            quorum = 2\nhysteresis = 1\nquorum_up = \"/bin/qup a\"\nquorum_down = \"/bin/qdown\"\n\
+            sorry_server = \"192.0.2.200\"\nsorry_server_inhibit = true\n\
+            [[service.real_server]]\naddress = \"192.0.2.11\"\nforward = \"nat\"\n\
+            inhibit_on_failure = true\nnotify_up = \"/bin/up\"\nnotify_down = \"/bin/down\"\n\
+            [[service.real_server.check]]\ntype = \"tcp\"\n\
+            [[service.real_server.check]]\ntype = \"http\"\nconnect_ip = \"198.51.100.11\"\n\
+            connect_port = 8080\nbindto = \"192.0.2.2\"\nbind_port = 4000\nconnect_timeout = 0.5\n\
+            nb_get_retry = 3\ndelay_before_retry = 2\ndelay_loop = 1.5\nwarmup = 0\n\
+            [[service.real_server.check.url]]\npath = \"/health\"\nstatus_code = [200, 204]\n\
+            digest = \"9b3a0c85a887a256d6939da88aabd8cd\"\n\
+            [[service.real_server.check]]\ntype = \"ssl\"\n\
+            [[service.real_server.check.url]]\npath = \"/\"\n\
+            [[service.real_server.check]]\ntype = \"misc\"\nmisc_path = \"/bin/check x\"\n\
+            misc_dynamic = true\nuser = \"nobody\"\n";
+        let c = parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.global.router_id.as_deref(), Some("LVS_DEVEL"));
+        assert_eq!(c.global.notification_email.len(), 2);
+        assert_eq!(
+            c.global.smtp_server,
+            Some("192.0.2.25:2525".parse().unwrap())
+        );
+        assert_eq!(c.global.smtp_connect_timeout, Duration::from_millis(7500));
+        let mail = c.global.mail().unwrap();
+        assert_eq!(mail.from, "lb@example.org");
+        assert_eq!(mail.router_id, "LVS_DEVEL");
+        let h = &c.health[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert_eq!((h.quorum, h.hysteresis), (2, 1));
+        assert_eq!(h.quorum_up.as_deref(), Some("/bin/qup a"));
+        // The sorry server takes the service's port and its real servers' one method.
+        assert_eq!(
+            h.sorry,
+            Some(SorrySpec {
+                addr: Ipv4Addr::new(192, 0, 2, 200),
+                port: 80,
+                forward: Forward::Nat,
+                inhibit: true
+            })
+        );
+        let rs = &h.real_servers[0];
+        assert!(rs.inhibit_on_failure);
+        assert_eq!(rs.notify_down.as_deref(), Some("/bin/down"));
+        let [tcp, http, ssl, misc] = &rs.checks[..] else {
+            panic!("{:?}", rs.checks)
+        };
+        // keepalived's defaults: the service's delay_loop, warmup = delay_loop, 5 s connect
+        // timeout, retry 1 (misc 0), delay_before_retry 1 s (http/ssl 3 s), alpha inherited.
+        assert_eq!(tcp.kind, CheckKind::Tcp);
+        assert_eq!(tcp.target, "192.0.2.11:80".parse().unwrap());
+        assert_eq!(tcp.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            tcp.timing,
+            Timing {
+                delay_loop: Duration::from_secs(6),
+                retry: 1,
+                delay_before_retry: Duration::from_secs(1),
+                warmup: Duration::from_secs(6),
+            }
+        );
+        assert!(tcp.alpha);
+        assert_eq!(http.target, "198.51.100.11:8080".parse().unwrap());
+        assert_eq!(http.bindto, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(http.bind_port, Some(4000));
+        assert_eq!(http.connect_timeout, Duration::from_millis(500));
+        assert_eq!(
+            http.timing,
+            Timing {
+                delay_loop: Duration::from_millis(1500),
+                retry: 3,
+                delay_before_retry: Duration::from_secs(2),
+                warmup: Duration::ZERO,
+            }
+        );
+        let CheckKind::Http(urls) = &http.kind else {
+            panic!("{:?}", http.kind)
+        };
+        assert_eq!(urls[0].status_code, [200, 204]);
+        assert_eq!(urls[0].digest.map(|d| d[0]), Some(0x9b));
+        assert_eq!(ssl.timing.delay_before_retry, Duration::from_secs(3));
+        let CheckKind::Ssl(urls) = &ssl.kind else {
+            panic!("{:?}", ssl.kind)
+        };
+        assert!(urls[0].accepts(299) && !urls[0].accepts(300));
+        assert_eq!(
+            misc.kind,
+            CheckKind::Misc {
+                path: "/bin/check x".into(),
+                timeout: Duration::from_secs(6),
+                dynamic: true,
+                user: Some("nobody".into())
+            }
+        );
+        assert_eq!(misc.timing.retry, 0);
+
+        // Without any of it: keepalived's global defaults, no checks.
+        let c = parse(&web("", ""), "t.toml").unwrap();
+        assert_eq!(c.global, GlobalDefs::default());
+        assert_eq!(c.global.smtp_connect_timeout, Duration::from_secs(30));
+        assert!(c.global.mail().is_none());
+        let h = &c.health[&key(Protocol::Tcp, [192, 0, 2, 100], 80)];
+        assert!(!h.is_active());
+        assert_eq!(h.quorum, 1);
+    }
+
+    #[test]
+    fn health_errors_name_the_line() {
+        // Service keys go on line 9, real-server keys on line 12: a check starts there.
+        let check = |body: &str| web("", &format!("[[service.real_server.check]]\n{body}"));
+        assert_err(
+            &check("type = \"icmp\""),
+            13,
+            8,
+            "unknown check type \"icmp\" (expected one of: tcp, http, ssl, misc)",
+        );
+        assert_err(
+            &check("type = \"http\""),
+            13,
+            8,
+            "a http check needs at least one [[service.real_server.check.url]]",
+        );
+        assert_err(
+            &check("type = \"misc\""),
+            13,
+            8,
+            "a misc check needs misc_path",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nmisc_path = \"/bin/x\""),
+            14,
+            13,
+            "misc_path is only for misc checks",
+        );
+        assert_err(
+            &check("type = \"misc\"\nmisc_path = \"/bin/x\"\nconnect_port = 80"),
+            15,
+            16,
+            "connect_port is only for tcp, http and ssl checks",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nconnect_timeout = 0"),
+            14,
+            19,
+            "connect_timeout 0 out of range (above 0 up to 86400 seconds)",
+        );
+        assert_err(
+            &check("type = \"tcp\"\ndelay_before_retry = -1"),
+            14,
+            22,
+            "delay_before_retry -1 out of range (0 up to 86400 seconds)",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nwarmup = \"6\""),
+            14,
+            10,
+            "invalid type: string \"6\", expected a number of seconds",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nretry = 1\nnb_get_retry = 2"),
+            15,
+            16,
+            "give retry or nb_get_retry (its old name), not both",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nretry = -1"),
+            14,
+            9,
+            "retry -1 out of range 0..4294967295",
+        );
+        assert_err(
+            &check("type = \"tcp\"\nconnect_ip = \"192.0.2.300\""),
+            14,
+            14,
+            "invalid IPv4 address \"192.0.2.300\"",
+        );
+        assert_err(
+            &check("type = \"tcp\"\ntimeout = 3"),
+            14,
+            1,
+            "unknown key \"timeout\" (expected one of: type, connect_ip, connect_port, bindto, \
+             bind_port, connect_timeout, retry, nb_get_retry, delay_before_retry, delay_loop, \
+             warmup, url, misc_path, misc_timeout, misc_dynamic, user)",
+        );
+        let url = |body: &str| {
+            check(&format!(
+                "type = \"http\"\n[[service.real_server.check.url]]\n{body}"
+            ))
+        };
+        assert_err(
+            &url("path = \"/\"\nstatus_code = [200, 600]"),
+            16,
+            21,
+            "status_code 600 out of range 100..599",
+        );
+        assert_err(
+            &url("path = \"/\"\ndigest = \"abc\""),
+            16,
+            10,
+            "invalid digest \"abc\" (32 hex digits: an MD5, as genhash prints)",
+        );
+        assert_err(
+            &url("path = \"health\""),
+            15,
+            8,
+            "invalid url path \"health\" (an absolute path without spaces)",
+        );
+        assert_err(
+            &check("type = \"tcp\"\n[[service.real_server.check.url]]\npath = \"/\""),
+            14,
+            1,
+            "url is only for http and ssl checks",
+        );
+        // Service keys.
+        assert_err(
+            &web("quorum = 0", ""),
+            9,
+            10,
+            "quorum 0 out of range 1..4294967295",
+        );
+        assert_err(
+            &web("delay_loop = 0", ""),
+            9,
+            14,
+            "delay_loop 0 out of range (above 0 up to 86400 seconds)",
+        );
+        assert_err(
+            &web("sorry_server = \"192.0.2.200:8080\"", ""),
+            9,
+            16,
+            "sorry_server: port mapping (80 -> 8080) needs masquerading (-m): Route forwarding \
+             keeps the port",
+        );
+        assert!(
+            parse(
+                &web(
+                    "sorry_server = \"192.0.2.200:8080\"\nsorry_server_forward = \"nat\"",
+                    ""
+                ),
+                "t"
+            )
+            .is_ok()
+        );
+        assert_err(
+            &web("sorry_server_forward = \"nat\"", ""),
+            9,
+            24,
+            "sorry_server_forward needs sorry_server",
+        );
+        assert_err(
+            &web(
+                "sorry_server = \"192.0.2.200\"\nsorry_server_forward = \"fwd\"",
+                "",
+            ),
+            10,
+            24,
+            "unknown forwarding method \"fwd\" (expected one of: dr, nat, tun)",
+        );
+        assert_err(
+            &web("quorum_up = \" \"", ""),
+            9,
+            13,
+            "quorum_up is an empty command",
+        );
+        assert_err(
+            &web("", "notify_up = \"\""),
+            12,
+            13,
+            "notify_up is an empty command",
+        );
+        // [global]
+        assert_err(
+            "[global]\nsmtp_server = \"mail.example.org\"\n",
+            2,
+            15,
+            "invalid smtp_server \"mail.example.org\" (expected \"IP\", \"IP:PORT\" or \"[IPv6]:PORT\")",
+        );
+        assert_err(
+            "[global]\nnotification_email = [\"ops\"]\n",
+            2,
+            23,
+            "invalid e-mail address \"ops\"",
+        );
+        assert_err(
+            "[global]\nrouter = \"a\"\n",
+            2,
+            1,
+            "unknown key \"router\" (expected one of: router_id, notification_email, \
+             notification_email_from, smtp_server, smtp_connect_timeout)",
+        );
+        let c = parse("[global]\nsmtp_server = \"[2001:db8::25]:25\"\n", "t").unwrap();
+        assert_eq!(
+            c.global.smtp_server,
+            Some("[2001:db8::25]:25".parse().unwrap())
+        );
+        let c = parse("[global]\nsmtp_server = \"192.0.2.25\"\n", "t").unwrap();
+        assert_eq!(c.global.smtp_server, Some("192.0.2.25:25".parse().unwrap()));
+        // A port-0 real server needs connect_port.
+        assert_err(
+            "[[service]]\naddress = \"192.0.2.1\"\nport = 0\npersistence_timeout = 60\n\
+             [[service.real_server]]\naddress = \"192.0.2.11\"\n\
+             [[service.real_server.check]]\ntype = \"tcp\"\n",
+            8,
+            8,
+            "connect_port is needed: the real server's port is 0 (all ports)",
+        );
     }
 
     #[test]

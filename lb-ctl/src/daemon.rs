@@ -27,6 +27,7 @@ use crate::{
     api::{RateView, Request, Response, StatsView},
     config,
     dataplane::{Dataplane, Options, StateTimeouts},
+    health::{self, Health, state::SystemNotifier},
     model::{Model, OpError},
     neigh::Netlink,
     resolve::Resolver,
@@ -165,6 +166,50 @@ struct Daemon {
     /// complete or time out, a flood.
     embryo_seen: (u64, u64, u64),
     embryos_evicted: u64,
+    /// Health checks: `model` is the configured table (config file and ipvsadm-style
+    /// edits); the data path gets `health.effective(&model)`.
+    hc: HealthWiring,
+}
+
+/// The daemon's side of the health checker: its state, its thread (started when some
+/// checker is configured) and where transitions are told.
+struct HealthWiring {
+    health: Health,
+    runner: Option<health::Runner>,
+    reports: Option<health::Reports>,
+    notifier: SystemNotifier,
+}
+
+impl HealthWiring {
+    fn notifier_for(global: &health::GlobalDefs) -> SystemNotifier {
+        SystemNotifier {
+            mailer: global.mail().map(crate::notify::Mailer::new),
+        }
+    }
+
+    /// Starts the checkers' thread if it is needed and not running, then the changes.
+    fn start(&mut self, changes: health::Changes) -> anyhow::Result<()> {
+        if self.runner.is_none() && !changes.start.is_empty() {
+            let (r, rx) = health::Runner::start().context("starting the health checker")?;
+            self.runner = Some(r);
+            self.reports = Some(rx);
+        }
+        if let Some(r) = &self.runner {
+            r.apply(changes);
+        }
+        Ok(())
+    }
+}
+
+/// The next batch of checker reports (never, without a checker thread).
+async fn next_reports(
+    rx: &mut Option<health::Reports>,
+    buf: &mut Vec<(u64, health::Report)>,
+) -> usize {
+    match rx {
+        Some(rx) => rx.recv_many(buf, 1024).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -214,6 +259,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(c) => c.model.clone(),
         None => dp.model(),
     };
+    // Health: the data path starts with what the checkers' initial states allow (alpha
+    // servers out until their first good check).
+    let mut hc = HealthWiring {
+        health: Health::new(),
+        runner: None,
+        reports: None,
+        notifier: HealthWiring::notifier_for(
+            &cfg.as_ref().map(|c| c.global.clone()).unwrap_or_default(),
+        ),
+    };
+    let hc_changes = match &cfg {
+        Some(c) => {
+            hc.health
+                .configure(c.health.clone(), c.global.clone(), &model, &mut hc.notifier)
+        }
+        None => health::Changes::default(),
+    };
+    let effective = hc.health.effective(&model);
     if dp.adopted() {
         log::info!(
             "adopted the data path pinned under {} ({} services)",
@@ -238,6 +301,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         dp.set_mh_table_size(mh);
     }
     Dataplane::check(&model)?;
+    Dataplane::check(&effective)?;
     dp.set_timeouts(&timeouts)?;
     if let Some(c) = &cfg {
         dp.set_expiry_rules(
@@ -254,8 +318,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     // A daemon taking over a running table keeps serving it even if a real server cannot be
     // resolved now; a fresh start refuses, as `-a` would.
-    let plan = resolver.plan(&model, None, dp.adopted()).await?;
-    dp.sync(&model, &plan.paths)?;
+    let plan = resolver.plan(&effective, None, dp.adopted()).await?;
+    dp.sync(&effective, &plan.paths)?;
     resolver.commit(plan).await;
     for i in &interfaces {
         dp.attach(i, settings.xdp_mode)?;
@@ -281,7 +345,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         last_sweep: Default::default(),
         embryo_seen: (0, 0, 0),
         embryos_evicted: 0,
+        hc,
     };
+    d.hc.start(hc_changes)?;
     let keep = d.serve(listener).await;
     drop(socket_file);
     drop(clock);
@@ -550,6 +616,7 @@ impl Daemon {
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::channel::<Call>(QUEUE);
         let acceptor = tokio::spawn(accept(listener, tx));
+        let mut reports = Vec::new();
         let stop = loop {
             tokio::select! {
                 _ = term.recv() => break false,
@@ -560,6 +627,13 @@ impl Daemon {
                 },
                 _ = sweep.tick() => self.tick().await,
                 _ = rates.tick() => self.estimator.update(self.dp.all_stats()),
+                n = next_reports(&mut self.hc.reports, &mut reports) => {
+                    if n == 0 {
+                        log::error!("the health checker's thread stopped; checks are frozen");
+                        self.hc.reports = None;
+                    }
+                    self.health_reports(&mut reports).await;
+                }
                 call = rx.recv() => {
                     let Some(Call { req, reply }) = call else {
                         bail!("the control socket's listener stopped");
@@ -653,25 +727,54 @@ impl Daemon {
 
     /// Applies a new model: check, resolve, sync; all or nothing.
     async fn apply(&mut self, model: Model) -> anyhow::Result<()> {
-        self.apply_with(model, None).await
+        self.apply_with(model, None, None).await
+    }
+
+    /// Takes the checkers' reports; when one changes the table, the data path gets the
+    /// new one (the configured table is unchanged).
+    async fn health_reports(&mut self, reports: &mut Vec<(u64, health::Report)>) {
+        let mut changed = false;
+        for (id, r) in reports.drain(..) {
+            changed |= self
+                .hc
+                .health
+                .report(id, r, &self.model, &mut self.hc.notifier);
+        }
+        if changed {
+            let model = self.model.clone();
+            if let Err(e) = self.apply(model).await {
+                log::error!("applying a health-check transition to the data path: {e:#}");
+            }
+        }
     }
 
     /// `apply`, with new tunnel sources if given: the resolver's new state is computed aside
     /// and replaces the current one only if the data path takes the model.
+    /// `health`, if given, replaces the daemon's health state with the table (a reload).
     async fn apply_with(
         &mut self,
         model: Model,
         tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+        health: Option<Health>,
     ) -> anyhow::Result<()> {
         Dataplane::check(&model)?;
-        let plan = self.resolver.plan(&model, tunnel_sources, false).await?;
-        if let Err(e) = self.dp.sync(&model, &plan.paths) {
+        // The data path gets the table with health applied (see `health::state`).
+        let effective = health.as_ref().unwrap_or(&self.hc.health).effective(&model);
+        Dataplane::check(&effective)?;
+        let plan = self
+            .resolver
+            .plan(&effective, tunnel_sources, false)
+            .await?;
+        if let Err(e) = self.dp.sync(&effective, &plan.paths) {
             self.resolver.discard(plan).await;
             return Err(e);
         }
         self.resolver.commit(plan).await;
         self.model = model;
-        self.resolver.prune(&self.model, true).await;
+        if let Some(h) = health {
+            self.hc.health = h;
+        }
+        self.resolver.prune(&effective, true).await;
         Ok(())
     }
 
@@ -689,13 +792,20 @@ impl Daemon {
         // sources re-resolve the TUN real servers, kept aside until the sync succeeds.
         let mh = self.dp.mh_table_size();
         self.dp.set_mh_table_size(cfg.director.mh_table_size);
+        // Health is tried aside: unchanged checkers keep their state, new ones start per
+        // alpha, and nothing changes if the data path refuses the table.
+        let mut health = self.hc.health.clone();
+        let mut notifier = HealthWiring::notifier_for(&cfg.global);
+        let changes = health.configure(cfg.health, cfg.global, &cfg.model, &mut notifier);
         if let Err(e) = self
-            .apply_with(cfg.model, Some(&cfg.director.tunnel_sources))
+            .apply_with(cfg.model, Some(&cfg.director.tunnel_sources), Some(health))
             .await
         {
             self.dp.set_mh_table_size(mh);
             return Err(e);
         }
+        self.hc.notifier = notifier;
+        self.hc.start(changes)?;
         self.dp.set_timeouts(&timeouts)?;
         self.dp.set_expiry_rules(
             cfg.director.expire_nodest_conn,
@@ -712,7 +822,10 @@ impl Daemon {
                     let mut next = self.model.clone();
                     next.apply_all(&ops)
                         .map_err(|(_, e): (usize, OpError)| anyhow::anyhow!("{e}"))?;
-                    self.apply(next).await?;
+                    // A weight or server change may gain or lose a quorum.
+                    let mut health = self.hc.health.clone();
+                    health.refresh_quorums(&next, &mut self.hc.notifier);
+                    self.apply_with(next, None, Some(health)).await?;
                     Response::Ok
                 }
                 Request::List { service } => {
@@ -757,6 +870,7 @@ impl Daemon {
                     "sweep": sweep_status(&self.last_sweep),
                     "services": self.model.services.len(),
                     "real_servers": self.resolver.status(),
+                    "health": self.hc.health.status(),
                     "pools": pools_json(self.dp.pool_usage()),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod import;
+pub mod health;
 pub mod model;
 pub mod neigh;
 pub mod notify;

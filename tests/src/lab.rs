@@ -151,6 +151,17 @@ impl RealServer {
     pub fn stop_nginx(&mut self) -> Option<Nginx> {
         self.nginx.take()
     }
+
+    /// Starts its nginx on port 80 again after [`RealServer::stop_nginx`] (a real server
+    /// coming back, for health-check tests); panics if one is running.
+    pub fn start_nginx(&mut self) {
+        assert!(
+            self.nginx.is_none(),
+            "{} already runs nginx on port 80",
+            self.name
+        );
+        self.nginx = Some(Nginx::start(&self.ns, &self.name));
+    }
 }
 
 /// What every lab has: a switch netns holding the bridges, a client, a director, the real

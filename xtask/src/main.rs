@@ -35,7 +35,7 @@ enum Cmd {
     /// Run setup, then the benchmarks in one run: per-path packet cost with BPF_PROG_TEST_RUN
     /// beside the MAC-swap floor, end-to-end throughput on veth against nftables DNAT, and the
     /// scale of tables and control plane. Prints tables, writes tests/bench/results.json and
-    /// the chart tests/bench/paths.svg. Needs root. `--only paths|e2e|scale|routes` runs one part.
+    /// the chart tests/bench/paths.svg. Needs root. `--only paths|e2e|scale|routes|health` runs one part.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

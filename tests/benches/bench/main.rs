@@ -6,11 +6,13 @@
 //! 3. `scale`: the connection table at 1M and 4M entries (memory, lookup cost full vs empty)
 //!    and the control plane (a large config, one `lb-ctl -a`, a Maglev rebuild).
 //! 4. `routes`: the daemon's CPU with 100,000 routes in the main table, idle and under churn.
+//! 5. `health`: the daemon's CPU with 1,000 TCP_CHECK, then 1,000 HTTP_GET, at a 1 s interval.
 //!
 //! Prints the tables and writes `tests/bench/results.json` and `tests/bench/paths.svg`.
 //! `--only NAME` runs one part (and writes nothing unless it is all of them).
 
 mod e2e;
+mod health;
 mod paths;
 mod report;
 mod routes;
@@ -32,15 +34,15 @@ fn main() {
     for a in &args {
         if a.starts_with("--") && !["--only", "--bench"].contains(&a.as_str()) {
             eprintln!(
-                "unknown argument {a}; usage: cargo xtask bench [--only paths|e2e|scale|routes]"
+                "unknown argument {a}; usage: cargo xtask bench [--only paths|e2e|scale|routes|health]"
             );
             std::process::exit(2);
         }
     }
     if let Some(o) = &only
-        && !["paths", "e2e", "scale", "routes"].contains(&o.as_str())
+        && !["paths", "e2e", "scale", "routes", "health"].contains(&o.as_str())
     {
-        eprintln!("--only takes paths, e2e, scale or routes, not {o}");
+        eprintln!("--only takes paths, e2e, scale, routes or health, not {o}");
         std::process::exit(2);
     }
     let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -62,6 +64,10 @@ fn main() {
     if wants("routes") {
         println!("== routes");
         routes::run(&mut report);
+    }
+    if wants("health") {
+        println!("== health checks");
+        health::run(&mut report);
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.print();
