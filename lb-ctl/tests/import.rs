@@ -82,50 +82,10 @@ fn assert_error(o: &Outcome, line: usize, needle: &str) {
     );
 }
 
-/// The keys lb's config.rs does not know yet on this branch (the health checker's and
-/// `[global]`), removed so the rest can be checked by `config::parse`.
-fn strip_health_keys(v: &toml::Value) -> toml::Value {
-    const SERVICE: [&str; 9] = [
-        "delay_loop",
-        "alpha",
-        "quorum",
-        "hysteresis",
-        "quorum_up",
-        "quorum_down",
-        "sorry_server",
-        "sorry_server_forward",
-        "sorry_server_inhibit",
-    ];
-    const REAL_SERVER: [&str; 4] = ["inhibit_on_failure", "notify_up", "notify_down", "check"];
-    let mut v = v.clone();
-    let top = v.as_table_mut().unwrap();
-    top.remove("global");
-    if let Some(services) = top.get_mut("service").and_then(|s| s.as_array_mut()) {
-        for s in services {
-            let s = s.as_table_mut().unwrap();
-            for k in SERVICE {
-                s.remove(k);
-            }
-            if let Some(rss) = s.get_mut("real_server").and_then(|r| r.as_array_mut()) {
-                for rs in rss {
-                    let rs = rs.as_table_mut().unwrap();
-                    for k in REAL_SERVER {
-                        rs.remove(k);
-                    }
-                }
-            }
-        }
-    }
-    v
-}
-
 /// The emitted file through lb's own config parser.
 fn parse_as_config(o: &Outcome, name: &str) -> config::Config {
-    // TODO(merge): once the health checker's keys are in config.rs, parse `o.toml` itself
-    // here (the whole output, checkers and [global] included) instead of the stripped copy:
-    //     config::parse(&o.toml, name)
-    let stripped = toml::to_string(&strip_health_keys(&value(o))).unwrap();
-    config::parse(&stripped, name).unwrap_or_else(|e| panic!("{e}\n{stripped}"))
+    // The whole output, checkers and [global] included.
+    config::parse(&o.toml, name).unwrap_or_else(|e| panic!("{e}\n{}", o.toml))
 }
 
 const SEED003_MASTER_TOML: &str = r#"

@@ -18,23 +18,6 @@ fn seed_file() -> PathBuf {
         .join("../lb-ctl/tests/fixtures/keepalived/seed003-master.conf")
 }
 
-/// The checker and `[global]` keys the health-check work adds to config.rs, removed so that
-/// this branch's daemon accepts the file.
-fn strip_health_keys(toml_text: &str) -> String {
-    let mut v: toml::Value = toml::from_str(toml_text)
-        .unwrap_or_else(|e| panic!("import printed invalid TOML: {e}\n{toml_text}"));
-    let top = v.as_table_mut().unwrap();
-    top.remove("global");
-    for s in top["service"].as_array_mut().unwrap() {
-        let s = s.as_table_mut().unwrap();
-        s.remove("delay_loop");
-        for rs in s["real_server"].as_array_mut().unwrap() {
-            rs.as_table_mut().unwrap().remove("check");
-        }
-    }
-    toml::to_string(&v).unwrap()
-}
-
 #[test]
 fn a_director_from_seed003s_keepalived_conf_balances_as_the_seed_describes() {
     let lab = DrLab::new(2);
@@ -72,11 +55,8 @@ fn a_director_from_seed003s_keepalived_conf_balances_as_the_seed_describes() {
     );
     let imported = std::fs::read_to_string(&toml_path).unwrap();
 
-    // TODO(merge): with the health checker's keys in config.rs, start the daemon on
-    // `toml_path` itself (checkers and [global] included) instead of the stripped copy.
-    let config = dir.join("lb-balancing-only.toml");
-    std::fs::write(&config, strip_health_keys(&imported)).unwrap();
-    let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&config));
+    // The imported file as it is, checkers and [global] included.
+    let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&toml_path));
 
     // The table the seed shows under keepalived (`ipvsadm -Ln`), plus the persistence the
     // seed's file configures.
@@ -119,4 +99,34 @@ fn a_director_from_seed003s_keepalived_conf_balances_as_the_seed_describes() {
         "two clients should be spread over both real servers: {first:?} / {other:?}\n{}",
         d.ctl_ok(&["-Lnc"])
     );
+
+    // And it checks as the seed describes: TCP_CHECK on port 80 every 3 s (connect_timeout 3,
+    // retry 3, delay_before_retry 3). rs1's web server stops → rs1 leaves the table, and both
+    // clients, the one whose persistence pointed at rs1 included, are served by rs2.
+    drop(from);
+    let mut lab = lab;
+    lab.rs_mut(1).stop_nginx();
+    let started = std::time::Instant::now();
+    // keepalived's bound: delay_loop + connect_timeout x (retry + 1) + delay_before_retry x
+    // retry = 3 + 12 + 9 = 24 s; waiting three times that cannot flake.
+    while d.ctl_ok(&["-Ln"]).contains("192.0.2.11:80") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(72),
+            "rs1 still in the table long after its web server stopped:\n{}\n{}",
+            d.ctl_ok(&["-Ln"]),
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "rs1 left the table {:?} after its nginx stopped",
+        started.elapsed()
+    );
+    for src in [lab.client_ip(), second] {
+        for i in 0..4 {
+            let body = curl_from(lab.client(), src, &url)
+                .unwrap_or_else(|e| panic!("request {i} from {src} with rs1 down: {e}"));
+            assert_eq!(body.trim(), "rs2", "request {i} from {src} with rs1 down");
+        }
+    }
 }

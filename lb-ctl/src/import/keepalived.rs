@@ -478,29 +478,6 @@ const SCHED_FLAG_KEYWORDS: [&str; 7] = [
     "mh-fallback",
 ];
 
-/// A service table without the health checker's keys (see `lb_accepts`).
-fn balancing_only(svc: &Table) -> Table {
-    const SERVICE: [&str; 9] = [
-        "delay_loop",
-        "alpha",
-        "quorum",
-        "hysteresis",
-        "quorum_up",
-        "quorum_down",
-        "sorry_server",
-        "sorry_server_forward",
-        "sorry_server_inhibit",
-    ];
-    const REAL_SERVER: [&str; 3] = ["inhibit_on_failure", "notify_up", "notify_down"];
-    let mut t = svc.clone();
-    t.keys.retain(|(k, _)| !SERVICE.contains(&k.as_str()));
-    for (_, rs) in &mut t.subs {
-        rs.keys.retain(|(k, _)| !REAL_SERVER.contains(&k.as_str()));
-        rs.subs.clear();
-    }
-    t
-}
-
 /// Top-level blocks that belong to keepalived's VRRP process (the VRRP issue).
 fn is_vrrp_block(name: &str) -> bool {
     name.starts_with("vrrp_")
@@ -1058,9 +1035,7 @@ impl Converter {
     /// goes to the keepalived line of the service or of the first real server it refuses, so
     /// an import that succeeds gives a file `lb-ctl check` passes.
     fn lb_accepts(&mut self, n: &Node, svc: &Table, real_servers: &[&Node]) -> bool {
-        // TODO(merge): once config.rs knows the health checker's keys, check the service
-        // whole (checkers included) instead of its balancing part.
-        let balancing = balancing_only(svc);
+        let balancing = svc;
         let parse = |rs_count: usize| {
             let mut one = balancing.clone();
             let mut kept = 0;
