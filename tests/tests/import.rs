@@ -54,6 +54,10 @@ fn a_director_from_seed003s_keepalived_conf_balances_as_the_seed_describes() {
         )
     );
     let imported = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(
+        imported.contains("[[service.real_server.check]]") && imported.contains("type = \"tcp\""),
+        "the seed's TCP_CHECKs are imported:\n{imported}"
+    );
 
     // The imported file as it is, checkers and [global] included.
     let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&toml_path));
@@ -103,7 +107,6 @@ fn a_director_from_seed003s_keepalived_conf_balances_as_the_seed_describes() {
     // And it checks as the seed describes: TCP_CHECK on port 80 every 3 s (connect_timeout 3,
     // retry 3, delay_before_retry 3). rs1's web server stops → rs1 leaves the table, and both
     // clients, the one whose persistence pointed at rs1 included, are served by rs2.
-    drop(from);
     let mut lab = lab;
     lab.rs_mut(1).stop_nginx();
     let started = std::time::Instant::now();
