@@ -641,32 +641,32 @@ impl Daemon {
         sweeper.set_backend_bound(self.dp.backend_id_bound());
         match sweeper.revive(&self.dp) {
             Some(Ok(why)) => log::error!("the sweep thread died ({why}); started it again"),
-            Some(Err(e)) => log::error!("the sweep thread died; starting it again: {e:#}"),
+            Some(Err(e)) => {
+                log::error!("the sweep thread died and could not be started again: {e:#}")
+            }
             None => {}
         }
         if let Some(r) = sweeper.take_report() {
-            {
-                let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
-                let now = (
-                    c.get("embryo_new").copied().unwrap_or(0),
-                    c.get("embryo_promoted").copied().unwrap_or(0),
-                    r.embryonic as u64,
-                );
-                let (opened, promoted, entries) = self.embryo_seen;
-                let gone = now.0.saturating_sub(opened) + entries;
-                // Nothing to compare with at the first tick (the counters may come from an
-                // adopted data path).
-                let first = self.embryo_seen == (0, 0, 0);
-                self.embryos_evicted = if first {
-                    0
-                } else {
-                    gone.saturating_sub(now.1.saturating_sub(promoted))
-                        .saturating_sub(r.embryonic_expired as u64)
-                        .saturating_sub(now.2)
-                };
-                self.embryo_seen = now;
-                self.last_sweep = r;
-            }
+            let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+            let now = (
+                c.get("embryo_new").copied().unwrap_or(0),
+                c.get("embryo_promoted").copied().unwrap_or(0),
+                r.embryonic as u64,
+            );
+            let (opened, promoted, entries) = self.embryo_seen;
+            let gone = now.0.saturating_sub(opened) + entries;
+            // Nothing to compare with at the first tick (the counters may come from an
+            // adopted data path).
+            let first = self.embryo_seen == (0, 0, 0);
+            self.embryos_evicted = if first {
+                0
+            } else {
+                gone.saturating_sub(now.1.saturating_sub(promoted))
+                    .saturating_sub(r.embryonic_expired as u64)
+                    .saturating_sub(now.2)
+            };
+            self.embryo_seen = now;
+            self.last_sweep = r;
         }
         if let Err(e) = self.dp.collect_garbage() {
             log::warn!("releasing unused table slots: {e:#}");

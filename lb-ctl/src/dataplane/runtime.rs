@@ -404,16 +404,21 @@ impl SweepThread {
     /// freeze, so an operator wants it back more than a daemon that exits. Returns the
     /// reason it died, for the log.
     pub fn revive(&mut self, dp: &Dataplane) -> Option<anyhow::Result<String>> {
-        if !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            return None;
-        }
-        let why = match self.thread.take().map(|t| t.join()) {
-            Some(Err(p)) => p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into()),
-            _ => "it stopped".into(),
+        let why = match self.thread.take() {
+            Some(t) if !t.is_finished() => {
+                self.thread = Some(t);
+                return None;
+            }
+            Some(t) => match t.join() {
+                Err(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+                Ok(()) => "it stopped".into(),
+            },
+            // The last attempt to start it failed: try again.
+            None => "it could not be started again".into(),
         };
         self.shared.in_pass.store(false, Ordering::Relaxed);
         let r = dp.sweeper().and_then(|s| {
