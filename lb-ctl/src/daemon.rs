@@ -139,16 +139,37 @@ impl Estimator {
     }
 }
 
-/// What the last sweep pass cost: it runs every second, so its CPU time is expiry's CPU time
-/// per second.
-fn sweep_status(r: &crate::dataplane::SweepReport) -> serde_json::Value {
+/// What the last sweep pass cost, and how the sweep thread is doing. Expiry's CPU time per
+/// second is the pass's CPU time over the time since the pass before it started (a second,
+/// or longer when the table is too large to walk in one at the thread's CPU share).
+fn sweep_status(
+    r: &crate::dataplane::SweepReport,
+    t: &crate::dataplane::SweepState,
+) -> serde_json::Value {
+    let per_s = if r.interval.is_zero() {
+        0
+    } else {
+        (r.cpu.as_secs_f64() / r.interval.as_secs_f64() * 1e6) as u64
+    };
     serde_json::json!({
-        "cpu_us_per_s": r.cpu.as_micros() as u64,
+        "cpu_us_per_s": per_s,
+        "cpu_us_per_pass": r.cpu.as_micros() as u64,
+        "user_cpu_us_per_pass": r.cpu_user.as_micros() as u64,
         "wall_us": r.wall.as_micros() as u64,
+        "slept_us": r.slept.as_micros() as u64,
+        "interval_us": r.interval.as_micros() as u64,
         "calls": r.calls,
         "longest_call_us": r.longest_call.as_micros() as u64,
+        "p99_call_us": r.p99_call.as_micros() as u64,
+        "p999_call_us": r.p999_call.as_micros() as u64,
         "longest_call_wall_us": r.longest_call_wall.as_micros() as u64,
         "longest_run_us": r.longest_run.as_micros() as u64,
+        "passes": t.passes,
+        "in_pass": t.in_pass,
+        "walked_this_pass": t.walked,
+        "failed_passes": t.failed,
+        "last_error": t.last_error,
+        "thread_restarts": t.restarts,
     })
 }
 
@@ -160,6 +181,8 @@ struct Daemon {
     resolver: Resolver,
     estimator: Estimator,
     last_sweep: crate::dataplane::SweepReport,
+    /// The sweep's own thread (`None` only while stopping).
+    sweeper: Option<crate::dataplane::SweepThread>,
     /// The embryonic table at the last tick: (opened, promoted, entries) and how many
     /// embryos the LRU evicted between the last two ticks (opened, less promoted, expired
     /// and still there): more than none means SYNs are arriving faster than handshakes
@@ -330,6 +353,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let clock = dp.start_clock()?;
+    let sweeper = dp.start_sweep()?;
     log::info!(
         "ready: {} services, control socket {}",
         model.services.len(),
@@ -343,6 +367,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         resolver,
         estimator: Estimator::default(),
         last_sweep: Default::default(),
+        sweeper: Some(sweeper),
         embryo_seen: (0, 0, 0),
         embryos_evicted: 0,
         hc,
@@ -351,6 +376,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let keep = d.serve(listener).await;
     drop(socket_file);
     drop(clock);
+    // Stopped (a pass part way through stops where it is) before the maps may go.
+    drop(d.sweeper.take());
     let keep = keep?;
     if !keep {
         let empty = Model::default();
@@ -682,30 +709,38 @@ impl Daemon {
     }
 
     async fn tick(&mut self) {
-        match self.dp.sweep() {
-            Ok(r) => {
-                let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
-                let now = (
-                    c.get("embryo_new").copied().unwrap_or(0),
-                    c.get("embryo_promoted").copied().unwrap_or(0),
-                    r.embryonic as u64,
-                );
-                let (opened, promoted, entries) = self.embryo_seen;
-                let gone = now.0.saturating_sub(opened) + entries;
-                // Nothing to compare with at the first tick (the counters may come from an
-                // adopted data path).
-                let first = self.embryo_seen == (0, 0, 0);
-                self.embryos_evicted = if first {
-                    0
-                } else {
-                    gone.saturating_sub(now.1.saturating_sub(promoted))
-                        .saturating_sub(r.embryonic_expired as u64)
-                        .saturating_sub(now.2)
-                };
-                self.embryo_seen = now;
-                self.last_sweep = r;
+        // The sweep runs on its own thread: here only its news, and a thread that died comes
+        // back (forwarding never needed it; expiry and counts do).
+        let sweeper = self.sweeper.as_mut().expect("running");
+        sweeper.set_backend_bound(self.dp.backend_id_bound());
+        match sweeper.revive(&self.dp) {
+            Some(Ok(why)) => log::error!("the sweep thread died ({why}); started it again"),
+            Some(Err(e)) => {
+                log::error!("the sweep thread died and could not be started again: {e:#}")
             }
-            Err(e) => log::warn!("sweeping the connection table: {e:#}"),
+            None => {}
+        }
+        if let Some(r) = sweeper.take_report() {
+            let c: HashMap<&str, u64> = self.dp.counters().into_iter().collect();
+            let now = (
+                c.get("embryo_new").copied().unwrap_or(0),
+                c.get("embryo_promoted").copied().unwrap_or(0),
+                r.embryonic as u64,
+            );
+            let (opened, promoted, entries) = self.embryo_seen;
+            let gone = now.0.saturating_sub(opened) + entries;
+            // Nothing to compare with at the first tick (the counters may come from an
+            // adopted data path).
+            let first = self.embryo_seen == (0, 0, 0);
+            self.embryos_evicted = if first {
+                0
+            } else {
+                gone.saturating_sub(now.1.saturating_sub(promoted))
+                    .saturating_sub(r.embryonic_expired as u64)
+                    .saturating_sub(now.2)
+            };
+            self.embryo_seen = now;
+            self.last_sweep = r;
         }
         if let Err(e) = self.dp.collect_garbage() {
             log::warn!("releasing unused table slots: {e:#}");
@@ -867,7 +902,10 @@ impl Daemon {
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
                     "syn_flood_defence": self.defence_status(),
-                    "sweep": sweep_status(&self.last_sweep),
+                    "sweep": sweep_status(
+                        &self.last_sweep,
+                        &self.sweeper.as_ref().map(|s| s.state()).unwrap_or_default(),
+                    ),
                     "services": self.model.services.len(),
                     "real_servers": self.resolver.status(),
                     "health": self.hc.health.status(),

@@ -181,3 +181,327 @@ fn syn_flood_ten_times_the_table_costs_no_established_connection() {
         "the flood stays within the embryonic table ({r:?}, size {embryo_size})"
     );
 }
+
+/// A paced pass (as the daemon's sweep thread runs it) finds and counts exactly what an
+/// unpaced one does, sleeps to keep to its pace, and stops part way when told, publishing
+/// nothing half done.
+#[test]
+fn a_paced_pass_counts_exactly_and_stops_when_told() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    const FLOWS: u32 = 3000;
+    let mut f = Fixture::with_table(web_rr(), 65536);
+    let mut want: HashMap<u8, (u32, u32)> = HashMap::new();
+    for i in 0..FLOWS {
+        let c = client(i);
+        let n = f.forwarded_to(&seg(c, TCP_SYN));
+        assert_eq!(f.forwarded_to(&seg(c, TCP_ACK)), n, "flow {i}");
+        want.entry(n).or_default().0 += 1;
+    }
+    let mut sweeper = f.dp().sweeper().expect("a sweeper");
+    let (stop, walked) = (AtomicBool::new(false), AtomicU64::new(0));
+    // 2,000 entries a second: the 3,000 take at least 1.5 s, so the pass must nap.
+    let pace = lb_ctl::dataplane::Pace::new(2_000.0, 1.0, &stop, &walked);
+    let r = sweeper.pass(Some(&pace)).expect("a paced pass");
+    assert_eq!((r.entries, r.expired), (FLOWS as usize, 0), "{r:?}");
+    assert!(
+        !r.slept.is_zero(),
+        "the pass never slept to keep its pace: {r:?}"
+    );
+    assert_eq!(
+        walked.load(std::sync::atomic::Ordering::Relaxed),
+        FLOWS as u64,
+        "progress as status shows it"
+    );
+    assert_eq!(counts(&mut f), want, "counts after a paced pass ({r:?})");
+
+    // Told to stop: the pass ends at its next chunk with an error, and what it publishes at
+    // its end (the counts) is left as the last complete pass left it.
+    for i in FLOWS..FLOWS + 500 {
+        let c = client(i);
+        let n = f.forwarded_to(&seg(c, TCP_SYN));
+        assert_eq!(f.forwarded_to(&seg(c, TCP_ACK)), n, "flow {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pace = lb_ctl::dataplane::Pace::new(20_000.0, 1.0, &stop, &walked);
+    let e = sweeper
+        .pass(Some(&pace))
+        .expect_err("a stopped pass ends early");
+    assert!(format!("{e:#}").contains("stopped"), "{e:#}");
+    let (a, b) = (counts(&mut f), want.clone());
+    // The 500 new ones show as created since the last pass (RS_NEW), on top of its counts.
+    assert_eq!(
+        a.values().map(|c| c.0).sum::<u32>(),
+        b.values().map(|c| c.0).sum::<u32>() + 500,
+        "{a:?} vs {b:?}"
+    );
+    let r = f.dp().sweep().expect("an unpaced pass after");
+    assert_eq!(r.entries, FLOWS as usize + 500, "{r:?}");
+}
+
+mod daemon_sweep {
+    //! The daemon's sweep thread with the real daemon: neither it nor a request waits for the
+    //! other, and the daemon outlives the thread's death.
+
+    use std::{
+        io::Write,
+        net::Ipv4Addr,
+        os::unix::fs::OpenOptionsExt,
+        path::Path,
+        time::{Duration, Instant},
+    };
+
+    use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+    use lb_common::{Backend, Conn, FlowKey, RsConns, Settings, maps, tcp_state};
+    use lb_tests::{Daemon, DrLab, TempDir};
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+    fn config(lab: &DrLab) -> String {
+        let mut s = format!(
+            "[[service]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n"
+        );
+        for i in 1..=2 {
+            s += &format!(
+                "[[service.real_server]]\naddress = \"{}\"\nport = 80\nweight = 1\nforward = \"dr\"\n",
+                lab.rs_ip(i)
+            );
+        }
+        s
+    }
+
+    fn status(d: &Daemon) -> serde_json::Value {
+        serde_json::from_str(&d.ctl_ok(&["status"])).expect("status is JSON")
+    }
+
+    fn open(pin: &Path, name: &str) -> Map {
+        let path = pin.join("maps").join(name);
+        let data = MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
+        Map::from_map_data(data).expect("a known map type")
+    }
+
+    /// The backend id of real server `addr`, from the pinned `LB_BACKENDS`.
+    fn backend_id(pin: &Path, addr: Ipv4Addr) -> u32 {
+        let b: Array<MapData, Backend> = Array::try_from(open(pin, maps::BACKENDS)).unwrap();
+        let want = u32::from_ne_bytes(addr.octets());
+        (1..lb_common::size::MAX_BACKENDS)
+            .find(|&i| b.get(&i, 0).is_ok_and(|v| v.addr == want && v.svc_id != 0))
+            .unwrap_or_else(|| panic!("no backend for {addr}"))
+    }
+
+    /// ESTABLISHED connection `i` of the filler clients (198.18.0.0/15), for `backend`.
+    fn filler(i: u32) -> FlowKey {
+        FlowKey::new(
+            u32::from_ne_bytes(Ipv4Addr::from(0xc612_0000 + (i >> 10)).octets()),
+            u32::from_ne_bytes(VIP.octets()),
+            (20_000 + (i & 1023) as u16).to_be(),
+            80u16.to_be(),
+            lb_common::proto::TCP,
+        )
+    }
+
+    fn rs_active(pin: &Path, id: u32) -> u32 {
+        let a: Array<MapData, RsConns> = Array::try_from(open(pin, maps::RS_CONNS)).unwrap();
+        a.get(&id, 0).expect("LB_RS_CONNS").active
+    }
+
+    /// A request held in the daemon's loop (a reload whose config file is a FIFO nobody has
+    /// written yet, as a config on a hung file system would) does not hold the sweep: a pass
+    /// completes and publishes new counts while the request waits. And a request is answered
+    /// while a pass is under way: `status` itself says so. Orderings, not durations: each wait
+    /// is only bounded.
+    #[test]
+    fn a_held_request_and_a_sweep_pass_do_not_wait_for_each_other() {
+        const FILL: u32 = 400_000;
+        const GONE: u32 = 1000;
+        let lab = DrLab::new(2);
+        let dir = TempDir::new("sweep-order");
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, config(&lab)).unwrap();
+        let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+        let pin = d.pin_path().to_path_buf();
+        let rs1 = backend_id(&pin, lab.rs_ip(1));
+
+        // A table of 400,000 established connections to rs1, seen now: a paced pass over them
+        // takes a good part of each second.
+        let clock = Array::<MapData, Settings>::try_from(open(&pin, maps::SETTINGS))
+            .unwrap()
+            .get(&0, 0)
+            .unwrap()
+            .clock_ns;
+        let conn = Conn {
+            backend: rs1,
+            state: tcp_state::ESTABLISHED,
+            last_seen_ns: clock,
+            ..Conn::default()
+        };
+        let mut table: BpfHashMap<MapData, FlowKey, Conn> =
+            BpfHashMap::try_from(open(&pin, maps::CONNS)).unwrap();
+        for i in 0..FILL {
+            table.insert(filler(i), conn, 0).expect("filling LB_CONNS");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rs_active(&pin, rs1) != FILL {
+            assert!(
+                Instant::now() < deadline,
+                "rs1's ActiveConn never became {FILL}: {}\n{}",
+                rs_active(&pin, rs1),
+                status(&d)["sweep"]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // 1. A request answered in the middle of a pass.
+        let mut mid_pass = None;
+        for _ in 0..2000 {
+            let s = status(&d);
+            if s["sweep"]["in_pass"] == true {
+                mid_pass = Some(s["sweep"].clone());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mid = mid_pass.unwrap_or_else(|| {
+            panic!(
+                "no status answer came during a pass: {}",
+                status(&d)["sweep"]
+            )
+        });
+        assert!(
+            mid["walked_this_pass"].as_u64().unwrap() < FILL as u64 + 10,
+            "{mid}"
+        );
+
+        // 2. A pass completing while a request is held: the config becomes a FIFO, a reload
+        //    reads it and waits for a writer; once the daemon holds it open, 1,000
+        //    connections go from the table, and the sweep must publish the new count while
+        //    the reload still waits.
+        std::fs::remove_file(&cfg).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&cfg)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", cfg.display());
+        let mut reload = d.ctl_command(&["reload"]).spawn().expect("lb-ctl reload");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut fifo = loop {
+            // Opening for writing without blocking succeeds once a reader has it open.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&cfg)
+            {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the daemon never opened the config to reload: {e}\n{}",
+                        d.log()
+                    );
+                    assert!(reload.try_wait().unwrap().is_none(), "reload ended early");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        for i in 0..GONE {
+            table.remove(&filler(i)).expect("removing a connection");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rs_active(&pin, rs1) != FILL - GONE {
+            assert!(
+                Instant::now() < deadline,
+                "no pass published while the reload was held: rs1 ActiveConn {}\n{}",
+                rs_active(&pin, rs1),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            reload.try_wait().unwrap().is_none(),
+            "the reload finished before its config was written"
+        );
+        // Let the reload finish: the same config, through the FIFO.
+        fifo.write_all(config(&lab).as_bytes()).unwrap();
+        drop(fifo);
+        let st = reload.wait().expect("lb-ctl reload");
+        assert!(st.success(), "reload failed: {st}\n{}", d.log());
+        let s = status(&d);
+        assert_eq!(s["sweep"]["failed_passes"], 0, "{}", s["sweep"]);
+        let ln = d.ctl_ok(&["-Ln"]);
+        assert!(
+            ln.contains(&format!("{}", FILL - GONE)),
+            "-Ln shows rs1's {} connections:\n{ln}",
+            FILL - GONE
+        );
+    }
+
+    /// The sweep thread dies (a panic injected at its second pass): the daemon logs it and
+    /// starts it again, traffic flows through it all, and the new thread counts exactly.
+    #[test]
+    fn the_sweep_thread_dies_and_comes_back_while_traffic_flows() {
+        let lab = DrLab::new(2);
+        // SAFETY: set before the daemon starts, and removed after, while this test's thread
+        // is the only one that reads the environment (`--test-threads=1`).
+        unsafe { std::env::set_var("LB_FAULT_SWEEP_PANIC", "2") };
+        let dir = TempDir::new("sweep-dies");
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, config(&lab)).unwrap();
+        let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+        unsafe { std::env::remove_var("LB_FAULT_SWEEP_PANIC") };
+        let url = format!("http://{VIP}/");
+        let mut made = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bodies = lab.curls(&url, 2);
+            made += 2;
+            assert_eq!(bodies.len(), 2);
+            let s = status(&d)["sweep"].clone();
+            if s["thread_restarts"].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sweep thread was never started again: {s}\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = d.log();
+        assert!(
+            log.contains("the sweep thread died") && log.contains("LB_FAULT_SWEEP_PANIC"),
+            "the death is logged with its reason:\n{log}"
+        );
+        // Traffic still goes to both real servers.
+        let bodies = lab.curls(&url, 4);
+        made += 4;
+        assert!(
+            bodies.iter().any(|b| b == "rs1") && bodies.iter().any(|b| b == "rs2"),
+            "{bodies:?}"
+        );
+        // The new thread sweeps: passes go on, and -Ln counts every connection made, each
+        // closed one once (they stay within their timeouts).
+        let passes = status(&d)["sweep"]["passes"].as_u64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = status(&d)["sweep"].clone();
+            if s["passes"].as_u64().unwrap() >= passes + 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no pass after the restart: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ln = d.ctl_ok(&["-Ln"]);
+        let total: usize = ln
+            .lines()
+            .filter(|l| l.trim_start().starts_with("->") && l.contains(":80"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some(f.get(4)?.parse::<usize>().ok()? + f.get(5)?.parse::<usize>().ok()?)
+            })
+            .sum();
+        assert_eq!(
+            total, made,
+            "ActiveConn + InActConn over both real servers:\n{ln}"
+        );
+    }
+}

@@ -24,9 +24,12 @@ mod sweep;
 mod sync;
 
 pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs};
-pub use runtime::{ClockThread, PoolUsage, StateTimeouts};
+pub use runtime::{
+    ClockThread, PoolUsage, SWEEP_CPU_SHARE, SWEEP_PERIOD, SWEEP_RATE, StateTimeouts, SweepState,
+    SweepThread,
+};
 pub use stats::ConnCounts;
-pub use sweep::{SWEEP_CHUNK, SweepReport};
+pub use sweep::{Pace, SWEEP_CHUNK, SweepReport, Sweeper};
 
 use batch::*;
 use plan::Plan;

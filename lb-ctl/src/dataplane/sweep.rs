@@ -9,20 +9,30 @@
 //! `size::SWEEP_KEYS` per run, re-checked in the kernel so a packet that arrived since keeps its
 //! connection), templates to re-arm or expire, and ranges of backends to publish. Every system
 //! call does a bounded amount of work; their longest is reported, with the pass's CPU time.
+//!
+//! A `Sweeper` holds its own handles on the pinned maps and its own descriptor of `lb_sweep`,
+//! so the daemon runs it on a thread of its own (`runtime::SweepThread`), apart from the loop
+//! that answers requests: neither waits for the other. Its pace (`Pace`) spreads a pass over
+//! the expiry period and caps its share of a CPU.
 
 use std::{
     collections::HashSet,
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, anyhow, bail};
 use aya::{
     maps::MapData,
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{ProgramFd, Xdp},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, PersistKey, PersistVal, RsConns, Service, SweepOp, SweepStats,
-    TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result, tcp_state,
+    Backend, Conn, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings, SweepOp,
+    SweepStats, TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result, tcp_state,
 };
 
 use super::*;
@@ -75,9 +85,17 @@ pub struct SweepReport {
     times: Vec<Duration>,
     /// The longest `lb_sweep` run as the kernel reports it.
     pub longest_run: Duration,
-    /// Wall time and this thread's CPU time (user and kernel) for the whole pass.
+    /// Wall time and this thread's CPU time (user and kernel) for the whole pass, and the
+    /// part of that CPU time spent in user space (the rest is the kernel's: batch copies,
+    /// bucket locks, `lb_sweep` runs).
     pub wall: Duration,
     pub cpu: Duration,
+    pub cpu_user: Duration,
+    /// Time the pass slept to keep to its pace (part of `wall`).
+    pub slept: Duration,
+    /// Since the previous pass started (zero for a pass run on its own): expiry's CPU time
+    /// per second is `cpu / interval`.
+    pub interval: Duration,
 }
 
 impl SweepReport {
@@ -101,6 +119,15 @@ fn thread_cpu() -> Duration {
     // SAFETY: a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// This thread's user-space CPU time.
+fn thread_cpu_user() -> Duration {
+    // SAFETY: a zeroed rusage to write into.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is this thread.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    Duration::new(ru.ru_utime.tv_sec as u64, ru.ru_utime.tv_usec as u32 * 1000)
 }
 
 fn md<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> &MapData {
@@ -200,12 +227,20 @@ struct Pass<'a> {
     live: HashSet<(PersistKey, u32)>,
     /// Keys waiting for `lb_sweep`, with the backend of each.
     pending: Vec<(FlowKey, u32)>,
-    prog: &'a Xdp,
+    prog: &'a ProgramFd,
     keys: &'a MapData,
+    /// Keeps the pass to its pace, when it has one (the daemon's thread); entries walked so
+    /// far, for it.
+    pace: Option<&'a Pace<'a>>,
+    walked: usize,
+    /// The highest backend id a connection or template named (the next pass's bound, if it
+    /// lies beyond this one's).
+    top: u32,
 }
 
 impl Pass<'_> {
     fn count(&mut self, k: &FlowKey, backend: u32, result: u16) {
+        self.top = self.top.max(backend.min(size::MAX_BACKENDS - 1));
         let Some(t) = self.tally.get_mut(backend as usize) else {
             return;
         };
@@ -235,21 +270,25 @@ impl Pass<'_> {
             std::slice::from_raw_parts(&cmd as *const SweepOp as *const u8, size_of::<SweepOp>())
         };
         frame[..raw.len()].copy_from_slice(raw);
-        let out = rep
-            .timed(|| {
-                self.prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ..TestRunOptions::default()
-                })
-            })
+        let (retval, duration) = rep
+            .timed(|| test_run(self.prog, &frame))
             .0
             .context("running the sweep step")?;
         rep.runs += 1;
-        rep.longest_run = rep.longest_run.max(out.duration);
+        rep.longest_run = rep.longest_run.max(duration);
         // XDP_PASS: the step ran to its end.
         const XDP_PASS: u32 = 2;
-        if out.return_value != XDP_PASS {
-            bail!("the sweep step failed (verdict {})", out.return_value);
+        if retval != XDP_PASS {
+            bail!("the sweep step failed (verdict {retval})");
+        }
+        Ok(())
+    }
+
+    /// After a chunk of `n` entries: keeps to the pace, and says how far the pass is.
+    fn paced(&mut self, n: usize, rep: &mut SweepReport) -> anyhow::Result<()> {
+        self.walked += n;
+        if let Some(p) = self.pace {
+            rep.slept += p.step(self.walked)?;
         }
         Ok(())
     }
@@ -308,6 +347,7 @@ impl Pass<'_> {
         };
         walk::<FlowKey, Conn>(map, SWEEP_CHUNK, usize::MAX, rep, |keys, values, rep| {
             rep.conn_batches += 1;
+            self.paced(keys.len(), rep)?;
             for (k, c) in keys.iter().zip(values) {
                 entries += 1;
                 let idle = self.view.now.saturating_sub(c.last_seen_ns);
@@ -355,6 +395,7 @@ impl Pass<'_> {
                         sweep_result::UNSEEN => bail!("the sweep step skipped a template"),
                         _ => {
                             *kept += 1;
+                            p.top = p.top.max(b.min(size::MAX_BACKENDS - 1));
                             if let Some(t) = p.tally.get_mut(b as usize) {
                                 t.persist += 1;
                             }
@@ -364,6 +405,7 @@ impl Pass<'_> {
                 anyhow::Ok(())
             };
         walk::<PersistKey, PersistVal>(map, SWEEP_CHUNK, usize::MAX, rep, |keys, values, rep| {
+            self.paced(keys.len(), rep)?;
             for (k, v) in keys.iter().zip(values) {
                 let live = self.live.contains(&(*k, v.backend));
                 let timeout = self
@@ -389,6 +431,7 @@ impl Pass<'_> {
                     }
                 } else {
                     kept += 1;
+                    self.top = self.top.max(v.backend.min(size::MAX_BACKENDS - 1));
                     if let Some(t) = self.tally.get_mut(v.backend as usize) {
                         t.persist += 1;
                     }
@@ -401,80 +444,278 @@ impl Pass<'_> {
     }
 }
 
+/// `BPF_PROG_TEST_RUN` of the sweep program on `frame`, once: its verdict and the time the
+/// kernel reports for the run. (aya's `TestRun` needs the `Xdp` program object, which the
+/// daemon's loop owns; the sweep thread holds only a descriptor.)
+fn test_run(prog: &ProgramFd, frame: &[u8]) -> anyhow::Result<(u32, Duration)> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    /// The `test` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = Attr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..Attr::default()
+    };
+    // SAFETY: `frame` outlives the call; no output buffer is given (`data_out` is null).
+    unsafe { crate::bpf::sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }
+        .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e}"))?;
+    Ok((attr.retval, Duration::from_nanos(attr.duration as u64)))
+}
+
+/// Naps shorter than this are not taken: every nap is a context switch, after which the
+/// walk finds the caches and TLB full of other work (with 1 ms naps a paced pass over 1M
+/// entries cost 520 ms of CPU where an unpaced one cost 383 ms).
+const MIN_NAP: Duration = Duration::from_millis(10);
+
+/// How fast a pass may go: at most `rate` entries a second, so that a pass over a million
+/// entries spreads over the second between the daemon's passes instead of running in one
+/// burst, and at most `share` of one CPU (user and kernel time of the sweeping thread), so
+/// that a table too large to walk in a second takes longer passes rather than more CPU.
+pub struct Pace<'a> {
+    rate: f64,
+    share: f64,
+    started: Instant,
+    cpu0: Duration,
+    /// Set when the pass should stop where it is (the daemon is stopping).
+    stop: &'a AtomicBool,
+    /// Entries walked so far in this pass, for `lb-ctl status`.
+    walked: &'a AtomicU64,
+}
+
+impl<'a> Pace<'a> {
+    pub fn new(rate: f64, share: f64, stop: &'a AtomicBool, walked: &'a AtomicU64) -> Self {
+        walked.store(0, Ordering::Relaxed);
+        Self {
+            rate,
+            share,
+            started: Instant::now(),
+            cpu0: thread_cpu(),
+            stop,
+            walked,
+        }
+    }
+
+    /// Called after each chunk with the entries walked so far: sleeps while the pass is
+    /// ahead of its pace; returns how long it slept.
+    fn step(&self, walked: usize) -> anyhow::Result<Duration> {
+        self.walked.store(walked as u64, Ordering::Relaxed);
+        if self.stop.load(Ordering::Relaxed) {
+            bail!("the sweep was stopped part way");
+        }
+        let elapsed = self.started.elapsed();
+        let by_rate = Duration::from_secs_f64(walked as f64 / self.rate);
+        let cpu = thread_cpu().saturating_sub(self.cpu0);
+        let by_cpu = Duration::from_secs_f64(cpu.as_secs_f64() / self.share);
+        let due = by_rate.max(by_cpu);
+        if due < elapsed + MIN_NAP {
+            return Ok(Duration::ZERO);
+        }
+        // Parked, not slept: stopping the thread unparks it.
+        let t = Instant::now();
+        std::thread::park_timeout(due - elapsed);
+        Ok(t.elapsed())
+    }
+}
+
+/// One pass at a time per process: passes share `LB_SWEEP_KEYS` and `LB_RS_TALLY`.
+static ONE_PASS: Mutex<()> = Mutex::new(());
+
+/// Everything a sweep pass reads and writes, through its own handles on the pinned maps and
+/// its own descriptor of `lb_sweep`: it can run on any thread, apart from the `Dataplane`.
+pub struct Sweeper {
+    conns: MapData,
+    embryo: MapData,
+    persist: MapData,
+    backends: MapData,
+    svc_info: MapData,
+    timeouts: MapData,
+    rs_new: MapData,
+    rs_tally: MapData,
+    keys: MapData,
+    stats: Array<MapData, SweepStats>,
+    settings: Array<MapData, Settings>,
+    prog: ProgramFd,
+    /// Backend ids below this are all the pass reads, counts and publishes (see
+    /// `Dataplane::backend_id_bound`).
+    bound: Arc<AtomicU32>,
+}
+
 impl Dataplane {
-    /// One sweep pass: expires idle connections (both tables) and templates, and publishes
-    /// every backend's exact counts, in steps that each stay well under a millisecond.
-    pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
-        let (wall, cpu) = (Instant::now(), thread_cpu());
-        let mut rep = SweepReport::default();
+    /// A `Sweeper` on this data path's maps, with handles of its own (duplicates of this
+    /// side's descriptors: the same maps, whatever happens to the pins).
+    pub fn sweeper(&self) -> anyhow::Result<Sweeper> {
+        fn dup(m: &MapData) -> anyhow::Result<MapData> {
+            let fd = m
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating a map descriptor for the sweep")?;
+            Ok(MapData::from_fd(fd)?)
+        }
+        let m = &self.maps;
         let prog: &Xdp = self
             .bpf
             .program(progs::SWEEP)
             .ok_or_else(|| anyhow!("program {} missing", progs::SWEEP))?
             .try_into()?;
-        let m = &self.maps;
+        Ok(Sweeper {
+            conns: dup(md(&m.conns))?,
+            embryo: dup(md(&m.embryo))?,
+            persist: dup(md(&m.persist))?,
+            backends: dup(md(&m.backends))?,
+            svc_info: dup(md(&m.svc_info))?,
+            timeouts: dup(md(&m.timeouts))?,
+            rs_new: dup(md(&m.rs_new))?,
+            rs_tally: dup(md(&m.rs_tally))?,
+            keys: dup(md(&m.sweep_keys))?,
+            stats: Array::try_from(aya::maps::Map::Array(dup(md(&m.sweep))?))?,
+            settings: Array::try_from(aya::maps::Map::Array(dup(md(&m.settings))?))?,
+            prog: prog.fd()?.try_clone()?,
+            bound: Arc::new(AtomicU32::new(self.backend_id_bound())),
+        })
+    }
+
+    /// One more than the highest backend id in use (deleted ones kept in the trash
+    /// included). A pass reads, counts and publishes only the ids below it: every per-backend
+    /// array holds `size::MAX_BACKENDS` (131,072) slots, which the kernel copies one by one
+    /// in a batch (about 0.3 µs each here), so reading two of them and writing a third cost
+    /// about 115 ms a pass however few real servers there are. An id above it has no
+    /// connection and no count: ids are released only once their counts are zero.
+    pub fn backend_id_bound(&self) -> u32 {
+        self.state
+            .backends
+            .keys()
+            .next_back()
+            .map_or(1, |id| id + 1)
+    }
+
+    /// One sweep pass, at once (no pace), on this thread: what tests and benches call; the
+    /// daemon sweeps on its own thread (`start_sweep`).
+    pub fn sweep(&mut self) -> anyhow::Result<SweepReport> {
+        self.sweeper()?.pass(None)
+    }
+}
+
+impl Sweeper {
+    /// Where the owner of the backend ids (the daemon's loop) tells this sweeper their bound.
+    pub fn bound(&self) -> Arc<AtomicU32> {
+        self.bound.clone()
+    }
+
+    /// One sweep pass: expires idle connections (both tables) and templates, and publishes
+    /// every backend's exact counts, in steps that each stay well under a millisecond, at
+    /// `pace` if given.
+    pub fn pass(&mut self, pace: Option<&Pace>) -> anyhow::Result<SweepReport> {
+        let _one = ONE_PASS.lock().unwrap_or_else(|e| e.into_inner());
+        let (wall, cpu, user) = (Instant::now(), thread_cpu(), thread_cpu_user());
+        let mut rep = SweepReport::default();
+        let bound = self
+            .bound
+            .load(Ordering::Relaxed)
+            .clamp(1, size::MAX_BACKENDS);
+        let chunk = (bound as usize).min(ARRAY_CHUNK);
         // What the data path reads: backends, services, timeouts, and the connections it
         // created so far (published counts are taken relative to these).
-        let mut backends = vec![Backend::default(); size::MAX_BACKENDS as usize];
+        let mut backends = vec![Backend::default(); bound as usize];
         walk::<u32, Backend>(
-            md(&m.backends),
-            ARRAY_CHUNK as u32,
-            usize::MAX,
+            &self.backends,
+            chunk as u32,
+            bound as usize,
             &mut rep,
             |k, v, _| {
                 for (i, b) in k.iter().zip(v) {
-                    backends[*i as usize] = *b;
+                    if let Some(slot) = backends.get_mut(*i as usize) {
+                        *slot = *b;
+                    }
                 }
                 Ok(())
             },
         )?;
         let mut services = vec![Service::default(); size::MAX_SERVICES as usize];
-        walk::<u32, Service>(md(&m.svc_info), 4096, usize::MAX, &mut rep, |k, v, _| {
+        walk::<u32, Service>(&self.svc_info, 4096, usize::MAX, &mut rep, |k, v, _| {
             for (i, s) in k.iter().zip(v) {
                 services[*i as usize] = *s;
             }
             Ok(())
         })?;
         let mut timeouts = [0u32; lb_common::TIMEOUTS_LEN as usize];
-        walk::<u32, u32>(md(&m.timeouts), 64, usize::MAX, &mut rep, |k, v, _| {
+        walk::<u32, u32>(&self.timeouts, 64, usize::MAX, &mut rep, |k, v, _| {
             for (i, t) in k.iter().zip(v) {
                 timeouts[*i as usize] = *t;
             }
             Ok(())
         })?;
-        let mut tally = vec![RsConns::default(); size::MAX_BACKENDS as usize];
+        let mut tally = vec![RsConns::default(); bound as usize];
         walk::<u32, u32>(
-            md(&m.rs_new),
-            ARRAY_CHUNK as u32,
-            usize::MAX,
+            &self.rs_new,
+            chunk as u32,
+            bound as usize,
             &mut rep,
             |k, v, _| {
                 for (i, n) in k.iter().zip(v) {
-                    tally[*i as usize].overloaded = *n;
+                    if let Some(t) = tally.get_mut(*i as usize) {
+                        t.overloaded = *n;
+                    }
                 }
                 Ok(())
             },
         )?;
+        // The data path's clock as it is now (the clock thread advances it): what entries
+        // recorded as their last activity is measured against it.
+        let now = self.settings.get(&0, 0)?.clock_ns;
         let mut pass = Pass {
             view: View {
                 backends,
                 services,
                 timeouts,
-                now: self.settings.clock_ns,
+                now,
             },
             tally,
             live: HashSet::new(),
             pending: Vec::new(),
-            prog,
-            keys: md(&m.sweep_keys),
+            prog: &self.prog,
+            keys: &self.keys,
+            pace,
+            walked: 0,
+            top: 0,
         };
-        let (entries, expired) = pass.conns(md(&m.conns), false, &mut rep)?;
-        let (embryonic, embryonic_expired) = pass.conns(md(&m.embryo), true, &mut rep)?;
-        let (templates, templates_expired) = pass.templates(md(&m.persist), &mut rep)?;
-        write(md(&m.rs_tally), 0, &pass.tally, ARRAY_CHUNK, &mut rep)?;
-        for start in (0..size::MAX_BACKENDS).step_by(PUBLISH_CHUNK as usize) {
-            pass.run(sweep_op::PUBLISH, PUBLISH_CHUNK, start, &mut rep)?;
+        let (entries, expired) = pass.conns(&self.conns, false, &mut rep)?;
+        let (embryonic, embryonic_expired) = pass.conns(&self.embryo, true, &mut rep)?;
+        let (templates, templates_expired) = pass.templates(&self.persist, &mut rep)?;
+        write(&self.rs_tally, 0, &pass.tally, ARRAY_CHUNK, &mut rep)?;
+        for start in (0..bound).step_by(PUBLISH_CHUNK as usize) {
+            pass.run(
+                sweep_op::PUBLISH,
+                PUBLISH_CHUNK.min(bound - start),
+                start,
+                &mut rep,
+            )?;
         }
+        // A backend added since the bound was last set, whose connections this pass could
+        // not count (it took no snapshot of their number): the next pass takes it in. Until
+        // then its count is the connections created on it, as for any new backend.
+        self.bound.fetch_max(pass.top + 1, Ordering::Relaxed);
         rep.entries = entries;
         rep.expired = expired;
         rep.embryonic = embryonic;
@@ -487,13 +728,14 @@ impl Dataplane {
             templates: templates as u64,
             templates_expired: templates_expired as u64,
         };
-        self.maps.sweep.set(0, stats, 0)?;
+        self.stats.set(0, stats, 0)?;
         let mut times = std::mem::take(&mut rep.times);
         times.sort_unstable();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         (rep.p99_call, rep.p999_call) = (at(0.99), at(0.999));
         rep.wall = wall.elapsed();
         rep.cpu = thread_cpu().saturating_sub(cpu);
+        rep.cpu_user = thread_cpu_user().saturating_sub(user);
         Ok(rep)
     }
 }

@@ -266,6 +266,9 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         run(prog, std::slice::from_ref(&ack), 1);
     };
     open_flow(lb(&dp));
+    if entries == CONN_SIZES[0] {
+        fixed_cost_row(report, &dp);
+    }
     let mut map = conns_map(pins.path());
     let entries_now: Vec<(FlowKey, Conn)> = map.iter().map(Result::unwrap).collect();
     assert_eq!(
@@ -326,6 +329,7 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         sweep.expired
     );
     sweep_rows(report, &l, "table full, nothing expires", &sweep);
+    paced_row(report, &l, &dp);
     let full_repeat = repeated(lb(&dp));
     let full_spread = spread_rounds(lb(&dp));
     let conns_full = conns_memory(&dp);
@@ -426,14 +430,74 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
         ),
     );
     report.scale(
-        &format!("expiry {l}, {what}: CPU per pass (= per second)"),
+        &format!("expiry {l}, {what}: CPU per pass, unpaced"),
         s.cpu.as_secs_f64() * 1e3,
         "ms",
         &format!(
-            "user + kernel time of the sweeping thread; {:.0} ms wall; {} entries, {} expired",
+            "user + kernel time of the sweeping thread ({:.0} ms of it in user space); {:.0} ms \
+             wall; {} entries, {} expired",
+            s.cpu_user.as_secs_f64() * 1e3,
             s.wall.as_secs_f64() * 1e3,
             s.entries,
             s.expired
+        ),
+    );
+}
+
+/// What a pass costs apart from the entries it walks, with one connection in the table:
+/// over the backend ids in use (as the sweep does now), and over every one of the
+/// `size::MAX_BACKENDS` slots of the per-backend arrays (as it did: each read or written
+/// element by element in the kernel), alternately in the same run; medians of five.
+fn fixed_cost_row(report: &mut Report, dp: &Dataplane) {
+    let mut sweeper = dp.sweeper().expect("a sweeper");
+    let bound = sweeper.bound();
+    let used = bound.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut now, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for (b, v) in [(used, &mut now), (size::MAX_BACKENDS, &mut all)] {
+            bound.store(b, std::sync::atomic::Ordering::Relaxed);
+            let r = sweeper.pass(None).expect("sweep");
+            assert_eq!(r.entries, 1, "one connection: {r:?}");
+            v.push(r.cpu.as_secs_f64() * 1e3);
+        }
+    }
+    report.scale(
+        "expiry, one connection in the table: CPU per pass",
+        median(&now),
+        "ms",
+        &format!(
+            "over the {used} backend ids in use; over all {} slots (as before): {:.1} ms \
+             (median of 5 each, alternating)",
+            size::MAX_BACKENDS,
+            median(&all)
+        ),
+    );
+}
+
+/// One pass at the pace the daemon's sweep thread keeps (`SWEEP_RATE` entries a second, at
+/// most `SWEEP_CPU_SHARE` of a CPU): how long it takes, and expiry's CPU time per second, the
+/// pass's CPU over the time until the next pass may start (`SWEEP_PERIOD` at least).
+fn paced_row(report: &mut Report, l: &str, dp: &Dataplane) {
+    use lb_ctl::dataplane::{Pace, SWEEP_CPU_SHARE, SWEEP_PERIOD, SWEEP_RATE};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let (stop, walked) = (AtomicBool::new(false), AtomicU64::new(0));
+    let mut sweeper = dp.sweeper().expect("a sweeper");
+    let pace = Pace::new(SWEEP_RATE, SWEEP_CPU_SHARE, &stop, &walked);
+    let s = sweeper.pass(Some(&pace)).expect("a paced pass");
+    let period = s.wall.max(SWEEP_PERIOD);
+    report.scale(
+        &format!("expiry {l}, table full, paced as the daemon sweeps: CPU per second"),
+        s.cpu.as_secs_f64() / period.as_secs_f64() * 1e3,
+        "ms/s",
+        &format!(
+            "{:.0} ms CPU over a {:.0} ms pass (slept {:.0} ms), a pass every {:.1} s; longest \
+             call {:.0} µs, 99.9th percentile {:.0} µs",
+            s.cpu.as_secs_f64() * 1e3,
+            s.wall.as_secs_f64() * 1e3,
+            s.slept.as_secs_f64() * 1e3,
+            period.as_secs_f64(),
+            s.longest_call.as_secs_f64() * 1e6,
+            s.p999_call.as_secs_f64() * 1e6,
         ),
     );
 }
