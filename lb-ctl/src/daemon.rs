@@ -165,6 +165,10 @@ struct Daemon {
     /// complete or time out, a flood.
     embryo_seen: (u64, u64, u64),
     embryos_evicted: u64,
+    // High availability (crate::vrrp): the VRRP instances, and `[director] vips` this
+    // daemon added. Released on a graceful stop, left on SIGKILL.
+    vrrp: Option<crate::vrrp::Ha>,
+    director_vips: Option<crate::vrrp::OwnedVips>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -266,6 +270,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let clock = dp.start_clock()?;
+    // High availability: the VIPs come last, once the data path serves them.
+    let director_vips = crate::vrrp::OwnedVips::add(
+        &cfg.as_ref()
+            .map(|c| c.director.vips.clone())
+            .unwrap_or_default(),
+        &interfaces[0],
+    )
+    .await?;
+    let vrrp = match cfg.as_ref().map(|c| &c.vrrp) {
+        Some(v) if !v.instances.is_empty() => Some(crate::vrrp::Ha::start(v.clone())?),
+        _ => None,
+    };
     log::info!(
         "ready: {} services, control socket {}",
         model.services.len(),
@@ -281,8 +297,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         last_sweep: Default::default(),
         embryo_seen: (0, 0, 0),
         embryos_evicted: 0,
+        vrrp,
+        director_vips: Some(director_vips),
     };
     let keep = d.serve(listener).await;
+    // A graceful stop hands the VIPs over first: priority 0, addresses removed.
+    if let Some(v) = d.vrrp.take() {
+        v.stop();
+    }
+    if let Some(v) = d.director_vips.take() {
+        v.remove().await;
+    }
     drop(socket_file);
     drop(clock);
     let keep = keep?;
@@ -680,6 +705,9 @@ impl Daemon {
             bail!("the daemon was started without --config: nothing to reload");
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.vrrp.is_some() || !cfg.vrrp.instances.is_empty() {
+            log::warn!("reload: VRRP instances and [director] vips are applied at start only");
+        }
         // As `ipvsadm --set`: a timeout the file leaves out keeps its current value.
         let mut timeouts = self.timeouts;
         if let Some(t) = cfg.timeouts {
@@ -758,6 +786,7 @@ impl Daemon {
                     "services": self.model.services.len(),
                     "real_servers": self.resolver.status(),
                     "pools": pools_json(self.dp.pool_usage()),
+                    "vrrp": self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),
