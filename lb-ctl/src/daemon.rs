@@ -169,6 +169,8 @@ struct Daemon {
     // daemon added. Released on a graceful stop, left on SIGKILL.
     vrrp: Option<crate::vrrp::Ha>,
     director_vips: Option<crate::vrrp::OwnedVips>,
+    vrrp_config: crate::vrrp::config::VrrpConfig,
+    vips_config: Vec<crate::vrrp::config::Vip>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -299,6 +301,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         embryos_evicted: 0,
         vrrp,
         director_vips: Some(director_vips),
+        vrrp_config: cfg.as_ref().map(|c| c.vrrp.clone()).unwrap_or_default(),
+        vips_config: cfg
+            .as_ref()
+            .map(|c| c.director.vips.clone())
+            .unwrap_or_default(),
     };
     let keep = d.serve(listener).await;
     // A graceful stop hands the VIPs over first: priority 0, addresses removed.
@@ -705,8 +712,11 @@ impl Daemon {
             bail!("the daemon was started without --config: nothing to reload");
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if self.vrrp.is_some() || !cfg.vrrp.instances.is_empty() {
-            log::warn!("reload: VRRP instances and [director] vips are applied at start only");
+        if cfg.vrrp != self.vrrp_config || cfg.director.vips != self.vips_config {
+            log::warn!(
+                "reload: VRRP instances and [director] vips are applied at start only; the \
+                 running ones are kept (restart the daemon to change them)"
+            );
         }
         // As `ipvsadm --set`: a timeout the file leaves out keeps its current value.
         let mut timeouts = self.timeouts;

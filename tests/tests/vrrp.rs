@@ -524,3 +524,198 @@ scheduler = "rr"
         "not ours, left alone: {shown}"
     );
 }
+
+/// A config with `instances` (TOML text) after the web service.
+fn config_text(dir: &TempDir, name: &str, instances: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[[service]]
+address = "192.0.2.100"
+port = 80
+scheduler = "rr"
+  [[service.real_server]]
+  address = "192.0.2.11"
+  [[service.real_server]]
+  address = "192.0.2.12"
+{instances}
+"#
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn instance(d: &Daemon, name: &str) -> Value {
+    let out = d.ctl_ok(&["status"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["vrrp"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no instance {name}: {v}"))
+}
+
+fn wait_instance(d: &Daemon, name: &str, want: &str) -> Duration {
+    match wait_for(BOUND, || (instance(d, name)["state"] == want).then_some(())) {
+        Some((t, ())) => t,
+        None => panic!(
+            "{name} not {want} within {BOUND:?}: {}\n{}",
+            instance(d, name),
+            d.log()
+        ),
+    }
+}
+
+fn has(ns: &Netns, addr: &str) -> bool {
+    ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .contains(&format!("inet {addr}/32"))
+}
+
+#[test]
+fn v3_unicast_pair_follows_a_weighted_track_script() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("vrrp");
+    let flag = dir.join("degraded");
+    let block = |prio: u8, me: Ipv4Addr, peer: Ipv4Addr, script: &str| {
+        format!(
+            r#"
+[[vrrp_script]]
+name = "chk"
+script = "{script}"
+interval = 1
+weight = -60
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 61
+priority = {prio}
+version = 3
+advert_int = 0.5
+virtual_ipaddress = ["192.0.2.100/32"]
+unicast_src_ip = "{me}"
+unicast_peer = ["{peer}"]
+track_script = ["chk"]
+"#
+        )
+    };
+    let c1 = config_text(
+        &dir,
+        "d1.toml",
+        &block(
+            150,
+            DIR1_IP,
+            DIR2_IP,
+            &format!("test ! -e {}", flag.display()),
+        ),
+    );
+    let c2 = config_text(&dir, "d2.toml", &block(100, DIR2_IP, DIR1_IP, "true"));
+    let d1 = start(&lab.dir1, &c1);
+    let d2 = start(&lab.dir2, &c2);
+    wait_instance(&d1, "VI_1", "MASTER");
+    wait_instance(&d2, "VI_1", "BACKUP");
+    let s = instance(&d2, "VI_1");
+    assert_eq!(s["master"], DIR1_IP.to_string(), "{s}");
+    assert_eq!(s["version"], 3, "{s}");
+    assert!(
+        s["counters"]["errors"]
+            .as_object()
+            .is_none_or(|e| e.is_empty()),
+        "{s}"
+    );
+    curls_ok(&lab, 5);
+
+    // The script fails: 150 - 60 = 90 < 100, the peer preempts.
+    std::fs::write(&flag, "").unwrap();
+    let t = wait_instance(&d2, "VI_1", "MASTER");
+    eprintln!(
+        "v3 (advert_int 0.5 s) takeover after the MASTER's weighted script failed: {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_instance(&d1, "VI_1", "BACKUP");
+    assert_eq!(instance(&d1, "VI_1")["effective_priority"], 90);
+    assert!(HaLab::has_vip(&lab.dir2) && !HaLab::has_vip(&lab.dir1));
+    curls_ok(&lab, 5);
+
+    // It recovers: 150 again, dir1 takes the VIP back.
+    std::fs::remove_file(&flag).unwrap();
+    wait_instance(&d1, "VI_1", "MASTER");
+    wait_instance(&d2, "VI_1", "BACKUP");
+    assert!(HaLab::has_vip(&lab.dir1) && !HaLab::has_vip(&lab.dir2));
+    curls_ok(&lab, 5);
+}
+
+#[test]
+fn sync_group_members_fault_and_move_together() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("vrrp");
+    let flag = dir.join("broken");
+    let block = |prio: u8, script: &str| {
+        format!(
+            r#"
+[[vrrp_script]]
+name = "chk_backend"
+script = "{script}"
+interval = 1
+
+[[vrrp_instance]]
+name = "VI_WEB"
+interface = "eth0"
+virtual_router_id = 71
+priority = {prio}
+virtual_ipaddress = ["192.0.2.100/32"]
+
+[[vrrp_instance]]
+name = "VI_DB"
+interface = "eth0"
+virtual_router_id = 72
+priority = {prio}
+virtual_ipaddress = ["192.0.2.101/32"]
+track_script = ["chk_backend"]
+
+[[vrrp_sync_group]]
+name = "VG"
+group = ["VI_WEB", "VI_DB"]
+"#
+        )
+    };
+    let c1 = config_text(
+        &dir,
+        "d1.toml",
+        &block(150, &format!("test ! -e {}", flag.display())),
+    );
+    let c2 = config_text(&dir, "d2.toml", &block(100, "true"));
+    let d1 = start(&lab.dir1, &c1);
+    let d2 = start(&lab.dir2, &c2);
+    for name in ["VI_WEB", "VI_DB"] {
+        wait_instance(&d1, name, "MASTER");
+        wait_instance(&d2, name, "BACKUP");
+    }
+    assert!(has(&lab.dir1, "192.0.2.100") && has(&lab.dir1, "192.0.2.101"));
+
+    // VI_DB's weight-0 script fails: VI_DB goes to FAULT, and VI_WEB with it.
+    std::fs::write(&flag, "").unwrap();
+    for name in ["VI_WEB", "VI_DB"] {
+        wait_instance(&d1, name, "FAULT");
+        wait_instance(&d2, name, "MASTER");
+    }
+    let web = instance(&d1, "VI_WEB");
+    assert!(
+        web["fault_reasons"]
+            .to_string()
+            .contains("sync group member VI_DB in fault"),
+        "{web}"
+    );
+    assert!(!has(&lab.dir1, "192.0.2.100") && !has(&lab.dir1, "192.0.2.101"));
+    assert!(has(&lab.dir2, "192.0.2.100") && has(&lab.dir2, "192.0.2.101"));
+    curls_ok(&lab, 5);
+
+    // Fixed: both come back to BACKUP and, with the higher priority, take over together.
+    std::fs::remove_file(&flag).unwrap();
+    for name in ["VI_WEB", "VI_DB"] {
+        wait_instance(&d1, name, "MASTER");
+        wait_instance(&d2, name, "BACKUP");
+    }
+    assert!(has(&lab.dir1, "192.0.2.100") && has(&lab.dir1, "192.0.2.101"));
+    assert!(!has(&lab.dir2, "192.0.2.100") && !has(&lab.dir2, "192.0.2.101"));
+    curls_ok(&lab, 5);
+}

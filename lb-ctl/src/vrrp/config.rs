@@ -39,6 +39,8 @@
 //! [[vrrp_sync_group]]
 //! name = "VG_1"
 //! group = ["VI_1", "VI_2"]              # move together: one's MASTER/BACKUP/FAULT is all's
+//!                                       # (script weights are ignored in a group, as in
+//!                                       # keepalived; a failing weight-0 script faults all)
 //! notify_master = "…"                   # also notify_backup, notify_fault, notify (+ GROUP …)
 //! ```
 
@@ -448,6 +450,18 @@ pub(crate) fn build(
             }
             track_script.push(t.get_ref().clone());
         }
+        // keepalived: "nopreempt will not work with initial state MASTER - clearing" (and the
+        // same for preempt_delay). Seed 003's master block has both; it is accepted as there.
+        let mut nopreempt = r.nopreempt;
+        let mut preempt_delay = preempt_delay;
+        if initial_master && (nopreempt || preempt_delay > Duration::ZERO) {
+            log::warn!(
+                "vrrp_instance {n}: nopreempt and preempt_delay do not work with state MASTER \
+                 (cleared, as keepalived does)"
+            );
+            nopreempt = false;
+            preempt_delay = Duration::ZERO;
+        }
         out.instances.push(Instance {
             name: n,
             initial_master,
@@ -456,7 +470,7 @@ pub(crate) fn build(
             priority,
             adver_int_cs,
             version,
-            nopreempt: r.nopreempt,
+            nopreempt,
             preempt_delay,
             auth,
             vips,
@@ -556,7 +570,10 @@ virtual_ipaddress = ["198.51.100.100/32 dev eth0 label eth0:0", "198.51.100.101"
         let c = parse(SEED, "t.toml").unwrap_or_else(|e| panic!("{e}"));
         let i = &c.vrrp.instances[0];
         assert_eq!(i.name, "VI_1");
-        assert!(i.initial_master && i.nopreempt);
+        // As keepalived: nopreempt is cleared for state MASTER.
+        assert!(i.initial_master && !i.nopreempt);
+        let backup = parse(&SEED.replace("MASTER", "BACKUP"), "t.toml").unwrap();
+        assert!(backup.vrrp.instances[0].nopreempt);
         assert_eq!(
             (i.vrid, i.priority, i.adver_int_cs, i.version),
             (51, 100, 100, 2)
@@ -678,6 +695,38 @@ virtual_ipaddress = ["198.51.100.100/32 dev eth0 label eth0:0", "198.51.100.101"
         );
         let group = format!("{SEED}[[vrrp_sync_group]]\nname = \"G\"\ngroup = [\"VI_9\"]\n");
         assert_eq!(err(&group), "t.toml:14:10: no vrrp_instance named \"VI_9\"");
+    }
+
+    /// Seed 003's two directors, as `examples/ha-master.toml` and `ha-backup.toml`.
+    #[test]
+    fn ha_examples() {
+        for (name, text, state, prio, nopreempt) in [
+            (
+                "ha-master.toml",
+                include_str!("../../../examples/ha-master.toml"),
+                true,
+                200,
+                false,
+            ),
+            (
+                "ha-backup.toml",
+                include_str!("../../../examples/ha-backup.toml"),
+                false,
+                100,
+                true,
+            ),
+        ] {
+            let c = parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            let i = &c.vrrp.instances[0];
+            assert_eq!(
+                (i.initial_master, i.priority, i.nopreempt),
+                (state, prio, nopreempt),
+                "{name}"
+            );
+            assert_eq!((i.vrid, i.auth), (62, Auth::pass("1111")), "{name}");
+            assert_eq!(i.vips[0].addr, Ipv4Addr::new(198, 51, 100, 135), "{name}");
+            assert_eq!(c.model.services.len(), 1, "{name}");
+        }
     }
 
     #[test]

@@ -149,10 +149,8 @@ impl Ha {
 struct Inst {
     cfg: Instance,
     fsm: Fsm,
-    index: u32,
-    mac: [u8; 6],
-    /// (index, mac) of each VIP's interface (a VIP may name another `dev`).
-    vip_links: Vec<u32>,
+    /// (index, MAC) of each VIP's interface (a VIP may name another `dev`).
+    vip_links: Vec<(u32, [u8; 6])>,
     sender: net::Sender,
     counters: Counters,
     /// The own interface's and each tracked interface's state, and each script's.
@@ -202,7 +200,7 @@ impl Shell {
         let mut tasks = Vec::new();
         let mut insts = Vec::new();
         for (i, c) in cfg.instances.into_iter().enumerate() {
-            let (index, mac) = net::link(&nl, &c.interface)
+            let (index, _) = net::link(&nl, &c.interface)
                 .await
                 .with_context(|| format!("vrrp_instance {}", c.name))?;
             let mut vip_links = Vec::new();
@@ -211,8 +209,7 @@ impl Shell {
                 vip_links.push(
                     net::link(&nl, dev)
                         .await
-                        .with_context(|| format!("vrrp_instance {}", c.name))?
-                        .0,
+                        .with_context(|| format!("vrrp_instance {}", c.name))?,
                 );
             }
             // Our address in adverts: unicast_src_ip, else the interface's primary address
@@ -268,8 +265,6 @@ impl Shell {
             insts.push(Inst {
                 cfg: c,
                 fsm,
-                index,
-                mac,
                 vip_links,
                 sender,
                 counters: Counters::default(),
@@ -429,7 +424,10 @@ impl Shell {
                 }
             }
             let mut prio = i32::from(self.insts[i].cfg.priority);
-            for name in &self.insts[i].cfg.track_script {
+            // keepalived ignores weights in a sync group (members with priorities moving
+            // apart would pull the group both ways); only faults count there.
+            let weighted = self.insts[i].group.is_none();
+            for name in self.insts[i].cfg.track_script.iter().filter(|_| weighted) {
                 if let Some(s) = self.scripts.iter().find(|s| &s.cfg.name == name) {
                     // keepalived: a positive weight is added while the script succeeds, a
                     // negative one while it fails.
@@ -616,7 +614,7 @@ impl Shell {
 
     async fn take(&mut self, i: usize) {
         let inst = &self.insts[i];
-        for (v, idx) in inst.cfg.vips.iter().zip(&inst.vip_links) {
+        for (v, (idx, _)) in inst.cfg.vips.iter().zip(&inst.vip_links) {
             if let Err(e) = net::add_vip(&self.nl, *idx, v).await {
                 log::error!("vrrp: {}: {e:#}", inst.cfg.name);
             }
@@ -625,7 +623,7 @@ impl Shell {
 
     async fn release(&mut self, i: usize) {
         let inst = &self.insts[i];
-        for (v, idx) in inst.cfg.vips.iter().zip(&inst.vip_links) {
+        for (v, (idx, _)) in inst.cfg.vips.iter().zip(&inst.vip_links) {
             match net::del_vip(&self.nl, *idx, v).await {
                 Ok(true) => log::info!("vrrp: {}: removed {v}", inst.cfg.name),
                 Ok(false) => {}
@@ -637,13 +635,9 @@ impl Shell {
     /// keepalived's `garp_master_repeat` gratuitous ARPs for every VIP.
     fn garp(&self, i: usize) {
         let inst = &self.insts[i];
-        for (v, idx) in inst.cfg.vips.iter().zip(&inst.vip_links) {
-            // The VIP's own interface's MAC: the one its ARP replies carry.
-            let mac = if *idx == inst.index { inst.mac } else { [0; 6] };
-            if mac == [0; 6] {
-                continue;
-            }
-            if let Err(e) = net::send_garp(*idx, mac, v.addr, inst.cfg.garp_master_repeat) {
+        for (v, (idx, mac)) in inst.cfg.vips.iter().zip(&inst.vip_links) {
+            // From the VIP's own interface, with its MAC: the one its ARP replies carry.
+            if let Err(e) = net::send_garp(*idx, *mac, v.addr, inst.cfg.garp_master_repeat) {
                 log::warn!(
                     "vrrp: {}: gratuitous ARP for {}: {e}",
                     inst.cfg.name,

@@ -546,6 +546,52 @@ mod tests {
         assert!(check(&padded, &e).is_ok());
     }
 
+    /// Random and mutated packets never panic the checker, and only a packet that still
+    /// passes every check is taken (the checker is the daemon's only input from the wire).
+    #[test]
+    fn garbage_never_panics() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let a = Advert {
+            version: 2,
+            vrid: 51,
+            priority: 100,
+            adver_int_cs: 100,
+            addrs: vec![Ipv4Addr::new(192, 0, 2, 100)],
+            auth: Auth::pass("1111"),
+        };
+        let good = ip(SRC, GROUP, 255, &a.encode(SRC, GROUP));
+        let e = expect_v2("1111");
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let mut p = if rng.bool() {
+                good.clone()
+            } else {
+                (0..rng.usize(0..80)).map(|_| rng.u8(..)).collect()
+            };
+            for _ in 0..rng.usize(1..4) {
+                if p.is_empty() {
+                    break;
+                }
+                match rng.u8(0..3) {
+                    0 => {
+                        let i = rng.usize(..p.len());
+                        p[i] = rng.u8(..);
+                    }
+                    1 => p.truncate(rng.usize(..p.len())),
+                    _ => p.push(rng.u8(..)),
+                }
+            }
+            if let Ok(r) = check(&p, &e) {
+                // Whatever got through re-encodes to the same message (its checksum held).
+                assert_eq!(r.advert.vrid, 51, "seed {seed}: {p:?}");
+                assert_eq!(r.advert.auth, e.auth, "seed {seed}: {p:?}");
+                accepted += 1;
+            }
+        }
+        eprintln!("seed {seed}: {accepted} of 200000 mutated packets passed every check");
+    }
+
     #[test]
     fn garp_is_an_arp_request_for_the_vip() {
         let f = garp([2, 0, 0, 0, 0, 1], Ipv4Addr::new(192, 0, 2, 100));
