@@ -194,6 +194,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for i in &interfaces {
         nl.link_by_name(i).await?;
     }
+    // VRRP's interfaces, addresses and sockets, before anything is touched.
+    if let Some(c) = &cfg {
+        crate::vrrp::preflight(&c.vrrp).await?;
+    }
     // One owner: nothing below (maps, programs, links, settings) is touched before this
     // daemon holds the pin directory, and the socket is its own.
     let _lock = lock_pin_dir(&settings.pin_dir)?;

@@ -11,6 +11,7 @@
 //!   rs2    192.0.2.12 ──┘
 //! ```
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,7 +121,15 @@ impl Keepalived {
 
     fn launch(&mut self) {
         let d = self.dir.path();
+        // A killed keepalived leaves its pid files, and its VRRP child may linger as a zombie
+        // no one reaps here: keepalived would take that for a running daemon and refuse.
+        let _ = std::fs::remove_file(d.join("keepalived.pid"));
+        let _ = std::fs::remove_file(d.join("vrrp.pid"));
         let mut cmd = Command::new("nsenter");
+        // Its own process group, so that a kill reaches the parent and its VRRP child at
+        // once: killed one by one, the child would see its parent die and leave gracefully
+        // (a priority-0 advert), which is not the death the tests mean.
+        cmd.process_group(0);
         cmd.arg(format!("--net={}", self.netns.display()))
             .arg(crate::cmd::tool("keepalived"))
             .args(["--vrrp", "--dont-fork", "--log-console", "--log-detail"])
@@ -141,11 +150,13 @@ impl Keepalived {
         std::fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
     }
 
+    /// SIGKILL to keepalived and its VRRP child at once (a dead peer: no priority 0).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
+            // SAFETY: kill(2) on the process group our keepalived leads.
+            unsafe { libc::kill(-(p.pid() as i32), libc::SIGKILL) };
             p.kill();
         }
-        // keepalived's VRRP child may outlive the parent's SIGKILL: end it by its pid file.
         self.kill_child();
     }
 

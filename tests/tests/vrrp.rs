@@ -719,3 +719,120 @@ group = ["VI_WEB", "VI_DB"]
     assert!(!has(&lab.dir2, "192.0.2.100") && !has(&lab.dir2, "192.0.2.101"));
     curls_ok(&lab, 5);
 }
+
+#[test]
+fn keepalived_v3_unicast_peer_accepts_ours_and_we_accept_its() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("vrrp");
+    let c1 = config_text(
+        &dir,
+        "d1.toml",
+        &format!(
+            r#"
+[[vrrp_instance]]
+name = "VI_1"
+state = "MASTER"
+interface = "eth0"
+virtual_router_id = 81
+priority = 150
+version = 3
+advert_int = 1
+virtual_ipaddress = ["192.0.2.100/32"]
+unicast_src_ip = "{DIR1_IP}"
+unicast_peer = ["{PEER_IP}"]
+"#
+        ),
+    );
+    let ka_conf = format!(
+        "global_defs {{\n  router_id peer\n  vrrp_version 3\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 81\n  \
+         priority 100\n  advert_int 1\n  unicast_src_ip {PEER_IP}\n  unicast_peer {{\n    \
+         {DIR1_IP}\n  }}\n  virtual_ipaddress {{\n    192.0.2.100/32 dev eth0\n  }}\n}}\n"
+    );
+    let mut d1 = start(&lab.dir1, &c1);
+    let ka = Keepalived::start(&lab.peer, &ka_conf);
+    wait_for(BOUND, || (state(&d1) == "MASTER").then_some(()))
+        .unwrap_or_else(|| panic!("{}\n{}", d1.log(), ka.log()));
+    std::thread::sleep(Duration::from_secs(5));
+    let log = ka.log();
+    assert!(
+        !HaLab::has_vip(&lab.peer),
+        "keepalived took the VIP:\n{log}"
+    );
+    assert!(log.contains("Entering BACKUP STATE"), "{log}");
+    for complaint in ["nvalid", "mismatch", "expected", "too short", "too long"] {
+        assert!(!log.contains(complaint), "keepalived: {complaint}:\n{log}");
+    }
+
+    // keepalived takes over when we leave, and its v3 unicast adverts pass our checks.
+    d1.stop();
+    wait_for(BOUND, || HaLab::has_vip(&lab.peer).then_some(()))
+        .unwrap_or_else(|| panic!("keepalived did not take over:\n{}", ka.log()));
+    d1.restart();
+    wait_state(&d1, "MASTER", &d1);
+    let s = vrrp(&d1);
+    assert!(s["counters"]["adverts_received"].as_u64() > Some(0), "{s}");
+    assert!(
+        s["counters"]["errors"]
+            .as_object()
+            .is_none_or(|e| e.is_empty()),
+        "{s}"
+    );
+    wait_for(BOUND, || (!HaLab::has_vip(&lab.peer)).then_some(()))
+        .unwrap_or_else(|| panic!("keepalived kept the VIP:\n{}", ka.log()));
+    curls_ok(&lab, 5);
+}
+
+#[test]
+fn an_instance_that_cannot_run_stops_the_daemon_before_it_touches_anything() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("vrrp");
+    // v0 exists but has no IPv4 address to advertise from.
+    lab.dir1
+        .ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    lab.dir1.ip(&["link", "set", "dev", "v0", "up"]);
+    let cfg = config_text(
+        &dir,
+        "bad.toml",
+        r#"
+[director]
+vips = ["192.0.2.150/32 dev eth0"]
+
+[[vrrp_instance]]
+name = "VI_X"
+interface = "v0"
+virtual_router_id = 9
+virtual_ipaddress = ["192.0.2.100/32"]
+"#,
+    );
+    let pin = lb_tests::pin_root().join(format!("never-{}", lb_tests::next_id()));
+    let out = lab
+        .dir1
+        .nsenter(lb_tests::lb_ctl())
+        .args(["daemon", "-i", "eth0", "--config"])
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--pin-path")
+        .arg(&pin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let exists = pin.exists();
+    if exists {
+        let _ = std::fs::remove_dir_all(&pin);
+    }
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("vrrp_instance VI_X: v0 has no IPv4 address to send adverts from"),
+        "{err}"
+    );
+    assert!(
+        !exists,
+        "the daemon made its pin dir before refusing: {err}"
+    );
+    let shown = lab.dir1.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(!shown.contains("192.0.2.150"), "a vip was added: {shown}");
+    let xdp = lab.dir1.ip(&["link", "show", "dev", "eth0"]);
+    assert!(!xdp.contains("xdp"), "an XDP program was attached: {xdp}");
+}

@@ -200,38 +200,12 @@ impl Shell {
         let mut tasks = Vec::new();
         let mut insts = Vec::new();
         for (i, c) in cfg.instances.into_iter().enumerate() {
-            let (index, _) = net::link(&nl, &c.interface)
-                .await
-                .with_context(|| format!("vrrp_instance {}", c.name))?;
-            let mut vip_links = Vec::new();
-            for v in &c.vips {
-                let dev = v.dev.as_deref().unwrap_or(&c.interface);
-                vip_links.push(
-                    net::link(&nl, dev)
-                        .await
-                        .with_context(|| format!("vrrp_instance {}", c.name))?,
-                );
-            }
-            // Our address in adverts: unicast_src_ip, else the interface's primary address
-            // (not one of the VIPs, which come and go).
-            let addrs = net::addresses(&nl, index).await?;
-            let src = c.unicast_src_ip.or_else(|| {
-                addrs
-                    .iter()
-                    .map(|(a, _)| *a)
-                    .find(|a| !c.vips.iter().any(|v| v.addr == *a))
-            });
-            let Some(src) = src else {
-                anyhow::bail!(
-                    "vrrp_instance {}: {} has no IPv4 address to send adverts from",
-                    c.name,
-                    c.interface
-                );
-            };
-            let sender = net::Sender::new(&c.interface, src)
-                .with_context(|| format!("vrrp_instance {}", c.name))?;
-            let receiver = net::Receiver::new(&c.interface, index, c.unicast_peer.is_empty())
-                .with_context(|| format!("vrrp_instance {}", c.name))?;
+            let Resolved {
+                vip_links,
+                src,
+                sender,
+                receiver,
+            } = resolve(&nl, &c).await?;
             let tx = tx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
@@ -677,6 +651,63 @@ impl Shell {
             .collect();
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = v;
     }
+}
+
+/// What an instance needs from the system: its VIPs' interfaces, its advert source, its
+/// sockets.
+struct Resolved {
+    vip_links: Vec<(u32, [u8; 6])>,
+    src: Ipv4Addr,
+    sender: net::Sender,
+    receiver: net::Receiver,
+}
+
+async fn resolve(nl: &rtnetlink::Handle, c: &Instance) -> anyhow::Result<Resolved> {
+    let ctx = || format!("vrrp_instance {}", c.name);
+    let (index, _) = net::link(nl, &c.interface).await.with_context(ctx)?;
+    let mut vip_links = Vec::new();
+    for v in &c.vips {
+        let dev = v.dev.as_deref().unwrap_or(&c.interface);
+        vip_links.push(net::link(nl, dev).await.with_context(ctx)?);
+    }
+    // Our address in adverts: unicast_src_ip, else the interface's primary address (not one
+    // of the VIPs, which come and go).
+    let addrs = net::addresses(nl, index).await.with_context(ctx)?;
+    let src = c.unicast_src_ip.or_else(|| {
+        addrs
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| !c.vips.iter().any(|v| v.addr == *a))
+    });
+    let Some(src) = src else {
+        anyhow::bail!(
+            "vrrp_instance {}: {} has no IPv4 address to send adverts from",
+            c.name,
+            c.interface
+        );
+    };
+    let sender = net::Sender::new(&c.interface, src).with_context(ctx)?;
+    let receiver =
+        net::Receiver::new(&c.interface, index, c.unicast_peer.is_empty()).with_context(ctx)?;
+    Ok(Resolved {
+        vip_links,
+        src,
+        sender,
+        receiver,
+    })
+}
+
+/// Checks, before the daemon touches anything, that every instance can run: its interfaces
+/// exist, it has an address to advertise from, its sockets open. Nothing is kept.
+pub async fn preflight(cfg: &VrrpConfig) -> anyhow::Result<()> {
+    if cfg.instances.is_empty() {
+        return Ok(());
+    }
+    let nl = net::netlink()?;
+    for c in &cfg.instances {
+        resolve(&nl, c).await?;
+    }
+    Ok(())
 }
 
 /// Runs `sh -c script`; good when it exits 0 within `timeout` (killed otherwise).
