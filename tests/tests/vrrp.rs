@@ -128,8 +128,8 @@ fn master_sigkill_backup_takes_over_and_master_preempts_back() {
         !HaLab::has_vip(&lab.dir2),
         "the BACKUP does not hold the VIP"
     );
-    let b = vrrp(&d2);
-    assert_eq!(b["master"], DIR1_IP.to_string(), "{b}");
+    // The BACKUP learns the master from its adverts (one per second).
+    let b = wait_master(&d2, "VI_1", DIR1_IP);
     assert!(b["counters"]["adverts_received"].as_u64() > Some(0), "{b}");
     curls_ok(&lab, 10);
     assert_eq!(client_vip_mac(&lab), lab.dir1.mac("eth0"));
@@ -565,6 +565,21 @@ fn wait_instance(d: &Daemon, name: &str, want: &str) -> Duration {
     }
 }
 
+/// Waits until instance `name` of `d` names `master` as the master; its status then.
+fn wait_master(d: &Daemon, name: &str, master: Ipv4Addr) -> Value {
+    match wait_for(BOUND, || {
+        let s = instance(d, name);
+        (s["master"] == master.to_string()).then_some(s)
+    }) {
+        Some((_, s)) => s,
+        None => panic!(
+            "{name}: master not {master} within {BOUND:?}: {}\n{}",
+            instance(d, name),
+            d.log()
+        ),
+    }
+}
+
 fn has(ns: &Netns, addr: &str) -> bool {
     ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
         .contains(&format!("inet {addr}/32"))
@@ -613,8 +628,7 @@ track_script = ["chk"]
     let d2 = start(&lab.dir2, &c2);
     wait_instance(&d1, "VI_1", "MASTER");
     wait_instance(&d2, "VI_1", "BACKUP");
-    let s = instance(&d2, "VI_1");
-    assert_eq!(s["master"], DIR1_IP.to_string(), "{s}");
+    let s = wait_master(&d2, "VI_1", DIR1_IP);
     assert_eq!(s["version"], 3, "{s}");
     assert!(
         s["counters"]["errors"]
