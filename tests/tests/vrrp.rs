@@ -850,3 +850,47 @@ virtual_ipaddress = ["192.0.2.100/32"]
     let xdp = lab.dir1.ip(&["link", "show", "dev", "eth0"]);
     assert!(!xdp.contains("xdp"), "an XDP program was attached: {xdp}");
 }
+
+#[test]
+fn a_tracked_interface_going_down_faults_the_instance_and_its_return_restores_it() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("vrrp");
+    // t0 stands for a second NIC (the real servers' side, say): its carrier follows t1.
+    lab.dir1
+        .ip(&["link", "add", "t0", "type", "veth", "peer", "name", "t1"]);
+    lab.dir1.ip(&["link", "set", "dev", "t0", "up"]);
+    lab.dir1.ip(&["link", "set", "dev", "t1", "up"]);
+    let cfg = config_text(
+        &dir,
+        "d1.toml",
+        r#"
+[[vrrp_instance]]
+name = "VI_1"
+state = "MASTER"
+interface = "eth0"
+virtual_router_id = 91
+priority = 150
+virtual_ipaddress = ["192.0.2.100/32"]
+track_interface = ["t0"]
+"#,
+    );
+    let d1 = start(&lab.dir1, &cfg);
+    wait_state(&d1, "MASTER", &d1);
+    curls_ok(&lab, 3);
+    lab.dir1.ip(&["link", "set", "dev", "t1", "down"]);
+    wait_state(&d1, "FAULT", &d1);
+    let s = vrrp(&d1);
+    assert!(
+        s["fault_reasons"].to_string().contains("interface t0 down"),
+        "{s}"
+    );
+    assert!(!HaLab::has_vip(&lab.dir1), "FAULT releases the VIP");
+    assert!(
+        s["counters"]["priority_zero_sent"].as_u64() > Some(0),
+        "a MASTER going to FAULT hands over with priority 0: {s}"
+    );
+    lab.dir1.ip(&["link", "set", "dev", "t1", "up"]);
+    wait_state(&d1, "MASTER", &d1);
+    assert!(HaLab::has_vip(&lab.dir1));
+    curls_ok(&lab, 3);
+}
