@@ -179,12 +179,13 @@ struct Shell {
     status: Arc<Mutex<Vec<InstanceStatus>>>,
     rx: mpsc::Receiver<Input>,
     epoch: Instant,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Socket readers and script runners, aborted with the shell.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        for t in &self._tasks {
+        for t in &self.tasks {
             t.abort();
         }
     }
@@ -277,7 +278,7 @@ impl Shell {
             status,
             rx,
             epoch: Instant::now(),
-            _tasks: tasks,
+            tasks,
         };
         // The VIPs belong to the instance: a BACKUP does not hold them, whoever added them
         // (keepalived removes them at start too).
