@@ -41,6 +41,8 @@ pub struct Config {
     pub global: GlobalDefs,
     /// Health checks, quorum and sorry servers, by service (every service has an entry).
     pub health: HealthSpecs,
+    /// `[[vrrp_instance]]`, `[[vrrp_script]]`, `[[vrrp_sync_group]]` (see `crate::vrrp`).
+    pub vrrp: crate::vrrp::config::VrrpConfig,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -64,6 +66,9 @@ pub struct Director {
     /// IPVS `expire_quiescent_template`: persistence does not send new connections to a
     /// real server with weight 0.
     pub expire_quiescent_template: bool,
+    /// `vips`: addresses the daemon adds at start and removes at stop (without VRRP; the
+    /// seeds' `ifconfig eth0:0 VIP`). A `dev`-less one goes on the first interface.
+    pub vips: Vec<crate::vrrp::config::Vip>,
 }
 
 impl Director {
@@ -82,6 +87,7 @@ impl Default for Director {
             mh_table_size: lb_common::size::DEFAULT_MH_TABLE,
             expire_nodest_conn: false,
             expire_quiescent_template: false,
+            vips: Vec::new(),
         }
     }
 }
@@ -172,6 +178,12 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    vrrp_instance: Vec<Spanned<crate::vrrp::config::RawInstance>>,
+    #[serde(default)]
+    vrrp_script: Vec<Spanned<crate::vrrp::config::RawScript>>,
+    #[serde(default)]
+    vrrp_sync_group: Vec<Spanned<crate::vrrp::config::RawSyncGroup>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +200,8 @@ struct RawDirector {
     expire_nodest_conn: bool,
     #[serde(default)]
     expire_quiescent_template: bool,
+    #[serde(default)]
+    vips: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -316,13 +330,13 @@ impl<'de> Deserialize<'de> for RawSecs {
 }
 
 /// A semantic error at a byte offset of the text.
-struct Problem {
+pub(crate) struct Problem {
     offset: usize,
     message: String,
 }
 
 impl Problem {
-    fn at<T>(value: &Spanned<T>, message: String) -> Self {
+    pub(crate) fn at<T>(value: &Spanned<T>, message: String) -> Self {
         Problem {
             offset: value.span().start,
             message,
@@ -356,6 +370,8 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         None => GlobalDefs::default(),
     };
     let mut health = HealthSpecs::new();
+    let vrrp =
+        crate::vrrp::config::build(&raw.vrrp_instance, &raw.vrrp_script, &raw.vrrp_sync_group)?;
 
     let mut model = Model::default();
     // Where each service began, for the "first defined at" of a duplicate.
@@ -405,6 +421,7 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         model,
         global,
         health,
+        vrrp,
     })
 }
 
@@ -459,7 +476,16 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
         }
         None => lb_common::size::DEFAULT_MH_TABLE,
     };
+    let mut vips: Vec<crate::vrrp::config::Vip> = Vec::new();
+    for v in &raw.vips {
+        let vip = crate::vrrp::config::parse_vip(v.get_ref()).map_err(|m| Problem::at(v, m))?;
+        if vips.iter().any(|x| x.addr == vip.addr) {
+            return Err(Problem::at(v, format!("duplicate address {}", vip.addr)));
+        }
+        vips.push(vip);
+    }
     Ok(Director {
+        vips,
         interfaces,
         conn_table_size,
         embryonic_table_size,
@@ -1050,8 +1076,18 @@ fn build_check(
     })
 }
 
+/// Linux's rules for interface names (dev_valid_name): 1..15 bytes, no '/', ':' or
+/// whitespace, not "." or "..".
+pub(crate) fn valid_ifname(n: &str) -> bool {
+    !(n.is_empty()
+        || n.len() > 15
+        || n == "."
+        || n == ".."
+        || n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()))
+}
+
 /// The integer `v` as a `T` within `lo..=hi`.
-fn ranged<T>(v: &Spanned<i64>, name: &str, lo: T, hi: T) -> Result<T, Problem>
+pub(crate) fn ranged<T>(v: &Spanned<i64>, name: &str, lo: T, hi: T) -> Result<T, Problem>
 where
     T: TryFrom<i64> + PartialOrd + fmt::Display + Copy,
 {
@@ -1064,7 +1100,7 @@ where
     }
 }
 
-fn ipv4(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
+pub(crate) fn ipv4(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
     let s = v.get_ref();
     s.parse::<Ipv4Addr>().map_err(|_| {
         if s.parse::<Ipv6Addr>().is_ok() {
@@ -1376,13 +1412,13 @@ mod tests {
             "[director]\ninterface = []\n",
             2,
             1,
-            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, embryonic_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template)",
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, embryonic_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template, vips)",
         );
         assert_err(
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: global, director, timeouts, service)",
+            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group)",
         );
     }
 

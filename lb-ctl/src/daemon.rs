@@ -189,6 +189,12 @@ struct Daemon {
     /// complete or time out, a flood.
     embryo_seen: (u64, u64, u64),
     embryos_evicted: u64,
+    // High availability (crate::vrrp): the VRRP instances, and `[director] vips` this
+    // daemon added. Released on a graceful stop, left on SIGKILL.
+    vrrp: Option<crate::vrrp::Ha>,
+    director_vips: Option<crate::vrrp::OwnedVips>,
+    vrrp_config: crate::vrrp::config::VrrpConfig,
+    vips_config: Vec<crate::vrrp::config::Vip>,
     /// Health checks: `model` is the configured table (config file and ipvsadm-style
     /// edits); the data path gets `health.effective(&model)`.
     hc: HealthWiring,
@@ -255,6 +261,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let nl = Netlink::new()?;
     for i in &interfaces {
         nl.link_by_name(i).await?;
+    }
+    // VRRP's interfaces, addresses and sockets, before anything is touched.
+    if let Some(c) = &cfg {
+        crate::vrrp::preflight(&c.vrrp).await?;
     }
     // One owner: nothing below (maps, programs, links, settings) is touched before this
     // daemon holds the pin directory, and the socket is its own.
@@ -354,6 +364,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let clock = dp.start_clock()?;
     let sweeper = dp.start_sweep()?;
+    // High availability: the VIPs come last, once the data path serves them.
+    let director_vips = crate::vrrp::OwnedVips::add(
+        &cfg.as_ref()
+            .map(|c| c.director.vips.clone())
+            .unwrap_or_default(),
+        &interfaces[0],
+    )
+    .await?;
+    let vrrp = match cfg.as_ref().map(|c| &c.vrrp) {
+        Some(v) if !v.instances.is_empty() => Some(crate::vrrp::Ha::start(v.clone())?),
+        _ => None,
+    };
     log::info!(
         "ready: {} services, control socket {}",
         model.services.len(),
@@ -371,9 +393,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         embryo_seen: (0, 0, 0),
         embryos_evicted: 0,
         hc,
+        vrrp,
+        director_vips: Some(director_vips),
+        vrrp_config: cfg.as_ref().map(|c| c.vrrp.clone()).unwrap_or_default(),
+        vips_config: cfg
+            .as_ref()
+            .map(|c| c.director.vips.clone())
+            .unwrap_or_default(),
     };
     d.hc.start(hc_changes)?;
     let keep = d.serve(listener).await;
+    // A graceful stop hands the VIPs over first: priority 0, addresses removed.
+    if let Some(v) = d.vrrp.take() {
+        v.stop();
+    }
+    if let Some(v) = d.director_vips.take() {
+        v.remove().await;
+    }
     drop(socket_file);
     drop(clock);
     // Stopped (a pass part way through stops where it is) before the maps may go.
@@ -818,6 +854,12 @@ impl Daemon {
             bail!("the daemon was started without --config: nothing to reload");
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cfg.vrrp != self.vrrp_config || cfg.director.vips != self.vips_config {
+            log::warn!(
+                "reload: VRRP instances and [director] vips are applied at start only; the \
+                 running ones are kept (restart the daemon to change them)"
+            );
+        }
         // As `ipvsadm --set`: a timeout the file leaves out keeps its current value.
         let mut timeouts = self.timeouts;
         if let Some(t) = cfg.timeouts {
@@ -910,6 +952,7 @@ impl Daemon {
                     "real_servers": self.resolver.status(),
                     "health": self.hc.health.status(),
                     "pools": pools_json(self.dp.pool_usage()),
+                    "vrrp": self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default(),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),

@@ -14,3 +14,4 @@ pub mod notify;
 pub mod realserver;
 pub mod resolve;
 pub mod sched;
+pub mod vrrp;

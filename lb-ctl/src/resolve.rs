@@ -522,8 +522,12 @@ impl Resolver {
                 s.iface = iface;
                 let old = self.paths.insert(addr, path);
                 let hop = (path.ifindex, path.next_hop);
-                if old.map(|o| (o.ifindex, o.next_hop)) != Some(hop) && !self.created.contains(&hop)
-                {
+                let moved = old.map(|o| (o.ifindex, o.next_hop)) != Some(hop);
+                // No MAC: the entry may be gone although we created it (a link that lost
+                // carrier flushes its neighbours, managed ones too): create it again, or
+                // the server stays unreachable until the next full resync (VRRP's link-down
+                // failback found this).
+                if (moved && !self.created.contains(&hop)) || path.dmac.is_none() {
                     match self.nl.ensure_managed(hop.0, hop.1).await {
                         Ok(true) => {
                             self.created.insert(hop);

@@ -352,7 +352,7 @@ impl DrLab {
 
 /// A host namespace on the DR segment: `eth0` with `ip`/24, its veth peer (named `port`) on
 /// the bridge in `switch`.
-fn host(switch: &Netns, port: &str, ip: Ipv4Addr) -> Netns {
+pub(crate) fn host(switch: &Netns, port: &str, ip: Ipv4Addr) -> Netns {
     let ns = new_host(port);
     plug(switch, BRIDGE, port, &ns, HOST_IFACE, ip);
     ns
@@ -367,7 +367,7 @@ fn new_host(label: &str) -> Netns {
 }
 
 /// The "switch" namespace with one bridge per name in `bridges`, all up.
-fn new_switch(bridges: &[&str]) -> Netns {
+pub(crate) fn new_switch(bridges: &[&str]) -> Netns {
     let switch = new_host("sw");
     for bridge in bridges {
         // STP is off by default, so ports forward at once (no listening/learning delay).
@@ -423,7 +423,7 @@ fn forwarding(ns: &Netns, ifaces: &[&str]) {
 }
 
 /// The tutorial's DR real-server script: ARP for the VIP silenced, then the VIP on `lo`.
-fn dr_real_server(ns: &Netns, vip: Ipv4Addr) {
+pub(crate) fn dr_real_server(ns: &Netns, vip: Ipv4Addr) {
     // Set before the VIP exists on lo so the server never answers or announces ARP for it:
     // the VIP must resolve to the director only.
     ns.sysctls(&[

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod demo;
 pub mod fuzz;
+pub mod ha;
 pub mod lab;
 pub mod netns;
 pub mod nginx;

@@ -17,6 +17,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "procps",
+    // A real VRRP peer for the HA interop tests (`tests/tests/vrrp.rs`).
+    "keepalived",
 ];
 
 /// The bpf-linker release known to build against rustc's LLVM on this image.
