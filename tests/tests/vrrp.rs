@@ -275,6 +275,18 @@ fn keepalived_as_backup_and_as_master() {
     let mut ka = Keepalived::start(&lab.peer, &keepalived_conf("BACKUP", 100));
     wait_for(BOUND, || (state(&d1) == "MASTER").then_some(()))
         .unwrap_or_else(|| panic!("{}\n{}", d1.log(), ka.log()));
+    // keepalived has started and settled as BACKUP (on a loaded machine its start can come
+    // after ours has become MASTER).
+    wait_for(BOUND * 3, || {
+        ka.log().contains("Entering BACKUP STATE").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "keepalived never entered BACKUP:\n{}\n{}",
+            ka.log(),
+            d1.log()
+        )
+    });
     // keepalived hears us: it never takes the VIP while we advertise.
     std::thread::sleep(Duration::from_secs(5));
     assert!(
