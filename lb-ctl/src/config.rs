@@ -32,6 +32,8 @@ pub struct Config {
     /// `[timeouts]`, if given; a key left out is 0, which means "unchanged" as in `ipvsadm --set`.
     pub timeouts: Option<Timeouts>,
     pub model: Model,
+    /// `[metrics] listen`: where `/metrics` is served (off when absent; `--metrics` wins).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -161,6 +163,15 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -294,10 +305,23 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
             dests.insert((dest.addr, dest.port), rs.span().start);
         }
     }
+    let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+        Some(l) => Some(l.get_ref().parse().map_err(|_| {
+            Problem::at(
+                &l,
+                format!(
+                    "metrics listen {:?}: not an ADDRESS:PORT (e.g. \"127.0.0.1:9595\")",
+                    l.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     Ok(Config {
         director,
         timeouts,
         model,
+        metrics_listen,
     })
 }
 
@@ -806,7 +830,7 @@ mod tests {
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: director, timeouts, service)",
+            "unknown key \"services\" (expected one of: director, timeouts, service, metrics)",
         );
     }
 
@@ -1072,6 +1096,25 @@ mod tests {
             e.to_string()
                 .starts_with("/nonexistent/lb.toml: cannot read the file: "),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_parsed_and_a_bad_one_located() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9595\"\n", "t.toml").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9595".parse().unwrap()));
+        assert_eq!(parse("", "t.toml").unwrap().metrics_listen, None);
+        assert_err(
+            "[metrics]\nlisten = \"localhost\"\n",
+            2,
+            10,
+            "metrics listen \"localhost\": not an ADDRESS:PORT (e.g. \"127.0.0.1:9595\")",
+        );
+        assert_err(
+            "[metrics]\nport = 1\n",
+            2,
+            1,
+            "unknown key \"port\" (expected one of: listen)",
         );
     }
 }

@@ -41,6 +41,8 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     pub conn_table_size: Option<u32>,
     pub xdp_mode: XdpMode,
+    /// `--metrics`: where to serve `/metrics` (the config's `[metrics] listen` otherwise).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// IPVS estimates rates every 2 s.
@@ -165,6 +167,10 @@ struct Daemon {
     /// complete or time out, a flood.
     embryo_seen: (u64, u64, u64),
     embryos_evicted: u64,
+    /// Operations (issue 12): the figures `/metrics` serves (if enabled) and the real
+    /// servers' path states last logged.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    paths_seen: crate::logging::PathWatch,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` request.
@@ -193,6 +199,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _lock = lock_pin_dir(&settings.pin_dir)?;
     let listener = bind_socket(&settings.socket)?;
     let socket_file = SocketFile(settings.socket.clone());
+    // Bound before the data path is touched: a bad or busy address changes nothing.
+    let (metrics, metrics_server) = match settings
+        .metrics
+        .or(cfg.as_ref().and_then(|c| c.metrics_listen))
+    {
+        Some(addr) => {
+            let m = Arc::new(crate::metrics::Metrics::new());
+            let server = m.serve(addr)?;
+            (Some(m), Some(server))
+        }
+        None => (None, None),
+    };
     let desired_size = settings
         .conn_table_size
         .or(cfg.as_ref().map(|c| c.director.conn_table_size))
@@ -271,6 +289,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         model.services.len(),
         settings.socket.display()
     );
+    crate::logging::model_changes(&Model::default(), &model);
     let mut d = Daemon {
         settings,
         dp,
@@ -281,8 +300,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         last_sweep: Default::default(),
         embryo_seen: (0, 0, 0),
         embryos_evicted: 0,
+        metrics,
+        paths_seen: Default::default(),
     };
+    d.ops_tick();
+    // systemd (Type=notify): ready only now, with the programs attached and the config
+    // applied; without $NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("telling systemd we are ready: {e}");
+    }
     let keep = d.serve(listener).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(metrics_server);
     drop(socket_file);
     drop(clock);
     let keep = keep?;
@@ -548,6 +577,8 @@ impl Daemon {
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rates = interval(RATE_INTERVAL);
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ops = interval(Duration::from_secs(1));
+        ops.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::channel::<Call>(QUEUE);
         let acceptor = tokio::spawn(accept(listener, tx));
         let stop = loop {
@@ -560,6 +591,7 @@ impl Daemon {
                 },
                 _ = sweep.tick() => self.tick().await,
                 _ = rates.tick() => self.estimator.update(self.dp.all_stats()),
+                _ = ops.tick() => self.ops_tick(),
                 call = rx.recv() => {
                     let Some(Call { req, reply }) = call else {
                         bail!("the control socket's listener stopped");
@@ -670,9 +702,45 @@ impl Daemon {
             return Err(e);
         }
         self.resolver.commit(plan).await;
+        crate::logging::model_changes(&self.model, &model);
         self.model = model;
         self.resolver.prune(&self.model, true).await;
         Ok(())
+    }
+
+    /// Once a second: log the real servers' path transitions and publish the figures
+    /// `/metrics` serves (the reads `-Ln --stats` and `status` make).
+    fn ops_tick(&mut self) {
+        self.paths_seen.update(&self.resolver.status());
+        let Some(m) = &self.metrics else { return };
+        let r = &self.last_sweep;
+        let real_servers = self
+            .resolver
+            .status()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    s.get("address")?.as_str()?.to_string(),
+                    s.get("state")?.as_str()? == "resolved",
+                ))
+            })
+            .collect();
+        m.publish(crate::metrics::Sample {
+            snapshot: self.dp.snapshot(None, &self.estimator.rates),
+            counters: self.dp.counters(),
+            tables: crate::metrics::Tables {
+                conn_entries: r.entries as u64,
+                conn_expired_last_sweep: r.expired as u64,
+                templates: r.templates as u64,
+                templates_expired_last_sweep: r.templates_expired as u64,
+                embryonic_size: self.dp.embryo_table_size().into(),
+                embryonic_entries: r.embryonic as u64,
+                embryonic_expired_last_sweep: r.embryonic_expired as u64,
+            },
+            real_servers,
+        });
     }
 
     async fn reload(&mut self) -> anyhow::Result<()> {

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod neigh;
 pub mod notify;
