@@ -59,14 +59,14 @@ pub fn model_changes(old: &Model, new: &Model) {
             None => tracing::info!(
                 change = "service_added",
                 service = %key,
-                scheduler = ?e.config.scheduler,
+                scheduler = %e.config.scheduler,
                 real_servers = e.dests.len(),
                 "service {key} added"
             ),
             Some(o) if o.config != e.config => tracing::info!(
                 change = "service_edited",
                 service = %key,
-                scheduler = ?e.config.scheduler,
+                scheduler = %e.config.scheduler,
                 persistence = ?e.config.persistence.map(|p| p.timeout),
                 "service {key} edited"
             ),
