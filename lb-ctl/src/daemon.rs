@@ -712,7 +712,10 @@ impl Daemon {
     /// `/metrics` serves (the reads `-Ln --stats` and `status` make).
     fn ops_tick(&mut self) {
         self.paths_seen.update(&self.resolver.status());
-        let Some(m) = &self.metrics else { return };
+        let Some(m) = self.metrics.as_ref().filter(|m| m.due()) else {
+            return;
+        };
+        let started = std::time::Instant::now();
         let r = &self.last_sweep;
         let real_servers = self
             .resolver
@@ -727,7 +730,7 @@ impl Daemon {
                 ))
             })
             .collect();
-        m.publish(crate::metrics::Sample {
+        let mut sample = crate::metrics::Sample {
             snapshot: self.dp.snapshot(None, &self.estimator.rates),
             counters: self.dp.counters(),
             tables: crate::metrics::Tables {
@@ -740,7 +743,10 @@ impl Daemon {
                 embryonic_expired_last_sweep: r.embryonic_expired as u64,
             },
             real_servers,
-        });
+            read_seconds: 0.0,
+        };
+        sample.read_seconds = started.elapsed().as_secs_f64();
+        m.publish(sample);
     }
 
     async fn reload(&mut self) -> anyhow::Result<()> {

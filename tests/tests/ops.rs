@@ -960,3 +960,49 @@ fn the_package_installs_into_a_scratch_root_and_its_unit_verifies() {
         "verify missed a bad Type=: {said:?}"
     );
 }
+
+#[test]
+fn a_busy_metrics_address_stops_the_daemon_before_it_changes_anything() {
+    let lab = DrLab::new(2);
+    let iface = lab.director_iface();
+    // Something else already listens there.
+    let _taken = lab
+        .director()
+        .enter(|| std::net::TcpListener::bind(("127.0.0.1", METRICS_PORT)))
+        .unwrap();
+    let addr = format!("127.0.0.1:{METRICS_PORT}");
+    let (mut m, _) = manual(
+        lab.director(),
+        &[],
+        &dr_config(iface),
+        &["--metrics", &addr],
+        &[],
+    );
+    let st = m.proc.wait_timeout(Duration::from_secs(20));
+    let log = m.proc.log();
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}: {log}");
+    assert!(
+        log.contains(&format!("metrics listener on {addr}")),
+        "no clear error: {log}"
+    );
+    assert!(!xdp_attached(lab.director(), iface), "{log}");
+    // The same from the config file: a bad address there is refused with its line.
+    let (mut m, _) = manual(
+        lab.director(),
+        &[],
+        &format!("{}[metrics]\nlisten = \"9595\"\n", dr_config(iface)),
+        &[],
+        &[],
+    );
+    let st = m.proc.wait_timeout(Duration::from_secs(20));
+    let log = m.proc.log();
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}: {log}");
+    assert!(
+        log.contains(&format!(
+            "lb.toml:{}:10: metrics listen \"9595\"",
+            dr_config(iface).lines().count() + 2
+        )),
+        "{log}"
+    );
+    assert!(!xdp_attached(lab.director(), iface), "{log}");
+}
