@@ -43,6 +43,8 @@ pub struct Config {
     pub health: HealthSpecs,
     /// `[[vrrp_instance]]`, `[[vrrp_script]]`, `[[vrrp_sync_group]]` (see `crate::vrrp`).
     pub vrrp: crate::vrrp::config::VrrpConfig,
+    /// `[metrics] listen`: where `/metrics` is served (off when absent; `--metrics` wins).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -184,6 +186,14 @@ struct RawFile {
     vrrp_script: Vec<Spanned<crate::vrrp::config::RawScript>>,
     #[serde(default)]
     vrrp_sync_group: Vec<Spanned<crate::vrrp::config::RawSyncGroup>>,
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +425,18 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         }
         health.insert(key, build_health(svc.get_ref(), &model.services[&key])?);
     }
+    let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+        Some(l) => Some(l.get_ref().parse().map_err(|_| {
+            Problem::at(
+                &l,
+                format!(
+                    "metrics listen {:?}: not an ADDRESS:PORT (e.g. \"127.0.0.1:9595\")",
+                    l.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     Ok(Config {
         director,
         timeouts,
@@ -422,6 +444,7 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         global,
         health,
         vrrp,
+        metrics_listen,
     })
 }
 
@@ -1418,7 +1441,7 @@ mod tests {
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group)",
+            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group, metrics)",
         );
     }
 
@@ -1996,6 +2019,25 @@ mod tests {
             e.to_string()
                 .starts_with("/nonexistent/lb.toml: cannot read the file: "),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_parsed_and_a_bad_one_located() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9595\"\n", "t.toml").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9595".parse().unwrap()));
+        assert_eq!(parse("", "t.toml").unwrap().metrics_listen, None);
+        assert_err(
+            "[metrics]\nlisten = \"localhost\"\n",
+            2,
+            10,
+            "metrics listen \"localhost\": not an ADDRESS:PORT (e.g. \"127.0.0.1:9595\")",
+        );
+        assert_err(
+            "[metrics]\nport = 1\n",
+            2,
+            1,
+            "unknown key \"port\" (expected one of: listen)",
         );
     }
 }

@@ -42,6 +42,8 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     pub conn_table_size: Option<u32>,
     pub xdp_mode: XdpMode,
+    /// `--metrics`: where to serve `/metrics` (the config's `[metrics] listen` otherwise).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// IPVS estimates rates every 2 s.
@@ -189,6 +191,10 @@ struct Daemon {
     /// complete or time out, a flood.
     embryo_seen: (u64, u64, u64),
     embryos_evicted: u64,
+    /// Operations (issue 12): the figures `/metrics` serves (if enabled) and the real
+    /// servers' path states last logged.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    paths_seen: crate::logging::PathWatch,
     // High availability (crate::vrrp): the VRRP instances, and `[director] vips` this
     // daemon added. Released on a graceful stop, left on SIGKILL.
     vrrp: Option<crate::vrrp::Ha>,
@@ -271,6 +277,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _lock = lock_pin_dir(&settings.pin_dir)?;
     let listener = bind_socket(&settings.socket)?;
     let socket_file = SocketFile(settings.socket.clone());
+    // Bound before the data path is touched: a bad or busy address changes nothing.
+    let (metrics, metrics_server) = match settings
+        .metrics
+        .or(cfg.as_ref().and_then(|c| c.metrics_listen))
+    {
+        Some(addr) => {
+            let m = Arc::new(crate::metrics::Metrics::new());
+            let server = m.serve(addr)?;
+            (Some(m), Some(server))
+        }
+        None => (None, None),
+    };
     let desired_size = settings
         .conn_table_size
         .or(cfg.as_ref().map(|c| c.director.conn_table_size))
@@ -381,6 +399,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         model.services.len(),
         settings.socket.display()
     );
+    crate::logging::model_changes(&Model::default(), &model);
     let mut d = Daemon {
         settings,
         dp,
@@ -400,9 +419,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .as_ref()
             .map(|c| c.director.vips.clone())
             .unwrap_or_default(),
+        metrics,
+        paths_seen: Default::default(),
     };
     d.hc.start(hc_changes)?;
+    d.ops_tick();
+    // systemd (Type=notify): ready only now, with the programs attached and the config
+    // applied; without $NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("telling systemd we are ready: {e}");
+    }
     let keep = d.serve(listener).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(metrics_server);
     // A graceful stop hands the VIPs over first: priority 0, addresses removed.
     if let Some(v) = d.vrrp.take() {
         v.stop();
@@ -677,6 +706,8 @@ impl Daemon {
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rates = interval(RATE_INTERVAL);
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ops = interval(Duration::from_secs(1));
+        ops.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::channel::<Call>(QUEUE);
         let acceptor = tokio::spawn(accept(listener, tx));
         let mut reports = Vec::new();
@@ -697,6 +728,7 @@ impl Daemon {
                     }
                     self.health_reports(&mut reports).await;
                 }
+                _ = ops.tick() => self.ops_tick(),
                 call = rx.recv() => {
                     let Some(Call { req, reply }) = call else {
                         bail!("the control socket's listener stopped");
@@ -841,12 +873,54 @@ impl Daemon {
             return Err(e);
         }
         self.resolver.commit(plan).await;
+        crate::logging::model_changes(&self.model, &model);
         self.model = model;
         if let Some(h) = health {
             self.hc.health = h;
         }
         self.resolver.prune(&effective, true).await;
         Ok(())
+    }
+
+    /// Once a second: log the real servers' path transitions and publish the figures
+    /// `/metrics` serves (the reads `-Ln --stats` and `status` make).
+    fn ops_tick(&mut self) {
+        self.paths_seen.update(&self.resolver.status());
+        let Some(m) = self.metrics.as_ref().filter(|m| m.due()) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let r = &self.last_sweep;
+        let real_servers = self
+            .resolver
+            .status()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    s.get("address")?.as_str()?.to_string(),
+                    s.get("state")?.as_str()? == "resolved",
+                ))
+            })
+            .collect();
+        let mut sample = crate::metrics::Sample {
+            snapshot: self.dp.snapshot(None, &self.estimator.rates),
+            counters: self.dp.counters(),
+            tables: crate::metrics::Tables {
+                conn_entries: r.entries as u64,
+                conn_expired_last_sweep: r.expired as u64,
+                templates: r.templates as u64,
+                templates_expired_last_sweep: r.templates_expired as u64,
+                embryonic_size: self.dp.embryo_table_size().into(),
+                embryonic_entries: r.embryonic as u64,
+                embryonic_expired_last_sweep: r.embryonic_expired as u64,
+            },
+            real_servers,
+            read_seconds: 0.0,
+        };
+        sample.read_seconds = started.elapsed().as_secs_f64();
+        m.publish(sample);
     }
 
     async fn reload(&mut self) -> anyhow::Result<()> {

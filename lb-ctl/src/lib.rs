@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod import;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod neigh;
 pub mod notify;

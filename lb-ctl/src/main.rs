@@ -5,7 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_ctl::{api, cli, config, daemon, dataplane, realserver};
+use lb_ctl::{api, cli, config, daemon, dataplane, logging, realserver};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +20,15 @@ struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Log lines as text or as one JSON object each (filter with RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        env = "LB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
@@ -54,6 +63,10 @@ enum Cmd {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value = "driver")]
         xdp_mode: Mode,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (read-only; off by default;
+        /// overrides the config's `[metrics] listen`).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Validate a config file without applying it.
     Check {
@@ -107,6 +120,10 @@ enum Cmd {
         #[arg(long)]
         pin: PathBuf,
     },
+    /// Write the man pages (lb-ctl.8, lb-ctl-SUBCOMMAND.8) and the bash, zsh and fish
+    /// completions generated from these definitions into DIR (`cargo xtask dist` uses it).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_path,
             conn_table_size,
             xdp_mode,
+            metrics,
         }) => {
             let settings = daemon::Settings {
                 interfaces,
@@ -183,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Mode::Driver => aya::programs::XdpMode::Driver,
                     Mode::Generic => aya::programs::XdpMode::Skb,
                 },
+                metrics,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -214,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Import { from }) => import(from),
         Some(Cmd::XdpPass { iface, pin }) => dataplane::attach_pass(&iface, &pin),
+        Some(Cmd::GenerateDocs { dir }) => generate_docs(&dir),
         Some(Cmd::Realserver {
             vips,
             mode,
@@ -242,6 +262,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => unreachable!("ipvsadm-style arguments are handled by `ipvsadm`"),
     }
+}
+
+/// The man pages and shell completions, from the clap definitions (the ipvsadm-style options
+/// are clap arguments too, so they are documented with the rest).
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let page = |c: clap::Command, name: &str| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c)
+            .title(name.to_uppercase())
+            .section("8")
+            .manual("System Administration")
+            .source(format!("lb-ctl {}", env!("CARGO_PKG_VERSION")))
+            .render(&mut out)?;
+        let path = dir.join(format!("{name}.8"));
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    page(cmd.clone(), "lb-ctl")?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("lb-ctl-{}", sub.get_name());
+        page(sub.clone().name(name.clone()), &name)?;
+    }
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "lb-ctl", dir)
+            .with_context(|| format!("writing the {shell} completion"))?;
+    }
+    Ok(())
 }
 
 const TRY_HELP: &str = "Try `lb-ctl -h' or 'lb-ctl --help' for more information.";
@@ -301,9 +354,6 @@ fn ipvsadm(socket: &std::path::Path, args: &cli::IpvsArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -318,6 +368,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    logging::init(cli.log_format);
     // The daemon writes only to sockets and keeps Rust's ignored SIGPIPE. Every other command
     // dies of it quietly on a closed stdout, as ipvsadm does (`lb-ctl -Lnc | head`), instead of
     // panicking in `print!`; the control socket is written with MSG_NOSIGNAL (api::call).

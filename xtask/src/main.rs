@@ -1,4 +1,5 @@
 //! Task runner: `cargo xtask setup | test | demo | bench | fuzz` (see `cargo xtask --help`).
+mod dist;
 mod setup;
 mod util;
 
@@ -62,6 +63,17 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         configs: u64,
     },
+    /// Build the Debian package target/dist/lb-ctl_VERSION_ARCH.deb: the release binary,
+    /// the systemd unit, /etc/lb/lb.toml (conffile), man pages, completions, the dashboard.
+    Dist {
+        /// Package this lb-ctl binary instead of building the release one (the tests pass
+        /// the debug build, stripped of its debug info, to stay quick).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the package goes (default target/dist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
             requests,
             configs,
         } => fuzz(packets, seconds, seed.as_deref(), requests, configs),
+        Cmd::Dist { binary, out } => dist::run(binary.as_deref(), out.as_deref()).map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,13 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // A real VRRP peer for the HA interop tests (`tests/tests/vrrp.rs`).
     "keepalived",
+    // Operations (issue 12): promtool (`promtool check metrics`), `systemd-analyze verify`,
+    // `man -l` for the packaged man page, `strip` and `dpkg-deb` for `cargo xtask dist`.
+    "prometheus",
+    "systemd",
+    "man-db",
+    "binutils",
+    "dpkg",
 ];
 
 /// The bpf-linker release known to build against rustc's LLVM on this image.
