@@ -71,8 +71,8 @@ pub mod maps {
     /// `u32` → program: the tail-call targets (`prog_index::*`). Pinned, so the balancer keeps
     /// scheduling new connections while no daemon runs.
     pub const PROGS: &str = "LB_PROGS";
-    /// `u32` 0 → the per-CPU hand-over from `lb_new` back to `lb_xdp` (not pinned: both
-    /// programs of one load share it).
+    /// `u32` 0 → the per-CPU hand-over from `lb_xdp` to `lb_new` (not pinned: both programs
+    /// of one load share it).
     pub const PENDING: &str = "LB_PENDING";
 
     /// `u32` 0 → per-CPU state of the balancer's own (the ICMP error rate limiter, the TUN
@@ -116,9 +116,10 @@ pub mod maps {
 pub mod prog_index {
     /// `progs::NEW`.
     pub const NEW: u32 = 0;
-    /// `progs::RESUME`.
-    pub const RESUME: u32 = 1;
-    /// Slots in the map.
+    /// Slot 1 held `lb_resume` until the first packet of a connection was forwarded by
+    /// `lb_new` itself; the daemon empties it in an adopted array.
+    pub const UNUSED_RESUME: u32 = 1;
+    /// Slots in the map (kept at 2: a pinned array of an older lb-ctl is adopted as it is).
     pub const LEN: u32 = 2;
 }
 
@@ -131,13 +132,12 @@ pub mod progs {
     /// The sweep (object `lb-ebpf`), run by the daemon with `BPF_PROG_TEST_RUN` every second:
     /// expires connections and templates, counts connections per backend.
     pub const SWEEP: &str = "lb_sweep";
-    /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that may open
-    /// a connection; it schedules and records the connection and tail-calls `lb_resume`,
-    /// which forwards the packet. Apart, each program stays well inside the verifier's
-    /// budget; together, the schedulers' paths times the forwarding code exceed it.
+    /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that opens a
+    /// connection, with what it learnt (the parsed packet, the service, the clock) in a
+    /// per-CPU slot; it schedules, records and forwards the packet (its forwarding step a
+    /// BPF-to-BPF function). Apart, each program stays well inside the verifier's budget;
+    /// together, the schedulers' paths times the connection lookup exceed it.
     pub const NEW: &str = "lb_new";
-    /// `lb_xdp`'s forwarding for the packet `lb_new` scheduled (object `lb-ebpf`).
-    pub const RESUME: &str = "lb_resume";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.

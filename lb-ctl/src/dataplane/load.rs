@@ -237,10 +237,12 @@ impl Dataplane {
         prog.pin(&prog_pin)
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
-        // lb_xdp tail-calls lb_new for a packet that opens a connection, and lb_new tail-calls
-        // lb_resume to forward it. Both go into the (pinned) program array before lb_xdp is
-        // attached; a data path still attached from before switches to the new ones at once,
-        // which is compatible (same layout version).
+        // lb_xdp tail-calls lb_new for a packet that opens a connection (lb_new schedules,
+        // records and forwards it). It goes into the (pinned) program array before lb_xdp is
+        // attached. A data path still attached from before switches to the new lb_new at
+        // once; its old lb_xdp does not fill the new lb_new's hand-over slot, so until the
+        // new lb_xdp is attached a moment later new connections' first packets are dropped
+        // (`drop_internal`; the client retransmits), established ones are unaffected.
         let new_prog: &mut Xdp = bpf
             .program_mut(progs::NEW)
             .ok_or_else(|| anyhow!("program {} missing", progs::NEW))?
@@ -249,21 +251,12 @@ impl Dataplane {
             .load()
             .context("the kernel refused the new-connection program")?;
         let new_fd = new_prog.fd()?.try_clone()?;
-        let resume: &mut Xdp = bpf
-            .program_mut(progs::RESUME)
-            .ok_or_else(|| anyhow!("program {} missing", progs::RESUME))?
-            .try_into()?;
-        resume
-            .load()
-            .context("the kernel refused the resume program")?;
-        let resume_fd = resume.fd()?.try_clone()?;
         let mut prog_array: ProgramArray<MapData> = take(&mut bpf, maps::PROGS)?;
         prog_array
             .set(lb_common::prog_index::NEW, &new_fd, 0)
             .context("filling the program array")?;
-        prog_array
-            .set(lb_common::prog_index::RESUME, &resume_fd, 0)
-            .context("filling the program array")?;
+        // An older lb-ctl's lb_resume, if adopted: nothing calls it any more.
+        let _ = prog_array.clear_index(&lb_common::prog_index::UNUSED_RESUME);
 
         let sweep_prog: &mut Xdp = bpf
             .program_mut(progs::SWEEP)
@@ -598,7 +591,7 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each loaded program (its limit
     /// is 1,000,000): the headroom left for data-path code.
     pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
-        [progs::BALANCER, progs::NEW, progs::RESUME, progs::SWEEP]
+        [progs::BALANCER, progs::NEW, progs::SWEEP]
             .into_iter()
             .filter_map(|name| {
                 let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
