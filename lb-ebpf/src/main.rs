@@ -94,12 +94,7 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
     if pkt.proto == proto::ICMP {
         return icmp::forward_error(ctx, &pkt, half).map(Err);
     }
-    let key = SvcKey {
-        addr: pkt.daddr,
-        port: pkt.dport,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let key = SvcKey::v4(pkt.daddr, pkt.dport, pkt.proto);
     let mut found = service::lookup(&SVC_TABLE, SVC_SLOTS, half, &key);
     // A persistent service on port 0 takes every port of its VIP that has no service of its
     // own (IPVS tries the exact port, then port 0).
@@ -109,12 +104,7 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
     }
     let Some(svc) = found else {
         // Not for a service; from a NAT real server it may be a reply to SNAT.
-        let rs = SvcKey {
-            addr: pkt.saddr,
-            port: pkt.sport,
-            proto: pkt.proto,
-            _pad: 0,
-        };
+        let rs = SvcKey::v4(pkt.saddr, pkt.sport, pkt.proto);
         if flags & settings_flags::HAS_NAT != 0
             && service::lookup(&NAT_RS, NAT_RS_SLOTS, half, &rs).is_some()
         {

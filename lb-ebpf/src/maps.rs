@@ -10,11 +10,12 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, LblcKey, LblcVal, PersistKey, PersistVal, RsConns, Service, Settings,
-    Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
+    Addr, Backend, Conn, FlowKey, LblcKey, LblcVal, NatHop, PersistKey, PersistVal, RsConns,
+    Service, Settings, Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
     size::{
         DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, EMBRYO_DIVISOR, LBLC_ENTRIES,
-        MAX_BACKENDS, MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS, SWEEP_KEYS as SWEEP_KEYS_LEN,
+        MAX_BACKENDS, MAX_SERVICES, NAT_HOPS as NAT_HOPS_LEN, NAT_RS_SLOTS, SVC_SLOTS,
+        SWEEP_KEYS as SWEEP_KEYS_LEN,
     },
 };
 
@@ -48,6 +49,10 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAU
 #[map(name = "LB_EMBRYO")]
 pub static EMBRYO: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, BPF_F_NO_COMMON_LRU);
+
+/// Where NAT replies go, per client (`lb_common::maps::NAT_HOPS`).
+#[map(name = "LB_NAT_HOPS")]
+pub static NAT_HOPS: LruHashMap<Addr, NatHop> = LruHashMap::with_max_entries(NAT_HOPS_LEN, 0);
 
 /// The keys one sweep step checks (written by the daemon, results in `_pad1`).
 #[map(name = "LB_SWEEP_KEYS")]

@@ -84,6 +84,7 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
         maps::CONNS | maps::EMBRYO => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::NAT_HOPS => s(size_of::<lb_common::Addr>(), size_of::<lb_common::NatHop>()),
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
         maps::SETTINGS => s(4, size_of::<Settings>()),
@@ -100,6 +101,14 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::PROGS => s(4, 4),
         other => unreachable!("no layout known for map {other}: add it here"),
     }
+}
+
+/// The layout version in the pinned settings under `map_dir`, if they are there and
+/// readable (`Settings` has kept its size since layout 1, so any version reads).
+pub fn pinned_layout(map_dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(map_dir.join(maps::SETTINGS)).ok()?;
+    let arr: Array<MapData, Settings> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    Some(arr.get(&0, 0).ok()?.layout_version)
 }
 
 pub(super) fn take<T>(bpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -144,16 +153,22 @@ impl Dataplane {
         fs::create_dir_all(&map_dir).with_context(|| format!("creating {}", map_dir.display()))?;
         fs::create_dir_all(opts.pin_dir.join("links"))?;
 
-        // A data path of an older layout (before the embryonic table) is not adopted: say so
-        // and start afresh (its maps are unpinned; programs still attached keep using them
-        // until this daemon's replace them).
-        let old_layout = map_dir.join(maps::CONNS).exists() && !map_dir.join(maps::EMBRYO).exists();
+        // A data path of an older layout is not adopted: say so in one line and start afresh
+        // (its maps are unpinned; programs still attached keep using them until this
+        // daemon's replace them). Layout 2 had no embryonic table; from 3 on, the pinned
+        // settings say which layout they belong to.
+        let pinned = pinned_layout(&map_dir);
+        let old_layout = match pinned {
+            Some(v) => v < LAYOUT_VERSION,
+            None => map_dir.join(maps::CONNS).exists(),
+        };
         if old_layout {
             log::warn!(
-                "the pinned data path under {} has an older layout (no {}): starting afresh, \
-                 its connections are not adopted",
+                "the pinned data path under {} has an older layout ({}, this lb-ctl writes {}): \
+                 starting afresh, its connections are not adopted",
                 opts.pin_dir.display(),
-                maps::EMBRYO
+                pinned.map_or_else(|| "before 3".to_string(), |v| v.to_string()),
+                LAYOUT_VERSION
             );
             for name in maps::ALL {
                 let _ = fs::remove_file(map_dir.join(name));
@@ -364,7 +379,7 @@ impl Dataplane {
             };
             let key = ServiceKey {
                 proto,
-                addr: ip(k.addr),
+                addr: ip4(k.addr),
                 port: u16::from_be(k.port),
             };
             // The region holds the scheduler's table, then the members.
@@ -414,7 +429,7 @@ impl Dataplane {
             let svc = by_id.get(&b.svc_id).copied();
             let forward = forward_of(b.fwd).unwrap_or(Forward::Dr);
             let dest = DestConfig {
-                addr: ip(b.addr),
+                addr: ip4(b.addr),
                 port: u16::from_be(b.port),
                 forward,
                 weight: b.weight,
@@ -460,7 +475,7 @@ impl Dataplane {
             }
             // The tunnel source its TUN backends were given is kept as the service's own, so
             // a restart without a config file changes nothing.
-            let mut sources: Vec<u32> = s
+            let mut sources: Vec<lb_common::Addr> = s
                 .members
                 .iter()
                 .filter_map(|(_, id)| self.state.backends.get(id))
@@ -469,7 +484,7 @@ impl Dataplane {
                 .collect();
             sources.dedup();
             if let [one] = sources[..] {
-                s.config.tunnel_source = Some(ip(one));
+                s.config.tunnel_source = Some(ip4(one));
             }
         }
         self.trash_orphans(now);
