@@ -197,7 +197,8 @@ fn forward(
     if new {
         count(cnt::NEW_CONN);
     }
-    let be = *BACKENDS
+    // Read in place: a copy of the 88-byte value would be stores and loads on every packet.
+    let be = BACKENDS
         .get(backend)
         .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
     if be.flags & backend_flags::AVAILABLE == 0 {
@@ -214,9 +215,9 @@ fn forward(
     // Counted where IPVS counts (ip_vs_in), before the transmit step.
     stats::inbound(svc_id, backend, new, pkt.ip_len as u64);
     match be.fwd {
-        fwd_mode::DR => dr::forward(ctx, pkt, &be),
-        fwd_mode::NAT => nat::request(ctx, pkt, &be, backend, new, now, epoch),
-        fwd_mode::TUN => tun::encap(ctx, pkt, &be),
+        fwd_mode::DR => dr::forward(ctx, pkt, be),
+        fwd_mode::NAT => nat::request(ctx, pkt, be, backend, new, now, epoch),
+        fwd_mode::TUN => tun::encap(ctx, pkt, be),
         _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
     }
 }

@@ -291,7 +291,7 @@ pub fn reply(
     if flags & conn_flags::REPLY == 0 {
         return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN));
     }
-    let be = *crate::maps::BACKENDS
+    let be = crate::maps::BACKENDS
         .get(backend)
         .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
     if be.flags & lb_common::backend_flags::AVAILABLE == 0 {
