@@ -42,6 +42,10 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "LB_RS_STATS";
     /// `u32` counter index (`cnt::*`) → `u64`, per CPU.
     pub const COUNTERS: &str = "LB_COUNTERS";
+    /// `Addr` (a NAT client) → `NatHop`: where replies towards that client go, cached so
+    /// that a reply costs no FIB lookup. LRU: a client whose entry was evicted costs one
+    /// lookup again. Kept apart from `CONNS` so that DR/TUN connections do not carry it.
+    pub const NAT_HOPS: &str = "LB_NAT_HOPS";
     /// `u32` 0 → `Settings`: global knobs and the clock, written by the control plane.
     pub const SETTINGS: &str = "LB_SETTINGS";
     /// `u32` slot → `SvcSlot`: the (RIP, port, protocol) of every NAT real server, laid out
@@ -71,8 +75,8 @@ pub mod maps {
     /// `u32` → program: the tail-call targets (`prog_index::*`). Pinned, so the balancer keeps
     /// scheduling new connections while no daemon runs.
     pub const PROGS: &str = "LB_PROGS";
-    /// `u32` 0 → the per-CPU hand-over from `lb_new` back to `lb_xdp` (not pinned: both
-    /// programs of one load share it).
+    /// `u32` 0 → the per-CPU hand-over from `lb_xdp` to `lb_new` (not pinned: both programs
+    /// of one load share it).
     pub const PENDING: &str = "LB_PENDING";
 
     /// `u32` 0 → per-CPU state of the balancer's own (the ICMP error rate limiter, the TUN
@@ -89,7 +93,7 @@ pub mod maps {
     pub const FWD: &str = "LB_FWD";
 
     /// Every map of the balancer the daemon pins and adopts again after a restart.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         SVC_TABLE,
         NAT_RS,
         SVC_INFO,
@@ -104,6 +108,7 @@ pub mod maps {
         SVC_CURSOR,
         CONNS,
         EMBRYO,
+        NAT_HOPS,
         SVC_STATS,
         BACKEND_STATS,
         COUNTERS,
@@ -116,9 +121,10 @@ pub mod maps {
 pub mod prog_index {
     /// `progs::NEW`.
     pub const NEW: u32 = 0;
-    /// `progs::RESUME`.
-    pub const RESUME: u32 = 1;
-    /// Slots in the map.
+    /// Slot 1 held `lb_resume` until the first packet of a connection was forwarded by
+    /// `lb_new` itself; the daemon empties it in an adopted array.
+    pub const UNUSED_RESUME: u32 = 1;
+    /// Slots in the map (kept at 2: a pinned array of an older lb-ctl is adopted as it is).
     pub const LEN: u32 = 2;
 }
 
@@ -131,13 +137,12 @@ pub mod progs {
     /// The sweep (object `lb-ebpf`), run by the daemon with `BPF_PROG_TEST_RUN` every second:
     /// expires connections and templates, counts connections per backend.
     pub const SWEEP: &str = "lb_sweep";
-    /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that may open
-    /// a connection; it schedules and records the connection and tail-calls `lb_resume`,
-    /// which forwards the packet. Apart, each program stays well inside the verifier's
-    /// budget; together, the schedulers' paths times the forwarding code exceed it.
+    /// New connections (object `lb-ebpf`): `lb_xdp` tail-calls it for a packet that opens a
+    /// connection, with what it learnt (the parsed packet, the service, the clock) in a
+    /// per-CPU slot; it schedules, records and forwards the packet (its forwarding step a
+    /// BPF-to-BPF function). Apart, each program stays well inside the verifier's budget;
+    /// together, the schedulers' paths times the connection lookup exceed it.
     pub const NEW: &str = "lb_new";
-    /// `lb_xdp`'s forwarding for the packet `lb_new` scheduled (object `lb-ebpf`).
-    pub const RESUME: &str = "lb_resume";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.
@@ -184,6 +189,8 @@ pub mod size {
     pub const DEFAULT_MH_TABLE: u32 = 65537;
     /// Default persistence-template table size.
     pub const DEFAULT_PERSIST: u32 = 1 << 18;
+    /// NAT reply hops cached (`maps::NAT_HOPS`), one per client.
+    pub const NAT_HOPS: u32 = 1 << 16;
     /// lblc/lblcr destination entries.
     pub const LBLC_ENTRIES: u32 = 1 << 16;
     /// Servers in one lblcr set.
@@ -554,11 +561,54 @@ pub mod proto {
     pub const UDP: u8 = 17;
 }
 
+/// An IP address in the 16 bytes of an IPv6 one, as every key and value holds it, so that
+/// IPv6 services and real servers fit the same maps. An IPv4 address is stored IPv4-mapped
+/// (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2) rather than beside a family byte: a key compares and
+/// hashes as plain bytes with no family to keep in step, and a mapped address never occurs
+/// as a real IPv6 packet's address (it is not routed), so the two families cannot collide.
+/// Four words, each in network byte order as on the wire; `w[3]` is the IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub w: [u32; 4],
+}
+
+impl Addr {
+    /// The third word of an IPv4-mapped address (`0000:ffff`), in network order.
+    pub const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+    /// The IPv4 address `a` (network order), mapped.
+    #[inline(always)]
+    pub const fn v4(a: u32) -> Self {
+        Self {
+            w: [0, 0, Self::V4_MAPPED, a],
+        }
+    }
+
+    /// The IPv4 address (network order) of a mapped address.
+    #[inline(always)]
+    pub const fn as_v4(&self) -> u32 {
+        self.w[3]
+    }
+
+    /// Whether this is an IPv4-mapped address.
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        self.w[0] == 0 && self.w[1] == 0 && self.w[2] == Self::V4_MAPPED
+    }
+
+    /// The four words folded into one (for hashing).
+    #[inline(always)]
+    pub const fn fold(&self) -> u32 {
+        self.w[0] ^ self.w[1] ^ self.w[2] ^ self.w[3]
+    }
+}
+
 /// Service lookup key: (VIP, port, protocol), network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SvcKey {
-    pub addr: u32,
+    pub addr: Addr,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -587,7 +637,8 @@ pub struct Service {
     pub members_len: u32,
     /// Persistence timeout in seconds (with `svc_flags::PERSISTENT`).
     pub persist_timeout: u32,
-    /// Persistence netmask, network byte order.
+    /// Persistence netmask, network byte order (IPv4; the IPv6 prefix length will need a
+    /// field of its own).
     pub persist_mask: u32,
 }
 
@@ -608,8 +659,8 @@ pub struct RsConns {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PersistKey {
     pub svc_id: u32,
-    /// Client address & netmask, network byte order.
-    pub client: u32,
+    /// Client address & netmask.
+    pub client: Addr,
 }
 
 #[repr(C)]
@@ -626,7 +677,7 @@ pub struct PersistVal {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LblcKey {
     pub svc_id: u32,
-    pub daddr: u32,
+    pub daddr: Addr,
 }
 
 /// lblc/lblcr value: the server (lblc: `set[0]`) or server set (lblcr).
@@ -656,7 +707,7 @@ pub struct SweepStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     /// Real server address and port, network byte order.
-    pub addr: u32,
+    pub addr: Addr,
     pub port: u16,
     /// `fwd::*`.
     pub fwd: u8,
@@ -672,12 +723,12 @@ pub struct Backend {
     pub smac: [u8; 6],
     pub weight: u32,
     /// The service's VIP and port, network byte order (NAT replies are SNATed to them).
-    pub vaddr: u32,
+    pub vaddr: Addr,
     pub vport: u16,
     /// MTU of the path to `ifindex`'s next hop (0: unknown, ask the FIB).
     pub mtu: u16,
     /// TUN: the outer source address, network byte order.
-    pub tun_src: u32,
+    pub tun_src: Addr,
     /// `-x`/`-y` connection thresholds (0: none).
     pub u_threshold: u32,
     pub l_threshold: u32,
@@ -687,8 +738,8 @@ pub struct Backend {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: Addr,
+    pub daddr: Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -699,9 +750,15 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of a packet from `saddr:sport` to `daddr:dport` (network byte order).
+    /// The key of an IPv4 packet from `saddr:sport` to `daddr:dport` (network byte order).
     #[inline(always)]
     pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        Self::of(Addr::v4(saddr), Addr::v4(daddr), sport, dport, proto)
+    }
+
+    /// The key of a packet from `saddr:sport` to `daddr:dport` (network byte order).
+    #[inline(always)]
+    pub const fn of(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8) -> Self {
         Self {
             saddr,
             daddr,
@@ -716,19 +773,20 @@ impl FlowKey {
     /// For the request key of a NAT connection (client → VIP) DNATed to `rip:rport`: the key
     /// of its reply entry (RIP:rport → client).
     #[inline(always)]
-    pub const fn nat_reply(&self, rip: u32, rport: u16) -> Self {
-        Self::new(rip, self.saddr, rport, self.sport, self.proto)
+    pub const fn nat_reply(&self, rip: Addr, rport: u16) -> Self {
+        Self::of(rip, self.saddr, rport, self.sport, self.proto)
     }
 
     /// For the key of a NAT reply entry (RIP → client) of the service `vip:vport`: the key
     /// of its connection's request entry (client → VIP).
     #[inline(always)]
-    pub const fn nat_request(&self, vip: u32, vport: u16) -> Self {
-        Self::new(self.daddr, vip, self.dport, vport, self.proto)
+    pub const fn nat_request(&self, vip: Addr, vport: u16) -> Self {
+        Self::of(self.daddr, vip, self.dport, vport, self.proto)
     }
 }
 
-/// Connection-table value.
+/// Connection-table value: what every connection needs, 16 bytes. Where a NAT connection's
+/// replies go is cached apart (`NatHop`), since DR and TUN connections never need it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
@@ -737,18 +795,25 @@ pub struct Conn {
     pub state: u8,
     /// `conn_flags::*`.
     pub flags: u8,
-    /// On a NAT `REPLY` entry: MTU of the path towards the client (0: unknown).
-    pub hop_mtu: u16,
-    /// `Settings::clock_ns` when the last packet was seen.
+    pub _pad: u16,
+    /// `Settings::clock_ns` when the last packet was seen. (A 32-bit coarse clock would not
+    /// make the entry smaller: the kernel rounds a value up to 8 bytes.)
     pub last_seen_ns: u64,
-    /// On a NAT `REPLY` entry: where replies go (towards the client), looked up in the FIB
-    /// once and again whenever `Settings::route_epoch` has moved past `hop_epoch`.
-    /// `hop_ifindex` 0: not known.
-    pub hop_ifindex: u32,
-    pub hop_epoch: u32,
-    pub hop_dmac: [u8; 6],
-    pub hop_smac: [u8; 6],
-    pub _pad: u32,
+}
+
+/// Where a NAT connection's replies go towards a client (`maps::NAT_HOPS`): looked up in the
+/// FIB once and again whenever `Settings::route_epoch` has moved past `epoch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatHop {
+    /// 0: not known.
+    pub ifindex: u32,
+    pub epoch: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// MTU of the path towards the client (0: unknown).
+    pub mtu: u16,
+    pub _pad: u16,
 }
 
 /// Per-service and per-backend traffic counters (summed over CPUs by the control plane).
@@ -771,10 +836,33 @@ pub struct SvcSlot {
 }
 
 impl SvcKey {
-    /// The key as one integer (its padding byte is always zero), for a one-load compare.
+    /// The key of an IPv4 service `addr:port` (network order).
     #[inline(always)]
-    pub const fn as_u64(&self) -> u64 {
-        (self.addr as u64) | ((self.port as u64) << 32) | ((self.proto as u64) << 48)
+    pub const fn v4(addr: u32, port: u16, proto: u8) -> Self {
+        Self {
+            addr: Addr::v4(addr),
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The key as one integer with the address folded (its padding byte is always zero),
+    /// for hashing: equal keys give equal values.
+    #[inline(always)]
+    pub const fn folded(&self) -> u64 {
+        (self.addr.fold() as u64) | ((self.port as u64) << 32) | ((self.proto as u64) << 48)
+    }
+
+    /// Whether two keys are equal, word by word (what the data path compares in a probe).
+    #[inline(always)]
+    pub const fn same(&self, o: &SvcKey) -> bool {
+        self.addr.w[0] == o.addr.w[0]
+            && self.addr.w[1] == o.addr.w[1]
+            && self.addr.w[2] == o.addr.w[2]
+            && self.addr.w[3] == o.addr.w[3]
+            && self.port == o.port
+            && self.proto == o.proto
     }
 }
 
@@ -784,7 +872,7 @@ impl SvcKey {
 /// walks.
 #[inline(always)]
 pub const fn probe_home(key: &SvcKey, slots: u32) -> u32 {
-    let x = key.as_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let x = key.folded().wrapping_mul(0x9e37_79b9_7f4a_7c15);
     ((x >> 32) as u32) & (slots - 1)
 }
 
@@ -827,7 +915,9 @@ pub const CLOCK_TICK_NS: u64 = 100_000_000;
 
 /// Layout version of the pinned maps; bump when any type above changes.
 /// 3: `EMBRYO` and `SWEEP_KEYS`, one common LRU for `CONNS`, `lb_sweep` driven in steps.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: 16-byte addresses (`Addr`) in every key and value, a 16-byte `Conn`, NAT reply hops
+/// in `NAT_HOPS`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `lb_sweep`'s commands: the first 8 bytes of the frame it is run on are `SweepOp`.
 pub mod sweep_op {
@@ -836,8 +926,8 @@ pub mod sweep_op {
     pub const CONNS: u32 = 1;
     /// The same against `EMBRYO`.
     pub const EMBRYO: u32 = 2;
-    /// Check the `count` templates in `SWEEP_KEYS` (`saddr` = service id, `daddr` = client
-    /// network, `sport`/`dport` = backend low/high 16 bits, `proto` = 1 to re-arm): re-arm
+    /// Check the `count` templates in `SWEEP_KEYS` (`saddr.w[0]` = service id, `daddr` =
+    /// client network, `sport`/`dport` = backend low/high 16 bits, `proto` = 1 to re-arm): re-arm
     /// those that still control a connection of their backend, expire the idle ones.
     pub const TEMPLATES: u32 = 3;
     /// Publish backends `[start, start + count)`'s tallies from `RS_TALLY` into `RS_CONNS`,
@@ -881,6 +971,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Conn {}
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for NatHop {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for SvcSlot {}
@@ -900,18 +992,44 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<SvcKey>(), 8);
+        assert_eq!(size_of::<Addr>(), 16);
+        assert_eq!(size_of::<SvcKey>(), 20);
         assert_eq!(size_of::<Service>(), 32);
-        assert_eq!(size_of::<Backend>(), 52);
+        assert_eq!(size_of::<Backend>(), 88);
         assert_eq!(size_of::<RsConns>(), 16);
-        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<PersistKey>(), 20);
         assert_eq!(size_of::<PersistVal>(), 16);
+        assert_eq!(size_of::<LblcKey>(), 20);
         assert_eq!(size_of::<LblcVal>(), 56);
-        assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Conn>(), 40);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<Conn>(), 16);
+        assert_eq!(size_of::<NatHop>(), 24);
         assert_eq!(size_of::<Stats>(), 40);
         assert_eq!(size_of::<Settings>(), 24);
-        assert_eq!(size_of::<SvcSlot>(), 40);
+        assert_eq!(size_of::<SvcSlot>(), 52);
+    }
+
+    #[test]
+    fn ipv4_addresses_are_stored_ipv4_mapped() {
+        let a = Addr::v4(u32::from_ne_bytes([192, 0, 2, 7]));
+        // ::ffff:192.0.2.7, byte for byte as an IPv6 address on the wire.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(a) };
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7]
+        );
+        assert!(a.is_v4());
+        assert_eq!(a.as_v4().to_ne_bytes(), [192, 0, 2, 7]);
+        assert!(
+            !Addr {
+                w: [0x20010db8u32.to_be(), 0, 0, 1u32.to_be()]
+            }
+            .is_v4()
+        );
+        // The reply key of a NAT connection turns back into its request key.
+        let k = FlowKey::new(1u32.to_be(), 2u32.to_be(), 1000, 80, proto::TCP);
+        let r = k.nat_reply(Addr::v4(3u32.to_be()), 8080);
+        assert_eq!(r.nat_request(k.daddr, k.dport), k);
     }
 
     #[test]
@@ -920,12 +1038,11 @@ mod tests {
         let mut collisions = 0;
         for last in 1..=64u8 {
             for port in [80u16, 443, 53] {
-                let k = SvcKey {
-                    addr: u32::from_ne_bytes([192, 0, 2, last]),
-                    port: port.to_be(),
-                    proto: proto::TCP,
-                    _pad: 0,
-                };
+                let k = SvcKey::v4(
+                    u32::from_ne_bytes([192, 0, 2, last]),
+                    port.to_be(),
+                    proto::TCP,
+                );
                 let h = probe_home(&k, size::SVC_SLOTS) as usize;
                 if seen[h] {
                     collisions += 1;

@@ -146,19 +146,18 @@ fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) ->
     }
 }
 
-/// `lookup`, and for a packet that opens a connection: schedule it and record it.
+/// Schedules and records the connection a packet opens (`lookup` said `Create { reuse }`,
+/// in `lb_xdp`: the miss is not looked up again here). Another CPU may have recorded the
+/// same tuple since; the insert without overwrite below finds out.
 #[inline(always)]
-pub fn lookup_or_create(
+pub fn create(
     pkt: &Packet,
     svc: &Service,
     tcp_flags: u8,
     now: u64,
     settings_flags: u32,
+    reuse: bool,
 ) -> Result<Flow, Verdict> {
-    let reuse = match lookup(pkt, svc, tcp_flags, now)? {
-        Lookup::Found(flow) => return Ok(flow),
-        Lookup::Create { reuse } => reuse,
-    };
     let Some(backend) = select(pkt, svc, now, settings_flags) else {
         picked();
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));

@@ -410,7 +410,7 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
     let key = FlowKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
     // About a datagram the VIP sent (a reply): the connection is client → VIP.
     let vip = SvcKey {
-        addr: q.saddr,
+        addr: lb_common::Addr::v4(q.saddr),
         port: q.sport,
         proto: q.proto,
         _pad: 0,
@@ -432,15 +432,15 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
             fwd_mode::DR => dr::forward(ctx, pkt, &be),
             fwd_mode::TUN => tun::encap(ctx, pkt, &be),
             fwd_mode::NAT => {
-                translate(ctx, pkt, &q, false, be.addr, be.port)?;
-                route_icmp(ctx, pkt, pkt.saddr, be.addr)
+                translate(ctx, pkt, &q, false, be.addr.as_v4(), be.port)?;
+                route_icmp(ctx, pkt, pkt.saddr, be.addr.as_v4())
             }
             _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
         };
     }
     // About a datagram the director sent to a NAT real server (a DNATed request).
     let rs = SvcKey {
-        addr: q.daddr,
+        addr: lb_common::Addr::v4(q.daddr),
         port: q.dport,
         proto: q.proto,
         _pad: 0,
@@ -460,6 +460,6 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
     crate::parse::valid(ctx, pkt, ICMP_LEN + q.ihl + 4)?;
     ttl_left(pkt)?;
     count(cnt::ICMP_FORWARDED);
-    translate(ctx, pkt, &q, true, be.vaddr, be.vport)?;
-    route_icmp(ctx, pkt, be.vaddr, pkt.daddr)
+    translate(ctx, pkt, &q, true, be.vaddr.as_v4(), be.vport)?;
+    route_icmp(ctx, pkt, be.vaddr.as_v4(), pkt.daddr)
 }

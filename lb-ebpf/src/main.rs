@@ -1,8 +1,8 @@
 //! The XDP balancer: LVS forwarding (DR, NAT, TUN) for IPv4 TCP/UDP virtual services.
 //!
 //! `lb_xdp` forwards packets of known connections; a packet that opens one goes by tail call
-//! to `lb_new`, which schedules it and tail-calls `lb_resume` to forward it (see
-//! `lb_common::progs::NEW`).
+//! to `lb_new` with what `lb_xdp` learnt about it (`maps::Pending`), which schedules,
+//! records and forwards it (see `lb_common::progs::NEW`).
 #![no_std]
 #![no_main]
 // Inline BPF assembly for the fetching atomic add (select.rs).
@@ -59,23 +59,17 @@ fn verdict(r: Result<u32, Verdict>) -> u32 {
 /// The balancer: every frame of the interfaces it is attached to.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    verdict(balance(&ctx, false))
+    verdict(balance(&ctx))
 }
 
-/// `lb_xdp` for the packet `lb_new` just scheduled (`PENDING`): the same code without the
-/// connection lookup, so that no other packet pays for checking `PENDING`.
-#[xdp]
-pub fn lb_resume(ctx: XdpContext) -> u32 {
-    verdict(balance(&ctx, true))
-}
-
-/// New connections: scheduled and recorded here, then handed back to `lb_xdp` to forward.
+/// New connections: the packet `lb_xdp` handed over (`PENDING`) is scheduled, recorded and
+/// forwarded here.
 #[xdp]
 pub fn lb_new(ctx: XdpContext) -> u32 {
     verdict(open(&ctx))
 }
 
-/// What both programs work out first about an inbound packet for a service.
+/// What `lb_xdp` works out first about an inbound packet for a service.
 struct Inbound {
     pkt: parse::Packet,
     svc: lb_common::Service,
@@ -100,12 +94,7 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
     if pkt.proto == proto::ICMP {
         return icmp::forward_error(ctx, &pkt, half).map(Err);
     }
-    let key = SvcKey {
-        addr: pkt.daddr,
-        port: pkt.dport,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let key = SvcKey::v4(pkt.daddr, pkt.dport, pkt.proto);
     let mut found = service::lookup(&SVC_TABLE, SVC_SLOTS, half, &key);
     // A persistent service on port 0 takes every port of its VIP that has no service of its
     // own (IPVS tries the exact port, then port 0).
@@ -115,12 +104,7 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
     }
     let Some(svc) = found else {
         // Not for a service; from a NAT real server it may be a reply to SNAT.
-        let rs = SvcKey {
-            addr: pkt.saddr,
-            port: pkt.sport,
-            proto: pkt.proto,
-            _pad: 0,
-        };
+        let rs = SvcKey::v4(pkt.saddr, pkt.sport, pkt.proto);
         if flags & settings_flags::HAS_NAT != 0
             && service::lookup(&NAT_RS, NAT_RS_SLOTS, half, &rs).is_some()
         {
@@ -141,36 +125,86 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
     }))
 }
 
+/// `lb_xdp`: a packet of a known connection is forwarded here; one that opens a connection
+/// is handed to `lb_new` with everything learnt so far.
 #[inline(always)]
-fn balance(ctx: &XdpContext, resume: bool) -> Result<u32, Verdict> {
+fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
     let i = match inbound(ctx)? {
         Ok(i) => i,
         Err(action) => return Ok(action),
     };
-    let pkt = &i.pkt;
-    let flow = if resume {
-        // Back from `lb_new` with this packet's connection.
-        take_pending(pkt).ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?
-    } else {
-        match conntrack::lookup(pkt, &i.svc, i.tcp_flags, i.now)? {
-            conntrack::Lookup::Found(flow) => flow,
-            conntrack::Lookup::Create { .. } => {
-                // SAFETY: a tail call; on success it does not return.
-                unsafe { PROGS.tail_call(ctx, prog_index::NEW) };
-                return Err(Verdict::Drop(cnt::DROP_TAIL_CALL));
-            }
+    let flow = match conntrack::lookup(&i.pkt, &i.svc, i.tcp_flags, i.now)? {
+        conntrack::Lookup::Found(flow) => flow,
+        conntrack::Lookup::Create { reuse } => {
+            hand_over(&i, reuse)?;
+            // SAFETY: a tail call; on success it does not return.
+            unsafe { PROGS.tail_call(ctx, prog_index::NEW) };
+            return Err(Verdict::Drop(cnt::DROP_TAIL_CALL));
         }
     };
-    if flow.new {
+    forward(
+        ctx,
+        &i.pkt,
+        i.svc.id,
+        flow.backend,
+        flow.new,
+        i.now,
+        i.epoch,
+        i.flags,
+    )
+}
+
+/// Writes what `lb_new` needs into this CPU's `PENDING` slot.
+#[inline(always)]
+fn hand_over(i: &Inbound, reuse: bool) -> Result<(), Verdict> {
+    let p = PENDING
+        .get_ptr_mut(0)
+        .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
+    // SAFETY: per-CPU value; this packet is the only one running on this CPU.
+    unsafe {
+        (*p).svc = i.svc;
+        (*p).saddr = i.pkt.saddr;
+        (*p).daddr = i.pkt.daddr;
+        (*p).sport = i.pkt.sport;
+        (*p).dport = i.pkt.dport;
+        (*p).ip_len = i.pkt.ip_len;
+        (*p).frags = i.pkt.frags;
+        (*p).proto = i.pkt.proto;
+        (*p).tcp_flags = i.tcp_flags;
+        (*p).reuse = reuse as u8;
+        (*p).valid = 1;
+        (*p).epoch = i.epoch;
+        (*p).now = i.now;
+        (*p).flags = i.flags;
+    }
+    Ok(())
+}
+
+/// Sends a packet of connection (`backend`, `new`) of service `svc_id` on its way: what
+/// both programs do once the connection is known.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    ctx: &XdpContext,
+    pkt: &parse::Packet,
+    svc_id: u32,
+    backend: u32,
+    new: bool,
+    now: u64,
+    epoch: u32,
+    flags: u32,
+) -> Result<u32, Verdict> {
+    if new {
         count(cnt::NEW_CONN);
     }
-    let be = *BACKENDS
-        .get(flow.backend)
+    // Read in place: a copy of the 88-byte value would be stores and loads on every packet.
+    let be = BACKENDS
+        .get(backend)
         .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
     if be.flags & backend_flags::AVAILABLE == 0 {
         // Its server was deleted. IPVS drops the packet; with expire_nodest_conn it also
         // forgets the connection, so the client's next attempt is scheduled afresh.
-        if i.flags & settings_flags::EXPIRE_NODEST != 0 {
+        if flags & settings_flags::EXPIRE_NODEST != 0 {
             let key = conntrack::flow_key(pkt);
             if CONNS.remove(&key).is_err() {
                 let _ = EMBRYO.remove(&key);
@@ -179,54 +213,83 @@ fn balance(ctx: &XdpContext, resume: bool) -> Result<u32, Verdict> {
         return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
     }
     // Counted where IPVS counts (ip_vs_in), before the transmit step.
-    stats::inbound(i.svc.id, flow.backend, flow.new, pkt.ip_len as u64);
+    stats::inbound(svc_id, backend, new, pkt.ip_len as u64);
     match be.fwd {
-        fwd_mode::DR => dr::forward(ctx, pkt, &be),
-        fwd_mode::NAT => nat::request(ctx, pkt, &be, flow.backend, flow.new, i.now, i.epoch),
-        fwd_mode::TUN => tun::encap(ctx, pkt, &be),
+        fwd_mode::DR => dr::forward(ctx, pkt, be),
+        fwd_mode::NAT => nat::request(ctx, pkt, be, backend, new, now, epoch),
+        fwd_mode::TUN => tun::encap(ctx, pkt, be),
         _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
     }
 }
 
-/// `lb_new`: schedules and records the packet's connection, then tail-calls `lb_resume` with
-/// the result in `PENDING`.
+/// `lb_new`: schedules and records the connection of the packet `lb_xdp` handed over
+/// (`schedule_new`), then forwards it (`forward_new`). Both steps are BPF-to-BPF functions
+/// so that each has its own stack frame (together, inlined, they need more than the 512
+/// bytes a BPF program may use), called from a frame of almost nothing.
 #[inline(always)]
 fn open(ctx: &XdpContext) -> Result<u32, Verdict> {
-    let i = match inbound(ctx)? {
-        Ok(i) => i,
-        Err(action) => return Ok(action),
-    };
-    let flow = conntrack::lookup_or_create(&i.pkt, &i.svc, i.tcp_flags, i.now, i.flags)?;
-    let p = PENDING
-        .get_ptr_mut(0)
-        .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
-    // SAFETY: per-CPU value; this packet is the only one running on this CPU.
-    unsafe {
-        (*p).key = conntrack::flow_key(&i.pkt);
-        (*p).backend = flow.backend;
-        (*p).new = flow.new as u32;
+    let r = schedule_new(ctx.ctx);
+    if r != SCHEDULED {
+        return Ok(r);
     }
-    // SAFETY: a tail call; on success it does not return.
-    unsafe { PROGS.tail_call(ctx, prog_index::RESUME) };
-    Err(Verdict::Drop(cnt::DROP_TAIL_CALL))
+    Ok(forward_new(ctx.ctx))
 }
 
-/// The connection `lb_new` left for this packet, if any (consumed).
-#[inline(always)]
-fn take_pending(pkt: &parse::Packet) -> Option<conntrack::Flow> {
-    let p = PENDING.get_ptr_mut(0)?;
-    // SAFETY: per-CPU value, see `open`.
-    unsafe {
-        if (*p).backend == 0 || (*p).key != conntrack::flow_key(pkt) {
-            return None;
-        }
-        let flow = conntrack::Flow {
-            backend: (*p).backend,
-            new: (*p).new != 0,
-        };
-        (*p).backend = 0;
-        Some(flow)
+/// `schedule_new`'s answer when the packet is to be forwarded (not an XDP action).
+const SCHEDULED: u32 = u32::MAX;
+
+/// Schedules and records the connection of the packet in the `PENDING` slot and leaves the
+/// result there; `SCHEDULED`, or the (counted) action when the packet goes no further.
+#[inline(never)]
+fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return verdict(Err(Verdict::Drop(cnt::DROP_INTERNAL)));
+    };
+    // SAFETY: per-CPU value; this packet is the only one running on this CPU. Read in place.
+    let s = unsafe { &mut *p };
+    if s.valid == 0 {
+        return verdict(Err(Verdict::Drop(cnt::DROP_INTERNAL)));
     }
+    s.valid = 0;
+    let flow = parse::from_pending(&ctx, s)
+        .and_then(|pkt| conntrack::create(&pkt, &s.svc, s.tcp_flags, s.now, s.flags, s.reuse != 0));
+    match flow {
+        Ok(flow) => {
+            s.backend = flow.backend;
+            s.new = flow.new as u32;
+            SCHEDULED
+        }
+        Err(v) => verdict(Err(v)),
+    }
+}
+
+/// `lb_new`'s forwarding step, a BPF-to-BPF function: everything comes from the `PENDING`
+/// slot, so the state at the call is nothing but the context, and the many scheduler paths
+/// that reach it are pruned as one (inlined after them, the verifier would walk the
+/// forwarding code once per scheduler path: that is why it used to be a third program).
+#[inline(never)]
+fn forward_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let Some(p) = PENDING.get_ptr(0) else {
+        return verdict(Err(Verdict::Drop(cnt::DROP_INTERNAL)));
+    };
+    // SAFETY: per-CPU value, see `open`.
+    let s = unsafe { &*p };
+    let r = match parse::from_pending(&ctx, s) {
+        Ok(pkt) => forward(
+            &ctx,
+            &pkt,
+            s.svc.id,
+            s.backend,
+            s.new != 0,
+            s.now,
+            s.epoch,
+            s.flags,
+        ),
+        Err(v) => Err(v),
+    };
+    verdict(r)
 }
 
 #[cfg(not(test))]

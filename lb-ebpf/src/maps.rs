@@ -10,11 +10,12 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, LblcKey, LblcVal, PersistKey, PersistVal, RsConns, Service, Settings,
-    Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
+    Addr, Backend, Conn, FlowKey, LblcKey, LblcVal, NatHop, PersistKey, PersistVal, RsConns,
+    Service, Settings, Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
     size::{
         DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, EMBRYO_DIVISOR, LBLC_ENTRIES,
-        MAX_BACKENDS, MAX_SERVICES, NAT_RS_SLOTS, SVC_SLOTS, SWEEP_KEYS as SWEEP_KEYS_LEN,
+        MAX_BACKENDS, MAX_SERVICES, NAT_HOPS as NAT_HOPS_LEN, NAT_RS_SLOTS, SVC_SLOTS,
+        SWEEP_KEYS as SWEEP_KEYS_LEN,
     },
 };
 
@@ -48,6 +49,10 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAU
 #[map(name = "LB_EMBRYO")]
 pub static EMBRYO: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, BPF_F_NO_COMMON_LRU);
+
+/// Where NAT replies go, per client (`lb_common::maps::NAT_HOPS`).
+#[map(name = "LB_NAT_HOPS")]
+pub static NAT_HOPS: LruHashMap<Addr, NatHop> = LruHashMap::with_max_entries(NAT_HOPS_LEN, 0);
 
 /// The keys one sweep step checks (written by the daemon, results in `_pad1`).
 #[map(name = "LB_SWEEP_KEYS")]
@@ -102,15 +107,39 @@ pub static SWEEP: Array<SweepStats> = Array::with_max_entries(1, 0);
 #[map(name = "LB_PROGS")]
 pub static PROGS: ProgramArray = ProgramArray::with_max_entries(prog_index::LEN, 0);
 
-/// What `lb_new` decided for the packet it hands back to `lb_xdp` (per CPU: a packet runs
-/// both programs on one CPU, start to end).
+/// What `lb_xdp` learned about a packet that opens a connection, handed to `lb_new` with the
+/// tail call (per CPU: a packet runs both programs on one CPU, start to end, and nothing else
+/// runs on that CPU in between), so that `lb_new` neither parses the packet, nor probes the
+/// service table, nor looks the miss up again. Read in place (never copied onto the stack).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    pub key: FlowKey,
+    /// The packet's service (a copy of its `SVC_TABLE` slot's value).
+    pub svc: lb_common::Service,
+    /// The packet's addresses and ports, network order, as `parse::Packet`.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `parse::Packet::ip_len` and `frags`.
+    pub ip_len: u16,
+    pub frags: u16,
+    pub proto: u8,
+    /// The TCP flags `parse::l4_checked` read (the packet passed its checks).
+    pub tcp_flags: u8,
+    /// 1 if the connection replaces a finished one on the same tuple (`Lookup::Create`).
+    pub reuse: u8,
+    /// 1 from `lb_xdp`'s write until `lb_new` takes it: `lb_new` entered any other way (a
+    /// failed hand-over, a test run of it alone) finds 0 and drops the packet, counted.
+    pub valid: u8,
+    /// `Settings::route_epoch`, `Settings::clock_ns` and `Settings::flags` as `lb_xdp` read them.
+    pub epoch: u32,
+    pub now: u64,
+    pub flags: u32,
+    /// `lb_new`'s result for its forwarding step: the backend, 1 if the connection is new.
     pub backend: u32,
-    /// 1 if `lb_new` created the connection.
     pub new: u32,
+    pub _pad: u32,
 }
 
 /// This CPU's rr/wrr cursor steps for the connection being opened (`select::Pick`).

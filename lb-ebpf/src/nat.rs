@@ -4,14 +4,14 @@
 //! back through the director (its default gateway, as in LVS-NAT).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
-use lb_common::{Backend, Conn, cnt, conn_flags, proto, tcp_state};
+use lb_common::{Addr, Backend, Conn, NatHop, cnt, conn_flags, proto, tcp_state};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     Verdict, csum,
     fwd::{self, Route},
     icmp,
-    maps::CONNS,
+    maps::{CONNS, NAT_HOPS},
     parse::{IP_DF, Packet, ptr_at, tcp_flags as tf},
     stats::count,
 };
@@ -157,30 +157,35 @@ fn via_fib(
     }
 }
 
-/// Records the reply tuple (RIP:rport → CIP:cport) of a new NAT connection, with where its
-/// replies go (one FIB lookup per connection instead of one per reply).
+/// Records the reply tuple (RIP:rport → CIP:cport) of a new NAT connection, and where
+/// replies to its client go unless that is known already (one FIB lookup per client and
+/// route change instead of one per reply).
 #[inline(always)]
 fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now: u64, epoch: u32) {
     let key = crate::conntrack::flow_key(pkt).nat_reply(be.addr, be.port);
-    // Replies arrive on the interface towards the real server.
-    let iif = if be.ifindex != 0 {
-        be.ifindex
-    } else {
-        ctx.ingress_ifindex() as u32
-    };
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let value = crate::mem::zero(&mut slot);
     value.backend = backend;
     value.flags = conn_flags::REPLY;
     value.last_seen_ns = now;
-    value.hop_epoch = epoch;
-    if let Some((h, mtu)) = fwd::route_with_mtu(
-        ctx, iif, be.vaddr, pkt.saddr, pkt.proto, be.vport, pkt.sport,
-    ) {
-        value.hop_ifindex = h.ifindex;
-        value.hop_dmac = h.dmac;
-        value.hop_smac = h.smac;
-        value.hop_mtu = mtu;
+    if hop_of(pkt.saddr, epoch).is_none() {
+        // Replies arrive on the interface towards the real server.
+        let iif = if be.ifindex != 0 {
+            be.ifindex
+        } else {
+            ctx.ingress_ifindex() as u32
+        };
+        if let Some((h, mtu)) = fwd::route_with_mtu(
+            ctx,
+            iif,
+            be.vaddr.as_v4(),
+            pkt.saddr,
+            pkt.proto,
+            be.vport,
+            pkt.sport,
+        ) {
+            remember_hop(pkt.saddr, &h, mtu, epoch);
+        }
     }
     // A reused tuple (the same client port on a new connection) replaces its stale entry; a
     // live entry of another connection for the same tuple is not taken over.
@@ -193,6 +198,43 @@ fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now:
             _ => count(cnt::NAT_REPLY_CLASH),
         }
     }
+}
+
+/// The cached next hop (and path MTU) towards NAT client `client`, if it was looked up
+/// since the routes last changed (`epoch`). Keyed by the client alone: every connection of
+/// a client shares it (with ECMP towards clients, the path of the client's first
+/// connection after a route change).
+#[inline(always)]
+fn hop_of(client: u32, epoch: u32) -> Option<(fwd::Hop, u16)> {
+    let h = NAT_HOPS.get_ptr(&Addr::v4(client))?;
+    // SAFETY: pointer into the map value, fields read one at a time.
+    unsafe {
+        if (*h).ifindex == 0 || (*h).epoch != epoch {
+            return None;
+        }
+        Some((
+            fwd::Hop {
+                ifindex: (*h).ifindex,
+                dmac: (*h).dmac,
+                smac: (*h).smac,
+            },
+            (*h).mtu,
+        ))
+    }
+}
+
+#[inline(always)]
+fn remember_hop(client: u32, h: &fwd::Hop, mtu: u16, epoch: u32) {
+    let mut slot = core::mem::MaybeUninit::<crate::mem::Align8<[u64; 3]>>::uninit();
+    crate::mem::zero(&mut slot);
+    // SAFETY: 24 zeroed bytes, 8-aligned, the size of `NatHop` (plain data).
+    let v = unsafe { &mut *(slot.as_mut_ptr() as *mut NatHop) };
+    v.ifindex = h.ifindex;
+    v.epoch = epoch;
+    v.dmac = h.dmac;
+    v.smac = h.smac;
+    v.mtu = mtu;
+    let _ = NAT_HOPS.insert(&Addr::v4(client), v, 0);
 }
 
 /// A request of a NAT connection: DNAT to the real server and forward.
@@ -215,14 +257,14 @@ pub fn request(
     }
     let next = match fwd::backend_hop(be) {
         Some(hop) => checked(ctx, pkt, hop, be.mtu, 0),
-        None => via_fib(ctx, pkt, pkt.saddr, be.addr, pkt.sport, be.port, 0),
+        None => via_fib(ctx, pkt, pkt.saddr, be.addr.as_v4(), pkt.sport, be.port, 0),
     };
     let hop = match next {
         Next::Hop(hop) => Some(hop),
         Next::Kernel => None,
         Next::Done(verdict) => return verdict,
     };
-    rewrite(ctx, pkt, Side::Dst, be.addr, be.port)?;
+    rewrite(ctx, pkt, Side::Dst, be.addr.as_v4(), be.port)?;
     match hop {
         Some(hop) => fwd::send(ctx, &hop),
         // The kernel forwards it (ip_forward is on for NAT) and resolves the neighbour.
@@ -249,7 +291,7 @@ pub fn reply(
     if flags & conn_flags::REPLY == 0 {
         return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN));
     }
-    let be = *crate::maps::BACKENDS
+    let be = crate::maps::BACKENDS
         .get(backend)
         .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
     if be.flags & lb_common::backend_flags::AVAILABLE == 0 {
@@ -281,39 +323,33 @@ pub fn reply(
             }
         }
     }
-    // Where replies go: cached in the entry, looked up again after a route or neighbour change.
-    // SAFETY: pointer into the map value.
-    let (hop_ifindex, hop_epoch) = unsafe { ((*c).hop_ifindex, (*c).hop_epoch) };
-    let next = if hop_ifindex != 0 && hop_epoch == epoch {
-        // SAFETY: as above.
-        let (hop, mtu) = unsafe {
-            (
-                fwd::Hop {
-                    ifindex: hop_ifindex,
-                    dmac: (*c).hop_dmac,
-                    smac: (*c).hop_smac,
-                },
-                (*c).hop_mtu,
-            )
-        };
-        checked(ctx, pkt, hop, mtu, be.vaddr)
+    // Where replies go: cached per client, looked up again after a route or neighbour change.
+    let next = if let Some((hop, mtu)) = hop_of(pkt.daddr, epoch) {
+        checked(ctx, pkt, hop, mtu, be.vaddr.as_v4())
     } else {
         let iif = ctx.ingress_ifindex() as u32;
         match fwd::route_with_mtu(
-            ctx, iif, be.vaddr, pkt.daddr, pkt.proto, be.vport, pkt.dport,
+            ctx,
+            iif,
+            be.vaddr.as_v4(),
+            pkt.daddr,
+            pkt.proto,
+            be.vport,
+            pkt.dport,
         ) {
             Some((hop, mtu)) => {
-                // SAFETY: as above.
-                unsafe {
-                    (*c).hop_ifindex = hop.ifindex;
-                    (*c).hop_dmac = hop.dmac;
-                    (*c).hop_smac = hop.smac;
-                    (*c).hop_mtu = mtu;
-                    (*c).hop_epoch = epoch;
-                }
-                checked(ctx, pkt, hop, mtu, be.vaddr)
+                remember_hop(pkt.daddr, &hop, mtu, epoch);
+                checked(ctx, pkt, hop, mtu, be.vaddr.as_v4())
             }
-            None => via_fib(ctx, pkt, be.vaddr, pkt.daddr, be.vport, pkt.dport, be.vaddr),
+            None => via_fib(
+                ctx,
+                pkt,
+                be.vaddr.as_v4(),
+                pkt.daddr,
+                be.vport,
+                pkt.dport,
+                be.vaddr.as_v4(),
+            ),
         }
     };
     let hop = match next {
@@ -322,7 +358,7 @@ pub fn reply(
         Next::Done(Ok(action)) => return Ok((action, be.svc_id, backend)),
         Next::Done(Err(v)) => return Err(v),
     };
-    rewrite(ctx, pkt, Side::Src, be.vaddr, be.vport)?;
+    rewrite(ctx, pkt, Side::Src, be.vaddr.as_v4(), be.vport)?;
     let action = match hop {
         Some(hop) => fwd::send(ctx, &hop)?,
         None => return Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),

@@ -122,6 +122,32 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     })
 }
 
+/// The `Packet` `lb_xdp` parsed, again in `lb_new` (after a tail call only the context
+/// survives): the header pointers re-derived and bounds-checked, the fields from `lb_xdp`'s
+/// hand-over. The frame is unchanged since (`lb_xdp` only reads a packet it hands over).
+/// The L4 offset is recomputed from the header's IHL: the verifier needs it bounded for the
+/// packet-pointer arithmetic, which a value read from a map is not.
+#[inline(always)]
+pub fn from_pending(ctx: &XdpContext, p: &crate::maps::Pending) -> Result<Packet, Verdict> {
+    let internal = Verdict::Drop(cnt::DROP_INTERNAL);
+    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::Drop(cnt::DROP_INTERNAL))?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(|_| internal)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ihl = (unsafe { (*ip).vihl } & 0x0f) as usize * 4;
+    Ok(Packet {
+        eth,
+        ip,
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        l4_off: ETH_LEN + ihl,
+        ip_len: p.ip_len,
+        frags: p.frags,
+    })
+}
+
 /// The checks of the kernel's IPv4 input (`ip_rcv`) that `parse` left out, made only on a
 /// packet the balancer is about to forward: the total length fits in the frame (so a packet
 /// claiming more than it carries is never forwarded, counted or tunnelled by its claim) and

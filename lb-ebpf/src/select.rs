@@ -16,7 +16,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
-    LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
+    Addr, LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
     sched_flags, settings_flags, size, svc_flags,
 };
 
@@ -208,7 +208,7 @@ pub fn select(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
 fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> {
     let key = PersistKey {
         svc_id: svc.id,
-        client: pkt.saddr & svc.persist_mask,
+        client: Addr::v4(pkt.saddr & svc.persist_mask),
     };
     if let Some(t) = PERSIST.get_ptr_mut(&key) {
         // SAFETY: pointer into the map value, fields read and written one at a time.
@@ -629,7 +629,7 @@ fn lblc(pkt: &Packet, svc: &Service, now: u64, tcp: bool) -> Option<u32> {
     let (fresh, half_idle) = scan_all(svc, svc.sched, tcp);
     let key = LblcKey {
         svc_id: svc.id,
-        daddr: pkt.daddr,
+        daddr: Addr::v4(pkt.daddr),
     };
     if let Some(en) = LBLC.get_ptr_mut(&key) {
         // SAFETY: pointer into the map value, fields read and written one at a time.

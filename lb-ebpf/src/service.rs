@@ -9,13 +9,12 @@ use lb_common::{Service, SvcKey, SvcSlot, probe_home, size::SVC_MAX_PROBE};
 pub fn lookup(table: &Array<SvcSlot>, slots: u32, half: u32, key: &SvcKey) -> Option<Service> {
     let base = (half & 1) * slots;
     let home = probe_home(key, slots);
-    let want = key.as_u64();
     for i in 0..SVC_MAX_PROBE {
         let slot = table.get(base + ((home + i) & (slots - 1)))?;
         if slot.svc.id == 0 {
             return None;
         }
-        if slot.key.as_u64() == want {
+        if slot.key.same(key) {
             return Some(slot.svc);
         }
     }

@@ -126,7 +126,7 @@ fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
 #[inline(always)]
 fn check_template(k: &FlowKey, now: u64) -> u16 {
     let tk = PersistKey {
-        svc_id: k.saddr,
+        svc_id: k.saddr.w[0],
         client: k.daddr,
     };
     let Some(t) = PERSIST.get_ptr_mut(&tk) else {

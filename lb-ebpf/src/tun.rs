@@ -54,7 +54,16 @@ pub fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> Result<u32, Verdic
     let route = match fwd::backend_hop(be) {
         Some(_) if be.mtu != 0 && outer_len > be.mtu => Route::TooBig(be.mtu),
         Some(hop) => Route::Via(hop),
-        None => fwd::route(ctx, be.tun_src, be.addr, proto::IPIP, 0, 0, outer_len, tos),
+        None => fwd::route(
+            ctx,
+            be.tun_src.as_v4(),
+            be.addr.as_v4(),
+            proto::IPIP,
+            0,
+            0,
+            outer_len,
+            tos,
+        ),
     };
     let hop = match route {
         Route::Via(hop) => hop,
@@ -95,8 +104,8 @@ pub fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> Result<u32, Verdic
         u32::from_ne_bytes([0x45, tos, len[0], len[1]]),
         u32::from_ne_bytes([id[0], id[1], frag[0], frag[1]]),
         u32::from_ne_bytes([OUTER_TTL, proto::IPIP, 0, 0]),
-        be.tun_src,
-        be.addr,
+        be.tun_src.as_v4(),
+        be.addr.as_v4(),
     ];
     let check = csum::ipv4_header(&w).to_ne_bytes();
     w[2] = u32::from_ne_bytes([OUTER_TTL, proto::IPIP, check[0], check[1]]);

@@ -283,7 +283,7 @@ mod daemon_sweep {
     /// The backend id of real server `addr`, from the pinned `LB_BACKENDS`.
     fn backend_id(pin: &Path, addr: Ipv4Addr) -> u32 {
         let b: Array<MapData, Backend> = Array::try_from(open(pin, maps::BACKENDS)).unwrap();
-        let want = u32::from_ne_bytes(addr.octets());
+        let want = lb_common::Addr::v4(u32::from_ne_bytes(addr.octets()));
         (1..lb_common::size::MAX_BACKENDS)
             .find(|&i| b.get(&i, 0).is_ok_and(|v| v.addr == want && v.svc_id != 0))
             .unwrap_or_else(|| panic!("no backend for {addr}"))

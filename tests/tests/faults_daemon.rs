@@ -298,12 +298,12 @@ fn held_by_the_data_path(pin: &Path) -> Held {
                 "backend {id} listed by service {} belongs to {}",
                 slot.svc.id, b.svc_id
             );
-            members.push((ip(b.addr), u16::from_be(b.port), b.weight));
+            members.push((ip(b.addr.as_v4()), u16::from_be(b.port), b.weight));
         }
         // The region holds IPVS list order, the listing the order of addition: compare sets.
         members.sort();
         held.insert(
-            (ip(slot.key.addr), u16::from_be(slot.key.port)),
+            (ip(slot.key.addr.as_v4()), u16::from_be(slot.key.port)),
             (slot.svc.sched, members),
         );
     }

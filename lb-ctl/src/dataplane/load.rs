@@ -84,6 +84,7 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
         maps::CONNS | maps::EMBRYO => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::NAT_HOPS => s(size_of::<lb_common::Addr>(), size_of::<lb_common::NatHop>()),
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
         maps::SETTINGS => s(4, size_of::<Settings>()),
@@ -100,6 +101,14 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::PROGS => s(4, 4),
         other => unreachable!("no layout known for map {other}: add it here"),
     }
+}
+
+/// The layout version in the pinned settings under `map_dir`, if they are there and
+/// readable (`Settings` has kept its size since layout 1, so any version reads).
+pub fn pinned_layout(map_dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(map_dir.join(maps::SETTINGS)).ok()?;
+    let arr: Array<MapData, Settings> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    Some(arr.get(&0, 0).ok()?.layout_version)
 }
 
 pub(super) fn take<T>(bpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -144,16 +153,22 @@ impl Dataplane {
         fs::create_dir_all(&map_dir).with_context(|| format!("creating {}", map_dir.display()))?;
         fs::create_dir_all(opts.pin_dir.join("links"))?;
 
-        // A data path of an older layout (before the embryonic table) is not adopted: say so
-        // and start afresh (its maps are unpinned; programs still attached keep using them
-        // until this daemon's replace them).
-        let old_layout = map_dir.join(maps::CONNS).exists() && !map_dir.join(maps::EMBRYO).exists();
+        // A data path of an older layout is not adopted: say so in one line and start afresh
+        // (its maps are unpinned; programs still attached keep using them until this
+        // daemon's replace them). Layout 2 had no embryonic table; from 3 on, the pinned
+        // settings say which layout they belong to.
+        let pinned = pinned_layout(&map_dir);
+        let old_layout = match pinned {
+            Some(v) => v < LAYOUT_VERSION,
+            None => map_dir.join(maps::CONNS).exists(),
+        };
         if old_layout {
             log::warn!(
-                "the pinned data path under {} has an older layout (no {}): starting afresh, \
-                 its connections are not adopted",
+                "the pinned data path under {} has an older layout ({}, this lb-ctl writes {}): \
+                 starting afresh, its connections are not adopted",
                 opts.pin_dir.display(),
-                maps::EMBRYO
+                pinned.map_or_else(|| "before 3".to_string(), |v| v.to_string()),
+                LAYOUT_VERSION
             );
             for name in maps::ALL {
                 let _ = fs::remove_file(map_dir.join(name));
@@ -237,10 +252,12 @@ impl Dataplane {
         prog.pin(&prog_pin)
             .with_context(|| format!("pinning the program at {}", prog_pin.display()))?;
 
-        // lb_xdp tail-calls lb_new for a packet that opens a connection, and lb_new tail-calls
-        // lb_resume to forward it. Both go into the (pinned) program array before lb_xdp is
-        // attached; a data path still attached from before switches to the new ones at once,
-        // which is compatible (same layout version).
+        // lb_xdp tail-calls lb_new for a packet that opens a connection (lb_new schedules,
+        // records and forwards it). It goes into the (pinned) program array before lb_xdp is
+        // attached. A data path still attached from before switches to the new lb_new at
+        // once; its old lb_xdp does not fill the new lb_new's hand-over slot, so until the
+        // new lb_xdp is attached a moment later new connections' first packets are dropped
+        // (`drop_internal`; the client retransmits), established ones are unaffected.
         let new_prog: &mut Xdp = bpf
             .program_mut(progs::NEW)
             .ok_or_else(|| anyhow!("program {} missing", progs::NEW))?
@@ -249,21 +266,12 @@ impl Dataplane {
             .load()
             .context("the kernel refused the new-connection program")?;
         let new_fd = new_prog.fd()?.try_clone()?;
-        let resume: &mut Xdp = bpf
-            .program_mut(progs::RESUME)
-            .ok_or_else(|| anyhow!("program {} missing", progs::RESUME))?
-            .try_into()?;
-        resume
-            .load()
-            .context("the kernel refused the resume program")?;
-        let resume_fd = resume.fd()?.try_clone()?;
         let mut prog_array: ProgramArray<MapData> = take(&mut bpf, maps::PROGS)?;
         prog_array
             .set(lb_common::prog_index::NEW, &new_fd, 0)
             .context("filling the program array")?;
-        prog_array
-            .set(lb_common::prog_index::RESUME, &resume_fd, 0)
-            .context("filling the program array")?;
+        // An older lb-ctl's lb_resume, if adopted: nothing calls it any more.
+        let _ = prog_array.clear_index(&lb_common::prog_index::UNUSED_RESUME);
 
         let sweep_prog: &mut Xdp = bpf
             .program_mut(progs::SWEEP)
@@ -371,7 +379,7 @@ impl Dataplane {
             };
             let key = ServiceKey {
                 proto,
-                addr: ip(k.addr),
+                addr: ip4(k.addr),
                 port: u16::from_be(k.port),
             };
             // The region holds the scheduler's table, then the members.
@@ -421,7 +429,7 @@ impl Dataplane {
             let svc = by_id.get(&b.svc_id).copied();
             let forward = forward_of(b.fwd).unwrap_or(Forward::Dr);
             let dest = DestConfig {
-                addr: ip(b.addr),
+                addr: ip4(b.addr),
                 port: u16::from_be(b.port),
                 forward,
                 weight: b.weight,
@@ -467,7 +475,7 @@ impl Dataplane {
             }
             // The tunnel source its TUN backends were given is kept as the service's own, so
             // a restart without a config file changes nothing.
-            let mut sources: Vec<u32> = s
+            let mut sources: Vec<lb_common::Addr> = s
                 .members
                 .iter()
                 .filter_map(|(_, id)| self.state.backends.get(id))
@@ -476,7 +484,7 @@ impl Dataplane {
                 .collect();
             sources.dedup();
             if let [one] = sources[..] {
-                s.config.tunnel_source = Some(ip(one));
+                s.config.tunnel_source = Some(ip4(one));
             }
         }
         self.trash_orphans(now);
@@ -598,7 +606,7 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each loaded program (its limit
     /// is 1,000,000): the headroom left for data-path code.
     pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
-        [progs::BALANCER, progs::NEW, progs::RESUME, progs::SWEEP]
+        [progs::BALANCER, progs::NEW, progs::SWEEP]
             .into_iter()
             .filter_map(|name| {
                 let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;

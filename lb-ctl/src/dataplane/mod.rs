@@ -23,7 +23,7 @@ mod stats;
 mod sweep;
 mod sync;
 
-pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs};
+pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs, pinned_layout};
 pub use runtime::{
     ClockThread, PoolUsage, SWEEP_CPU_SHARE, SWEEP_PERIOD, SWEEP_RATE, StateTimeouts, SweepState,
     SweepThread,
@@ -180,12 +180,21 @@ pub struct Dataplane {
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
-    SvcKey {
-        addr: u32::from_ne_bytes(k.addr.octets()),
-        port: k.port.to_be(),
-        proto: k.proto.number(),
-        _pad: 0,
-    }
+    SvcKey::v4(
+        u32::from_ne_bytes(k.addr.octets()),
+        k.port.to_be(),
+        k.proto.number(),
+    )
+}
+
+/// An IPv4 address as the maps hold it (IPv4-mapped, `lb_common::Addr`).
+fn addr(a: Ipv4Addr) -> lb_common::Addr {
+    lb_common::Addr::v4(u32::from_ne_bytes(a.octets()))
+}
+
+/// The IPv4 address of a map's `Addr` (the data path only writes IPv4-mapped ones).
+fn ip4(a: lb_common::Addr) -> Ipv4Addr {
+    ip(a.as_v4())
 }
 
 fn proto_of(n: u8) -> Option<Protocol> {
@@ -220,7 +229,7 @@ fn forward_of(code: u8) -> Option<Forward> {
 /// A probe-table key as people write it.
 fn show(k: &SvcKey) -> String {
     let proto = proto_of(k.proto).map_or("?", |p| p.label());
-    format!("{proto} {}:{}", ip(k.addr), u16::from_be(k.port))
+    format!("{proto} {}:{}", ip4(k.addr), u16::from_be(k.port))
 }
 
 fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {

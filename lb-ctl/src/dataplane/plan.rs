@@ -235,12 +235,11 @@ pub(super) fn plan(
         .iter()
         .filter(|(_, b)| b.trashed_at.is_none() && b.dest.forward == Forward::Nat)
         .map(|(id, b)| {
-            let key = SvcKey {
-                addr: u32::from_ne_bytes(b.dest.addr.octets()),
-                port: b.dest.port.to_be(),
-                proto: b.svc.proto.number(),
-                _pad: 0,
-            };
+            let key = SvcKey::v4(
+                u32::from_ne_bytes(b.dest.addr.octets()),
+                b.dest.port.to_be(),
+                b.svc.proto.number(),
+            );
             let marker = Service {
                 id: *id,
                 flags: svc_flags::NAT_RS,
@@ -329,7 +328,7 @@ pub(super) fn backend_value(
         flags |= backend_flags::NEIGH_OK;
     }
     Backend {
-        addr: u32::from_ne_bytes(dest.addr.octets()),
+        addr: addr(dest.addr),
         port: dest.port.to_be(),
         fwd: dest.forward.code(),
         flags,
@@ -340,10 +339,10 @@ pub(super) fn backend_value(
         weight: dest.weight,
         u_threshold: dest.u_threshold,
         l_threshold: dest.l_threshold,
-        vaddr: u32::from_ne_bytes(svc.key.addr.octets()),
+        vaddr: addr(svc.key.addr),
         vport: svc.key.port.to_be(),
         mtu: path.mtu,
-        tun_src: u32::from_ne_bytes(svc.tunnel_source.unwrap_or(path.tun_src).octets()),
+        tun_src: addr(svc.tunnel_source.unwrap_or(path.tun_src)),
     }
 }
 
@@ -418,7 +417,7 @@ mod tests {
             .iter()
             .map(|(id, b)| {
                 let up = b.flags & backend_flags::AVAILABLE != 0;
-                (*id, Ipv4Addr::from(b.addr.to_ne_bytes()), up)
+                (*id, ip4(b.addr), up)
             })
             .collect();
         // In IPVS list order: the latest added first.
@@ -437,7 +436,7 @@ mod tests {
         );
         assert_eq!(live_ids(&p.svc_table), [1]);
         let slot = p.svc_table.iter().find(|s| s.svc.id == 1).unwrap();
-        assert_eq!(slot.key.as_u64(), svc_key(&vip(1)).as_u64());
+        assert_eq!(slot.key, svc_key(&vip(1)));
         assert_eq!(live_ids(&p.rs_table), Vec::<u32>::new());
         assert!(!p.has_port0 && !p.has_nat && p.trash_writes.is_empty());
         // The same model again: nothing to write.

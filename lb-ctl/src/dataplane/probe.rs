@@ -41,7 +41,7 @@ impl ProbeTable {
         let mut t = vec![SvcSlot::default(); slots as usize];
         let mut seen = std::collections::HashSet::new();
         for (key, svc) in entries {
-            if !seen.insert(key.as_u64()) {
+            if !seen.insert(key) {
                 continue;
             }
             let home = probe_home(&key, slots);

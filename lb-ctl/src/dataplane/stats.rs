@@ -120,12 +120,7 @@ impl Dataplane {
                     .backends
                     .get(&c.backend)
                     .filter(|b| b.dest.forward == Forward::Nat);
-                let reply = nat.map(|b| {
-                    k.nat_reply(
-                        u32::from_ne_bytes(b.dest.addr.octets()),
-                        b.dest.port.to_be(),
-                    )
-                });
+                let reply = nat.map(|b| k.nat_reply(addr(b.dest.addr), b.dest.port.to_be()));
                 let reply_seen = reply
                     .and_then(|r| replies.get(&r))
                     .map_or(0, |r| r.last_seen_ns);
@@ -245,8 +240,8 @@ impl Dataplane {
                 proto: proto.into(),
                 expire_secs: timeout.saturating_sub(idle) as u32,
                 state: state.into(),
-                client: SocketAddrV4::new(ip(k.saddr), u16::from_be(k.sport)),
-                virtual_addr: SocketAddrV4::new(ip(k.daddr), u16::from_be(k.dport)),
+                client: SocketAddrV4::new(ip4(k.saddr), u16::from_be(k.sport)),
+                virtual_addr: SocketAddrV4::new(ip4(k.daddr), u16::from_be(k.dport)),
                 dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
             });
         }
@@ -265,7 +260,7 @@ impl Dataplane {
                 proto: "IP".into(),
                 expire_secs: timeout.saturating_sub(idle) as u32,
                 state: "NONE".into(),
-                client: SocketAddrV4::new(ip(k.client), 0),
+                client: SocketAddrV4::new(ip4(k.client), 0),
                 virtual_addr: SocketAddrV4::new(svc.config.key.addr, svc.config.key.port),
                 dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
             });

@@ -206,13 +206,13 @@ impl View {
 
     /// The template a live connection of `backend` from `client` keeps alive, if its service
     /// is persistent.
-    fn template(&self, client: u32, backend: u32) -> Option<(PersistKey, u32)> {
+    fn template(&self, client: lb_common::Addr, backend: u32) -> Option<(PersistKey, u32)> {
         let be = self.backends.get(backend as usize)?;
         let svc = self.services.get(be.svc_id as usize)?;
         (svc.flags & svc_flags::PERSISTENT != 0).then_some((
             PersistKey {
                 svc_id: svc.id,
-                client: client & svc.persist_mask,
+                client: lb_common::Addr::v4(client.as_v4() & svc.persist_mask),
             },
             backend,
         ))
@@ -417,8 +417,10 @@ impl Pass<'_> {
                 let idle = self.view.now.saturating_sub(v.last_seen_ns);
                 if live || idle >= timeout {
                     // Re-armed (it controls a connection) or expired, in the kernel.
-                    let mut key = FlowKey::new(
-                        k.svc_id,
+                    let mut key = FlowKey::of(
+                        lb_common::Addr {
+                            w: [k.svc_id, 0, 0, 0],
+                        },
                         k.client,
                         v.backend as u16,
                         (v.backend >> 16) as u16,

@@ -357,7 +357,7 @@ pub fn run(report: &mut Report) {
             .keys()
             .filter_map(Result::ok)
             .filter(|k| {
-                let a = k.saddr.to_ne_bytes();
+                let a = k.saddr.as_v4().to_ne_bytes();
                 a[0] == 198 && (a[1] == 18 || a[1] == 19)
             })
             .collect();
