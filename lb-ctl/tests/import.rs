@@ -197,6 +197,29 @@ fn seed003_backup_imports_like_the_master() {
     }
 }
 
+/// `examples/ha-master.toml` and `ha-backup.toml` are seed 003's pair written by hand; the
+/// import of the seed's files (on eth0, as the examples) gives the same VRRP configuration.
+#[test]
+fn seed003_pair_imports_to_the_ha_examples_vrrp() {
+    for (seed, example) in [
+        ("seed003-master.conf", "ha-master.toml"),
+        ("seed003-backup.conf", "ha-backup.toml"),
+    ] {
+        let text = std::fs::read_to_string(fixture(&format!("keepalived/{seed}")))
+            .unwrap()
+            .replace("ens33", "eth0");
+        let o = keepalived::import_str(&text, seed);
+        assert!(!o.has_errors(), "{:#?}", o.diags);
+        let imported = config::parse(&o.toml, seed).unwrap_or_else(|e| panic!("{e}"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example);
+        let by_hand = config::parse(&std::fs::read_to_string(&path).unwrap(), example)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(imported.vrrp, by_hand.vrrp, "{seed} vs {example}");
+    }
+}
+
 #[test]
 fn seed000_imports_with_no_break_spaces_and_nb_get_retry() {
     let o = keepalived::import(&fixture("keepalived/seed000.conf"));
@@ -1206,7 +1229,7 @@ fn mutated_keepalived_files_never_panic_and_errors_have_lines() {
     .iter()
     .map(|f| std::fs::read_to_string(fixture(&format!("keepalived/{f}"))).unwrap())
     .collect();
-    const PIECES: [&str; 16] = [
+    const PIECES: [&str; 20] = [
         "{",
         "}",
         "\"",
@@ -1223,6 +1246,10 @@ fn mutated_keepalived_files_never_panic_and_errors_have_lines() {
         "weight 99999999999999999999",
         "include *",
         "virtual_server",
+        "state BACKUP",
+        "virtual_router_id 0",
+        "track_script { chk }",
+        "virtual_ipaddress { 192.0.2.1/33 dev x label y }",
     ];
     for case in 0..3000 {
         let mut text = seeds[rng.usize(..seeds.len())].clone();
