@@ -16,8 +16,11 @@
 //! MISC_CHECK checkers. keepalived's defaults that differ from lb's (forwarding NAT,
 //! scheduler wlc) are written out explicitly. Checker settings given on the virtual or real
 //! server (keepalived's inherited defaults) are copied into each checker that does not set
-//! its own. Anything else — VRRP blocks (kept for the VRRP issue), other checkers, options
-//! lb does not have, unknown keywords — is reported by name and line and left out.
+//! its own. The VRRP blocks (`vrrp_instance`, `vrrp_script`, `vrrp_sync_group`, and the
+//! `vrrp_version`/`vrrp_garp_master_*` defaults of `global_defs`) become lb's tables of the
+//! same names, keyword for keyword (see `crate::vrrp::config`). Anything else — other
+//! checkers, options lb does not have, unknown keywords — is reported by name and line and
+//! left out.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -25,6 +28,8 @@ use std::{
 };
 
 use super::{Diag, Outcome, Severity, Table, render};
+
+mod vrrp;
 use crate::model::Scheduler;
 
 /// Deepest include nesting followed; deeper is taken as an include loop.
@@ -67,20 +72,56 @@ fn finish(mut r: Reader, name: &str) -> Outcome {
         global: Table::default(),
         doc: Table::default(),
         services: Vec::new(),
+        vrrp: VrrpBlocks::default(),
     };
     for n in &nodes {
         conv.top(n);
     }
-    let Converter { r, global, doc, .. } = conv;
+    // After every block is read: global_defs' VRRP defaults apply wherever global_defs is.
+    conv.vrrp_all();
+    let first = nodes.first().map(|n| (n.src, n.line));
+    let Converter {
+        mut r, global, doc, ..
+    } = conv;
+    let clean = !r.diags.iter().any(|d| d.severity == Severity::Error);
+    let mut toml = String::new();
+    if clean {
+        toml = render("keepalived", name, Some(&global), &doc, &r.diags);
+        // The blocks were checked one by one against config.rs at their lines; this is the
+        // promise as a whole: a file that imports is one `lb-ctl check` accepts.
+        if let Err(e) = crate::config::parse(&toml, "the imported TOML") {
+            // Every part was checked at its own line; should a combination still be refused,
+            // it is reported at the file's first keyword (an error always has a line).
+            r.diag(
+                first,
+                Severity::Error,
+                format!("lb refuses the imported file: {e}"),
+                name,
+            );
+            toml.clear();
+        }
+    }
     let mut diags = r.diags;
     // Lines of the same file in order; files in the order they were read.
     diags.sort_by_key(|d| (r.sources.iter().position(|s| *s == d.file), d.line));
-    let toml = if diags.iter().any(|d| d.severity == Severity::Error) {
-        String::new()
-    } else {
-        render("keepalived", name, Some(&global), &doc, &diags)
-    };
     Outcome { toml, diags }
+}
+
+/// Whether config.rs accepts `[global]` as `global` has it; its message alone.
+fn check_global(global: &Table) -> Result<(), String> {
+    let text = render("keepalived", "check", Some(global), &Table::default(), &[]);
+    crate::config::parse(&text, "import")
+        .map(|_| ())
+        .map_err(|e| e.message().to_owned())
+}
+
+/// The VRRP blocks as read, converted once the whole file (and so `global_defs`) is known.
+#[derive(Default)]
+struct VrrpBlocks {
+    nodes: Vec<Node>,
+    /// `global_defs`' `vrrp_version`, `vrrp_garp_master_delay`, `vrrp_garp_master_repeat`:
+    /// the instances' defaults.
+    defaults: Table,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,6 +476,7 @@ struct Converter {
     /// Services imported so far (protocol, address, port) and where, to refuse duplicates
     /// at their keepalived line rather than leave them to the TOML's.
     services: Vec<(ServiceId, (usize, usize))>,
+    vrrp: VrrpBlocks,
 }
 
 /// A virtual service as IPVS keys it: protocol, address, port.
@@ -478,8 +520,8 @@ const SCHED_FLAG_KEYWORDS: [&str; 7] = [
     "mh-fallback",
 ];
 
-/// Top-level blocks that belong to keepalived's VRRP process (the VRRP issue).
-fn is_vrrp_block(name: &str) -> bool {
+/// Top-level blocks of keepalived's VRRP process that lb has no counterpart for.
+fn is_other_vrrp_block(name: &str) -> bool {
     name.starts_with("vrrp_")
         || matches!(
             name,
@@ -491,6 +533,63 @@ fn is_vrrp_block(name: &str) -> bool {
                 | "linkbeat_interfaces"
         )
 }
+
+/// keepalived `vrrp_instance` keywords lb does not have (reported as not supported rather
+/// than unknown).
+const INSTANCE_UNSUPPORTED: &[&str] = &[
+    "use_vmac",
+    "vmac_xmit_base",
+    "native_ipv6",
+    "dont_track_primary",
+    "track_src_ip",
+    "track_file",
+    "track_process",
+    "track_bfd",
+    "virtual_ipaddress_excluded",
+    "virtual_routes",
+    "virtual_rules",
+    "accept",
+    "no_accept",
+    "strict_mode",
+    "skip_check_adv_addr",
+    "check_unicast_src",
+    "unicast_ttl",
+    "unicast_fault_no_peer",
+    "old_unicast_checksum",
+    "smtp_alert",
+    "notify_stop",
+    "notify_deleted",
+    "notify_master_rx_lower_pri",
+    "lvs_sync_daemon_interface",
+    "garp_refresh",
+    "garp_refresh_repeat",
+    "garp_lower_prio_delay",
+    "garp_lower_prio_repeat",
+    "lower_prio_no_advert",
+    "higher_prio_send_advert",
+    "kernel_rx_buf_size",
+    "promote_secondaries",
+    "debug",
+    "linkbeat_use_polling",
+    "preempt",
+];
+
+/// Words of a `virtual_ipaddress` line that lb does not apply, with how many values follow.
+const VIP_OPTIONS: &[(&str, usize)] = &[
+    ("brd", 1),
+    ("broadcast", 1),
+    ("scope", 1),
+    ("peer", 1),
+    ("track_group", 1),
+    ("preferred_lft", 1),
+    ("metric", 1),
+    ("home", 0),
+    ("-nodad", 0),
+    ("nodad", 0),
+    ("noprefixroute", 0),
+    ("autojoin", 0),
+    ("no_track", 0),
+];
 
 impl Converter {
     fn warn(&mut self, n: &Node, msg: String) {
@@ -687,18 +786,22 @@ impl Converter {
             "global_defs" => {
                 if let Some(b) = self.block(n) {
                     for c in b {
+                        // Each keyword checked by config.rs as it is added, so that a value
+                        // lb refuses (a malformed e-mail address) is an error at its line.
+                        let before = self.global.clone();
                         self.global_def(c);
+                        if self.global != before
+                            && let Err(e) = check_global(&self.global)
+                        {
+                            self.global = before;
+                            self.error(c, format!("lb refuses this: {e}"));
+                        }
                     }
                 }
             }
             "virtual_server" => self.virtual_server(n),
-            name if is_vrrp_block(name) => self.warn(
-                n,
-                format!(
-                    "{}: not yet applied (VRRP is a later issue), left out",
-                    Self::shown(n)
-                ),
-            ),
+            "vrrp_instance" | "vrrp_script" | "vrrp_sync_group" => self.vrrp.nodes.push(n.clone()),
+            name if is_other_vrrp_block(name) => self.unsupported(n, "keepalived.conf"),
             "virtual_server_group"
             | "SSL"
             | "net_namespace"
@@ -746,13 +849,21 @@ impl Converter {
                     Self::shown(n)
                 ),
             ),
-            name if name.starts_with("vrrp_") => self.warn(
-                n,
-                format!(
-                    "{}: not yet applied (VRRP is a later issue), left out",
-                    Self::shown(n)
-                ),
-            ),
+            "vrrp_version" => {
+                if let Some(v) = self.integer(n, 2, 3) {
+                    self.vrrp.defaults.set("version", v);
+                }
+            }
+            "vrrp_garp_master_delay" => {
+                if let Some(v) = self.integer(n, 0, 1000) {
+                    self.vrrp.defaults.set("garp_master_delay", v);
+                }
+            }
+            "vrrp_garp_master_repeat" => {
+                if let Some(v) = self.integer(n, 1, 255) {
+                    self.vrrp.defaults.set("garp_master_repeat", v);
+                }
+            }
             _ => self.unsupported(n, "global_defs"),
         }
     }

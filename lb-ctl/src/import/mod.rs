@@ -132,10 +132,18 @@ impl Table {
     }
 }
 
-/// A value as TOML text (inline; the values here are strings, numbers, booleans and flat
-/// arrays of those).
+/// A value as TOML text (inline; the values here are strings, numbers, booleans, flat
+/// arrays of those, and small tables such as a VRRP instance's `authentication`, written
+/// inline as the schema's examples show them).
 fn value_text(v: &toml::Value) -> String {
     match v {
+        toml::Value::Table(t) => {
+            let items: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", value_text(v)))
+                .collect();
+            format!("{{ {} }}", items.join(", "))
+        }
         toml::Value::Array(items) => {
             let items: Vec<String> = items.iter().map(value_text).collect();
             format!("[{}]", items.join(", "))
