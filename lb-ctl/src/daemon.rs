@@ -194,6 +194,8 @@ struct Daemon {
     /// Operations (issue 12): the figures `/metrics` serves (if enabled) and the real
     /// servers' path states last logged.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Health and VRRP gauges on `/metrics` (with `metrics`).
+    ha_gauges: Option<crate::metrics::HaGauges>,
     paths_seen: crate::logging::PathWatch,
     // High availability (crate::vrrp): the VRRP instances, and `[director] vips` this
     // daemon added. Released on a graceful stop, left on SIGKILL.
@@ -419,6 +421,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .as_ref()
             .map(|c| c.director.vips.clone())
             .unwrap_or_default(),
+        ha_gauges: match &metrics {
+            Some(m) => Some(crate::metrics::HaGauges::register(m)?),
+            None => None,
+        },
         metrics,
         paths_seen: Default::default(),
     };
@@ -919,6 +925,10 @@ impl Daemon {
             real_servers,
             read_seconds: 0.0,
         };
+        if let Some(g) = &self.ha_gauges {
+            g.set_health(&self.hc.health.status());
+            g.set_vrrp(&self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default());
+        }
         sample.read_seconds = started.elapsed().as_secs_f64();
         m.publish(sample);
     }

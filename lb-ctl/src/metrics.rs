@@ -433,6 +433,103 @@ impl Metrics {
     }
 }
 
+/// What keepalived's exporters show beside IPVS: each checked real server's health and each
+/// VRRP instance's state, registered through [`Metrics::register`] and set from the
+/// daemon's `status` figures at every refresh.
+#[derive(Clone)]
+pub struct HaGauges {
+    /// `lb_backend_up`: 1 while the checkers find the real server up, 0 while down.
+    backend_up: IntGaugeVec,
+    /// `lb_vrrp_state`: 1 on the instance's current state (INIT, BACKUP, MASTER, FAULT).
+    vrrp_state: IntGaugeVec,
+    /// `lb_vrrp_priority`: the priority the instance advertises now.
+    vrrp_priority: IntGaugeVec,
+}
+
+impl HaGauges {
+    /// Creates the gauges and registers them with `m`.
+    pub fn register(m: &Metrics) -> anyhow::Result<Self> {
+        let g = HaGauges {
+            backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "lb_backend_up",
+                    "Whether the health checks find the real server up (1) or down (0).",
+                ),
+                &RS_LABELS,
+            )?,
+            vrrp_state: IntGaugeVec::new(
+                Opts::new(
+                    "lb_vrrp_state",
+                    "1 on the VRRP instance's current state (INIT, BACKUP, MASTER, FAULT).",
+                ),
+                &["instance", "state"],
+            )?,
+            vrrp_priority: IntGaugeVec::new(
+                Opts::new(
+                    "lb_vrrp_priority",
+                    "The priority the VRRP instance advertises now.",
+                ),
+                &["instance"],
+            )?,
+        };
+        m.register(Box::new(g.backend_up.clone()))?;
+        m.register(Box::new(g.vrrp_state.clone()))?;
+        m.register(Box::new(g.vrrp_priority.clone()))?;
+        Ok(g)
+    }
+
+    /// Sets the health gauges from `Health::status()`'s `real_servers` ("service":
+    /// "TCP 192.0.2.100:80", "real_server": "192.0.2.11:80", "health": "up"|"down").
+    pub fn set_health(&self, status: &serde_json::Value) {
+        self.backend_up.reset();
+        for rs in status["real_servers"].as_array().into_iter().flatten() {
+            let (Some(svc), Some(real), Some(health)) = (
+                rs["service"].as_str(),
+                rs["real_server"].as_str(),
+                rs["health"].as_str(),
+            ) else {
+                continue;
+            };
+            let Some((proto, local)) = svc.split_once(' ') else {
+                continue;
+            };
+            let (Ok(local), Ok(remote)) = (
+                local.parse::<std::net::SocketAddrV4>(),
+                real.parse::<std::net::SocketAddrV4>(),
+            ) else {
+                continue;
+            };
+            let labels = [
+                local.ip().to_string(),
+                local.port().to_string(),
+                remote.ip().to_string(),
+                remote.port().to_string(),
+                proto.to_string(),
+            ];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.backend_up
+                .with_label_values(&labels)
+                .set(i64::from(health == "up"));
+        }
+    }
+
+    /// Sets the VRRP gauges from the instances' status.
+    pub fn set_vrrp(&self, instances: &[crate::vrrp::InstanceStatus]) {
+        self.vrrp_state.reset();
+        self.vrrp_priority.reset();
+        for i in instances {
+            for state in ["INIT", "BACKUP", "MASTER", "FAULT"] {
+                self.vrrp_state
+                    .with_label_values(&[i.name.as_str(), state])
+                    .set(i64::from(i.state.name() == state));
+            }
+            self.vrrp_priority
+                .with_label_values(&[i.name.as_str()])
+                .set(i64::from(i.effective_priority));
+        }
+    }
+}
+
 /// The running listener; dropping it stops the thread.
 pub struct Server {
     http: Arc<tiny_http::Server>,
@@ -553,6 +650,51 @@ mod tests {
         assert!(
             m.render()
                 .contains("lb_metrics_refresh_duration_seconds 0.5")
+        );
+    }
+
+    #[test]
+    fn health_and_vrrp_gauges_follow_the_status_they_are_given() {
+        let m = Metrics::new();
+        let g = HaGauges::register(&m).unwrap();
+        g.set_health(&serde_json::json!({ "real_servers": [
+            { "service": "TCP 192.0.2.100:80", "real_server": "198.51.100.11:8080", "health": "up" },
+            { "service": "TCP 192.0.2.100:80", "real_server": "198.51.100.12:8080", "health": "down" },
+        ]}));
+        let status = |state| crate::vrrp::InstanceStatus {
+            name: "VI_1".into(),
+            state,
+            interface: "eth0".into(),
+            virtual_router_id: 51,
+            version: 2,
+            priority: 150,
+            effective_priority: 130,
+            master: None,
+            master_priority: None,
+            transitions: 1,
+            vips: vec![],
+            fault_reasons: vec![],
+            counters: Default::default(),
+        };
+        g.set_vrrp(&[status(crate::vrrp::fsm::State::Master)]);
+        let text = m.render();
+        for want in [
+            r#"lb_backend_up{local_address="192.0.2.100",local_port="80",proto="TCP",remote_address="198.51.100.11",remote_port="8080"} 1"#,
+            r#"lb_backend_up{local_address="192.0.2.100",local_port="80",proto="TCP",remote_address="198.51.100.12",remote_port="8080"} 0"#,
+            r#"lb_vrrp_state{instance="VI_1",state="MASTER"} 1"#,
+            r#"lb_vrrp_state{instance="VI_1",state="BACKUP"} 0"#,
+            r#"lb_vrrp_priority{instance="VI_1"} 130"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in:\n{text}");
+        }
+        // A server that is no longer checked leaves no stale series behind.
+        g.set_health(&serde_json::json!({ "real_servers": [] }));
+        g.set_vrrp(&[status(crate::vrrp::fsm::State::Backup)]);
+        let text = m.render();
+        assert!(!text.contains("lb_backend_up{"), "{text}");
+        assert!(
+            text.contains(r#"lb_vrrp_state{instance="VI_1",state="BACKUP"} 1"#),
+            "{text}"
         );
     }
 
