@@ -83,7 +83,11 @@ enum Cmd {
     /// Make the daemon re-read its config file (as SIGHUP does).
     Reload,
     /// Data-path counters and daemon facts, as JSON.
-    Status,
+    Status {
+        /// Output format; JSON is the only one (accepted for scripts written as `-o json`).
+        #[arg(short = 'o', long = "output", value_parser = ["json"])]
+        output: Option<String>,
+    },
     /// Configure this host as an LVS real server (what the tutorials' script does): the VIPs on
     /// `lo`, ARP for them silenced, and for TUN the IPIP decapsulation program on the
     /// receiving interface. Prints each change; idempotent. `--down` undoes exactly those.
@@ -225,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             call_ok(&cli.socket, &api::Request::Shutdown { keep_datapath }).map(drop)
         }
         Some(Cmd::Reload) => call_ok(&cli.socket, &api::Request::Reload).map(drop),
-        Some(Cmd::Status) => {
+        Some(Cmd::Status { output: _ }) => {
             if let api::Response::Status(v) = call_ok(&cli.socket, &api::Request::Status)? {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }

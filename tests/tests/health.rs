@@ -549,3 +549,140 @@ fn a_reload_keeps_unchanged_checkers_state() {
         !t.contains_key("192.0.2.11:80")
     });
 }
+
+/// A minimal SMTP server (RFC 5321's commands a client sends for one mail) that keeps each
+/// message's DATA; it answers every command with success.
+fn smtp_sink(listener: TcpListener, mails: Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader};
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mails = mails.clone();
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut lines = BufReader::new(conn);
+                let _ = out.write_all(b"220 sink.example.org ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "DATA" => {
+                            let _ = out.write_all(b"354 end with <CRLF>.<CRLF>\r\n");
+                            let mut body = String::new();
+                            loop {
+                                line.clear();
+                                if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == ".\r\n" {
+                                    break;
+                                }
+                                body.push_str(&line);
+                            }
+                            mails.lock().unwrap().push(body);
+                            b"250 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = out.write_all(b"221 bye\r\n");
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = out.write_all(reply);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn one_mail_per_transition_reaches_the_smtp_server_in_keepalived_layout() {
+    let mut lab = DrLab::new(2);
+    let dir = TempDir::new("health");
+    // The SMTP server listens on the director's own address, in its namespace.
+    let smtp = std::net::SocketAddr::from((lab.director_ip(), 2525));
+    let listener = lab
+        .director()
+        .enter(|| TcpListener::bind(smtp).expect("binding the SMTP sink"));
+    let mails = Arc::new(std::sync::Mutex::new(Vec::new()));
+    smtp_sink(listener, mails.clone());
+    let cfg = config(&lab, &dir, 2, "", "", &http_check());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[global]\nrouter_id = \"LB_TEST\"\nnotification_email = [\"ops@example.org\"]\n\
+             notification_email_from = \"lb@example.org\"\nsmtp_server = \"{smtp}\"\n\
+             smtp_connect_timeout = 5\n\n{text}"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+    wait_checked(&d, "192.0.2.11:80");
+    wait_checked(&d, "192.0.2.12:80");
+    // Servers that start up (no alpha) are no transition: no mail yet.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        mails.lock().unwrap().len(),
+        0,
+        "{:?}",
+        mails.lock().unwrap()
+    );
+
+    let wait_mails = |n: usize| {
+        let start = Instant::now();
+        while mails.lock().unwrap().len() < n {
+            assert!(
+                start.elapsed() < BOUND * 5,
+                "expected {n} mails, the sink has {:?}\n--- daemon log ---\n{}",
+                mails.lock().unwrap(),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    lab.rs_mut(1).stop_nginx();
+    wait_mails(1);
+    lab.rs_mut(1).start_nginx();
+    wait_mails(2);
+    // No more than one per transition.
+    std::thread::sleep(Duration::from_secs(3));
+    let mails = mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    for (mail, state) in mails.iter().zip(["DOWN", "UP"]) {
+        // The header unfolded (a long subject continues on lines that start with a space).
+        let subject: String = mail
+            .lines()
+            .skip_while(|l| !l.starts_with("Subject:"))
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || l.starts_with([' ', '\t']))
+            .map(|(_, l)| l)
+            .collect();
+        assert!(
+            subject.starts_with("Subject:"),
+            "no Subject header in {mail}"
+        );
+        for want in ["[LB_TEST]", "192.0.2.11", "192.0.2.100", state] {
+            assert!(subject.contains(want), "{want} not in {subject:?}\n{mail}");
+        }
+        assert!(
+            mail.lines()
+                .any(|l| l.starts_with("From:") && l.contains("lb@example.org")),
+            "{mail}"
+        );
+        assert!(
+            mail.lines()
+                .any(|l| l.starts_with("To:") && l.contains("ops@example.org")),
+            "{mail}"
+        );
+    }
+    assert!(
+        mails[0].contains("=> CHECK failed on service"),
+        "keepalived's body: {}",
+        mails[0]
+    );
+}

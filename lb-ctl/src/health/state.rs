@@ -267,7 +267,12 @@ impl Health {
         let st = self.svcs.get_mut(key).expect("every spec has a state");
         st.quorum_up = now_up;
         st.transitions += 1;
-        log::info!(
+        tracing::info!(
+            change = if now_up { "quorum_gained" } else { "quorum_lost" },
+            service = %key,
+            live_weight = sum,
+            quorum = spec.quorum,
+            hysteresis = spec.hysteresis,
             "{} quorum {}+{}={} ({} live) for VS {key}{}",
             if now_up { "Gained" } else { "Lost" },
             spec.quorum,
@@ -282,7 +287,7 @@ impl Health {
                     s.port
                 ),
                 None => String::new(),
-            }
+            },
         );
         if let Some(c) = command {
             n.run(&c);
@@ -338,7 +343,13 @@ impl Health {
                 st.reason = (!alive).then(|| reason.clone());
                 let inhibit = self.rs_spec(&rk).is_some_and(|r| r.inhibit_on_failure);
                 // Logged once per transition, with its reason.
-                log::info!(
+                tracing::info!(
+                    change = if alive { "checker_up" } else { "checker_down" },
+                    service = %rk.0,
+                    real_server = %rs_name(&rk),
+                    checker = kind,
+                    reason = %reason,
+                    inhibit_on_failure = inhibit,
                     "{} service {} {} VS {} ({kind}: {reason})",
                     match (alive, inhibit) {
                         (true, false) => "Adding",
@@ -354,7 +365,7 @@ impl Health {
                     } else {
                         "from"
                     },
-                    rk.0
+                    rk.0,
                 );
                 let cmd = self.rs_spec(&rk).and_then(|r| {
                     if alive {

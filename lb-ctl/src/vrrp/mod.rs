@@ -525,11 +525,15 @@ impl Shell {
                 }
                 Action::Entered(s) => {
                     let inst = &self.insts[i];
-                    log::info!(
+                    tracing::info!(
+                        change = "vrrp_transition",
+                        instance = %inst.cfg.name,
+                        to = s.name(),
+                        priority = inst.fsm.priority,
                         "vrrp: ({}) entering {} state (priority {})",
                         inst.cfg.name,
                         s.name(),
-                        inst.fsm.priority
+                        inst.fsm.priority,
                     );
                     notify(
                         &inst.cfg.notify,
