@@ -165,6 +165,12 @@ impl Daemon {
         output(&mut self.ctl_command(args))
     }
 
+    /// `lb-ctl status`, parsed; panics with what it printed if that is not JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.ctl_ok(&["status"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+    }
+
     /// Runs `lb-ctl --socket SOCK args…`; panics with its output and the daemon's log unless
     /// it succeeds. Returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {

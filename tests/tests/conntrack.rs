@@ -269,10 +269,6 @@ mod daemon_sweep {
         s
     }
 
-    fn status(d: &Daemon) -> serde_json::Value {
-        serde_json::from_str(&d.ctl_ok(&["status"])).expect("status is JSON")
-    }
-
     fn open(pin: &Path, name: &str) -> Map {
         let path = pin.join("maps").join(name);
         let data = MapData::from_pin(&path)
@@ -346,7 +342,7 @@ mod daemon_sweep {
                 Instant::now() < deadline,
                 "rs1's ActiveConn never became {FILL}: {}\n{}",
                 rs_active(&pin, rs1),
-                status(&d)["sweep"]
+                d.status()["sweep"]
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -354,7 +350,7 @@ mod daemon_sweep {
         // 1. A request answered in the middle of a pass.
         let mut mid_pass = None;
         for _ in 0..2000 {
-            let s = status(&d);
+            let s = d.status();
             if s["sweep"]["in_pass"] == true {
                 mid_pass = Some(s["sweep"].clone());
                 break;
@@ -364,7 +360,7 @@ mod daemon_sweep {
         let mid = mid_pass.unwrap_or_else(|| {
             panic!(
                 "no status answer came during a pass: {}",
-                status(&d)["sweep"]
+                d.status()["sweep"]
             )
         });
         assert!(
@@ -425,7 +421,7 @@ mod daemon_sweep {
         drop(fifo);
         let st = reload.wait().expect("lb-ctl reload");
         assert!(st.success(), "reload failed: {st}\n{}", d.log());
-        let s = status(&d);
+        let s = d.status();
         assert_eq!(s["sweep"]["failed_passes"], 0, "{}", s["sweep"]);
         let ln = d.ctl_ok(&["-Ln"]);
         assert!(
@@ -455,7 +451,7 @@ mod daemon_sweep {
             let bodies = lab.curls(&url, 2);
             made += 2;
             assert_eq!(bodies.len(), 2);
-            let s = status(&d)["sweep"].clone();
+            let s = d.status()["sweep"].clone();
             if s["thread_restarts"].as_u64() >= Some(1) {
                 break;
             }
@@ -480,10 +476,10 @@ mod daemon_sweep {
         );
         // The new thread sweeps: passes go on, and -Ln counts every connection made, each
         // closed one once (they stay within their timeouts).
-        let passes = status(&d)["sweep"]["passes"].as_u64().unwrap();
+        let passes = d.status()["sweep"]["passes"].as_u64().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = status(&d)["sweep"].clone();
+            let s = d.status()["sweep"].clone();
             if s["passes"].as_u64().unwrap() >= passes + 2 {
                 break;
             }

@@ -9,10 +9,6 @@ use lb_tests::{Daemon, DaemonOpts, DrLab, KeepAlive, TempDir, TunLab, curl, lab:
 const VIP_URL: &str = "http://192.0.2.100/";
 
 /// `lb-ctl status` as JSON.
-fn status(d: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&d.ctl_ok(&["status"])).expect("status JSON")
-}
-
 /// The `real_servers` entry of `status` for `addr`.
 fn rs_status(st: &serde_json::Value, addr: &str) -> serde_json::Value {
     st["real_servers"]
@@ -29,7 +25,7 @@ fn rs_status(st: &serde_json::Value, addr: &str) -> serde_json::Value {
 fn wait_rs(d: &Daemon, addr: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let mut last = serde_json::Value::Null;
     for _ in 0..150 {
-        last = rs_status(&status(d), addr);
+        last = rs_status(&d.status(), addr);
         if done(&last) {
             return;
         }
@@ -42,7 +38,7 @@ fn wait_rs(d: &Daemon, addr: &str, what: &str, done: impl Fn(&serde_json::Value)
 }
 
 fn counter(d: &Daemon, name: &str) -> u64 {
-    status(d)["counters"][name]
+    d.status()["counters"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
@@ -106,7 +102,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     wait_rs(&d, "192.0.2.13", "became unresolved", |r| {
         r["state"] == "unresolved"
     });
-    let st = status(&d);
+    let st = d.status();
     let rs3 = rs_status(&st, "192.0.2.13");
     assert!(
         rs3["reason"]
@@ -306,7 +302,7 @@ fn a_refused_reload_that_changed_tunnel_sources_leaves_paths_and_traffic_as_they
         listing.contains("-a -t 192.0.2.100:80 -r 203.0.113.12:80 -i"),
         "{listing}"
     );
-    let paths = status(&d)["real_servers"].clone();
+    let paths = d.status()["real_servers"].clone();
     for r in paths.as_array().unwrap() {
         assert_eq!(r["tunnel_source"], "192.0.2.100", "{paths}");
     }
@@ -345,7 +341,7 @@ port = 443
         v
     };
     assert_eq!(
-        strip(status(&d)["real_servers"].clone()),
+        strip(d.status()["real_servers"].clone()),
         strip(paths.clone())
     );
     let srcs = tunnel_sources_seen(&lab, || {
@@ -367,7 +363,7 @@ port = 443
         "outer source after the refused reload"
     );
     assert_eq!(d.ctl_ok(&["-Sn"]), listing);
-    assert_eq!(strip(status(&d)["real_servers"].clone()), strip(paths));
+    assert_eq!(strip(d.status()["real_servers"].clone()), strip(paths));
 
     // And an accepted reload does change it.
     std::fs::write(&cfg, tun_config("192.0.2.2", "")).unwrap();
@@ -395,7 +391,7 @@ fn real_servers_ipvs_users_expect_refused_are_refused_when_added_and_change_noth
     d.ctl_ok(&["-A", "-t", "192.0.2.100:80", "-s", "rr"]);
     d.ctl_ok(&["-a", "-t", "192.0.2.100:80", "-r", "192.0.2.11:80", "-g"]);
     let table = d.ctl_ok(&["-Sn"]);
-    let before = status(&d)["real_servers"].clone();
+    let before = d.status()["real_servers"].clone();
     for (args, why) in [
         (
             ["-r", "198.51.100.7:80", "-g"],
@@ -418,7 +414,7 @@ fn real_servers_ipvs_users_expect_refused_are_refused_when_added_and_change_noth
         );
         assert_eq!(d.ctl_ok(&["-Sn"]), table, "after `{}`", cmd.join(" "));
     }
-    assert_eq!(status(&d)["real_servers"], before);
+    assert_eq!(d.status()["real_servers"], before);
     let bodies = curls(&lab, 2);
     assert_eq!(tally(&bodies), BTreeMap::from([("rs1".into(), 2)]));
 }

@@ -91,11 +91,6 @@ impl Drop for RawSender {
     }
 }
 
-fn status(d: &Daemon) -> serde_json::Value {
-    let out = d.ctl_ok(&["status"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
 #[test]
 fn syn_flood_resets_no_established_connection() {
     let lab = DrLab::new(2);
@@ -177,7 +172,7 @@ scheduler = "rr"
         "background connections established\n{}",
         d.ctl_ok(&["status"])
     );
-    let before = status(&d);
+    let before = d.status();
     // SYNs sent so far.
     let sent = AtomicU32::new(0);
     let rounds = std::thread::scope(|s| {
@@ -229,7 +224,7 @@ scheduler = "rr"
             .unwrap_or_else(|e| panic!("connection {i} failed after the flood: {e}"));
         assert_eq!(got.trim(), body, "connection {i} changed real server");
     }
-    let after = status(&d);
+    let after = d.status();
     // New clients are still served.
     for i in 0..5 {
         curl(lab.client(), "http://192.0.2.100/")

@@ -26,13 +26,9 @@ const TIMING: &str = "connect_timeout = 1\nretry = 1\ndelay_before_retry = 1\nwa
 /// + delay_before_retry × retry.
 const BOUND: Duration = Duration::from_secs(1 + 2 + 1);
 
-fn status(d: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&d.ctl_ok(&["status"])).expect("status JSON")
-}
-
 /// The health entry of `rs` ("192.0.2.11:80") in `lb-ctl status`.
 fn health(d: &Daemon, rs: &str) -> serde_json::Value {
-    let st = status(d);
+    let st = d.status();
     st["health"]["real_servers"]
         .as_array()
         .unwrap_or_else(|| panic!("status has no health.real_servers: {st}"))
@@ -71,7 +67,7 @@ fn wait_table(
         if start.elapsed() > bound {
             panic!(
                 "{what}: not within {bound:?}; -Ln has {t:?}\nstatus health: {}\n--- daemon log ---\n{}",
-                status(d)["health"],
+                d.status()["health"],
                 d.log()
             );
         }
@@ -263,7 +259,7 @@ fn the_sorry_server_answers_when_every_real_server_is_down() {
     });
     let bodies = lab.curls(VIP_URL, 10);
     assert!(bodies.iter().all(|b| b == "rs3"), "{:?}", tally(&bodies));
-    let svc = &status(&d)["health"]["services"][0];
+    let svc = &d.status()["health"]["services"][0];
     assert_eq!(svc["quorum_up"], false, "{svc}");
     assert_eq!(svc["sorry_server_active"], true, "{svc}");
     // One server back: quorum (1) regained, the sorry server leaves.

@@ -64,9 +64,7 @@ fn start(ns: &Netns, cfg: &std::path::Path) -> Daemon {
 
 /// The daemon's first VRRP instance as `lb-ctl status` shows it.
 fn vrrp(d: &Daemon) -> Value {
-    let out = d.ctl_ok(&["status"]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["vrrp"][0].clone()
+    d.status()["vrrp"][0].clone()
 }
 
 fn state(d: &Daemon) -> String {

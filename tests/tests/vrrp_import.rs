@@ -70,13 +70,8 @@ fn import(conf: &Path, toml: &Path) -> String {
     stderr
 }
 
-fn status(d: &Daemon) -> Value {
-    let out = d.ctl_ok(&["status"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn vrrp(d: &Daemon) -> Value {
-    status(d)["vrrp"][0].clone()
+    d.status()["vrrp"][0].clone()
 }
 
 fn state(d: &Daemon) -> String {
@@ -126,7 +121,7 @@ fn wait_client_mac(lab: &HaLab, ns: &Netns) {
 /// run at least once.
 fn tcp_checks_run(d: &Daemon, who: &str) {
     let res = wait_for(BOUND, || {
-        let h = status(d)["health"]["real_servers"].clone();
+        let h = d.status()["health"]["real_servers"].clone();
         let rss = h.as_array()?;
         let ok = rss.len() == 2
             && rss.iter().all(|r| {
@@ -142,7 +137,7 @@ fn tcp_checks_run(d: &Daemon, who: &str) {
     if res.is_none() {
         panic!(
             "{who}: the seed's TCP_CHECKs did not report both real servers up: {}\n{}",
-            status(d)["health"],
+            d.status()["health"],
             d.log()
         );
     }
