@@ -974,8 +974,11 @@ impl Gen {
         };
         fr.ttl = self.ttl();
         fr.id = self.rng.u16(..);
-        // Replies to martian clients may not be routable: no expectation there.
-        let plain = fr.ttl > 1 && known && !special(f.client);
+        // Replies to martian clients may not be routable: no expectation there. A client
+        // with one of the director's own addresses is martian too (the kernel would have
+        // dropped its request, `fib_validate_source`), and its reply has nowhere to go.
+        let plain =
+            fr.ttl > 1 && known && !special(f.client) && !self.world.local.contains(&f.client);
         Some((self.options(fr), plain))
     }
 
