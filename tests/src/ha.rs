@@ -187,3 +187,31 @@ impl Drop for Keepalived {
         self.kill_child();
     }
 }
+
+/// The daemon's first VRRP instance as `lb-ctl status` shows it.
+pub fn vrrp_status(d: &crate::Daemon) -> serde_json::Value {
+    d.status()["vrrp"][0].clone()
+}
+
+/// That instance's state (`MASTER`, `BACKUP`, …; `?` without one).
+pub fn vrrp_state(d: &crate::Daemon) -> String {
+    vrrp_status(d)["state"].as_str().unwrap_or("?").to_string()
+}
+
+/// Waits until `d` is in `want`; the time it took. Panics with both daemons' logs at `bound`.
+pub fn wait_vrrp_state(
+    d: &crate::Daemon,
+    want: &str,
+    other: &crate::Daemon,
+    bound: Duration,
+) -> Duration {
+    match wait_for(bound, || (vrrp_state(d) == want).then_some(())) {
+        Some((t, ())) => t,
+        None => panic!(
+            "not {want} within {bound:?}: {}\n--- this daemon ---\n{}\n--- the other ---\n{}",
+            vrrp_status(d),
+            d.log(),
+            other.log()
+        ),
+    }
+}

@@ -62,26 +62,16 @@ fn start(ns: &Netns, cfg: &std::path::Path) -> Daemon {
     Daemon::start(ns, &["eth0"], Some(cfg))
 }
 
-/// The daemon's first VRRP instance as `lb-ctl status` shows it.
 fn vrrp(d: &Daemon) -> Value {
-    d.status()["vrrp"][0].clone()
+    lb_tests::ha::vrrp_status(d)
 }
 
 fn state(d: &Daemon) -> String {
-    vrrp(d)["state"].as_str().unwrap_or("?").to_string()
+    lb_tests::ha::vrrp_state(d)
 }
 
-/// Waits until `d` is in `want`; the time it took. Panics with both logs at the bound.
 fn wait_state(d: &Daemon, want: &str, other: &Daemon) -> Duration {
-    match wait_for(BOUND, || (state(d) == want).then_some(())) {
-        Some((t, ())) => t,
-        None => panic!(
-            "not {want} within {BOUND:?}: {}\n--- this daemon ---\n{}\n--- the other ---\n{}",
-            vrrp(d),
-            d.log(),
-            other.log()
-        ),
-    }
+    lb_tests::ha::wait_vrrp_state(d, want, other, BOUND)
 }
 
 fn curls_ok(lab: &HaLab, n: usize) {
