@@ -16,4 +16,5 @@ pub mod notify;
 pub mod realserver;
 pub mod resolve;
 pub mod sched;
+pub mod sync;
 pub mod vrrp;
