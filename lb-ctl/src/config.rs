@@ -45,6 +45,8 @@ pub struct Config {
     pub vrrp: crate::vrrp::config::VrrpConfig,
     /// `[metrics] listen`: where `/metrics` is served (off when absent; `--metrics` wins).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[[sync_daemon]]`: connection sync (see `crate::sync::config`).
+    pub sync: crate::sync::config::SyncConfig,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -187,6 +189,8 @@ struct RawFile {
     #[serde(default)]
     vrrp_sync_group: Vec<Spanned<crate::vrrp::config::RawSyncGroup>>,
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    sync_daemon: Vec<Spanned<crate::sync::config::RawSyncDaemon>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -382,6 +386,8 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
     let mut health = HealthSpecs::new();
     let vrrp =
         crate::vrrp::config::build(&raw.vrrp_instance, &raw.vrrp_script, &raw.vrrp_sync_group)?;
+    let instance_names: Vec<String> = vrrp.instances.iter().map(|i| i.name.clone()).collect();
+    let sync = crate::sync::config::build(&raw.sync_daemon, &instance_names)?;
 
     let mut model = Model::default();
     // Where each service began, for the "first defined at" of a duplicate.
@@ -445,6 +451,7 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         health,
         vrrp,
         metrics_listen,
+        sync,
     })
 }
 
@@ -1441,7 +1448,7 @@ mod tests {
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group, metrics)",
+            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group, metrics, sync_daemon)",
         );
     }
 
@@ -2038,6 +2045,107 @@ mod tests {
             2,
             1,
             "unknown key \"port\" (expected one of: listen)",
+        );
+    }
+
+    #[test]
+    fn sync_daemons_are_parsed_with_ipvs_defaults() {
+        use crate::sync::config::{Mode, Role};
+        let c = parse(
+            "[[sync_daemon]]\nstate = \"master\"\ninterface = \"eth0\"\nsyncid = 7\n\
+             [[sync_daemon]]\nstate = \"backup\"\ninterface = \"eth1\"\nmaxlen = 9000\n\
+             group = \"239.1.2.3\"\nport = 9000\nttl = 4\nmax_rate = 100\n",
+            "t.toml",
+        )
+        .unwrap();
+        let d = &c.sync.daemons;
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].mode, Mode::Role(Role::Master));
+        let p = &d[0].params;
+        assert_eq!(
+            (p.interface.as_str(), p.syncid, p.maxlen),
+            ("eth0", 7, None)
+        );
+        assert_eq!(
+            (p.group, p.port, p.ttl),
+            ("224.0.0.81".parse().unwrap(), 8848, 1)
+        );
+        let p = &d[1].params;
+        assert_eq!(
+            (p.maxlen, p.port, p.ttl, p.max_rate),
+            (Some(9000), 9000, 4, 100)
+        );
+        assert_eq!(p.group, "239.1.2.3".parse::<Ipv4Addr>().unwrap());
+        let vi = "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
+                  virtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100\"]\n";
+        let c = parse(
+            &format!(
+                "{vi}[[sync_daemon]]\nvrrp_instance = \"VI_1\"\ninterface = \"eth0\"\n\
+                 peers = [\"192.0.2.3\"]\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.sync.daemons[0].mode, Mode::Follow("VI_1".into()));
+        assert_eq!(
+            c.sync.daemons[0].params.peers,
+            vec!["192.0.2.3".parse::<Ipv4Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn sync_daemon_errors_name_the_line() {
+        let d = "[[sync_daemon]]\n";
+        assert_err(
+            &format!("{d}state = \"primary\"\ninterface = \"eth0\"\n"),
+            2,
+            9,
+            "unknown sync state \"primary\" (expected one of: master, backup)",
+        );
+        assert_err(
+            &format!("{d}state = \"master\"\ninterface = \"eth0\"\nsyncid = 256\n"),
+            4,
+            10,
+            "syncid 256 out of range 0..255",
+        );
+        assert_err(
+            &format!("{d}state = \"master\"\ninterface = \"eth0\"\ngroup = \"192.0.2.1\"\n"),
+            4,
+            9,
+            "group 192.0.2.1 is not a multicast address",
+        );
+        assert_err(
+            &format!("{d}state = \"master\"\ninterface = \"eth0\"\nmaxlen = 70000\n"),
+            4,
+            10,
+            "maxlen 70000 out of range 1..65507",
+        );
+        assert_err(
+            &format!("{d}vrrp_instance = \"VI_9\"\ninterface = \"eth0\"\n"),
+            2,
+            17,
+            "no vrrp_instance \"VI_9\" to follow",
+        );
+        assert_err(
+            &format!("{d}interface = \"eth0\"\n"),
+            1,
+            1,
+            "a sync_daemon needs state (\"master\" or \"backup\") or vrrp_instance",
+        );
+        assert_err(
+            &format!(
+                "{d}state = \"master\"\ninterface = \"eth0\"\n{d}state = \"master\"\ninterface = \"eth1\"\n"
+            ),
+            4,
+            1,
+            "a second master sync daemon",
+        );
+        assert_err(
+            &format!("{d}state = \"master\"\ninterface = \"eth0\"\nmcast_group = 1\n"),
+            4,
+            1,
+            "unknown key \"mcast_group\" (expected one of: state, vrrp_instance, interface, \
+             syncid, maxlen, group, port, ttl, peers, max_rate)",
         );
     }
 }

@@ -62,3 +62,333 @@ impl SyncConn {
         self.flags & conn_flags::TEMPLATE != 0
     }
 }
+
+pub mod config;
+pub mod engine;
+pub mod shell;
+pub mod wire;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
+
+use self::{
+    config::{DaemonSpec, Mode, Params, Role, SyncConfig},
+    engine::{Followed, Roles},
+    shell::{Nothing, RoleStatus, RoleThread},
+};
+
+/// Where a master's connections come from: the data path's events (new connections, state
+/// changes, templates).
+pub trait ConnSource: Send + 'static {
+    /// Appends what arrived, waiting at most `wait` when nothing has.
+    fn read(&mut self, out: &mut Vec<SyncConn>, wait: Duration);
+    /// Events the data path dropped because nobody read them in time (its ring was full).
+    fn lost(&self) -> u64 {
+        0
+    }
+}
+
+/// Where a backup's connections go: entries installed in the data path.
+pub trait ConnSink: Send + 'static {
+    fn install(&mut self, conns: &[SyncConn]) -> InstallReport;
+}
+
+/// What an install did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InstallReport {
+    pub installed: u64,
+    pub updated: u64,
+    /// Refused entries by reason (no such service, no such real server, table full, …).
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// A running role: its thread, its parameters, the instance it follows.
+type Running<T> = (RoleThread<T>, Params, Option<String>);
+
+/// The sync daemons of one director: at most one master and one backup role, started and
+/// stopped by ipvsadm's commands, the config file, or a followed VRRP instance. Owned by the
+/// daemon's loop, which polls [`SyncDaemon::follow`] and applies [`SyncDaemon::take_switch`]
+/// to the data path.
+pub struct SyncDaemon {
+    source: Option<Box<dyn ConnSource>>,
+    sink: Option<Box<dyn ConnSink>>,
+    master: Option<Running<Box<dyn ConnSource>>>,
+    backup: Option<Running<Box<dyn ConnSink>>>,
+    /// The instance followed and the parameters both roles take from it.
+    following: Option<(String, Params)>,
+    /// Whether the data path should report connections (the master role runs), and
+    /// whether the data path has been told.
+    switch: (bool, bool),
+}
+
+impl SyncDaemon {
+    pub fn new(source: Box<dyn ConnSource>, sink: Box<dyn ConnSink>) -> SyncDaemon {
+        SyncDaemon {
+            source: Some(source),
+            sink: Some(sink),
+            master: None,
+            backup: None,
+            following: None,
+            switch: (false, false),
+        }
+    }
+
+    fn running(&self, role: Role) -> bool {
+        match role {
+            Role::Master => self.master.is_some(),
+            Role::Backup => self.backup.is_some(),
+        }
+    }
+
+    fn start_role(
+        &mut self,
+        role: Role,
+        p: &Params,
+        follows: Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.running(role) {
+            anyhow::bail!("Daemon has already run");
+        }
+        match role {
+            Role::Master => {
+                let src = self.source.take().unwrap_or_else(|| Box::new(Nothing));
+                match shell::start_master(p, follows.clone(), src) {
+                    Ok(t) => {
+                        self.master = Some((t, p.clone(), follows));
+                        self.switch.0 = true;
+                    }
+                    Err((e, src)) => {
+                        self.source = Some(src);
+                        return Err(e);
+                    }
+                }
+            }
+            Role::Backup => {
+                let sink = self.sink.take().unwrap_or_else(|| Box::new(Nothing));
+                match shell::start_backup(p, follows.clone(), sink) {
+                    Ok(t) => self.backup = Some((t, p.clone(), follows)),
+                    Err((e, sink)) => {
+                        self.sink = Some(sink);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            change = "sync_started",
+            role = role.name(),
+            interface = %p.interface,
+            syncid = p.syncid,
+            "sync_started: {} sync daemon on {} (syncid {})",
+            role.name(),
+            p.interface,
+            p.syncid
+        );
+        Ok(())
+    }
+
+    fn stop_role(&mut self, role: Role) -> anyhow::Result<()> {
+        let p = match role {
+            Role::Master => {
+                let (t, p, _) = self.master.take().context_none()?;
+                self.switch.0 = false;
+                self.source = t.stop();
+                p
+            }
+            Role::Backup => {
+                let (t, p, _) = self.backup.take().context_none()?;
+                self.sink = t.stop();
+                p
+            }
+        };
+        tracing::info!(
+            change = "sync_stopped",
+            role = role.name(),
+            interface = %p.interface,
+            "sync_stopped: {} sync daemon on {}",
+            role.name(),
+            p.interface
+        );
+        Ok(())
+    }
+
+    /// `--start-daemon ROLE`: refused while the roles follow a VRRP instance.
+    pub fn start(&mut self, role: Role, p: &Params) -> anyhow::Result<()> {
+        if let Some((i, _)) = &self.following {
+            anyhow::bail!(
+                "the sync daemons follow vrrp_instance {i:?} (sync_daemon in the config file)"
+            );
+        }
+        self.start_role(role, p, None)
+    }
+
+    /// `--stop-daemon ROLE`.
+    pub fn stop(&mut self, role: Role) -> anyhow::Result<()> {
+        if let Some((i, _)) = &self.following {
+            anyhow::bail!(
+                "the sync daemons follow vrrp_instance {i:?} (sync_daemon in the config file)"
+            );
+        }
+        self.stop_role(role)
+    }
+
+    /// Brings the roles to what the config file says, changing only what differs (a role
+    /// whose parameters are unchanged keeps running, its counters with it). On an error the
+    /// roles are as before, as far as they can be restarted.
+    pub fn apply(&mut self, cfg: &SyncConfig) -> anyhow::Result<()> {
+        let follow = cfg.daemons.iter().find_map(|d| match &d.mode {
+            Mode::Follow(i) => Some((i.clone(), d.params.clone())),
+            Mode::Role(_) => None,
+        });
+        let fixed = |r: Role| {
+            cfg.daemons
+                .iter()
+                .find_map(|d: &DaemonSpec| (d.mode == Mode::Role(r)).then(|| d.params.clone()))
+        };
+        if follow != self.following {
+            for r in [Role::Master, Role::Backup] {
+                if self.running(r) {
+                    self.stop_role(r)?;
+                }
+            }
+            self.following = follow;
+            // The roles start at the next `follow` call, from the instance's state.
+            if self.following.is_some() {
+                return Ok(());
+            }
+        } else if self.following.is_some() {
+            return Ok(());
+        }
+        for r in [Role::Master, Role::Backup] {
+            let want = fixed(r);
+            let have = match r {
+                Role::Master => self.master.as_ref().map(|m| m.1.clone()),
+                Role::Backup => self.backup.as_ref().map(|b| b.1.clone()),
+            };
+            if want == have {
+                continue;
+            }
+            if have.is_some() {
+                self.stop_role(r)?;
+            }
+            if let Some(p) = want
+                && let Err(e) = self.start_role(r, &p, None)
+            {
+                if let Some(old) = have {
+                    let _ = self.start_role(r, &old, None);
+                }
+                return Err(e.context(format!("starting the {} sync daemon", r.name())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Called often by the daemon with the followed instance's state (`lookup(name)`):
+    /// starts and stops the roles as keepalived's `lvs_sync_daemon` does, and restarts a
+    /// role whose thread died.
+    pub fn follow(&mut self, lookup: impl Fn(&str) -> Followed) {
+        for r in [Role::Master, Role::Backup] {
+            let died = match r {
+                Role::Master => self.master.as_ref().is_some_and(|m| m.0.died()),
+                Role::Backup => self.backup.as_ref().is_some_and(|b| b.0.died()),
+            };
+            if died {
+                log::error!("the {} sync thread died; starting it again", r.name());
+                let _ = self.stop_role(r);
+            }
+        }
+        let Some((inst, p)) = self.following.clone() else {
+            return;
+        };
+        let want: Roles = engine::follow(lookup(&inst));
+        // Stop first, so the data path's reader or installer is free for the other role.
+        for (r, on) in [(Role::Master, want.master), (Role::Backup, want.backup)] {
+            if !on && self.running(r) {
+                let _ = self.stop_role(r);
+            }
+        }
+        for (r, on) in [(Role::Master, want.master), (Role::Backup, want.backup)] {
+            if on
+                && !self.running(r)
+                && let Err(e) = self.start_role(r, &p, Some(inst.clone()))
+            {
+                log::error!("starting the {} sync daemon: {e:#}", r.name());
+            }
+        }
+    }
+
+    /// The data path's "report connections" switch, when it has to change: the caller
+    /// calls `set_sync_master(on)`, then [`SyncDaemon::switched`].
+    pub fn take_switch(&self) -> Option<bool> {
+        (self.switch.0 != self.switch.1).then_some(self.switch.0)
+    }
+
+    pub fn switched(&mut self, on: bool) {
+        self.switch.1 = on;
+    }
+
+    /// Both roles' settings and counters (running ones only).
+    pub fn status(&self) -> Vec<RoleStatus> {
+        let mut v = Vec::new();
+        if let Some(m) = &self.master {
+            v.push(m.0.snapshot());
+        }
+        if let Some(b) = &self.backup {
+            v.push(b.0.snapshot());
+        }
+        v
+    }
+
+    /// The followed instance, if any.
+    pub fn following(&self) -> Option<&str> {
+        self.following.as_ref().map(|f| f.0.as_str())
+    }
+
+    /// Stops both roles (at the daemon's stop).
+    pub fn shutdown(&mut self) {
+        for r in [Role::Master, Role::Backup] {
+            if self.running(r) {
+                let _ = self.stop_role(r);
+            }
+        }
+    }
+}
+
+trait ContextNone<T> {
+    fn context_none(self) -> anyhow::Result<T>;
+}
+
+impl<T> ContextNone<T> for Option<T> {
+    /// ipvsadm's message for a role that is not running (`ESRCH`).
+    fn context_none(self) -> anyhow::Result<T> {
+        self.ok_or_else(|| anyhow::anyhow!("No daemon is running"))
+    }
+}
+
+/// `-L --daemon` in ipvsadm 1.31's layout: one line per running role, master first.
+pub fn list_daemon(status: &[RoleStatus]) -> String {
+    let mut out = String::new();
+    for role in ["master", "backup"] {
+        for s in status.iter().filter(|s| s.role == role) {
+            out += &format!(
+                "{role} sync daemon (mcast={}, syncid={}",
+                s.interface, s.syncid
+            );
+            if s.maxlen != 0 {
+                out += &format!(", maxlen={}", s.maxlen);
+            }
+            if let Some(g) = s.group {
+                out += &format!(", group={g}");
+            }
+            if s.port != 0 {
+                out += &format!(", port={}", s.port);
+            }
+            if s.ttl != 0 {
+                out += &format!(", ttl={}", s.ttl);
+            }
+            out += ")\n";
+        }
+    }
+    out
+}
