@@ -38,6 +38,15 @@ pub enum Request {
     Reload,
     /// Data-path counters and daemon facts.
     Status,
+    /// `--start-daemon ROLE` with its options (connection sync).
+    StartDaemon {
+        role: crate::sync::config::Role,
+        params: crate::sync::config::Params,
+    },
+    /// `--stop-daemon ROLE`.
+    StopDaemon { role: crate::sync::config::Role },
+    /// `-L --daemon`.
+    ListDaemon,
     /// Stop the daemon. With `keep_datapath` the XDP programs stay attached and the maps
     /// pinned, so traffic keeps flowing and the next daemon adopts them.
     Shutdown { keep_datapath: bool },
@@ -119,6 +128,8 @@ pub enum Response {
     Conns(Vec<ConnView>),
     Timeouts(Timeouts),
     Status(serde_json::Value),
+    /// The running sync daemons (`-L --daemon`).
+    Daemons(Vec<crate::sync::shell::RoleStatus>),
 }
 
 /// How long the CLI waits for the daemon to take a connection, and then for its answer.

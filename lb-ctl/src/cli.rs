@@ -258,14 +258,51 @@ pub struct IpvsArgs {
     #[arg(short = 'o', long = "ops", value_name = "json", num_args = 0..=1,
           default_missing_value = NO_VALUE)]
     pub ops: Vec<String>,
-    #[arg(long = "start-daemon", hide = true, allow_hyphen_values = true)]
+    // Connection sync (crate::sync): ipvsadm's daemon command and options.
+    /// Start connection sync daemon
+    #[arg(
+        long = "start-daemon",
+        value_name = "master|backup",
+        allow_hyphen_values = true
+    )]
     pub start_daemon: Vec<String>,
-    #[arg(long = "stop-daemon", hide = true, allow_hyphen_values = true)]
+    /// Stop connection sync daemon
+    #[arg(
+        long = "stop-daemon",
+        value_name = "master|backup",
+        allow_hyphen_values = true
+    )]
     pub stop_daemon: Vec<String>,
-    /// The sync daemon's own options, all refused alike.
-    #[arg(long = "syncid", hide = true, allow_hyphen_values = true,
-          aliases = ["mcast-interface", "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen"])]
-    pub sync_options: Vec<String>,
+    /// Multicast interface for connection sync
+    #[arg(
+        long = "mcast-interface",
+        value_name = "interface",
+        allow_hyphen_values = true
+    )]
+    pub mcast_interface: Vec<String>,
+    /// Syncid for connection sync (default=0: a backup takes every syncid)
+    #[arg(long = "syncid", value_name = "sid", allow_hyphen_values = true)]
+    pub syncid: Vec<String>,
+    /// Max sync message length (default=1472)
+    #[arg(
+        long = "sync-maxlen",
+        value_name = "length",
+        allow_hyphen_values = true
+    )]
+    pub sync_maxlen: Vec<String>,
+    /// IPv4/IPv6 group (default=224.0.0.81)
+    #[arg(
+        long = "mcast-group",
+        value_name = "address",
+        allow_hyphen_values = true
+    )]
+    pub mcast_group: Vec<String>,
+    /// UDP port (default=8848)
+    #[arg(long = "mcast-port", value_name = "port", allow_hyphen_values = true)]
+    pub mcast_port: Vec<String>,
+    /// Multicast TTL (default=1)
+    #[arg(long = "mcast-ttl", value_name = "ttl", allow_hyphen_values = true)]
+    pub mcast_ttl: Vec<String>,
 }
 
 /// A command line that ipvsadm would refuse, with ipvsadm's message and exit status.
@@ -346,6 +383,8 @@ pub enum Render {
     Conns(ListFormat),
     /// A `Response::Timeouts` (`-L --timeout`).
     Timeouts { json: bool },
+    /// A `Response::Daemons` (`-L --daemon`).
+    Daemon { json: bool },
 }
 
 impl Render {
@@ -354,7 +393,10 @@ impl Render {
     pub fn error_exit_code(&self) -> i32 {
         match self {
             Render::Nothing => EXIT_FAILED,
-            Render::List(_) | Render::Conns(_) | Render::Timeouts { .. } => EXIT_LIST_FAILED,
+            Render::List(_)
+            | Render::Conns(_)
+            | Render::Timeouts { .. }
+            | Render::Daemon { .. } => EXIT_LIST_FAILED,
         }
     }
 }
@@ -562,15 +604,6 @@ impl IpvsArgs {
 
     /// ipvsadm features the data path does not have.
     fn reject_unsupported(&self) -> Result<(), UsageError> {
-        if !self.start_daemon.is_empty()
-            || !self.stop_daemon.is_empty()
-            || !self.sync_options.is_empty()
-        {
-            return Err(UsageError::fail(
-                "the connection synchronization daemon (--start-daemon, --stop-daemon, --syncid, \
-                 --mcast-*, --sync-maxlen) is not supported",
-            ));
-        }
         if !self.sctp_service.is_empty() {
             return Err(UsageError::fail("SCTP services are not supported"));
         }
@@ -994,6 +1027,9 @@ fn plan_with(a: &IpvsArgs, names: &Names) -> Result<Plan, UsageError> {
         });
     }
     a.reject_unsupported()?;
+    if let Some(p) = plan_daemon(a)? {
+        return Ok(p);
+    }
     let cmd = a.command()?;
     let counts = a.option_counts();
     if let Some(j) = counts.iter().position(|&n| n > 1) {
@@ -1097,7 +1133,10 @@ fn plan_with(a: &IpvsArgs, names: &Names) -> Result<Plan, UsageError> {
                     render: Render::Timeouts { json: v.json },
                 }
             } else if given(opt::DAEMON) {
-                Plan::Print(if v.json { "[]\n".into() } else { String::new() })
+                Plan::Request {
+                    req: Request::ListDaemon,
+                    render: Render::Daemon { json: v.json },
+                }
             } else {
                 Plan::Request {
                     req: Request::List { service: None },
@@ -1106,6 +1145,142 @@ fn plan_with(a: &IpvsArgs, names: &Names) -> Result<Plan, UsageError> {
             }
         }
     })
+}
+
+/// ipvsadm's `--start-daemon` / `--stop-daemon` and their options, planned apart from the
+/// table's commands (their own rows of ipvsadm's legality table): `None` when the command
+/// line is not about the sync daemon.
+fn plan_daemon(a: &IpvsArgs) -> Result<Option<Plan>, UsageError> {
+    use crate::sync::config::{Params, Role};
+    let sync_opts: [(&str, &Vec<String>); 6] = [
+        ("mcast-interface", &a.mcast_interface),
+        ("syncid", &a.syncid),
+        ("sync-maxlen", &a.sync_maxlen),
+        ("mcast-group", &a.mcast_group),
+        ("mcast-port", &a.mcast_port),
+        ("mcast-ttl", &a.mcast_ttl),
+    ];
+    let daemon_cmds = a.start_daemon.len() + a.stop_daemon.len();
+    if daemon_cmds == 0 {
+        // A sync option with a table command: ipvsadm's table marks it illegal.
+        if let Some((name, _)) = sync_opts.iter().find(|(_, v)| !v.is_empty()) {
+            let cmd = a.command()?;
+            return Err(UsageError::fail(format!(
+                "Illegal '{name}' option with the '{}' command",
+                cmd.name()
+            )));
+        }
+        return Ok(None);
+    }
+    let other_cmds = [
+        a.add_service,
+        a.edit_service,
+        a.delete_service,
+        a.clear,
+        a.list,
+        a.add_server,
+        a.delete_server,
+        a.edit_server,
+        u8::from(a.set.is_some()),
+        a.restore,
+        a.save,
+        a.zero,
+    ];
+    if daemon_cmds > 1 || other_cmds.iter().any(|&n| n > 0) {
+        return Err(UsageError::fail("multiple commands specified"));
+    }
+    let start = !a.start_daemon.is_empty();
+    let (cmd_name, arg) = if start {
+        ("start-daemon", &a.start_daemon[0])
+    } else {
+        ("stop-daemon", &a.stop_daemon[0])
+    };
+    let role: Role = arg.parse().map_err(|_| {
+        UsageError::fail(if start {
+            "illegal start-daemon parameter specified"
+        } else {
+            // ipvsadm's own wording for a bad --stop-daemon argument.
+            "illegal start_daemon specified"
+        })
+    })?;
+    if let Some((name, _)) = sync_opts.iter().find(|(_, v)| v.len() > 1) {
+        return Err(UsageError::fail(format!(
+            "multiple '{name}' options specified"
+        )));
+    }
+    let one = |v: &Vec<String>| v.first().cloned();
+    let number =
+        |v: &Vec<String>, lo: u32, hi: u32, what: &str| -> Result<Option<u32>, UsageError> {
+            match one(v) {
+                None => Ok(None),
+                Some(s) => match s.parse::<u32>() {
+                    Ok(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+                    _ => Err(UsageError::fail(format!("illegal {what} specified"))),
+                },
+            }
+        };
+    // Parsed in ipvsadm's order, each with its message.
+    let syncid = number(&a.syncid, 0, 255, "syncid")?;
+    let maxlen = number(&a.sync_maxlen, 1, 65535 - 28, "sync-maxlen")?;
+    let group = match one(&a.mcast_group) {
+        None => None,
+        Some(g) => match g.parse::<Ipv4Addr>() {
+            Ok(ip) if ip.is_multicast() => Some(ip),
+            _ if g.parse::<std::net::Ipv6Addr>().is_ok() => {
+                return Err(UsageError::fail("IPv6 mcast-group is not supported yet"));
+            }
+            _ => return Err(UsageError::fail(format!("invalid IPv4 mcast-group `{g}'"))),
+        },
+    };
+    let port = number(&a.mcast_port, 1, 65535, "mcast-port")?;
+    let ttl = number(&a.mcast_ttl, 1, 255, "mcast-ttl")?;
+    // The legality rows: every table option is illegal with the daemon commands; start
+    // needs the interface, stop takes nothing but the role.
+    if let Some(j) = a.option_counts().iter().position(|&n| n > 0) {
+        return Err(UsageError::fail(format!(
+            "Illegal '{}' option with the '{cmd_name}' command",
+            OPT_NAMES[j]
+        )));
+    }
+    if !start {
+        if let Some((name, _)) = sync_opts.iter().find(|(_, v)| !v.is_empty()) {
+            return Err(UsageError::fail(format!(
+                "Illegal '{name}' option with the '{cmd_name}' command"
+            )));
+        }
+        return Ok(Some(Plan::Request {
+            req: Request::StopDaemon { role },
+            render: Render::Nothing,
+        }));
+    }
+    let Some(iface) = one(&a.mcast_interface) else {
+        return Err(UsageError::fail(format!(
+            "You need to supply the 'mcast-interface' option for the '{cmd_name}' command"
+        )));
+    };
+    if !crate::config::valid_ifname(&iface) {
+        return Err(UsageError::fail(format!(
+            "illegal mcast-interface `{iface}'"
+        )));
+    }
+    let mut p = Params::new(&iface);
+    if let Some(n) = syncid {
+        p.syncid = n as u8;
+    }
+    p.maxlen = maxlen.map(|n| n as u16);
+    if let Some(g) = group {
+        p.group = g;
+    }
+    if let Some(n) = port {
+        p.port = n as u16;
+    }
+    if let Some(n) = ttl {
+        p.ttl = n as u8;
+    }
+    Ok(Some(Plan::Request {
+        req: Request::StartDaemon { role, params: p },
+        render: Render::Nothing,
+    }))
 }
 
 /// `-A`/`-E`: ipvsadm sends the whole service, so `-E` without `-s` sets wlc again and
@@ -1287,6 +1462,8 @@ pub fn render_response(resp: &Response, render: &Render) -> Result<String, Strin
         (Render::Conns(f), Response::Conns(c)) => Ok(render_conns(c, f)),
         (Render::Timeouts { json: true }, Response::Timeouts(t)) => Ok(to_json(t)),
         (Render::Timeouts { json: false }, Response::Timeouts(t)) => Ok(render_timeouts(t)),
+        (Render::Daemon { json: true }, Response::Daemons(d)) => Ok(to_json(d)),
+        (Render::Daemon { json: false }, Response::Daemons(d)) => Ok(crate::sync::list_daemon(d)),
         _ => Err("unexpected answer from the daemon".into()),
     }
 }
@@ -2201,10 +2378,19 @@ mod tests {
                 render: Render::Timeouts { json: false }
             }
         );
-        assert_eq!(ok(&["-L", "--daemon"]), Plan::Print(String::new()));
+        assert_eq!(
+            ok(&["-L", "--daemon"]),
+            Plan::Request {
+                req: Request::ListDaemon,
+                render: Render::Daemon { json: false }
+            }
+        );
         assert_eq!(
             ok(&["-L", "--daemon", "-o", "json"]),
-            Plan::Print("[]\n".into())
+            Plan::Request {
+                req: Request::ListDaemon,
+                render: Render::Daemon { json: true }
+            }
         );
         let rules = ListFormat {
             view: ListView::Rules,
@@ -2707,8 +2893,6 @@ mod tests {
             msg(&["-A", "--sctp-service", vip]),
             "SCTP services are not supported"
         );
-        assert!(msg(&["--start-daemon", "master"]).contains("is not supported"));
-        assert!(msg(&["-L", "--mcast-interface", "eth0"]).contains("is not supported"));
         assert_eq!(
             msg(&["-A", "-t", vip, "-p", "--pe", "sip"]),
             "persistence engines (--pe) are not supported"
@@ -3305,5 +3489,167 @@ mod tests {
         assert_eq!(line, 2);
         assert_eq!(e.exit_code(), EXIT_FAILED);
         assert!(e.to_string().contains("--bogus"), "{e}");
+    }
+}
+
+/// ipvsadm's sync-daemon command lines (crate::sync).
+#[cfg(test)]
+mod daemon_tests {
+    use super::*;
+    use crate::sync::config::{Params, Role};
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: IpvsArgs,
+    }
+
+    fn plan_of(v: &[&str]) -> Result<Plan, UsageError> {
+        let t = T::try_parse_from(std::iter::once("lb-ctl").chain(v.iter().copied()))
+            .unwrap_or_else(|e| panic!("{v:?} does not parse: {e}"));
+        plan_with(&t.a, &Names::parse("", ""))
+    }
+
+    fn req(v: &[&str]) -> Request {
+        match plan_of(v) {
+            Ok(Plan::Request {
+                req,
+                render: Render::Nothing,
+            }) => req,
+            other => panic!("{v:?}: {other:?}"),
+        }
+    }
+
+    fn msg(v: &[&str]) -> String {
+        match plan_of(v) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), EXIT_USAGE, "{v:?}: {e}");
+                e.to_string()
+            }
+            Ok(p) => panic!("{v:?} accepted: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn start_and_stop_daemon_take_ipvsadms_options() {
+        assert_eq!(
+            req(&["--start-daemon", "master", "--mcast-interface", "eth0"]),
+            Request::StartDaemon {
+                role: Role::Master,
+                params: Params::new("eth0"),
+            }
+        );
+        let mut p = Params::new("eth1");
+        p.syncid = 9;
+        p.maxlen = Some(1400);
+        p.group = "239.0.0.9".parse().unwrap();
+        p.port = 9000;
+        p.ttl = 3;
+        assert_eq!(
+            req(&[
+                "--start-daemon",
+                "backup",
+                "--mcast-interface",
+                "eth1",
+                "--syncid",
+                "9",
+                "--sync-maxlen",
+                "1400",
+                "--mcast-group",
+                "239.0.0.9",
+                "--mcast-port",
+                "9000",
+                "--mcast-ttl",
+                "3",
+            ]),
+            Request::StartDaemon {
+                role: Role::Backup,
+                params: p
+            }
+        );
+        assert_eq!(
+            req(&["--stop-daemon", "backup"]),
+            Request::StopDaemon { role: Role::Backup }
+        );
+    }
+
+    #[test]
+    fn daemon_errors_are_ipvsadms() {
+        let start = ["--start-daemon", "master", "--mcast-interface", "eth0"];
+        let with = |extra: &[&str]| msg(&[&start[..], extra].concat());
+        assert_eq!(
+            msg(&["--start-daemon", "primary", "--mcast-interface", "eth0"]),
+            "illegal start-daemon parameter specified"
+        );
+        assert_eq!(
+            msg(&["--stop-daemon", "x"]),
+            "illegal start_daemon specified"
+        );
+        assert_eq!(
+            msg(&["--start-daemon", "master"]),
+            "You need to supply the 'mcast-interface' option for the 'start-daemon' command"
+        );
+        assert_eq!(with(&["--syncid", "256"]), "illegal syncid specified");
+        assert_eq!(
+            with(&["--sync-maxlen", "0"]),
+            "illegal sync-maxlen specified"
+        );
+        assert_eq!(
+            with(&["--mcast-port", "65536"]),
+            "illegal mcast-port specified"
+        );
+        assert_eq!(with(&["--mcast-ttl", "0"]), "illegal mcast-ttl specified");
+        assert_eq!(
+            with(&["--mcast-group", "192.0.2.1"]),
+            "invalid IPv4 mcast-group `192.0.2.1'"
+        );
+        assert_eq!(
+            with(&["-t", "192.0.2.1:80"]),
+            "Illegal 'service-address' option with the 'start-daemon' command"
+        );
+        assert_eq!(
+            msg(&["--stop-daemon", "master", "--syncid", "1"]),
+            "Illegal 'syncid' option with the 'stop-daemon' command"
+        );
+        assert_eq!(
+            msg(&["-L", "--mcast-interface", "eth0"]),
+            "Illegal 'mcast-interface' option with the 'list' command"
+        );
+        assert_eq!(with(&["-C"]), "multiple commands specified");
+        assert_eq!(
+            msg(&["--start-daemon", "master", "--stop-daemon", "master"]),
+            "multiple commands specified"
+        );
+    }
+
+    #[test]
+    fn list_daemon_renders_ipvsadms_lines_or_json() {
+        let plan = plan_of(&["-L", "--daemon"]).unwrap();
+        let Plan::Request { req, render } = plan else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(req, Request::ListDaemon);
+        let roles = vec![crate::sync::shell::RoleStatus {
+            role: "backup".into(),
+            interface: "eth0".into(),
+            syncid: 3,
+            maxlen: 1472,
+            group: Some("224.0.0.81".parse().unwrap()),
+            port: 8848,
+            ttl: 1,
+            ..Default::default()
+        }];
+        assert_eq!(
+            render_response(&Response::Daemons(roles.clone()), &render).unwrap(),
+            "backup sync daemon (mcast=eth0, syncid=3, maxlen=1472, group=224.0.0.81, \
+             port=8848, ttl=1)\n"
+        );
+        assert_eq!(
+            render_response(&Response::Daemons(vec![]), &render).unwrap(),
+            "",
+            "ipvsadm prints nothing when no daemon runs"
+        );
+        let json = render_response(&Response::Daemons(roles), &Render::Daemon { json: true });
+        assert!(json.unwrap().contains("\"syncid\": 3"));
     }
 }

@@ -206,6 +206,10 @@ struct Daemon {
     /// Health checks: `model` is the configured table (config file and ipvsadm-style
     /// edits); the data path gets `health.effective(&model)`.
     hc: HealthWiring,
+    /// Connection sync (crate::sync): the roles' threads, and the `[[sync_daemon]]` tables
+    /// they were last configured from.
+    sync: crate::sync::SyncDaemon,
+    sync_config: crate::sync::config::SyncConfig,
 }
 
 /// The daemon's side of the health checker: its state, its thread (started when some
@@ -273,6 +277,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // VRRP's interfaces, addresses and sockets, before anything is touched.
     if let Some(c) = &cfg {
         crate::vrrp::preflight(&c.vrrp).await?;
+        crate::sync::preflight(&c.sync)?;
     }
     // One owner: nothing below (maps, programs, links, settings) is touched before this
     // daemon holds the pin directory, and the socket is its own.
@@ -384,6 +389,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let clock = dp.start_clock()?;
     let sweeper = dp.start_sweep()?;
+    // Connection sync: the fixed roles start now (before the VIPs, so a backup is
+    // listening before it can become master); roles that follow VRRP start in the loop.
+    let mut sync = crate::sync::datapath::open(&dp)?;
+    sync.switched(crate::sync::datapath::is_master(&dp));
+    let sync_config = cfg.as_ref().map(|c| c.sync.clone()).unwrap_or_default();
+    sync.apply(&sync_config)?;
     // High availability: the VIPs come last, once the data path serves them.
     let director_vips = crate::vrrp::OwnedVips::add(
         &cfg.as_ref()
@@ -427,7 +438,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
         metrics,
         paths_seen: Default::default(),
+        sync,
+        sync_config,
     };
+    d.sync_tick();
     d.hc.start(hc_changes)?;
     d.ops_tick();
     // systemd (Type=notify): ready only now, with the programs attached and the config
@@ -442,6 +456,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(v) = d.vrrp.take() {
         v.stop();
     }
+    d.sync.shutdown();
+    d.sync_tick();
     if let Some(v) = d.director_vips.take() {
         v.remove().await;
     }
@@ -714,6 +730,8 @@ impl Daemon {
         rates.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut ops = interval(Duration::from_secs(1));
         ops.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sync = interval(crate::sync::FOLLOW_POLL);
+        sync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::channel::<Call>(QUEUE);
         let acceptor = tokio::spawn(accept(listener, tx));
         let mut reports = Vec::new();
@@ -735,6 +753,7 @@ impl Daemon {
                     self.health_reports(&mut reports).await;
                 }
                 _ = ops.tick() => self.ops_tick(),
+                _ = sync.tick() => self.sync_tick(),
                 call = rx.recv() => {
                     let Some(Call { req, reply }) = call else {
                         bail!("the control socket's listener stopped");
@@ -933,11 +952,35 @@ impl Daemon {
         m.publish(sample);
     }
 
+    /// Connection sync: roles that follow a VRRP instance start and stop with its state,
+    /// and the data path reports connections exactly while the master role runs.
+    fn sync_tick(&mut self) {
+        if self.sync.following().is_some() {
+            let states = self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default();
+            self.sync.follow(|name| {
+                match states.iter().find(|s| s.name == name).map(|s| s.state) {
+                    Some(crate::vrrp::fsm::State::Master) => crate::sync::engine::Followed::Master,
+                    Some(_) => crate::sync::engine::Followed::NotMaster,
+                    None => crate::sync::engine::Followed::Missing,
+                }
+            });
+        } else {
+            self.sync.follow(|_| crate::sync::engine::Followed::Missing);
+        }
+        if let Some(on) = self.sync.take_switch() {
+            match crate::sync::datapath::set_master(&mut self.dp, on) {
+                Ok(()) => self.sync.switched(on),
+                Err(e) => log::error!("connection sync: switching the data path's events: {e:#}"),
+            }
+        }
+    }
+
     async fn reload(&mut self) -> anyhow::Result<()> {
         let Some(path) = self.settings.config.clone() else {
             bail!("the daemon was started without --config: nothing to reload");
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::sync::preflight(&cfg.sync)?;
         if cfg.vrrp != self.vrrp_config || cfg.director.vips != self.vips_config {
             log::warn!(
                 "reload: VRRP instances and [director] vips are applied at start only; the \
@@ -973,6 +1016,11 @@ impl Daemon {
             cfg.director.expire_quiescent_template,
         )?;
         self.timeouts = timeouts;
+        if cfg.sync != self.sync_config {
+            self.sync.apply(&cfg.sync)?;
+            self.sync_config = cfg.sync;
+            self.sync_tick();
+        }
         Ok(())
     }
 
@@ -1037,10 +1085,27 @@ impl Daemon {
                     "health": self.hc.health.status(),
                     "pools": pools_json(self.dp.pool_usage()),
                     "vrrp": self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default(),
+                    "sync": serde_json::json!({
+                        "follows": self.sync.following(),
+                        "data_path_reports": self.sync.take_switch().is_none()
+                            && self.sync.status().iter().any(|s| s.role == "master"),
+                        "roles": self.sync.status(),
+                    }),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                         .collect::<serde_json::Map<_, _>>(),
                 })),
+                Request::StartDaemon { role, params } => {
+                    self.sync.start(role, &params)?;
+                    self.sync_tick();
+                    Response::Ok
+                }
+                Request::StopDaemon { role } => {
+                    self.sync.stop(role)?;
+                    self.sync_tick();
+                    Response::Ok
+                }
+                Request::ListDaemon => Response::Daemons(self.sync.status()),
                 Request::Shutdown { .. } => Response::Ok,
             })
         }

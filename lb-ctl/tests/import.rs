@@ -599,7 +599,7 @@ fn unsupported_and_unknown_keywords_are_reported_by_name_and_line() {
     assert!(!o.has_errors(), "{:#?}", o.diags);
     let w = lines(&o, Severity::Warning);
     let expect = [
-        "3: lvs_sync_daemon eth0 VI_1: not yet applied (connection sync is a later issue), left out",
+        "3: lvs_sync_daemon: no vrrp_instance VI_1, left out (as keepalived does)",
         "4: vrrp_strict in global_defs: not supported by lb, left out",
         "5: enable_script_security in global_defs: not supported by lb, left out",
         "8: vrrp_track_process p block in keepalived.conf: not supported by lb, left out",

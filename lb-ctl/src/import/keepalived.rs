@@ -79,6 +79,7 @@ fn finish(mut r: Reader, name: &str) -> Outcome {
     }
     // After every block is read: global_defs' VRRP defaults apply wherever global_defs is.
     conv.vrrp_all();
+    conv.lvs_sync_daemon();
     let first = nodes.first().map(|n| (n.src, n.line));
     let Converter {
         mut r, global, doc, ..
@@ -122,6 +123,8 @@ struct VrrpBlocks {
     /// `global_defs`' `vrrp_version`, `vrrp_garp_master_delay`, `vrrp_garp_master_repeat`:
     /// the instances' defaults.
     defaults: Table,
+    /// `global_defs`' `lvs_sync_daemon` line, converted once the instances are known.
+    lvs_sync: Option<Node>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -842,13 +845,10 @@ impl Converter {
                     self.global.set("smtp_connect_timeout", v);
                 }
             }
-            "lvs_sync_daemon" => self.warn(
-                n,
-                format!(
-                    "{}: not yet applied (connection sync is a later issue), left out",
-                    Self::shown(n)
-                ),
-            ),
+            "lvs_sync_daemon" => {
+                self.no_block(n);
+                self.vrrp.lvs_sync = Some(n.clone());
+            }
             "vrrp_version" => {
                 if let Some(v) = self.integer(n, 2, 3) {
                     self.vrrp.defaults.set("version", v);
@@ -865,6 +865,107 @@ impl Converter {
                 }
             }
             _ => self.unsupported(n, "global_defs"),
+        }
+    }
+
+    /// `lvs_sync_daemon IFACE [INSTANCE] [id N] [maxlen N] [port N] [ttl N] [group IP]`
+    /// (keepalived's `global_parser.c`) → `[[sync_daemon]]`: with an instance, one that
+    /// follows it (master while it is MASTER) with the instance's vrid as default syncid;
+    /// without, a master and a backup at once (keepalived's checker then starts both, with
+    /// syncid 0). The old form's bare syncid after the instance is taken too.
+    fn lvs_sync_daemon(&mut self) {
+        let Some(n) = self.vrrp.lvs_sync.take() else {
+            return;
+        };
+        let Some(iface) = n.args.first() else {
+            self.error(&n, "lvs_sync_daemon needs an interface".into());
+            return;
+        };
+        let mut t = Table::default();
+        t.set("interface", iface.clone());
+        let mut rest = &n.args[1..];
+        let mut instance = None;
+        if let Some(first) = rest.first()
+            && !["id", "maxlen", "port", "ttl", "group"].contains(&first.as_str())
+        {
+            instance = Some(first.clone());
+            rest = &rest[1..];
+        }
+        let mut syncid: Option<i64> = None;
+        if let Some(old) = rest.first()
+            && old.chars().next().is_some_and(|c| c.is_ascii_digit())
+        {
+            match old.parse::<i64>() {
+                Ok(v) if (0..=255).contains(&v) => syncid = Some(v),
+                _ => self.warn(
+                    &n,
+                    format!("lvs_sync_daemon: invalid syncid {old}, left out"),
+                ),
+            }
+            rest = &rest[1..];
+        }
+        let mut i = 0;
+        while i < rest.len() {
+            let key = rest[i].as_str();
+            let Some(val) = rest.get(i + 1) else {
+                self.warn(&n, format!("lvs_sync_daemon: no value for {key}, left out"));
+                break;
+            };
+            let num = |lo: i64, hi: i64| val.parse::<i64>().ok().filter(|v| (lo..=hi).contains(v));
+            let ok = match key {
+                "id" => num(0, 255).map(|v| syncid = Some(v)).is_some(),
+                "maxlen" => num(1, 65535 - 28).map(|v| t.set("maxlen", v)).is_some(),
+                "port" => num(1, 65535).map(|v| t.set("port", v)).is_some(),
+                "ttl" => num(1, 255).map(|v| t.set("ttl", v)).is_some(),
+                "group" => match val.parse::<Ipv4Addr>() {
+                    Ok(g) if g.is_multicast() => {
+                        t.set("group", g.to_string());
+                        true
+                    }
+                    _ => false,
+                },
+                _ => {
+                    self.warn(
+                        &n,
+                        format!("lvs_sync_daemon: unknown option {key}, left out"),
+                    );
+                    i += 1;
+                    continue;
+                }
+            };
+            if !ok {
+                self.error(&n, format!("lvs_sync_daemon: invalid {key} {val}"));
+                return;
+            }
+            i += 2;
+        }
+        match instance {
+            Some(inst) => {
+                let vrid = self
+                    .doc
+                    .subs("vrrp_instance")
+                    .find(|v| v.get("name").and_then(|x| x.as_str()) == Some(inst.as_str()))
+                    .and_then(|v| v.get("virtual_router_id").and_then(|x| x.as_integer()));
+                let Some(vrid) = vrid else {
+                    // keepalived: "Unable to find vrrp instance … clearing lvs_syncd config".
+                    self.warn(
+                        &n,
+                        format!("lvs_sync_daemon: no vrrp_instance {inst}, left out (as keepalived does)"),
+                    );
+                    return;
+                };
+                t.set("vrrp_instance", inst);
+                t.set("syncid", syncid.unwrap_or(vrid));
+                self.doc.push("sync_daemon", t);
+            }
+            None => {
+                t.set("syncid", syncid.unwrap_or(0));
+                for state in ["master", "backup"] {
+                    let mut r = t.clone();
+                    r.set("state", state);
+                    self.doc.push("sync_daemon", r);
+                }
+            }
         }
     }
 
@@ -1472,5 +1573,81 @@ impl Converter {
             }
         }
         Some(codes)
+    }
+}
+
+/// `lvs_sync_daemon` in `global_defs` (crate::sync).
+#[cfg(test)]
+mod lvs_sync_tests {
+    use super::*;
+
+    const VI: &str = "vrrp_instance VI_1 {\n state MASTER\n interface eth0\n \
+                      virtual_router_id 51\n priority 100\n advert_int 1\n \
+                      virtual_ipaddress {\n  192.0.2.100\n }\n}\n";
+
+    fn sync_tables(out: &Outcome) -> Vec<toml::Value> {
+        assert!(!out.has_errors(), "{:?}", out.diags);
+        let v: toml::Value = toml::from_str(&out.toml).unwrap();
+        v.get("sync_daemon")
+            .and_then(|s| s.as_array())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn follows_the_instance_with_its_vrid_as_syncid() {
+        let text = format!("global_defs {{\n lvs_sync_daemon eth0 VI_1\n}}\n{VI}");
+        let out = import_str(&text, "k.conf");
+        let t = sync_tables(&out);
+        assert_eq!(t.len(), 1, "{}", out.toml);
+        assert_eq!(t[0]["vrrp_instance"].as_str(), Some("VI_1"));
+        assert_eq!(t[0]["interface"].as_str(), Some("eth0"));
+        assert_eq!(t[0]["syncid"].as_integer(), Some(51));
+        // The file it makes is one lb accepts.
+        let c = crate::config::parse(&out.toml, "out").unwrap();
+        assert_eq!(c.sync.daemons.len(), 1);
+    }
+
+    #[test]
+    fn options_and_the_old_bare_syncid() {
+        let text = format!(
+            "global_defs {{\n lvs_sync_daemon eth0 VI_1 7 maxlen 1400 port 9000 ttl 2 \
+             group 239.1.1.1\n}}\n{VI}"
+        );
+        let t = sync_tables(&import_str(&text, "k.conf"));
+        assert_eq!(t[0]["syncid"].as_integer(), Some(7));
+        assert_eq!(t[0]["maxlen"].as_integer(), Some(1400));
+        assert_eq!(t[0]["port"].as_integer(), Some(9000));
+        assert_eq!(t[0]["ttl"].as_integer(), Some(2));
+        assert_eq!(t[0]["group"].as_str(), Some("239.1.1.1"));
+        let text = format!("global_defs {{\n lvs_sync_daemon eth0 VI_1 id 3\n}}\n{VI}");
+        assert_eq!(
+            sync_tables(&import_str(&text, "k.conf"))[0]["syncid"].as_integer(),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn without_an_instance_both_roles_run() {
+        let out = import_str("global_defs {\n lvs_sync_daemon eth0\n}\n", "k.conf");
+        let t = sync_tables(&out);
+        let states: Vec<_> = t.iter().map(|x| x["state"].as_str().unwrap()).collect();
+        assert_eq!(states, ["master", "backup"]);
+        assert_eq!(t[0]["syncid"].as_integer(), Some(0));
+    }
+
+    #[test]
+    fn an_unknown_instance_or_bad_value_is_reported_at_its_line() {
+        let out = import_str("global_defs {\n lvs_sync_daemon eth0 VI_9\n}\n", "k.conf");
+        assert!(sync_tables(&out).is_empty());
+        let w: Vec<_> = out.warnings().collect();
+        assert_eq!(w.len(), 1, "{:?}", out.diags);
+        assert_eq!(w[0].line, 2);
+        assert!(w[0].message.contains("no vrrp_instance VI_9"), "{:?}", w[0]);
+        let text = format!("global_defs {{\n lvs_sync_daemon eth0 VI_1 port 0\n}}\n{VI}");
+        let out = import_str(&text, "k.conf");
+        let e: Vec<_> = out.errors().collect();
+        assert_eq!(e.len(), 1, "{:?}", out.diags);
+        assert!(e[0].message.contains("invalid port 0"), "{:?}", e[0]);
     }
 }

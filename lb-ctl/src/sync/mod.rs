@@ -64,6 +64,7 @@ impl SyncConn {
 }
 
 pub mod config;
+pub mod datapath;
 pub mod engine;
 pub mod shell;
 pub mod wire;
@@ -102,6 +103,9 @@ pub struct InstallReport {
     /// Refused entries by reason (no such service, no such real server, table full, …).
     pub refused: BTreeMap<String, u64>,
 }
+
+/// How often the daemon looks at a followed VRRP instance's state.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// A running role: its thread, its parameters, the instance it follows.
 type Running<T> = (RoleThread<T>, Params, Option<String>);
@@ -290,12 +294,23 @@ impl SyncDaemon {
     pub fn follow(&mut self, lookup: impl Fn(&str) -> Followed) {
         for r in [Role::Master, Role::Backup] {
             let died = match r {
-                Role::Master => self.master.as_ref().is_some_and(|m| m.0.died()),
-                Role::Backup => self.backup.as_ref().is_some_and(|b| b.0.died()),
+                Role::Master => self
+                    .master
+                    .as_ref()
+                    .filter(|m| m.0.died())
+                    .map(|(_, p, f)| (p.clone(), f.clone())),
+                Role::Backup => self
+                    .backup
+                    .as_ref()
+                    .filter(|b| b.0.died())
+                    .map(|(_, p, f)| (p.clone(), f.clone())),
             };
-            if died {
+            if let Some((p, f)) = died {
                 log::error!("the {} sync thread died; starting it again", r.name());
                 let _ = self.stop_role(r);
+                if let Err(e) = self.start_role(r, &p, f) {
+                    log::error!("starting the {} sync daemon: {e:#}", r.name());
+                }
             }
         }
         let Some((inst, p)) = self.following.clone() else {
@@ -345,8 +360,9 @@ impl SyncDaemon {
         self.following.as_ref().map(|f| f.0.as_str())
     }
 
-    /// Stops both roles (at the daemon's stop).
+    /// Stops both roles (at the daemon's stop) and follows nothing any more.
     pub fn shutdown(&mut self) {
+        self.following = None;
         for r in [Role::Master, Role::Backup] {
             if self.running(r) {
                 let _ = self.stop_role(r);
@@ -364,6 +380,19 @@ impl<T> ContextNone<T> for Option<T> {
     fn context_none(self) -> anyhow::Result<T> {
         self.ok_or_else(|| anyhow::anyhow!("No daemon is running"))
     }
+}
+
+/// Checks what a sync config needs from the system before anything is changed: every
+/// interface it names exists.
+pub fn preflight(cfg: &SyncConfig) -> anyhow::Result<()> {
+    for d in &cfg.daemons {
+        let name = std::ffi::CString::new(d.params.interface.as_str())?;
+        // SAFETY: a NUL-terminated name.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            anyhow::bail!("sync_daemon: no interface {}", d.params.interface);
+        }
+    }
+    Ok(())
 }
 
 /// `-L --daemon` in ipvsadm 1.31's layout: one line per running role, master first.
@@ -391,4 +420,196 @@ pub fn list_daemon(status: &[RoleStatus]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        sync::{Arc, Mutex, mpsc},
+        time::Instant,
+    };
+
+    use super::*;
+
+    /// A data path stand-in: hands out the connections it is given, records installs.
+    struct FakeSource(mpsc::Receiver<SyncConn>);
+    impl ConnSource for FakeSource {
+        fn read(&mut self, out: &mut Vec<SyncConn>, wait: Duration) {
+            if let Ok(c) = self.0.recv_timeout(wait) {
+                out.push(c);
+                out.extend(self.0.try_iter());
+            }
+        }
+        fn lost(&self) -> u64 {
+            3
+        }
+    }
+    struct FakeSink(Arc<Mutex<Vec<SyncConn>>>);
+    impl ConnSink for FakeSink {
+        fn install(&mut self, conns: &[SyncConn]) -> InstallReport {
+            self.0.lock().unwrap().extend_from_slice(conns);
+            InstallReport {
+                installed: conns.len() as u64,
+                ..Default::default()
+            }
+        }
+    }
+
+    fn conn(i: u16) -> SyncConn {
+        SyncConn {
+            protocol: 6,
+            flags: conn_flags::DROUTE,
+            state: 1,
+            cport: i,
+            vport: 80,
+            dport: 80,
+            fwmark: 0,
+            timeout: 900,
+            caddr: IpAddr::from([203, 0, 113, 1]),
+            vaddr: IpAddr::from([198, 51, 100, 100]),
+            daddr: IpAddr::from([198, 51, 100, 11]),
+        }
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Both roles on the loopback interface, unicast: what the master's source yields is
+    /// what the backup installs; garbage and a wrong syncid are counted and install
+    /// nothing; the data path switch follows the master role; stop gives the reader back.
+    #[test]
+    fn master_to_backup_over_loopback() {
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let mut p = config::Params::new("lo");
+        p.peers = vec![Ipv4Addr::LOCALHOST];
+        p.port = port;
+        p.syncid = 5;
+        let (tx, rx) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut d = SyncDaemon::new(Box::new(FakeSource(rx)), Box::new(FakeSink(got.clone())));
+        assert_eq!(d.take_switch(), None);
+        d.start(Role::Backup, &p).unwrap();
+        d.start(Role::Master, &p).unwrap();
+        assert_eq!(
+            d.start(Role::Master, &p).unwrap_err().to_string(),
+            "Daemon has already run"
+        );
+        assert_eq!(d.take_switch(), Some(true));
+        d.switched(true);
+        for i in 0..100 {
+            tx.send(conn(i)).unwrap();
+        }
+        wait_for("100 installed", || got.lock().unwrap().len() == 100);
+        let ports: Vec<u16> = got.lock().unwrap().iter().map(|c| c.cport).collect();
+        assert_eq!(ports, (0..100).collect::<Vec<_>>());
+        // Garbage, a truncated message, another syncid: counted, nothing installed.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = ("127.0.0.1", port);
+        s.send_to(b"\x00\x05\x00\x09garbage", to).unwrap();
+        let good = wire::encode(5, &[conn(500)]);
+        s.send_to(&good[..20], to).unwrap();
+        s.send_to(&wire::encode(6, &[conn(501)]), to).unwrap();
+        wait_for("three counted", || {
+            let b = d.status().into_iter().find(|s| s.role == "backup").unwrap();
+            b.malformed.values().sum::<u64>() == 2 && b.wrong_syncid == 1
+        });
+        let st = d.status();
+        let (m, b) = (&st[0], &st[1]);
+        assert_eq!(
+            (m.role.as_str(), m.conns_sent, m.ring_drops),
+            ("master", 100, 3),
+            "{m:?}"
+        );
+        assert_eq!((b.conns_received, b.installed), (100, 100), "{b:?}");
+        assert_eq!(b.malformed.get("bad_size"), Some(&2), "{b:?}");
+        assert_eq!(got.lock().unwrap().len(), 100);
+        // -L --daemon, ipvsadm's layout (unicast: no group).
+        assert_eq!(
+            list_daemon(&st),
+            format!(
+                "master sync daemon (mcast=lo, syncid=5, maxlen=1472, port={port}, ttl=1)\n\
+                 backup sync daemon (mcast=lo, syncid=5, maxlen={}, port={port}, ttl=1)\n",
+                b.maxlen
+            )
+        );
+        d.stop(Role::Master).unwrap();
+        assert_eq!(
+            d.stop(Role::Master).unwrap_err().to_string(),
+            "No daemon is running"
+        );
+        assert_eq!(d.take_switch(), Some(false));
+        d.switched(false);
+        // The reader came back: a new master sends again.
+        d.start(Role::Master, &p).unwrap();
+        tx.send(conn(1000)).unwrap();
+        wait_for("the second master's connection", || {
+            got.lock().unwrap().len() == 101
+        });
+        d.shutdown();
+        assert!(d.status().is_empty());
+    }
+
+    /// keepalived's lvs_sync_daemon: roles follow the instance; the switch follows the
+    /// master role.
+    #[test]
+    fn roles_follow_a_vrrp_instance() {
+        let port = 40000 + (std::process::id() % 20000) as u16;
+        let mut p = config::Params::new("lo");
+        p.peers = vec![Ipv4Addr::LOCALHOST];
+        p.port = port;
+        let (_tx, rx) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut d = SyncDaemon::new(Box::new(FakeSource(rx)), Box::new(FakeSink(got)));
+        let cfg = SyncConfig {
+            daemons: vec![DaemonSpec {
+                mode: Mode::Follow("VI_1".into()),
+                params: p.clone(),
+            }],
+        };
+        d.apply(&cfg).unwrap();
+        assert!(
+            d.status().is_empty(),
+            "nothing runs before the instance's state is known"
+        );
+        let roles = |d: &SyncDaemon| {
+            d.status()
+                .iter()
+                .map(|s| s.role.clone())
+                .collect::<Vec<_>>()
+        };
+        d.follow(|_| Followed::NotMaster);
+        assert_eq!(roles(&d), ["backup"]);
+        assert_eq!(d.take_switch(), None);
+        d.follow(|n| {
+            if n == "VI_1" {
+                Followed::Master
+            } else {
+                Followed::Missing
+            }
+        });
+        assert_eq!(roles(&d), ["master"]);
+        assert_eq!(d.status()[0].follows.as_deref(), Some("VI_1"));
+        assert_eq!(d.take_switch(), Some(true));
+        d.switched(true);
+        assert!(
+            d.start(Role::Backup, &p).is_err(),
+            "CLI start refused while following"
+        );
+        d.follow(|_| Followed::NotMaster);
+        assert_eq!(roles(&d), ["backup"]);
+        assert_eq!(d.take_switch(), Some(false));
+        // A reload that drops the sync_daemon stops everything.
+        d.apply(&SyncConfig::default()).unwrap();
+        d.follow(|_| Followed::Master);
+        assert!(d.status().is_empty());
+    }
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 
 use super::{
@@ -33,7 +33,7 @@ const POLL: Duration = Duration::from_millis(50);
 const INSTALL_BATCH: usize = 4096;
 
 /// One role's counters and settings, as `lb-ctl status` and `-L --daemon` show them.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoleStatus {
     pub role: String,
     pub running: bool,
