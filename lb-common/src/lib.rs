@@ -83,6 +83,11 @@ pub mod maps {
     /// outer IP ID counter). Not pinned: a new program starts afresh.
     pub const CPU_STATE: &str = "LB_CPU_STATE";
 
+    /// Ring buffer of `SyncEvent`s: what a MASTER's data path tells connection sync
+    /// (`settings_flags::SYNC_MASTER`). Not pinned: a restarted daemon reads a fresh ring
+    /// (the sync protocol resends what the BACKUP needs on the connections' next packets).
+    pub const SYNC_EVENTS: &str = "LB_SYNC_EVENTS";
+
     /// `u32` 0 → the generator's template frame and flow count (object `lb-pass`).
     pub const GEN: &str = "LB_GEN";
     /// `u32` 0 → the generator's frames sent and next due time, per CPU (object `lb-pass`).
@@ -287,6 +292,74 @@ pub mod settings_flags {
     pub const EXPIRE_QUIESCENT: u32 = 1 << 2;
     /// Some NAT real server exists (else `NAT_RS` is not probed).
     pub const HAS_NAT: u32 = 1 << 3;
+    /// This director is a connection-sync MASTER: the data path writes a `SyncEvent` for
+    /// every connection it records, every TCP state change, every persistence template it
+    /// creates or re-points, and a periodic refresh of live connections (`SYNC_EVENTS`).
+    pub const SYNC_MASTER: u32 = 1 << 4;
+    /// IPVS `sloppy_tcp=1`: a TCP segment without a connection entry is scheduled like a SYN
+    /// (unless it carries RST), so a director that takes over without sync still sends a
+    /// connection's mid-stream packets to a real server (with sh/mh: the same one).
+    pub const SLOPPY_TCP: u32 = 1 << 5;
+    /// IPVS `sloppy_sctp=1`: accepted and kept, with no effect (no SCTP services here).
+    pub const SLOPPY_SCTP: u32 = 1 << 6;
+    /// The refresh period of `SYNC_MASTER`, in units of `sync_stamp` (2^30 ns, about
+    /// 1.07 s), in bits 8..16: a connection that keeps seeing packets is sent again at
+    /// most once per period (IPVS's `sync_refresh_period`), so that the BACKUP's copy
+    /// does not time out while it lives on the MASTER. 0: the default,
+    /// `sync_stamp::DEFAULT_PERIOD`. Kept in the flags word the data path loads anyway.
+    pub const SYNC_PERIOD_SHIFT: u32 = 8;
+    pub const SYNC_PERIOD_MASK: u32 = 0xff << SYNC_PERIOD_SHIFT;
+}
+
+/// The coarse "last synced" stamp a connection keeps in `Conn::_pad` while its director
+/// is a sync MASTER: `Settings::clock_ns >> SHIFT` truncated to 16 bits (wraps after
+/// about 19 hours; only differences are compared).
+pub mod sync_stamp {
+    pub const SHIFT: u32 = 30;
+    /// Default refresh period in stamp units (about 64 s; IPVS's default refreshes on the
+    /// 50th packet, `sync_threshold = 3 50`, with no time bound).
+    pub const DEFAULT_PERIOD: u16 = 60;
+
+    /// The stamp of a clock reading.
+    #[inline(always)]
+    pub const fn of(clock_ns: u64) -> u16 {
+        (clock_ns >> SHIFT) as u16
+    }
+}
+
+/// `SyncEvent::kind`.
+pub mod sync_event {
+    /// A connection was recorded (`CONNS` or `EMBRYO`).
+    pub const NEW: u8 = 1;
+    /// A recorded connection's TCP state changed (an embryo's promotion included).
+    pub const STATE: u8 = 2;
+    /// A live connection's periodic refresh (`settings_flags::SYNC_PERIOD_SHIFT`).
+    pub const REFRESH: u8 = 3;
+    /// A persistence template was created or re-pointed.
+    pub const TEMPLATE: u8 = 4;
+    /// Bytes of `SYNC_EVENTS` (a power of two, a multiple of the page size): 65,536 events
+    /// of 64 bytes (with the ring's 8-byte header) between two reads.
+    pub const RING_BYTES: u32 = 4 << 20;
+}
+
+/// One event of `maps::SYNC_EVENTS`, as the data path writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncEvent {
+    /// The connection's key (client → VIP, as the request arrives). A template's: `saddr`
+    /// the client's network (masked), `daddr` the packet's VIP, ports 0, `proto`.
+    pub key: FlowKey,
+    pub backend: u32,
+    /// The service the connection or template belongs to (to tell a reused backend id).
+    pub svc_id: u32,
+    /// `sync_event::*`.
+    pub kind: u8,
+    /// `tcp_state::*` (TCP) or `udp_state::NORMAL`.
+    pub state: u8,
+    /// The connection's `conn_flags::*` (`NO_OUTPUT`).
+    pub flags: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
 }
 
 /// `TIMEOUTS` index of the UDP timeout (after the TCP states).
@@ -513,6 +586,8 @@ pub mod cnt {
     /// Embryonic connections that could not be moved (the connection table refused the
     /// insert); they stay embryonic with their new state.
     pub const EMBRYO_PROMOTE_FAILED: u32 = 29;
+    /// Sync events lost because `SYNC_EVENTS` was full (the packet itself is forwarded).
+    pub const SYNC_DROPPED: u32 = 30;
     /// Number of counters (room to grow without changing the map's size).
     pub const MAX: u32 = 32;
 
@@ -548,7 +623,7 @@ pub mod cnt {
         "embryo_new",
         "embryo_promoted",
         "embryo_promote_failed",
-        "",
+        "sync_dropped",
         "",
     ];
 }
@@ -795,6 +870,8 @@ pub struct Conn {
     pub state: u8,
     /// `conn_flags::*`.
     pub flags: u8,
+    /// `sync_stamp::of(clock)` when the connection was last sent to the sync BACKUP (or
+    /// recorded): the refresh of `settings_flags::SYNC_MASTER` compares against it.
     pub _pad: u16,
     /// `Settings::clock_ns` when the last packet was seen. (A 32-bit coarse clock would not
     /// make the entry smaller: the kernel rounds a value up to 8 bytes.)
@@ -983,6 +1060,7 @@ mod pod {
     unsafe impl aya::Pod for LblcVal {}
     unsafe impl aya::Pod for SweepStats {}
     unsafe impl aya::Pod for SweepOp {}
+    unsafe impl aya::Pod for SyncEvent {}
 }
 
 #[cfg(test)]
@@ -1007,6 +1085,7 @@ mod tests {
         assert_eq!(size_of::<Stats>(), 40);
         assert_eq!(size_of::<Settings>(), 24);
         assert_eq!(size_of::<SvcSlot>(), 52);
+        assert_eq!(size_of::<SyncEvent>(), 56);
     }
 
     #[test]

@@ -64,7 +64,13 @@ pub fn flow_key(pkt: &Packet) -> FlowKey {
 /// `Settings::clock_ns`: it only moves every `CLOCK_TICK_NS`, so `last_seen_ns` is written at
 /// most that often per connection.
 #[inline(always)]
-pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lookup, Verdict> {
+pub fn lookup(
+    pkt: &Packet,
+    svc: &Service,
+    tcp_flags: u8,
+    now: u64,
+    settings: u32,
+) -> Result<Lookup, Verdict> {
     let is_tcp = pkt.proto == proto::TCP;
     // One-packet scheduling (`-o`, UDP): every datagram is scheduled, nothing is recorded.
     if !is_tcp && svc.flags & svc_flags::ONE_PACKET != 0 {
@@ -92,13 +98,16 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
                 (*c).last_seen_ns = now;
             }
         }
+        crate::sync::seen(&key, c, state, svc.id, now, settings);
         return Ok(Lookup::Found(Flow {
             backend,
             new: false,
         }));
     }
     if is_tcp && let Some(e) = EMBRYO.get_ptr_mut(&key) {
-        return Ok(Lookup::Found(embryo(pkt, &key, e, tcp_flags, now)));
+        return Ok(Lookup::Found(embryo(
+            pkt, &key, e, tcp_flags, now, svc.id, settings,
+        )));
     }
     if is_tcp && !new_conn_syn {
         return Err(Verdict::Pass(cnt::PASS_NO_CONN));
@@ -109,13 +118,23 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
 /// A packet of an embryonic connection: runs the state machine, and once the connection is
 /// out of SYN_RECV moves it to `CONNS` (where floods cannot reach it).
 #[inline(always)]
-fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) -> Flow {
+fn embryo(
+    pkt: &Packet,
+    key: &FlowKey,
+    e: *mut Conn,
+    tcp_flags: u8,
+    now: u64,
+    svc_id: u32,
+    settings: u32,
+) -> Flow {
     // SAFETY: a pointer into the map value, copied at once (40 bytes).
     let mut v = unsafe { *e };
     let backend = v.backend;
+    let old = v.state;
     let state = next_state(pkt.proto, v.flags, v.state, tcp_flags);
     v.state = state;
     v.last_seen_ns = now;
+    crate::sync::promoted(key, &mut v, old, svc_id, now, settings);
     if state != tcp_state::SYN_RECV {
         // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
         // holds the same backend.
@@ -139,6 +158,7 @@ fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) ->
         if (*e).last_seen_ns != now {
             (*e).last_seen_ns = now;
         }
+        (*e)._pad = v._pad;
     }
     Flow {
         backend,
@@ -174,10 +194,13 @@ pub fn create(
     conn.state = next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags);
     conn.flags = flags;
     conn.last_seen_ns = now;
+    conn._pad = crate::sync::stamp(now);
     // A DR/TUN connection opened by a SYN is embryonic until its handshake goes on; a reused
-    // tuple replaces its finished entry in `CONNS` in place.
+    // tuple replaces its finished entry in `CONNS` in place. One picked up mid-stream
+    // (`sync::sloppy`) is past its handshake: straight into `CONNS`.
     let embryonic = pkt.proto == proto::TCP
         && !reuse
+        && tcp_flags & tf::SYN != 0
         && BACKENDS
             .get(backend)
             .is_some_and(|be| be.fwd != fwd_mode::NAT);
@@ -207,5 +230,6 @@ pub fn create(
     if embryonic {
         count(cnt::EMBRYO_NEW);
     }
+    crate::sync::recorded(&key, conn, svc.id, settings_flags);
     Ok(Flow { backend, new: true })
 }

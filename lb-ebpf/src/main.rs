@@ -21,6 +21,7 @@ mod select;
 mod service;
 mod stats;
 mod sweep;
+mod sync;
 mod tun;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -133,7 +134,14 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
         Ok(i) => i,
         Err(action) => return Ok(action),
     };
-    let flow = match conntrack::lookup(&i.pkt, &i.svc, i.tcp_flags, i.now)? {
+    let looked = match conntrack::lookup(&i.pkt, &i.svc, i.tcp_flags, i.now, i.flags) {
+        // IPVS's sloppy_tcp: a mid-stream segment without an entry is scheduled too.
+        Err(Verdict::Pass(c)) if c == cnt::PASS_NO_CONN && sync::sloppy(i.flags, i.tcp_flags) => {
+            conntrack::Lookup::Create { reuse: false }
+        }
+        r => r?,
+    };
+    let flow = match looked {
         conntrack::Lookup::Found(flow) => flow,
         conntrack::Lookup::Create { reuse } => {
             hand_over(&i, reuse)?;

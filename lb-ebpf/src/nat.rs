@@ -318,6 +318,9 @@ pub fn reply(
                     (*f).state = next;
                 }
                 (*f).flags &= !conn_flags::NO_OUTPUT;
+                if next != st {
+                    crate::sync::output_state(&fwd_key, f, be.svc_id);
+                }
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
             }

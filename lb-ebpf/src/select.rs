@@ -252,6 +252,7 @@ fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
         }
         let _ = PERSIST.insert(&key, &t, 0);
     }
+    crate::sync::template(&key, Addr::v4(pkt.daddr), pkt.proto, id, flags);
     Some(id)
 }
 

@@ -321,6 +321,11 @@ impl Dataplane {
             }
             maps.timeouts.set(lb_common::TIMEOUT_UDP, d.udp, 0)?;
         }
+        // Not pinned: each loaded data path writes a ring of its own.
+        let sync_ring = match bpf.take_map(maps::SYNC_EVENTS) {
+            Some(aya::maps::Map::RingBuf(data)) => Some(data),
+            _ => None,
+        };
         let svc_table =
             ProbeTable::open(take(&mut bpf, maps::SVC_TABLE)?, size::SVC_SLOTS, adopted)?;
         let nat_rs = ProbeTable::open(take(&mut bpf, maps::NAT_RS)?, size::NAT_RS_SLOTS, adopted)?;
@@ -341,6 +346,8 @@ impl Dataplane {
             half_retired_at: Instant::now() - SVC_HALF_GRACE,
             clock_at: Instant::now(),
             settings_lock: Default::default(),
+            sync_ring,
+            sync_reader: Default::default(),
         };
         if adopted {
             dp.adopt()

@@ -22,6 +22,7 @@ mod state;
 mod stats;
 mod sweep;
 mod sync;
+mod syncdp;
 
 pub use load::{BALANCER_OBJ, PASS_OBJ, attach_pass, ensure_bpffs, pinned_layout};
 pub use runtime::{
@@ -30,6 +31,7 @@ pub use runtime::{
 };
 pub use stats::ConnCounts;
 pub use sweep::{Pace, SWEEP_CHUNK, SweepReport, Sweeper};
+pub use syncdp::{InstallReport, SyncEvents, SyncInstaller};
 
 use batch::*;
 use plan::Plan;
@@ -177,6 +179,9 @@ pub struct Dataplane {
     /// Serialises writes of `LB_SETTINGS` with the clock thread (`start_clock`), which
     /// advances `clock_ns` while this side may be busy for a while (a sync, a resolve).
     settings_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The connection-sync event ring (`syncdp`), and whether a reader of it lives.
+    sync_ring: Option<MapData>,
+    sync_reader: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
