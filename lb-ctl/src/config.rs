@@ -2145,7 +2145,7 @@ mod tests {
             4,
             1,
             "unknown key \"mcast_group\" (expected one of: state, vrrp_instance, interface, \
-             syncid, maxlen, group, port, ttl, peers, max_rate)",
+             syncid, maxlen, group, port, ttl, peers, max_rate, refresh_period)",
         );
     }
 }

@@ -391,10 +391,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let sweeper = dp.start_sweep()?;
     // Connection sync: the fixed roles start now (before the VIPs, so a backup is
     // listening before it can become master); roles that follow VRRP start in the loop.
-    let mut sync = crate::sync::datapath::open(&dp)?;
+    let mut sync = crate::sync::datapath::open(&dp);
     sync.switched(crate::sync::datapath::is_master(&dp));
     let sync_config = cfg.as_ref().map(|c| c.sync.clone()).unwrap_or_default();
     sync.apply(&sync_config)?;
+    dp.set_sync_refresh(sync_config.refresh_period())?;
     // High availability: the VIPs come last, once the data path serves them.
     let director_vips = crate::vrrp::OwnedVips::add(
         &cfg.as_ref()
@@ -975,6 +976,21 @@ impl Daemon {
         }
     }
 
+    /// The sync roles' status, with the data path's count of events its ring dropped.
+    fn sync_status(&self) -> Vec<crate::sync::shell::RoleStatus> {
+        let dropped = self
+            .dp
+            .counters()
+            .into_iter()
+            .find(|(k, _)| *k == "sync_dropped")
+            .map_or(0, |(_, v)| v);
+        let mut v = self.sync.status();
+        for s in v.iter_mut().filter(|s| s.role == "master") {
+            s.ring_drops = dropped;
+        }
+        v
+    }
+
     async fn reload(&mut self) -> anyhow::Result<()> {
         let Some(path) = self.settings.config.clone() else {
             bail!("the daemon was started without --config: nothing to reload");
@@ -1018,6 +1034,7 @@ impl Daemon {
         self.timeouts = timeouts;
         if cfg.sync != self.sync_config {
             self.sync.apply(&cfg.sync)?;
+            self.dp.set_sync_refresh(cfg.sync.refresh_period())?;
             self.sync_config = cfg.sync;
             self.sync_tick();
         }
@@ -1089,7 +1106,7 @@ impl Daemon {
                         "follows": self.sync.following(),
                         "data_path_reports": self.sync.take_switch().is_none()
                             && self.sync.status().iter().any(|s| s.role == "master"),
-                        "roles": self.sync.status(),
+                        "roles": self.sync_status(),
                     }),
                     "counters": self.dp.counters().into_iter()
                         .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
@@ -1105,7 +1122,7 @@ impl Daemon {
                     self.sync_tick();
                     Response::Ok
                 }
-                Request::ListDaemon => Response::Daemons(self.sync.status()),
+                Request::ListDaemon => Response::Daemons(self.sync_status()),
                 Request::Shutdown { .. } => Response::Ok,
             })
         }

@@ -16,6 +16,8 @@
 //! peers = ["192.0.2.3"]       # unicast instead of multicast: the master sends to each,
 //! #                           # a backup takes messages only from these
 //! max_rate = 2000             # messages a second a master sends at most (excess counted)
+//! refresh_period = 64         # s: a live connection is sent again at most this often
+//! #                           # (IPVS's sync_refresh_period; the data path's, 1..270)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -72,6 +74,9 @@ pub struct Params {
     #[serde(default)]
     pub peers: Vec<Ipv4Addr>,
     pub max_rate: u32,
+    /// Seconds between two sends of a live connection (`None`: the data path's default).
+    #[serde(default)]
+    pub refresh_period: Option<u32>,
 }
 
 impl Params {
@@ -85,6 +90,7 @@ impl Params {
             ttl: 1,
             peers: Vec::new(),
             max_rate: DEFAULT_MAX_RATE,
+            refresh_period: None,
         }
     }
 }
@@ -124,6 +130,7 @@ pub(crate) struct RawSyncDaemon {
     #[serde(default)]
     peers: Vec<Spanned<String>>,
     max_rate: Option<Spanned<i64>>,
+    refresh_period: Option<Spanned<i64>>,
 }
 
 /// Checks the `[[sync_daemon]]` tables; `instances` are the configured VRRP instances' names.
@@ -209,6 +216,10 @@ pub(crate) fn build(
         if let Some(v) = &r.max_rate {
             p.max_rate = ranged(v, "max_rate", 1u32, 1_000_000)?;
         }
+        if let Some(v) = &r.refresh_period {
+            // The data path keeps it in 8 bits of ~1.07 s units.
+            p.refresh_period = Some(ranged(v, "refresh_period", 1u32, 270)?);
+        }
         let clash = out.daemons.iter().find(|d| match (&d.mode, &mode) {
             (Mode::Follow(_), _) | (_, Mode::Follow(_)) => true,
             (Mode::Role(a), Mode::Role(b)) => a == b,
@@ -225,4 +236,14 @@ pub(crate) fn build(
         out.daemons.push(DaemonSpec { mode, params: p });
     }
     Ok(out)
+}
+
+impl SyncConfig {
+    /// The refresh period the data path is to use (the first daemon's that sets one).
+    pub fn refresh_period(&self) -> Option<std::time::Duration> {
+        self.daemons
+            .iter()
+            .find_map(|d| d.params.refresh_period)
+            .map(|s| std::time::Duration::from_secs(s.into()))
+    }
 }

@@ -84,7 +84,7 @@ use self::{
 pub trait ConnSource: Send + 'static {
     /// Appends what arrived, waiting at most `wait` when nothing has.
     fn read(&mut self, out: &mut Vec<SyncConn>, wait: Duration);
-    /// Events the data path dropped because nobody read them in time (its ring was full).
+    /// Events read but not sendable (stale: their real server is gone).
     fn lost(&self) -> u64 {
         0
     }

@@ -52,8 +52,11 @@ pub struct RoleStatus {
     pub send_errors: u64,
     /// Connections dropped by the rate bound (the send queue was full).
     pub rate_drops: u64,
-    /// Events the data path could not hand over (its ring was full).
+    /// Events the data path could not hand over (its ring was full; the daemon fills it in
+    /// from the data path's `sync_dropped` counter).
     pub ring_drops: u64,
+    /// Events dropped by the reader as stale (their real server went away meanwhile).
+    pub stale_events: u64,
     // Backup.
     pub messages_received: u64,
     pub conns_received: u64,
@@ -288,7 +291,7 @@ pub fn start_master(
                     }
                 }
                 s.rate_drops = b.rate_drops;
-                s.ring_drops = source.lost();
+                s.stale_events = source.lost();
             }
             source
         });

@@ -1,0 +1,593 @@
+//! Connection sync end to end: two lb-ctl directors (real XDP balancers, DR) sharing a VIP
+//! by VRRP on one bridged segment, real nginx servers, long-lived client connections; the
+//! MASTER sends its connections in IPVS's sync format, the BACKUP installs them, and a
+//! takeover keeps every connection. Faults: garbage to the sync port, the sync link cut,
+//! the BACKUP's daemon restarted. Root only.
+//!
+//! Times are printed, not asserted (bounds only, generous for a loaded 2-core machine).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lb_tests::ha::{CLIENT_IP, HaLab, VIP, wait_for};
+use lb_tests::{Daemon, KeepAlive, Netns, TempDir};
+use serde_json::Value;
+
+/// Generous: the takeover itself is 3 × advert_int + skew (≈ 3.6 s here).
+const BOUND: Duration = Duration::from_secs(20);
+const URL: &str = "http://192.0.2.100/";
+/// The sync link of the tests that cut it: a veth of its own between the directors.
+const SYNC_NET: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 1),
+    Ipv4Addr::new(198, 51, 100, 2),
+];
+
+struct Opts<'a> {
+    state: &'a str,
+    priority: u8,
+    nopreempt: bool,
+    preempt_delay: u32,
+    scheduler: &'a str,
+    /// The `[[sync_daemon]]` table(s), or nothing.
+    sync: &'a str,
+    /// Extra `[director]` keys.
+    director: &'a str,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            state: "BACKUP",
+            priority: 100,
+            nopreempt: false,
+            preempt_delay: 0,
+            scheduler: "wrr",
+            sync: FOLLOW,
+            director: "",
+        }
+    }
+}
+
+/// keepalived's `lvs_sync_daemon eth0 VI_1`, with a short refresh so a director that comes
+/// back as BACKUP gets the live connections again within seconds.
+const FOLLOW: &str = r#"
+[[sync_daemon]]
+vrrp_instance = "VI_1"
+interface = "eth0"
+syncid = 51
+refresh_period = 2
+"#;
+
+fn config(dir: &TempDir, name: &str, o: &Opts) -> PathBuf {
+    let text = format!(
+        r#"
+[director]
+{director}
+
+[[service]]
+address = "192.0.2.100"
+port = 80
+scheduler = "{sched}"
+  [[service.real_server]]
+  address = "192.0.2.11"
+  weight = 2
+  [[service.real_server]]
+  address = "192.0.2.12"
+  weight = 1
+
+[[vrrp_instance]]
+name = "VI_1"
+state = "{state}"
+interface = "eth0"
+virtual_router_id = 51
+priority = {prio}
+advert_int = 1
+nopreempt = {nopreempt}
+preempt_delay = {delay}
+authentication = {{ auth_type = "PASS", auth_pass = "1111" }}
+virtual_ipaddress = ["192.0.2.100/32 dev eth0 label eth0:0"]
+{sync}
+"#,
+        director = o.director,
+        sched = o.scheduler,
+        state = o.state,
+        prio = o.priority,
+        nopreempt = o.nopreempt,
+        delay = o.preempt_delay,
+        sync = o.sync,
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(ns: &Netns, cfg: &std::path::Path) -> Daemon {
+    Daemon::start(ns, &["eth0"], Some(cfg))
+}
+
+fn state(d: &Daemon) -> String {
+    lb_tests::ha::vrrp_state(d)
+}
+
+fn wait_state(d: &Daemon, want: &str, other: &Daemon) -> Duration {
+    lb_tests::ha::wait_vrrp_state(d, want, other, BOUND)
+}
+
+/// A sync role's status (`master` or `backup`), if it runs.
+fn role(d: &Daemon, name: &str) -> Option<Value> {
+    d.status()["sync"]["roles"]
+        .as_array()?
+        .iter()
+        .find(|r| r["role"] == name)
+        .cloned()
+}
+
+fn counter(r: &Option<Value>, key: &str) -> u64 {
+    r.as_ref().and_then(|r| r[key].as_u64()).unwrap_or(0)
+}
+
+/// Established connections of the test's client in `d`'s table (`-Lnc`).
+fn established(d: &Daemon) -> usize {
+    let out = d.ctl_ok(&["-Lnc", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["state"] == "ESTABLISHED"
+                && c["client"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{CLIENT_IP}:")))
+        })
+        .count()
+}
+
+/// Waits until `d` has at least `n` of the client's established connections; the time.
+fn wait_established(d: &Daemon, n: usize, what: &str) -> Duration {
+    match wait_for(BOUND, || (established(d) >= n).then_some(())) {
+        Some((t, ())) => t,
+        None => panic!(
+            "{what}: {} of {n} connections on this director; sync: {}\n{}",
+            established(d),
+            d.status()["sync"],
+            d.log()
+        ),
+    }
+}
+
+fn open(lab: &HaLab, n: usize) -> Vec<KeepAlive> {
+    let vip: SocketAddr = (VIP, 80).into();
+    (0..n)
+        .map(|i| {
+            let mut k = KeepAlive::connect(&lab.client, vip)
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            k.request()
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            k
+        })
+        .collect()
+}
+
+/// One request on each connection; how many answered (a reset or a timeout is a loss).
+fn exchange(conns: &mut [KeepAlive]) -> usize {
+    conns
+        .iter_mut()
+        .map(|k| k.request().is_ok())
+        .filter(|ok| *ok)
+        .count()
+}
+
+fn client_vip_mac(lab: &HaLab) -> String {
+    let out = lab.client.ip(&["neigh", "show", &VIP.to_string()]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_client_on(lab: &HaLab, ns: &Netns) {
+    let mac = ns.mac("eth0");
+    wait_for(BOUND, || (client_vip_mac(lab) == mac).then_some(()))
+        .unwrap_or_else(|| panic!("client's ARP entry still {}", client_vip_mac(lab)));
+}
+
+fn curls_ok(lab: &HaLab, n: usize) {
+    for i in 0..n {
+        if let Err(e) = lb_tests::curl(&lab.client, URL) {
+            panic!("request {i} through the VIP failed: {e}");
+        }
+    }
+}
+
+/// Keeps the connections talking for `d` (so the MASTER refreshes them to a BACKUP).
+fn talk_for(conns: &mut [KeepAlive], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        let ok = exchange(conns);
+        assert_eq!(ok, conns.len(), "connections lost while nothing failed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// wrr (which a takeover cannot recompute, unlike sh/mh): 20 long-lived connections through
+/// the MASTER; SIGKILL its daemon; the BACKUP takes the VIP and all 20 go on. 5 more open on
+/// the new MASTER; the old one comes back (preempt, after `preempt_delay`, which gives it
+/// time to get the live connections again as BACKUP) and all 25 go on.
+#[test]
+fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let c1 = config(
+        &dir,
+        "d1.toml",
+        &Opts {
+            state: "MASTER",
+            priority: 150,
+            preempt_delay: 6,
+            ..Opts::default()
+        },
+    );
+    let c2 = config(&dir, "d2.toml", &Opts::default());
+    let mut d1 = start(&lab.dir1, &c1);
+    let d2 = start(&lab.dir2, &c2);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    let m = role(&d1, "master").unwrap_or_else(|| panic!("no master role: {}", d1.status()));
+    assert_eq!(m["follows"], "VI_1");
+    assert!(role(&d2, "backup").is_some(), "{}", d2.status()["sync"]);
+    // ipvsadm's listing of the running daemons.
+    let listed = d1.ctl_ok(&["-L", "--daemon"]);
+    assert_eq!(
+        listed,
+        "master sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+    );
+
+    let mut conns = open(&lab, 20);
+    let t = wait_established(&d2, 20, "the BACKUP before the takeover");
+    eprintln!(
+        "20 connections on the BACKUP {:.2} s after they opened",
+        t.as_secs_f64()
+    );
+
+    d1.kill();
+    let (t, ()) = wait_for(BOUND, || (state(&d2) == "MASTER").then_some(()))
+        .unwrap_or_else(|| panic!("no takeover: {}", d2.log()));
+    eprintln!(
+        "takeover after SIGKILL of the MASTER's daemon: {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_client_on(&lab, &lab.dir2);
+    let survived = exchange(&mut conns);
+    eprintln!("wrr connections that kept working across the takeover (sync): {survived} of 20");
+    assert_eq!(survived, 20, "sync: {}\n{}", d2.status()["sync"], d2.log());
+    // The new MASTER now sends; its backup role stopped.
+    wait_for(BOUND, || role(&d2, "master").map(|_| ()))
+        .unwrap_or_else(|| panic!("{}", d2.status()["sync"]));
+    assert!(role(&d2, "backup").is_none());
+
+    conns.extend(open(&lab, 5));
+    d1.restart();
+    // Back as BACKUP for preempt_delay: the new MASTER refreshes the live connections to it.
+    wait_state(&d1, "BACKUP", &d2);
+    talk_for(&mut conns, Duration::from_secs(3));
+    let t = wait_state(&d1, "MASTER", &d2);
+    eprintln!(
+        "failback (preempt after preempt_delay 6 s): {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_client_on(&lab, &lab.dir1);
+    let survived = exchange(&mut conns);
+    eprintln!("connections that kept working across the failback: {survived} of 25");
+    assert_eq!(survived, 25, "sync: {}\n{}", d1.status()["sync"], d1.log());
+    curls_ok(&lab, 5);
+}
+
+/// The MASTER's link goes down (VRRP and sync both cut): the BACKUP takes over with every
+/// connection. The link returns: nopreempt keeps the new MASTER, the old one stays BACKUP
+/// and gets the connections (5 new, 20 refreshed); the new MASTER stops (SIGTERM): the old
+/// one takes over again with all 25.
+#[test]
+fn link_down_takeover_and_nopreempt_failback_keep_every_wrr_connection() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let o = |prio| Opts {
+        priority: prio,
+        nopreempt: true,
+        ..Opts::default()
+    };
+    let c1 = config(&dir, "d1.toml", &o(150));
+    let c2 = config(&dir, "d2.toml", &o(100));
+    let d1 = start(&lab.dir1, &c1);
+    let mut d2 = start(&lab.dir2, &c2);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    let mut conns = open(&lab, 20);
+    wait_established(&d2, 20, "the BACKUP before the link went down");
+
+    lab.switch.ip(&["link", "set", "dev", "dir1", "down"]);
+    let t = wait_state(&d2, "MASTER", &d1);
+    eprintln!(
+        "takeover after the MASTER's link went down: {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_client_on(&lab, &lab.dir2);
+    let survived = exchange(&mut conns);
+    eprintln!("wrr connections across the link-down takeover (sync): {survived} of 20");
+    assert_eq!(survived, 20, "sync: {}\n{}", d2.status()["sync"], d2.log());
+
+    lab.switch.ip(&["link", "set", "dev", "dir1", "up"]);
+    wait_state(&d1, "BACKUP", &d2);
+    conns.extend(open(&lab, 5));
+    // The 5 new ones as they open; the 20 others at their next refresh (2 s).
+    talk_for(&mut conns, Duration::from_secs(5));
+    assert_eq!(state(&d2), "MASTER", "nopreempt");
+    let backup = role(&d1, "backup");
+    assert!(
+        counter(&backup, "installed") + counter(&backup, "updated") >= 25,
+        "{backup:?}"
+    );
+
+    d2.stop();
+    let t = wait_state(&d1, "MASTER", &d2);
+    eprintln!(
+        "takeover after SIGTERM of the new MASTER: {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_client_on(&lab, &lab.dir1);
+    let survived = exchange(&mut conns);
+    eprintln!("connections across the nopreempt failback: {survived} of 25");
+    assert_eq!(survived, 25, "sync: {}\n{}", d1.status()["sync"], d1.log());
+}
+
+/// Without sync, sh/mh with IPVS's `sloppy_tcp`: the new MASTER schedules a connection's
+/// mid-stream segment to the real server the old one chose, so mh connections survive too.
+#[test]
+fn mh_with_sloppy_tcp_survives_a_takeover_without_sync() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let o = |state, prio| Opts {
+        state,
+        priority: prio,
+        scheduler: "mh",
+        sync: "",
+        director: "sloppy_tcp = true",
+        ..Opts::default()
+    };
+    let c1 = config(&dir, "d1.toml", &o("MASTER", 150));
+    let c2 = config(&dir, "d2.toml", &o("BACKUP", 100));
+    let mut d1 = start(&lab.dir1, &c1);
+    let d2 = start(&lab.dir2, &c2);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    let mut conns = open(&lab, 20);
+    assert_eq!(established(&d2), 0, "no sync: the BACKUP has none of them");
+    d1.kill();
+    let t = wait_state(&d2, "MASTER", &d1);
+    eprintln!(
+        "takeover (mh, sloppy_tcp, no sync): {:.2} s",
+        t.as_secs_f64()
+    );
+    wait_client_on(&lab, &lab.dir2);
+    let survived = exchange(&mut conns);
+    eprintln!("mh connections across the takeover with sloppy_tcp, no sync: {survived} of 20");
+    assert_eq!(survived, 20, "{}", d2.log());
+}
+
+/// A sync link of its own (a veth between the directors, 198.51.100.0/24), the roles
+/// following VRRP on eth0.
+fn sync_link(lab: &HaLab) {
+    lb_tests::veth(&lab.dir1, "sync0", &lab.dir2, "sync0");
+    lab.dir1.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", SYNC_NET[0]),
+        "dev",
+        "sync0",
+    ]);
+    lab.dir2.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", SYNC_NET[1]),
+        "dev",
+        "sync0",
+    ]);
+}
+
+/// Garbage and truncated datagrams to the BACKUP's sync port are counted by kind and
+/// install nothing; forwarding and sync go on. The sync link is cut while connections
+/// open: those are missing on the BACKUP (and counted as send errors on the MASTER),
+/// nothing else breaks; when it returns, sync resumes. The BACKUP's daemon is restarted:
+/// it joins the group again and installs what follows.
+#[test]
+fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
+    let lab = HaLab::new();
+    sync_link(&lab);
+    let dir = TempDir::new("sync");
+    let unicast = |peer: Ipv4Addr| {
+        format!(
+            "[[sync_daemon]]\nvrrp_instance = \"VI_1\"\ninterface = \"sync0\"\nsyncid = 7\n\
+             peers = [\"{peer}\"]\n"
+        )
+    };
+    let (s1, s2) = (unicast(SYNC_NET[1]), unicast(SYNC_NET[0]));
+    let c1 = config(
+        &dir,
+        "d1.toml",
+        &Opts {
+            state: "MASTER",
+            priority: 150,
+            sync: &s1,
+            ..Opts::default()
+        },
+    );
+    let c2 = config(
+        &dir,
+        "d2.toml",
+        &Opts {
+            sync: &s2,
+            ..Opts::default()
+        },
+    );
+    let d1 = start(&lab.dir1, &c1);
+    let mut d2 = start(&lab.dir2, &c2);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    let mut conns = open(&lab, 5);
+    wait_established(&d2, 5, "over the sync link");
+
+    // Garbage from the MASTER's address (a peer's), and from elsewhere.
+    let before = role(&d2, "backup");
+    let bad: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        vec![0, 7, 0, 80, 2, 1, 0, 0], // size says 80, 8 bytes came
+        vec![0, 7, 0, 8, 0, 9, 0, 0],  // version 9
+        vec![0, 7, 0, 12, 1, 1, 0, 0, 0, 6, 0, 36], // one entry, cut after 4 bytes
+        vec![1],                       // shorter than any header
+    ];
+    lab.dir1.enter(|| {
+        let s = std::net::UdpSocket::bind((SYNC_NET[0], 0)).unwrap();
+        for b in &bad {
+            s.send_to(b, (SYNC_NET[1], 8848)).unwrap();
+        }
+    });
+    lab.dir1
+        .ip(&["addr", "add", "198.51.100.9/24", "dev", "sync0"]);
+    lab.dir1.enter(|| {
+        let s = std::net::UdpSocket::bind(("198.51.100.9", 0)).unwrap();
+        s.send_to(b"not from a peer", (SYNC_NET[1], 8848)).unwrap();
+    });
+    let (_, after) = wait_for(BOUND, || {
+        let b = role(&d2, "backup");
+        (counter(&b, "unknown_peer") > counter(&before, "unknown_peer")).then_some(b)
+    })
+    .unwrap_or_else(|| panic!("{}", d2.status()["sync"]));
+    let malformed: u64 = after.as_ref().unwrap()["malformed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "garbage counted on the BACKUP: {}",
+        after.as_ref().unwrap()["malformed"]
+    );
+    assert_eq!(malformed, bad.len() as u64, "{after:?}");
+    assert_eq!(
+        counter(&after, "installed"),
+        counter(&before, "installed"),
+        "{after:?}"
+    );
+    assert_eq!(exchange(&mut conns), 5);
+    curls_ok(&lab, 3);
+
+    // The sync link cut while 5 more open.
+    lab.dir1.ip(&["link", "set", "dev", "sync0", "down"]);
+    let on_backup = established(&d2);
+    let mut cut = open(&lab, 5);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        established(&d2),
+        on_backup,
+        "the BACKUP got connections over a cut link"
+    );
+    assert_eq!(
+        exchange(&mut conns),
+        5,
+        "forwarding while the sync link is cut"
+    );
+    assert_eq!(exchange(&mut cut), 5);
+    assert_eq!(state(&d1), "MASTER", "VRRP is on eth0, untouched");
+    let m = role(&d1, "master");
+    eprintln!(
+        "MASTER while its sync link is cut: send_errors {}",
+        counter(&m, "send_errors")
+    );
+    lab.dir1.ip(&["link", "set", "dev", "sync0", "up"]);
+    let mut back = open(&lab, 5);
+    let t = wait_established(&d2, on_backup + 5, "after the sync link returned");
+    eprintln!(
+        "sync resumed {:.2} s after the link returned",
+        t.as_secs_f64()
+    );
+    assert_eq!(exchange(&mut back), 5);
+
+    // The BACKUP's daemon restarted: it rejoins and installs what follows.
+    d2.restart();
+    wait_state(&d2, "BACKUP", &d1);
+    wait_for(BOUND, || role(&d2, "backup").map(|_| ()))
+        .unwrap_or_else(|| panic!("{}", d2.status()["sync"]));
+    let mut later = open(&lab, 5);
+    wait_for(BOUND, || {
+        (counter(&role(&d2, "backup"), "installed") >= 5).then_some(())
+    })
+    .unwrap_or_else(|| panic!("restarted BACKUP installs nothing: {}", d2.status()["sync"]));
+    assert_eq!(exchange(&mut later), 5);
+    assert_eq!(exchange(&mut conns), 5);
+}
+
+/// 10,000 connections opened through the MASTER (handshake, then closed by the client) are
+/// all on the BACKUP; the time from the last connect to the last one installed is printed.
+#[test]
+fn ten_thousand_connections_reach_the_backup() {
+    const N: usize = 10_000;
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let c1 = config(
+        &dir,
+        "d1.toml",
+        &Opts {
+            state: "MASTER",
+            priority: 150,
+            ..Opts::default()
+        },
+    );
+    let c2 = config(&dir, "d2.toml", &Opts::default());
+    let d1 = start(&lab.dir1, &c1);
+    let d2 = start(&lab.dir2, &c2);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    let vip: SocketAddr = (VIP, 80).into();
+    let started = Instant::now();
+    let opened = lab.client.enter(|| {
+        let mut ok = 0;
+        for _ in 0..N {
+            if std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5)).is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    let opening = started.elapsed();
+    assert_eq!(opened, N, "connections that opened through the MASTER");
+    let key = |r: &Option<Value>| counter(r, "installed") + counter(r, "updated");
+    let (t, b) = wait_for(Duration::from_secs(60), || {
+        let b = role(&d2, "backup");
+        (counter(&b, "installed") >= N as u64).then_some(b)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "BACKUP: {}\nMASTER: {}",
+            d2.status()["sync"],
+            d1.status()["sync"]
+        )
+    });
+    let m = role(&d1, "master");
+    eprintln!(
+        "{N} connections opened in {:.2} s; all on the BACKUP {:.2} s after the last opened \
+         (master sent {} messages, {} connection events; backup installed {}, updated {}, \
+         refused {}; ring drops {}, rate drops {})",
+        opening.as_secs_f64(),
+        t.as_secs_f64(),
+        counter(&m, "messages_sent"),
+        counter(&m, "conns_sent"),
+        counter(&b, "installed"),
+        counter(&b, "updated"),
+        b.as_ref().unwrap()["refused"],
+        counter(&m, "ring_drops"),
+        counter(&m, "rate_drops"),
+    );
+    assert!(key(&b) >= N as u64);
+    assert_eq!(counter(&m, "ring_drops"), 0, "{m:?}");
+}
