@@ -361,6 +361,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             c.director.expire_nodest_conn,
             c.director.expire_quiescent_template,
         )?;
+        dp.set_sloppy(c.director.sloppy_tcp, c.director.sloppy_sctp)?;
     }
     let mut resolver = Resolver::new(
         nl,
@@ -972,6 +973,8 @@ impl Daemon {
             cfg.director.expire_nodest_conn,
             cfg.director.expire_quiescent_template,
         )?;
+        self.dp
+            .set_sloppy(cfg.director.sloppy_tcp, cfg.director.sloppy_sctp)?;
         self.timeouts = timeouts;
         Ok(())
     }
@@ -1028,6 +1031,8 @@ impl Daemon {
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
                     "syn_flood_defence": self.defence_status(),
+                    "sloppy_tcp": self.dp.sloppy().0,
+                    "sloppy_sctp": self.dp.sloppy().1,
                     "sweep": sweep_status(
                         &self.last_sweep,
                         &self.sweeper.as_ref().map(|s| s.state()).unwrap_or_default(),
