@@ -70,6 +70,13 @@ pub struct Director {
     /// IPVS `expire_quiescent_template`: persistence does not send new connections to a
     /// real server with weight 0.
     pub expire_quiescent_template: bool,
+    /// IPVS `sloppy_tcp`: a TCP segment of a connection this director has no entry for (not
+    /// only a SYN; never a RST) is scheduled, so that after a takeover without connection
+    /// sync a connection's next packets still reach a real server (with sh/mh the one the
+    /// old director chose).
+    pub sloppy_tcp: bool,
+    /// IPVS `sloppy_sctp`: accepted for compatibility; there are no SCTP services here.
+    pub sloppy_sctp: bool,
     /// `vips`: addresses the daemon adds at start and removes at stop (without VRRP; the
     /// seeds' `ifconfig eth0:0 VIP`). A `dev`-less one goes on the first interface.
     pub vips: Vec<crate::vrrp::config::Vip>,
@@ -91,6 +98,8 @@ impl Default for Director {
             mh_table_size: lb_common::size::DEFAULT_MH_TABLE,
             expire_nodest_conn: false,
             expire_quiescent_template: false,
+            sloppy_tcp: false,
+            sloppy_sctp: false,
             vips: Vec::new(),
         }
     }
@@ -214,6 +223,10 @@ struct RawDirector {
     expire_nodest_conn: bool,
     #[serde(default)]
     expire_quiescent_template: bool,
+    #[serde(default)]
+    sloppy_tcp: bool,
+    #[serde(default)]
+    sloppy_sctp: bool,
     #[serde(default)]
     vips: Vec<Spanned<String>>,
 }
@@ -523,6 +536,8 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
         mh_table_size,
         expire_nodest_conn: raw.expire_nodest_conn,
         expire_quiescent_template: raw.expire_quiescent_template,
+        sloppy_tcp: raw.sloppy_tcp,
+        sloppy_sctp: raw.sloppy_sctp,
     })
 }
 
@@ -1248,6 +1263,26 @@ mod tests {
     }
 
     #[test]
+    fn sloppy_switches_default_off_and_take_only_booleans() {
+        let c = parse("[director]\n", "t.toml").unwrap();
+        assert_eq!(
+            (c.director.sloppy_tcp, c.director.sloppy_sctp),
+            (false, false)
+        );
+        let c = parse(
+            "[director]\nsloppy_tcp = true\nsloppy_sctp = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.director.sloppy_tcp, c.director.sloppy_sctp),
+            (true, true)
+        );
+        let e = err("[director]\nsloppy_tcp = \"yes\"\n");
+        assert_eq!(e.line(), Some(2), "{e}");
+    }
+
+    #[test]
     fn full_example() {
         for (name, text) in [
             ("nat.toml", include_str!("../../examples/nat.toml")),
@@ -1264,6 +1299,10 @@ mod tests {
         let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
         assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
         assert_eq!(c.director.conn_table_size, 2 * 1024 * 1024);
+        assert_eq!(
+            (c.director.sloppy_tcp, c.director.sloppy_sctp),
+            (true, false)
+        );
         assert_eq!(
             c.timeouts,
             Some(Timeouts {
@@ -1442,7 +1481,7 @@ mod tests {
             "[director]\ninterface = []\n",
             2,
             1,
-            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, embryonic_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template, vips)",
+            "unknown key \"interface\" (expected one of: interfaces, conn_table_size, embryonic_table_size, tunnel_sources, mh_table_size, expire_nodest_conn, expire_quiescent_template, sloppy_tcp, sloppy_sctp, vips)",
         );
         assert_err(
             "[[services]]\n",

@@ -366,6 +366,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             c.director.expire_nodest_conn,
             c.director.expire_quiescent_template,
         )?;
+        dp.set_sloppy(c.director.sloppy_tcp, c.director.sloppy_sctp)?;
     }
     let mut resolver = Resolver::new(
         nl,
@@ -1031,6 +1032,8 @@ impl Daemon {
             cfg.director.expire_nodest_conn,
             cfg.director.expire_quiescent_template,
         )?;
+        self.dp
+            .set_sloppy(cfg.director.sloppy_tcp, cfg.director.sloppy_sctp)?;
         self.timeouts = timeouts;
         if cfg.sync != self.sync_config {
             self.sync.apply(&cfg.sync)?;
@@ -1093,6 +1096,8 @@ impl Daemon {
                     "conns_expired_last_sweep": self.last_sweep.expired,
                     "persistence_templates": self.last_sweep.templates,
                     "syn_flood_defence": self.defence_status(),
+                    "sloppy_tcp": self.dp.sloppy().0,
+                    "sloppy_sctp": self.dp.sloppy().1,
                     "sweep": sweep_status(
                         &self.last_sweep,
                         &self.sweeper.as_ref().map(|s| s.state()).unwrap_or_default(),

@@ -774,3 +774,107 @@ fn sloppy_sh_and_mh_pick_what_the_other_director_picked() {
         assert!(seen.len() > 1, "{sched:?}: every flow hashed to one server");
     }
 }
+
+/// The knob end to end, with real TCP: `[director] sloppy_tcp` in the daemon's config, shown
+/// by `lb-ctl status`; a daemon restarted afresh (SIGTERM takes the data path and its
+/// connections away, as a takeover by a director that never saw them) carries on a live
+/// keep-alive connection to the same real server (sh). Without the knob the same segment
+/// goes to the director's own stack, which owns the VIP and resets the connection.
+#[test]
+fn a_fresh_daemon_with_sloppy_tcp_carries_on_a_connection_it_never_saw() {
+    use lb_tests::{Daemon, DrLab, TempDir};
+    for sloppy in [true, false] {
+        let lab = DrLab::new(2);
+        let dir = TempDir::new("sloppy");
+        let cfg = dir.path().join("lb.toml");
+        let mut text = format!("[director]\nsloppy_tcp = {sloppy}\n\n");
+        text += &format!(
+            "[[service]]\naddress = \"{}\"\nport = 80\nscheduler = \"sh\"\n",
+            lab.vip()
+        );
+        for n in 1..=2 {
+            text += &format!(
+                "  [[service.real_server]]\n  address = \"192.0.2.{}\"\n",
+                10 + n
+            );
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let mut d = Daemon::start(lab.director(), &[lab.director_iface()], Some(&cfg));
+        assert_eq!(d.status()["sloppy_tcp"], sloppy, "{}", d.status());
+        assert_eq!(d.status()["sloppy_sctp"], false);
+        let mut held =
+            lb_tests::KeepAlive::connect(lab.client(), lab.vip_addr(80)).expect("connect");
+        let first = held.request().expect("first request");
+        d.restart();
+        assert_eq!(d.status()["counters"]["new_conn"], 0, "a fresh data path");
+        let again = held.request();
+        if sloppy {
+            assert_eq!(
+                again.as_deref().ok(),
+                Some(first.as_str()),
+                "the connection goes on with its real server ({again:?})"
+            );
+            assert_eq!(
+                d.status()["counters"]["new_conn"],
+                1,
+                "picked up mid-stream"
+            );
+        } else {
+            assert!(
+                again.is_err(),
+                "without sloppy_tcp the director's stack answers: {again:?}"
+            );
+        }
+    }
+}
+
+/// The switches live in the pinned settings: a daemon that adopts the data path (a restart
+/// with `--keep-datapath`) finds this director still MASTER with sloppy_tcp on, its reader
+/// gets the events of the adopted table's connections, and its installer works on them.
+#[test]
+fn the_switches_survive_adoption_of_the_pinned_maps() {
+    let model = three_methods();
+    let mut d = Director::new(&model);
+    d.dp().set_sync_master(true).unwrap();
+    d.dp().set_sloppy(true, true).unwrap();
+    let n = d.dr_to(49000, TCP_SYN);
+    assert_eq!(d.dr_to(49000, TCP_ACK), n);
+    let dp = d.dp.take().unwrap();
+    dp.shutdown(true).expect("stopping, keeping the data path");
+    let dp = Dataplane::open(Options {
+        pin_dir: d._pins.path().to_path_buf(),
+        conn_table_size: 4096,
+        sched_table_size: 1 << 16,
+        mh_table_size: 251,
+        persist_table_size: 4096,
+        ..Options::default()
+    })
+    .expect("adopting");
+    assert!(dp.adopted());
+    d.dp = Some(dp);
+    d.set(&model);
+    assert!(d.dp().sync_master());
+    assert_eq!(d.dp().sloppy(), (true, true));
+    let mut ev = d.dp().sync_events().expect("a reader");
+    // The adopted connection's next state change is reported with its real server.
+    assert_eq!(d.dr_to(49000, TCP_FIN | TCP_ACK), n);
+    let got = drain(&mut ev);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].cport, got[0].daddr), (49000, v4(rs(n))));
+    // And sloppy still picks up mid-stream segments.
+    d.dr_to(49001, TCP_ACK);
+    assert_eq!(drain(&mut ev).len(), 1);
+    // The installer of the adopted data path finds its services and servers.
+    let mut inst = d.dp().sync_installer().expect("an installer");
+    let m = 3 - n;
+    let c = SyncConn {
+        cport: 49002,
+        daddr: v4(rs(m)),
+        ..got[0].clone()
+    };
+    d.dp().set_sync_master(false).unwrap();
+    // Without sloppy, only the installed entry can forward this ACK.
+    d.dp().set_sloppy(false, false).unwrap();
+    assert_eq!(inst.install(&[c]).installed, 1);
+    assert_eq!(d.dr_to(49002, TCP_ACK), m);
+}
