@@ -638,3 +638,103 @@ fn clients(d: &Daemon) -> std::collections::HashSet<String> {
         .filter(|c| c.starts_with(&format!("{CLIENT_IP}:")))
         .collect()
 }
+
+fn plain_config(dir: &TempDir, name: &str, sync: &str) -> PathBuf {
+    let text = format!(
+        "[[service]]\naddress = \"192.0.2.100\"\nport = 80\nscheduler = \"wrr\"\n  \
+         [[service.real_server]]\n  address = \"192.0.2.11\"\n{sync}"
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn ctl_err(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let o = d.ctl(args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// ipvsadm's daemon commands against a running director: start, list, refuse a second,
+/// stop, refuse a stop of nothing; a reload adds a `[[sync_daemon]]`, and a reload naming
+/// a missing interface is refused with the running roles unchanged.
+#[test]
+fn ipvsadm_daemon_commands_and_reloads() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let cfg = plain_config(&dir, "d.toml", "");
+    let d = Daemon::start(&lab.dir1, &["eth0"], Some(&cfg));
+    assert_eq!(
+        d.ctl_ok(&["-L", "--daemon"]),
+        "",
+        "ipvsadm prints nothing without one"
+    );
+    d.ctl_ok(&[
+        "--start-daemon",
+        "backup",
+        "--mcast-interface",
+        "eth0",
+        "--syncid",
+        "3",
+    ]);
+    d.ctl_ok(&[
+        "--start-daemon",
+        "master",
+        "--mcast-interface",
+        "eth0",
+        "--mcast-ttl",
+        "2",
+    ]);
+    assert_eq!(
+        d.ctl_ok(&["-L", "--daemon"]),
+        "master sync daemon (mcast=eth0, syncid=0, maxlen=1472, group=224.0.0.81, port=8848, ttl=2)\n\
+         backup sync daemon (mcast=eth0, syncid=3, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+    );
+    assert_eq!(d.status()["sync"]["data_path_reports"], true);
+    let (code, err) = ctl_err(
+        &d,
+        &["--start-daemon", "backup", "--mcast-interface", "eth0"],
+    );
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("Daemon has already run"), "{err}");
+    d.ctl_ok(&["--stop-daemon", "master"]);
+    assert_eq!(d.status()["sync"]["data_path_reports"], false);
+    let (code, err) = ctl_err(&d, &["--stop-daemon", "master"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("No daemon is running"), "{err}");
+    let (_, err) = ctl_err(
+        &d,
+        &["--start-daemon", "master", "--mcast-interface", "nosuch0"],
+    );
+    assert!(err.contains("no interface nosuch0"), "{err}");
+    let (code, err) = ctl_err(&d, &["--start-daemon", "master"]);
+    assert_eq!(code, 2, "{err}");
+    d.ctl_ok(&["--stop-daemon", "backup"]);
+    assert_eq!(d.ctl_ok(&["-L", "--daemon"]), "");
+
+    // Reloads: a [[sync_daemon]] added; then one on a missing interface, refused whole.
+    plain_config(
+        &dir,
+        "d.toml",
+        "[[sync_daemon]]\nstate = \"backup\"\ninterface = \"eth0\"\nsyncid = 9\n",
+    );
+    d.ctl_ok(&["reload"]);
+    assert_eq!(
+        d.ctl_ok(&["-L", "--daemon"]),
+        "backup sync daemon (mcast=eth0, syncid=9, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+    );
+    plain_config(
+        &dir,
+        "d.toml",
+        "[[sync_daemon]]\nstate = \"backup\"\ninterface = \"nosuch0\"\n",
+    );
+    let (_, err) = ctl_err(&d, &["reload"]);
+    assert!(err.contains("no interface nosuch0"), "{err}");
+    assert!(
+        d.ctl_ok(&["-L", "--daemon"]).contains("syncid=9"),
+        "unchanged"
+    );
+}
