@@ -210,6 +210,8 @@ struct Daemon {
     /// they were last configured from.
     sync: crate::sync::SyncDaemon,
     sync_config: crate::sync::config::SyncConfig,
+    /// Sync figures on `/metrics` (with `metrics`).
+    sync_gauges: Option<crate::metrics::SyncGauges>,
 }
 
 /// The daemon's side of the health checker: its state, its thread (started when some
@@ -415,6 +417,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.socket.display()
     );
     crate::logging::model_changes(&Model::default(), &model);
+    let sync_gauges = match &metrics {
+        Some(m) => Some(crate::metrics::SyncGauges::register(m)?),
+        None => None,
+    };
     let mut d = Daemon {
         settings,
         dp,
@@ -442,6 +448,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         paths_seen: Default::default(),
         sync,
         sync_config,
+        sync_gauges,
     };
     d.sync_tick();
     d.hc.start(hc_changes)?;
@@ -949,6 +956,9 @@ impl Daemon {
         if let Some(g) = &self.ha_gauges {
             g.set_health(&self.hc.health.status());
             g.set_vrrp(&self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default());
+        }
+        if let Some(g) = &self.sync_gauges {
+            g.set(&self.sync_status());
         }
         sample.read_seconds = started.elapsed().as_secs_f64();
         m.publish(sample);

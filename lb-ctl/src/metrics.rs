@@ -553,6 +553,79 @@ impl Drop for Server {
     }
 }
 
+/// Connection sync's figures on `/metrics` (crate::sync): which roles run, and each role's
+/// totals as `lb-ctl status` shows them.
+pub struct SyncGauges {
+    /// `lb_sync_running`: 1 while the role (master, backup) runs.
+    running: IntGaugeVec,
+    /// `lb_sync_events`: a running role's totals since it started, by kind.
+    events: IntGaugeVec,
+}
+
+impl SyncGauges {
+    pub fn register(m: &Metrics) -> anyhow::Result<Self> {
+        let g = SyncGauges {
+            running: IntGaugeVec::new(
+                Opts::new(
+                    "lb_sync_running",
+                    "1 while the connection-sync role (master, backup) runs.",
+                ),
+                &["role"],
+            )?,
+            events: IntGaugeVec::new(
+                Opts::new(
+                    "lb_sync_events",
+                    "A running connection-sync role's totals since it started, by kind \
+                     (messages_sent, conns_sent, installed, malformed, ...).",
+                ),
+                &["role", "kind"],
+            )?,
+        };
+        m.register(Box::new(g.running.clone()))?;
+        m.register(Box::new(g.events.clone()))?;
+        Ok(g)
+    }
+
+    pub fn set(&self, roles: &[crate::sync::shell::RoleStatus]) {
+        self.running.reset();
+        self.events.reset();
+        for role in ["master", "backup"] {
+            let r = roles.iter().find(|r| r.role == role);
+            self.running
+                .with_label_values(&[role])
+                .set(i64::from(r.is_some()));
+            let Some(r) = r else { continue };
+            let sum = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+            let kinds: &[(&str, u64)] = match role {
+                "master" => &[
+                    ("messages_sent", r.messages_sent),
+                    ("conns_sent", r.conns_sent),
+                    ("send_errors", r.send_errors),
+                    ("rate_drops", r.rate_drops),
+                    ("ring_drops", r.ring_drops),
+                    ("stale_events", r.stale_events),
+                ],
+                _ => &[
+                    ("messages_received", r.messages_received),
+                    ("conns_received", r.conns_received),
+                    ("installed", r.installed),
+                    ("updated", r.updated),
+                    ("refused", sum(&r.refused)),
+                    ("malformed", sum(&r.malformed)),
+                    ("skipped", sum(&r.skipped)),
+                    ("wrong_syncid", r.wrong_syncid),
+                    ("unknown_peer", r.unknown_peer),
+                ],
+            };
+            for (k, v) in kinds {
+                self.events
+                    .with_label_values(&[role, k])
+                    .set(i64::try_from(*v).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,5 +814,29 @@ mod tests {
         let _ = s.write_all(b"\x00\xff garbage \r\n\r\n");
         drop(s);
         assert!(ask("GET /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 200"));
+    }
+
+    #[test]
+    fn sync_gauges_show_the_running_roles() {
+        let m = Metrics::new();
+        let g = SyncGauges::register(&m).unwrap();
+        let backup = crate::sync::shell::RoleStatus {
+            role: "backup".into(),
+            installed: 7,
+            malformed: [("bad_size".to_string(), 2u64)].into_iter().collect(),
+            ..Default::default()
+        };
+        g.set(&[backup]);
+        let text = m.render();
+        for want in [
+            r#"lb_sync_running{role="backup"} 1"#,
+            r#"lb_sync_running{role="master"} 0"#,
+            r#"lb_sync_events{kind="installed",role="backup"} 7"#,
+            r#"lb_sync_events{kind="malformed",role="backup"} 2"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in:\n{text}");
+        }
+        g.set(&[]);
+        assert!(!m.render().contains("lb_sync_events{"));
     }
 }
