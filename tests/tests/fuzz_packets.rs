@@ -174,6 +174,18 @@ fn fuzz_packets() {
         .sync(&model(&svcs), &paths(&net))
         .expect("sync");
 
+    // LB_FUZZ_SYNC=1: the same run as a connection-sync MASTER with sloppy_tcp on (every
+    // segment without an entry but RST opens one; events fill the ring, then are dropped).
+    let sync = std::env::var_os("LB_FUZZ_SYNC").is_some_and(|v| v != "0");
+    let mut sync_events = None;
+    if sync {
+        let dp = bal.dp.as_mut().unwrap();
+        dp.set_sync_master(true).expect("SYNC_MASTER");
+        dp.set_sloppy(true, true).expect("sloppy_tcp");
+        sync_events = Some(dp.sync_events().expect("a sync event reader"));
+        eprintln!("fuzz_packets: SYNC_MASTER and sloppy_tcp on");
+    }
+
     // The decapsulation program, as `lb-ctl realserver --mode tun` loads it (unpinned).
     let mut decap = Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
     let decap_vips = [VIP, VIP2];
@@ -326,6 +338,20 @@ fn fuzz_packets() {
             };
             report.add("lb_xdp", "stats", &[], &[], &Err(e));
         }
+    }
+    if let Some(mut ev) = sync_events {
+        let mut read = 0;
+        while let Ok(b) = ev.next_batch(65536, Duration::ZERO)
+            && !b.is_empty()
+        {
+            read += b.len();
+        }
+        let dropped = bal.dp.as_ref().unwrap().counters();
+        eprintln!(
+            "fuzz_packets: sync events read {read} ({} stale), dropped {:?}",
+            ev.stale,
+            dropped.iter().find(|(n, _)| *n == "sync_dropped")
+        );
     }
     let took = start.elapsed();
     let text = report.render();
