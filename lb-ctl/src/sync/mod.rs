@@ -525,7 +525,7 @@ mod tests {
         let st = d.status();
         let (m, b) = (&st[0], &st[1]);
         assert_eq!(
-            (m.role.as_str(), m.conns_sent, m.ring_drops),
+            (m.role.as_str(), m.conns_sent, m.stale_events),
             ("master", 100, 3),
             "{m:?}"
         );

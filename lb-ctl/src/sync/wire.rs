@@ -118,10 +118,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// `maxlen` is clamped as the kernel clamps a master's (1 .. 65507), and raised to hold
-    /// at least one entry.
+    /// `maxlen` is clamped as the kernel clamps a master's (1 .. 65507); a message always
+    /// takes one entry, whatever its size (the kernel sizes its buffer to
+    /// `max(entry + header, maxlen)`).
     pub fn new(syncid: u8, maxlen: usize) -> Encoder {
-        let maxlen = maxlen.clamp(HEADER_LEN + V6_LEN, MAX_MAXLEN);
+        let maxlen = maxlen.clamp(1, MAX_MAXLEN);
         Encoder {
             syncid,
             maxlen,
@@ -626,6 +627,13 @@ mod tests {
         let sent: Vec<_> = (0..41).filter_map(|_| e.push(&c)).collect();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0][4], 40);
+        // A maxlen below one entry: one entry per message, as the kernel's master sends.
+        let mut e = Encoder::new(1, 20);
+        assert!(e.push(&c).is_none());
+        assert_eq!(
+            e.push(&c).expect("one per message").len(),
+            HEADER_LEN + V4_LEN
+        );
         // Never more than 255 entries, whatever maxlen says.
         let mut e = Encoder::new(1, MAX_MAXLEN);
         let sent: Vec<_> = (0..300).filter_map(|_| e.push(&c)).collect();
