@@ -5,7 +5,11 @@
 //! already: with `SYNC_MASTER` off a packet pays that test and nothing else. An event that
 //! finds the ring full is dropped and counted (`cnt::SYNC_DROPPED`); the packet never is.
 
-use aya_ebpf::{macros::map, maps::RingBuf};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::RingBuf,
+};
 use lb_common::{
     Addr, Conn, FlowKey, PersistKey, SyncEvent, cnt, settings_flags, sync_event, sync_stamp,
 };
@@ -35,8 +39,20 @@ fn period(flags: u32) -> u16 {
 /// Writes one event: `what` packs kind, state and connection flags (`pack`). A BPF-to-BPF
 /// function: one copy of the ring's reserve/submit for every caller (the schedulers' paths
 /// in `lb_new` would otherwise each carry their own), and its own stack frame.
+///
+/// Wake-ups: the ring's default wakes the reader on every event it finds caught up, a
+/// costly interrupt per new connection (measured: a new flow 4x dearer). Here the reader
+/// is woken once for every `WAKE_BYTES` of backlog the ring gains, never otherwise; it
+/// also looks every `SyncEvents` poll slice (20 ms, IPVS's own sync send delay), so a
+/// trickle of events waits at most that long.
 #[inline(never)]
 fn emit(key: &FlowKey, backend: u32, svc_id: u32, what: u32) -> u32 {
+    let before = SYNC_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let wake = if before / WAKE_BYTES != (before + EVENT_BYTES) / WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
         count(cnt::SYNC_DROPPED);
         return 0;
@@ -54,9 +70,14 @@ fn emit(key: &FlowKey, backend: u32, svc_id: u32, what: u32) -> u32 {
         (*p)._pad0 = 0;
         (*p)._pad1 = 0;
     }
-    e.submit(0);
+    e.submit(wake as u64);
     1
 }
+
+/// Ring bytes per event (the record and the ring's 8-byte header).
+const EVENT_BYTES: u64 = core::mem::size_of::<SyncEvent>() as u64 + 8;
+/// The reader is woken each time the backlog grows past a multiple of this (256 events).
+const WAKE_BYTES: u64 = 256 * EVENT_BYTES;
 
 #[inline(always)]
 fn pack(kind: u8, state: u8, flags: u8) -> u32 {

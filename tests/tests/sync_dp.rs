@@ -878,3 +878,77 @@ fn the_switches_survive_adoption_of_the_pinned_maps() {
     assert_eq!(inst.install(&[c]).installed, 1);
     assert_eq!(d.dr_to(49002, TCP_ACK), m);
 }
+
+/// Scale: 10,000 connections opened and established on a MASTER, read from its ring and
+/// installed on a BACKUP in batches as the sync daemon would, are all there and each
+/// carries on to its real server. (How long reading and installing took is printed for
+/// the sync protocol's bound; nothing here depends on it.)
+#[test]
+fn ten_thousand_connections_reach_the_backup() {
+    const FLOWS: u32 = 10_000;
+    let model = three_methods();
+    let mut master = Director::with_table(&model, 1 << 16);
+    let mut backup = Director::with_table(&model, 1 << 16);
+    let mut ev = master.dp().sync_events().expect("a reader");
+    master.dp().set_sync_master(true).unwrap();
+    let flow = |i: u32| {
+        (
+            Ipv4Addr::from(0xc612_0000 | (i & 0xff)),
+            1024 + (i >> 8) as u16,
+        )
+    };
+    let mut server = Vec::new();
+    for i in 0..FLOWS {
+        let (src, sport) = flow(i);
+        let mut n = 0;
+        for flags in [TCP_SYN, TCP_ACK] {
+            let frame = Frame::tcp(src, sport, VIP, DR_PORT, flags, b"")
+                .eth(master.net.ext_mac, CLIENT_MAC);
+            let ext = master.net.ext;
+            let out = master.run_on(ext, &frame);
+            assert_eq!(out.action, XDP_REDIRECT, "flow {i}: {out:?}");
+            n = out.data[5];
+        }
+        server.push(n);
+    }
+    let mut inst = backup.dp().sync_installer().expect("an installer");
+    let started = std::time::Instant::now();
+    let mut total = InstallReport::default();
+    let mut events = 0;
+    loop {
+        let b = ev
+            .next_batch(1024, Duration::from_millis(50))
+            .expect("reading");
+        if b.is_empty() {
+            break;
+        }
+        events += b.len();
+        total += inst.install(&b);
+    }
+    eprintln!(
+        "{events} events read and installed in {:.0} ms: {total:?}",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(events, 2 * FLOWS as usize, "a NEW and a STATE per flow");
+    assert_eq!(
+        (total.installed, total.updated),
+        (FLOWS as u64, FLOWS as u64),
+        "{total:?}"
+    );
+    assert_eq!(master.counter("sync_dropped"), 0);
+    let conns = backup.dp().conns(&Default::default());
+    assert_eq!(conns.len(), FLOWS as usize);
+    assert!(conns.iter().all(|c| c.state == "ESTABLISHED"));
+    for i in (0..FLOWS).step_by(7) {
+        let (src, sport) = flow(i);
+        let frame = Frame::tcp(src, sport, VIP, DR_PORT, TCP_ACK | TCP_PSH, b"")
+            .eth(backup.net.ext_mac, CLIENT_MAC);
+        let ext = backup.net.ext;
+        let out = backup.run_on(ext, &frame);
+        assert_eq!(
+            (out.action, out.data[5]),
+            (XDP_REDIRECT, server[i as usize]),
+            "flow {i} on the backup"
+        );
+    }
+}

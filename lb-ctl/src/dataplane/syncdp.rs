@@ -38,6 +38,11 @@ use crate::sync::{SyncConn, conn_flags};
 
 const NS: u64 = 1_000_000_000;
 
+/// How long `SyncEvents::next_batch` sleeps at most before it looks at the ring again: the
+/// data path wakes it once per 256 events, so a trickle waits up to this (IPVS's own sync
+/// send delay is 20 ms).
+pub const POLL_SLICE: Duration = Duration::from_millis(20);
+
 /// Opens a pinned map of the data path under `pin_dir` through a handle of its own.
 fn pinned<T>(pin_dir: &Path, name: &str) -> anyhow::Result<T>
 where
@@ -92,9 +97,10 @@ fn fwd_flags(code: u8) -> u32 {
 ///
 /// Blocking: `next_batch` waits on the ring buffer's descriptor with `poll(2)` for at most
 /// its timeout, so it belongs on a thread of its own (a std thread, or tokio's
-/// `spawn_blocking`). `as_raw_fd` is the ring's descriptor, readable when events are waiting,
-/// for a caller that would rather poll it itself (`tokio::io::unix::AsyncFd`) and then call
-/// `next_batch` with a zero timeout. One reader at a time: a second `sync_events` while this
+/// `spawn_blocking`). `as_raw_fd` is the ring's descriptor, for a caller that would rather
+/// poll it itself (`tokio::io::unix::AsyncFd`) and then call `next_batch` with a zero
+/// timeout: the data path signals it once per 256 events only (each wake-up costs the
+/// packet that makes it an interrupt), so such a caller must also look every `POLL_SLICE`. One reader at a time: a second `sync_events` while this
 /// one lives is refused (the ring has one consumer position).
 pub struct SyncEvents {
     ring: RingBuf<MapData>,
@@ -151,7 +157,9 @@ impl SyncEvents {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // The data path wakes the reader only per batch of events (`sync.rs`, `emit`):
+            // look at the ring at least every `POLL_SLICE` for a trickle below that.
+            let ms = left.min(POLL_SLICE).as_millis().clamp(1, i32::MAX as u128) as i32;
             // SAFETY: one valid pollfd for the call's duration.
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
             if rc < 0 {

@@ -399,7 +399,102 @@ pub fn run(report: &mut Report) {
             });
         }
     }
+    let floors: Vec<f64> = [false, true]
+        .iter()
+        .map(|&single| cases.iter().find(|c| c.single == single).unwrap().median())
+        .collect();
     drop(cases);
+    sync_master_cost(&ns, &mut dp, ext, &floors, report);
     let _ = dp.shutdown(false);
     println!("  ({:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// What connection sync's MASTER bit costs (`settings_flags::SYNC_MASTER`): the DR
+/// established flow (the bit tested, the refresh stamp compared) and the DR new flow (an
+/// event written to the ring, drained meanwhile by a reader thread as the sync daemon
+/// would), each measured with the bit off and on, alternating, in rounds.
+fn sync_master_cost(ns: &Netns, dp: &mut Dataplane, ext: u32, floors: &[f64], report: &mut Report) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    const FLOWS: usize = 20_000;
+    const ROUNDS: usize = 5;
+    let mut reader = dp.sync_events().expect("a sync event reader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let read = Arc::new(AtomicU64::new(0));
+    let drain = {
+        let (stop, read) = (stop.clone(), read.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let b = reader
+                    .next_batch(4096, std::time::Duration::from_millis(20))
+                    .expect("reading sync events");
+                read.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let established =
+        Frame::tcp(CLIENT, 40000, DR_VIP, 80, TCP_ACK, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC);
+    // New flows from the other half of the benchmarking range (198.19.0.0/16), never seen.
+    let mut next_flow = 0usize;
+    let mut new_flow = || {
+        let i = next_flow;
+        next_flow += 1;
+        let client = Ipv4Addr::from(0xc613_0000u32 + (i % 65_536) as u32);
+        Frame::tcp(client, 2000 + (i / 65_536) as u16, DR_VIP, 80, TCP_SYN, b"")
+            .eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
+    };
+    let mut est = [Vec::new(), Vec::new()];
+    let mut new = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for on in [false, true] {
+            dp.set_sync_master(on).expect("SYNC_MASTER");
+            let lb = dp.program().expect("the balancer program");
+            let frames: Vec<Vec<u8>> = (0..FLOWS).map(|_| new_flow()).collect();
+            let (e, n) = ns.enter(|| {
+                let out = xdp_run::run_xdp(lb, &established, REPEAT, ext).expect("test run");
+                assert_eq!(out.action, XDP_TX, "established, sync {on}: {out:?}");
+                let mut total = 0u64;
+                for f in &frames {
+                    let out = xdp_run::run_xdp(lb, f, 1, ext).expect("test run");
+                    assert_eq!(out.action, XDP_TX, "new flow, sync {on}: {out:?}");
+                    total += u64::from(out.duration_ns);
+                }
+                (f64::from(out.duration_ns), total as f64 / FLOWS as f64)
+            });
+            est[on as usize].push(e);
+            new[on as usize].push(n);
+        }
+    }
+    dp.set_sync_master(false).expect("SYNC_MASTER off");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    drain.join().expect("the reader thread");
+    let dropped = dp
+        .counters()
+        .into_iter()
+        .find(|(n, _)| *n == "sync_dropped")
+        .map_or(0, |c| c.1);
+    for (name, single, samples) in [
+        ("DR, established flow, sync MASTER off", false, &est[0]),
+        ("DR, established flow, sync MASTER on", false, &est[1]),
+        ("DR, new flow, rr, sync MASTER off", true, &new[0]),
+        ("DR, new flow, rr, sync MASTER on (event)", true, &new[1]),
+    ] {
+        let ns = Spread::of(samples);
+        report.paths.push(PathRow {
+            path: name.to_string(),
+            method: if single { "single" } else { "repeat" },
+            ns,
+            x_floor: ns.median / floors[single as usize],
+        });
+    }
+    let ratio = |v: &[Vec<f64>; 2]| Spread::of(&v[1]).median / Spread::of(&v[0]).median;
+    println!(
+        "  sync MASTER on/off: established x{:.3}, new flow x{:.3} ({} events read, {dropped} dropped)",
+        ratio(&est),
+        ratio(&new),
+        read.load(Ordering::Relaxed)
+    );
 }
