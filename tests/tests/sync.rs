@@ -527,7 +527,10 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
     );
     assert_eq!(exchange(&mut back), 5);
 
-    // The BACKUP's daemon restarted: it rejoins and installs what follows.
+    // The BACKUP's daemon killed (SIGKILL) and started again: it rejoins and installs what
+    // follows.
+    d2.kill();
+    curls_ok(&lab, 3);
     d2.restart();
     wait_state(&d2, "BACKUP", &d1);
     wait_for(BOUND, || role(&d2, "backup").map(|_| ()))
