@@ -741,3 +741,86 @@ fn ipvsadm_daemon_commands_and_reloads() {
         "unchanged"
     );
 }
+
+/// Seed 003's keepalived.conf (the fixture, its addresses moved onto the HA lab's by plain
+/// substitution) with keepalived's `lvs_sync_daemon eth0 VI_1` added to `global_defs`.
+fn seed003_with_sync(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../lb-ctl/tests/fixtures/keepalived")
+        .join(name);
+    let seed = std::fs::read_to_string(path).expect("seed 003 fixture");
+    let text = seed
+        .replace("198.51.100.135", &VIP.to_string())
+        .replace("198.51.100.131", "192.0.2.11")
+        .replace("198.51.100.132", "192.0.2.12")
+        .replace("ens33", "eth0")
+        .replacen(
+            "router_id LVS_DEVEL\n",
+            "router_id LVS_DEVEL\n     lvs_sync_daemon eth0 VI_1\n",
+            1,
+        );
+    assert!(
+        !text.contains("198.51.100.") && text.contains("lvs_sync_daemon"),
+        "the substitution missed something:\n{text}"
+    );
+    text
+}
+
+/// Seed 003's pair imported with `lb-ctl import keepalived` (wrr, persistence 50 s, DR)
+/// plus `lvs_sync_daemon`: connections and their persistence template reach the BACKUP,
+/// and all 20 go on after the MASTER's daemon is killed.
+#[test]
+fn seed_003_imported_with_lvs_sync_daemon_keeps_every_connection() {
+    let lab = HaLab::new();
+    let dir = TempDir::new("sync");
+    let mut cfgs = Vec::new();
+    for (conf, out) in [
+        ("seed003-master.conf", "master.toml"),
+        ("seed003-backup.conf", "backup.toml"),
+    ] {
+        let src = dir.join(conf);
+        std::fs::write(&src, seed003_with_sync(conf)).unwrap();
+        let toml = dir.join(out);
+        let o = std::process::Command::new(lb_tests::lb_ctl())
+            .args(["import", "keepalived"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&toml)
+            .output()
+            .expect("run lb-ctl import");
+        assert!(o.status.success(), "lb-ctl import failed: {o:?}");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        assert!(
+            text.contains("[[sync_daemon]]") && text.contains("vrrp_instance = \"VI_1\""),
+            "{text}"
+        );
+        cfgs.push(toml);
+    }
+    let mut d1 = start(&lab.dir1, &cfgs[0]);
+    let d2 = start(&lab.dir2, &cfgs[1]);
+    wait_state(&d1, "MASTER", &d2);
+    wait_state(&d2, "BACKUP", &d1);
+    wait_reporting(&d1);
+    // keepalived's default syncid: the instance's virtual_router_id.
+    assert_eq!(role(&d1, "master").unwrap()["syncid"], 62);
+    let mut conns = open(&lab, 20);
+    let t = wait_established(&d2, 20, "the BACKUP (seed 003)");
+    eprintln!(
+        "seed 003: 20 connections on the BACKUP {:.2} s after they opened",
+        t.as_secs_f64()
+    );
+    // The persistence template went along (the BACKUP's -Lnc lists it, proto IP).
+    let out = d2.ctl_ok(&["-Lnc"]);
+    assert!(
+        out.lines().any(|l| l.starts_with("IP ")),
+        "no template on the BACKUP:\n{out}"
+    );
+    d1.kill();
+    let t = wait_state(&d2, "MASTER", &d1);
+    eprintln!("seed 003: takeover after SIGKILL {:.2} s", t.as_secs_f64());
+    wait_client_on(&lab, &lab.dir2);
+    let survived = exchange(&mut conns);
+    eprintln!("seed 003 (wrr, persistent): {survived} of 20 connections kept working");
+    assert_eq!(survived, 20, "{}", d2.status()["sync"]);
+    curls_ok(&lab, 5);
+}
