@@ -337,7 +337,7 @@ fn every_seed_passes_configs_own_parser_for_the_keys_it_knows() {
         let o = keepalived::import(&fixture(&format!("keepalived/{name}")));
         let c = parse_as_config(&o, name);
         assert_eq!(c.model.services.len(), 1, "{name}");
-        let e = &c.model.services[&ServiceKey::tcp(vip.into(), 80)];
+        let e = &c.model.services[&ServiceKey::tcp(vip, 80)];
         assert_eq!(
             e.config.persistence.map(|p| p.timeout),
             Some(persistence),

@@ -379,7 +379,7 @@ impl Dataplane {
             };
             let key = ServiceKey {
                 proto,
-                addr: ip4(k.addr),
+                addr: ip_of(k.addr),
                 port: u16::from_be(k.port),
             };
             // The region holds the scheduler's table, then the members.
@@ -406,7 +406,7 @@ impl Dataplane {
                         sched_flags: SchedFlags(u32::from(v.sched_flags) << 3),
                         persistence: (v.flags & svc_flags::PERSISTENT != 0).then(|| Persistence {
                             timeout: v.persist_timeout,
-                            netmask: ip(v.persist_mask),
+                            netmask: plan::netmask_of(&key, &v),
                         }),
                         ops: v.flags & svc_flags::ONE_PACKET != 0,
                         tunnel_source: None,
@@ -429,7 +429,7 @@ impl Dataplane {
             let svc = by_id.get(&b.svc_id).copied();
             let forward = forward_of(b.fwd).unwrap_or(Forward::Dr);
             let dest = DestConfig {
-                addr: ip4(b.addr),
+                addr: ip_of(b.addr),
                 port: u16::from_be(b.port),
                 forward,
                 weight: b.weight,
@@ -444,7 +444,7 @@ impl Dataplane {
                     BeState {
                         svc: ServiceKey {
                             proto: Protocol::Tcp,
-                            addr: Ipv4Addr::UNSPECIFIED,
+                            addr: Ipv4Addr::UNSPECIFIED.into(),
                             port: 0,
                         },
                         dest,
@@ -484,7 +484,7 @@ impl Dataplane {
                 .collect();
             sources.dedup();
             if let [one] = sources[..] {
-                s.config.tunnel_source = Some(ip4(one));
+                s.config.tunnel_source = Some(ip_of(one));
             }
         }
         self.trash_orphans(now);

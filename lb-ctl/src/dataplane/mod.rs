@@ -39,7 +39,7 @@ use stats::*;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -105,13 +105,14 @@ impl Default for Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RsPath {
     pub ifindex: u32,
-    /// The real server itself when it is on-link, else the gateway towards it.
-    pub next_hop: Ipv4Addr,
+    /// The real server itself when it is on-link, else the gateway towards it (of the real
+    /// server's family).
+    pub next_hop: IpAddr,
     pub smac: [u8; 6],
     /// The next hop's MAC; `None` while the neighbour is unresolved.
     pub dmac: Option<[u8; 6]>,
     /// TUN: the outer source address (a service's `tunnel_source` overrides it).
-    pub tun_src: Ipv4Addr,
+    pub tun_src: IpAddr,
     /// MTU of the path (the route's, else the interface's; 0: unknown).
     pub mtu: u16,
 }
@@ -120,17 +121,17 @@ impl Default for RsPath {
     fn default() -> Self {
         Self {
             ifindex: 0,
-            next_hop: Ipv4Addr::UNSPECIFIED,
+            next_hop: Ipv4Addr::UNSPECIFIED.into(),
             smac: [0; 6],
             dmac: None,
-            tun_src: Ipv4Addr::UNSPECIFIED,
+            tun_src: Ipv4Addr::UNSPECIFIED.into(),
             mtu: 0,
         }
     }
 }
 
 /// Paths to real servers, by address.
-pub type Paths = HashMap<Ipv4Addr, RsPath>;
+pub type Paths = HashMap<IpAddr, RsPath>;
 
 /// The maps, typed.
 struct Maps {
@@ -180,21 +181,51 @@ pub struct Dataplane {
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
-    SvcKey::v4(
-        u32::from_ne_bytes(k.addr.octets()),
-        k.port.to_be(),
-        k.proto.number(),
-    )
+    SvcKey {
+        addr: addr(k.addr),
+        port: k.port.to_be(),
+        proto: k.proto.number(),
+        _pad: 0,
+    }
 }
 
-/// An IPv4 address as the maps hold it (IPv4-mapped, `lb_common::Addr`).
-fn addr(a: Ipv4Addr) -> lb_common::Addr {
-    lb_common::Addr::v4(u32::from_ne_bytes(a.octets()))
+/// An address as the maps hold it (`lb_common::Addr`): IPv6 as its 16 bytes, IPv4 mapped.
+fn addr(a: IpAddr) -> lb_common::Addr {
+    let o = match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    lb_common::Addr {
+        w: [w(0), w(4), w(8), w(12)],
+    }
 }
 
-/// The IPv4 address of a map's `Addr` (the data path only writes IPv4-mapped ones).
-fn ip4(a: lb_common::Addr) -> Ipv4Addr {
-    ip(a.as_v4())
+/// The address a map's `Addr` holds: an IPv4-mapped one is IPv4 (the only IPv4 form the
+/// maps use), anything else IPv6.
+fn ip_of(a: lb_common::Addr) -> IpAddr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.w.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(o);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The 32 bits the schedulers' tables hash a member's address by (Maglev's permutation): an
+/// IPv4 address itself, an IPv6 one folded (its four words XORed), which keeps the table a
+/// pure function of the members, as IPVS's own hash of the whole address does.
+fn member_addr(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => {
+            let o = u128::from(v6);
+            Ipv4Addr::from((o >> 96) as u32 ^ (o >> 64) as u32 ^ (o >> 32) as u32 ^ o as u32)
+        }
+    }
 }
 
 fn proto_of(n: u8) -> Option<Protocol> {
@@ -229,7 +260,10 @@ fn forward_of(code: u8) -> Option<Forward> {
 /// A probe-table key as people write it.
 fn show(k: &SvcKey) -> String {
     let proto = proto_of(k.proto).map_or("?", |p| p.label());
-    format!("{proto} {}:{}", ip4(k.addr), u16::from_be(k.port))
+    format!(
+        "{proto} {}",
+        crate::model::addr_port(ip_of(k.addr), u16::from_be(k.port))
+    )
 }
 
 fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
@@ -248,5 +282,21 @@ mod tests {
         }
         assert_eq!(sched_code(Scheduler::Rr), lb_common::sched::RR);
         assert_eq!(sched_code(Scheduler::Mh), lb_common::sched::MH);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_maps_form() {
+        let v4: IpAddr = Ipv4Addr::new(192, 0, 2, 7).into();
+        assert_eq!(
+            addr(v4),
+            lb_common::Addr::v4(u32::from_ne_bytes([192, 0, 2, 7]))
+        );
+        assert_eq!(ip_of(addr(v4)), v4);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let a = addr(v6);
+        assert!(!a.is_v4());
+        assert_eq!(a.w[0], u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]));
+        assert_eq!(a.w[3], u32::from_ne_bytes([0, 0, 0, 7]));
+        assert_eq!(ip_of(a), v6);
     }
 }

@@ -14,7 +14,7 @@ use lb_common::{Backend, Service, SvcKey, SvcSlot, backend_flags, size, svc_flag
 
 use super::*;
 use crate::{
-    model::{DestConfig, Forward, Model, ServiceConfig, ServiceKey},
+    model::{DestConfig, Forward, Model, Netmask, ServiceConfig, ServiceKey},
     sched::{self, Member},
 };
 
@@ -168,7 +168,7 @@ pub(super) fn plan(
             .iter()
             .map(|(dk, id)| Member {
                 id: *id,
-                addr: dk.0,
+                addr: member_addr(dk.0),
                 port: dk.1,
                 weight: dests[dk].weight,
                 active: 0,
@@ -235,11 +235,12 @@ pub(super) fn plan(
         .iter()
         .filter(|(_, b)| b.trashed_at.is_none() && b.dest.forward == Forward::Nat)
         .map(|(id, b)| {
-            let key = SvcKey::v4(
-                u32::from_ne_bytes(b.dest.addr.octets()),
-                b.dest.port.to_be(),
-                b.svc.proto.number(),
-            );
+            let key = SvcKey {
+                addr: addr(b.dest.addr),
+                port: b.dest.port.to_be(),
+                proto: b.svc.proto.number(),
+                _pad: 0,
+            };
             let marker = Service {
                 id: *id,
                 flags: svc_flags::NAT_RS,
@@ -306,9 +307,20 @@ pub(super) fn service_value(s: &SvcState) -> Service {
         members_off: s.region.off + s.table_len,
         members_len: s.members.len() as u32,
         persist_timeout: c.persistence.map_or(0, |p| p.timeout),
-        persist_mask: c
-            .persistence
-            .map_or(0, |p| u32::from_ne_bytes(p.netmask.octets())),
+        persist_mask: c.persistence.map_or(0, |p| match p.netmask {
+            Netmask::V4(m) => u32::from_ne_bytes(m.octets()),
+            // Filled per the v6 contract.
+            Netmask::V6(_) => 0,
+        }),
+    }
+}
+
+/// The persistence granularity a pinned service entry holds (for adoption).
+pub(super) fn netmask_of(key: &ServiceKey, v: &Service) -> Netmask {
+    if key.is_v6() {
+        Netmask::V6(128)
+    } else {
+        Netmask::V4(ip(v.persist_mask))
     }
 }
 
@@ -348,7 +360,10 @@ pub(super) fn backend_value(
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        time::Duration,
+    };
 
     use super::*;
     use crate::model::{Scheduler, ServiceEntry};
@@ -358,8 +373,8 @@ mod tests {
     fn vip(n: u8) -> ServiceKey {
         ServiceKey::tcp(Ipv4Addr::new(192, 0, 2, 100 + n), 80)
     }
-    fn rs(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 51, 100, n)
+    fn rs(n: u8) -> IpAddr {
+        Ipv4Addr::new(198, 51, 100, n).into()
     }
 
     /// Services `vip(n)` under `sched`, each with DR real servers `rs(m)` of weight `w`, added
@@ -412,12 +427,12 @@ mod tests {
         let p = planned(&st, &m, Instant::now());
         assert_eq!(p.fresh_services, [1]);
         assert_eq!(p.fresh_backends, [1, 2]);
-        let written: Vec<(u32, Ipv4Addr, bool)> = p
+        let written: Vec<(u32, IpAddr, bool)> = p
             .backend_writes
             .iter()
             .map(|(id, b)| {
                 let up = b.flags & backend_flags::AVAILABLE != 0;
-                (*id, ip4(b.addr), up)
+                (*id, ip_of(b.addr), up)
             })
             .collect();
         // In IPVS list order: the latest added first.
