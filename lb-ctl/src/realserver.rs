@@ -236,16 +236,21 @@ fn attach_decap(iface: &str, pin_dir: &Path, vips: &[Ipv4Addr]) -> anyhow::Resul
     fs::create_dir_all(pin_dir)?;
     let map_pin = pin_dir.join("decap_vips");
     let link_pin = pin_dir.join(format!("link_{iface}"));
+    // Before layout 5 the VIP map was keyed by a 4-byte IPv4 address; such a pin cannot be
+    // reused (its VIPs are written again below).
+    if aya::maps::MapInfo::from_pin(&map_pin).is_ok_and(|i| i.key_size() != 16) {
+        let _ = fs::remove_file(&map_pin);
+    }
     let mut bpf: Ebpf = EbpfLoader::new()
         .map_pin_path(lb_common::maps::DECAP_VIPS, map_pin.as_path())
         .load(DECAP_OBJ)
         .context("loading the decapsulation program")?;
-    let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+    let mut map: BpfHashMap<_, lb_common::Addr, u8> = BpfHashMap::try_from(
         bpf.map_mut(lb_common::maps::DECAP_VIPS)
             .ok_or_else(|| anyhow!("map {} missing", lb_common::maps::DECAP_VIPS))?,
     )?;
     for v in vips {
-        map.insert(u32::from_ne_bytes(v.octets()), 1, 0)?;
+        map.insert(lb_common::Addr::v4(u32::from_ne_bytes(v.octets())), 1, 0)?;
     }
     if link_pin.exists() {
         return Ok(());

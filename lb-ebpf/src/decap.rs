@@ -10,11 +10,12 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp, maps::HashMap,
     programs::XdpContext,
 };
-use lb_common::{proto, size::MAX_DECAP_VIPS};
+use lb_common::{Addr, proto, size::MAX_DECAP_VIPS};
 
-/// Inner destinations (VIPs, network order) to decapsulate for.
+/// Inner destinations (VIPs) to decapsulate for: IPv4 ones IPv4-mapped, IPv6 ones as they
+/// are (`lb_common::maps::DECAP_VIPS`).
 #[map(name = "LB_DECAP_VIPS")]
-static VIPS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
+static VIPS: HashMap<Addr, u8> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -72,7 +73,7 @@ fn decap(ctx: &XdpContext) -> Option<()> {
     }
     let vip = u32::from_ne_bytes([h[inner + 16], h[inner + 17], h[inner + 18], h[inner + 19]]);
     // SAFETY: a lookup; the value is not used.
-    unsafe { VIPS.get(&vip) }?;
+    unsafe { VIPS.get(&Addr::v4(vip)) }?;
     let macs: [u8; 12] = [
         h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11],
     ];

@@ -178,14 +178,15 @@ fn fuzz_packets() {
     let mut decap = Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
     let decap_vips = [VIP, VIP2];
     {
-        let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+        let mut map: BpfHashMap<_, lb_common::Addr, u8> = BpfHashMap::try_from(
             decap
                 .map_mut(lb_common::maps::DECAP_VIPS)
                 .expect("decap map"),
         )
         .expect("decap map type");
         for v in decap_vips {
-            map.insert(u32::from_ne_bytes(v.octets()), 1, 0).unwrap();
+            map.insert(lb_common::Addr::v4(u32::from_ne_bytes(v.octets())), 1, 0)
+                .unwrap();
         }
     }
     let prog: &mut Xdp = decap
