@@ -378,13 +378,15 @@ impl Netlink {
         Ok(Ok(route))
     }
 
-    /// The output interface of the main table's IPv4 default route, if there is one.
-    pub async fn default_route_oif(&self) -> anyhow::Result<Option<u32>> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+    /// The output interface of the main table's IPv4 (or, with `v6`, IPv6) default route, if
+    /// there is one.
+    pub async fn default_route_oif(&self, v6: bool) -> anyhow::Result<Option<u32>> {
+        let msg = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut routes = self.handle.route().get(msg).execute();
         while let Some(r) = routes.try_next().await.context("dumping routes")? {
             if r.header.destination_prefix_length != 0 || r.header.table != 254 {
                 continue;

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fuzz;
 pub mod ha;
 pub mod lab;
+pub mod lab6;
 pub mod netns;
 pub mod nginx;
 pub mod packet;

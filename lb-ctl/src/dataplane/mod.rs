@@ -181,51 +181,32 @@ pub struct Dataplane {
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
-    SvcKey {
-        addr: addr(k.addr),
-        port: k.port.to_be(),
-        proto: k.proto.number(),
-        _pad: 0,
-    }
+    SvcKey::of(addr(k.addr), k.port.to_be(), k.proto.number())
 }
 
-/// An address as the maps hold it (`lb_common::Addr`): IPv6 as its 16 bytes, IPv4 mapped.
+/// An address as the maps hold it (`lb_common::Addr`): IPv4 mapped, IPv6 as its 16 bytes.
 fn addr(a: IpAddr) -> lb_common::Addr {
-    let o = match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-    lb_common::Addr {
-        w: [w(0), w(4), w(8), w(12)],
+    match a {
+        IpAddr::V4(v4) => lb_common::Addr::v4(u32::from_ne_bytes(v4.octets())),
+        IpAddr::V6(v6) => lb_common::Addr::from_octets(v6.octets()),
     }
 }
 
 /// The address a map's `Addr` holds: an IPv4-mapped one is IPv4 (the only IPv4 form the
 /// maps use), anything else IPv6.
 fn ip_of(a: lb_common::Addr) -> IpAddr {
-    let mut o = [0u8; 16];
-    for (i, w) in a.w.iter().enumerate() {
-        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let v6 = Ipv6Addr::from(o);
+    let v6 = Ipv6Addr::from(a.octets());
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
     }
 }
 
-/// The 32 bits the schedulers' tables hash a member's address by (Maglev's permutation): an
-/// IPv4 address itself, an IPv6 one folded (its four words XORed), which keeps the table a
-/// pure function of the members, as IPVS's own hash of the whole address does.
+/// The 32 bits the schedulers' tables hash a member's address by (Maglev's permutation), as
+/// the data path hashes addresses (`Addr::sched_key`): an IPv4 address itself, an IPv6 one
+/// folded as IPVS folds it for AF_INET6.
 fn member_addr(a: IpAddr) -> Ipv4Addr {
-    match a {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => {
-            let o = u128::from(v6);
-            Ipv4Addr::from((o >> 96) as u32 ^ (o >> 64) as u32 ^ (o >> 32) as u32 ^ o as u32)
-        }
-    }
+    Ipv4Addr::from(addr(a).sched_key())
 }
 
 fn proto_of(n: u8) -> Option<Protocol> {
@@ -282,6 +263,18 @@ mod tests {
         }
         assert_eq!(sched_code(Scheduler::Rr), lb_common::sched::RR);
         assert_eq!(sched_code(Scheduler::Mh), lb_common::sched::MH);
+    }
+
+    #[test]
+    fn member_addresses_hash_as_the_data_path_does() {
+        let v4: IpAddr = Ipv4Addr::new(192, 0, 2, 7).into();
+        assert_eq!(member_addr(v4), Ipv4Addr::new(192, 0, 2, 7));
+        // IPVS's AF_INET6 fold: ntohl(a0 ^ a1 ^ a2 ^ a3).
+        let v6: IpAddr = "2001:db8:aabb:ccdd:102:304:506:708".parse().unwrap();
+        assert_eq!(
+            u32::from(member_addr(v6)),
+            0x2001_0db8 ^ 0xaabb_ccdd ^ 0x0102_0304 ^ 0x0506_0708
+        );
     }
 
     #[test]

@@ -235,12 +235,7 @@ pub(super) fn plan(
         .iter()
         .filter(|(_, b)| b.trashed_at.is_none() && b.dest.forward == Forward::Nat)
         .map(|(id, b)| {
-            let key = SvcKey {
-                addr: addr(b.dest.addr),
-                port: b.dest.port.to_be(),
-                proto: b.svc.proto.number(),
-                _pad: 0,
-            };
+            let key = SvcKey::of(addr(b.dest.addr), b.dest.port.to_be(), b.svc.proto.number());
             let marker = Service {
                 id: *id,
                 flags: svc_flags::NAT_RS,
@@ -307,10 +302,11 @@ pub(super) fn service_value(s: &SvcState) -> Service {
         members_off: s.region.off + s.table_len,
         members_len: s.members.len() as u32,
         persist_timeout: c.persistence.map_or(0, |p| p.timeout),
+        // As IPVS's svc->netmask: an IPv4 netmask in network order, an IPv6 prefix length
+        // in host order (`Service::persist_client` applies either).
         persist_mask: c.persistence.map_or(0, |p| match p.netmask {
             Netmask::V4(m) => u32::from_ne_bytes(m.octets()),
-            // Filled per the v6 contract.
-            Netmask::V6(_) => 0,
+            Netmask::V6(len) => u32::from(len),
         }),
     }
 }
@@ -318,7 +314,7 @@ pub(super) fn service_value(s: &SvcState) -> Service {
 /// The persistence granularity a pinned service entry holds (for adoption).
 pub(super) fn netmask_of(key: &ServiceKey, v: &Service) -> Netmask {
     if key.is_v6() {
-        Netmask::V6(128)
+        Netmask::V6(v.persist_mask.clamp(1, 128) as u8)
     } else {
         Netmask::V4(ip(v.persist_mask))
     }
