@@ -270,6 +270,23 @@ impl Dataplane {
         prog_array
             .set(lb_common::prog_index::NEW, &new_fd, 0)
             .context("filling the program array")?;
+        // IPv6: lb_xdp tail-calls lb_xdp6 for every IPv6 frame, which tail-calls lb_new6
+        // for a packet that opens a connection; both in place before lb_xdp is attached.
+        for (name, slot) in [
+            (progs::BALANCER6, lb_common::prog_index::XDP6),
+            (progs::NEW6, lb_common::prog_index::NEW6),
+        ] {
+            let p: &mut Xdp = bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel refused the program {name}"))?;
+            let fd = p.fd()?.try_clone()?;
+            prog_array
+                .set(slot, &fd, 0)
+                .context("filling the program array")?;
+        }
         // An older lb-ctl's lb_resume, if adopted: nothing calls it any more.
         let _ = prog_array.clear_index(&lb_common::prog_index::UNUSED_RESUME);
 
@@ -606,14 +623,20 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each loaded program (its limit
     /// is 1,000,000): the headroom left for data-path code.
     pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
-        [progs::BALANCER, progs::NEW, progs::SWEEP]
-            .into_iter()
-            .filter_map(|name| {
-                let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
-                let n = prog.info().ok()?.verified_instruction_count()?;
-                Some((name, n))
-            })
-            .collect()
+        [
+            progs::BALANCER,
+            progs::NEW,
+            progs::SWEEP,
+            progs::BALANCER6,
+            progs::NEW6,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
+            let n = prog.info().ok()?.verified_instruction_count()?;
+            Some((name, n))
+        })
+        .collect()
     }
 
     /// The balancer program (for `BPF_PROG_TEST_RUN` through aya's `TestRun`).

@@ -1,0 +1,999 @@
+//! `BPF_PROG_TEST_RUN` fixtures for IPv6 in the data path (`lb_xdp6`, `lb_new6`, reached
+//! from `lb_xdp` by tail call): DR6, NAT6, TUN6, the director's own ICMPv6 errors, extension
+//! headers, truncations, fragments, NDP. Every frame is built here from scratch and every
+//! checksum of what the program produced is recomputed here from scratch (not with the data
+//! path's helpers). Root only.
+//!
+//! The balancer is loaded by the daemon's own `Dataplane::open`; the IPv6 service, its
+//! backends and scheduling table are written into its pinned maps here, exactly as the
+//! layout-5 contract in `lb_common` says the control plane writes them (the control plane's
+//! IPv6 model is another change): what is tested is the data path reading them.
+
+use std::{net::Ipv6Addr, path::Path};
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use lb_common::{
+    Addr, Backend, NatHop, Service, Settings, SvcKey, SvcSlot, backend_flags, fwd, probe_home,
+    proto, sched, settings_flags,
+    size::{NAT_RS_SLOTS, SVC_SLOTS},
+    svc_flags,
+};
+use lb_ctl::dataplane::{Dataplane, Options};
+use lb_tests::{
+    packet::{TCP_ACK, TCP_SYN, checksum},
+    xdp_run::{self, Outcome, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
+
+const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+fn vip() -> Ipv6Addr {
+    v6("2001:db8::100")
+}
+fn client() -> Ipv6Addr {
+    v6("2001:db8:c::7")
+}
+fn rs(n: u8) -> Ipv6Addr {
+    v6(&format!("2001:db8:1::{n}"))
+}
+fn rs_mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, n]
+}
+fn tun_src() -> Ipv6Addr {
+    v6("2001:db8::d1")
+}
+fn addr(a: Ipv6Addr) -> Addr {
+    Addr::from_octets(a.octets())
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames, built from scratch.
+
+/// An extension header in a chain.
+#[derive(Clone, Copy)]
+enum Ext {
+    /// Hop-by-hop, routing or destination options of `(len8 + 1) * 8` bytes.
+    Opts(u8, u8),
+    /// Fragment header with this offset/flags field.
+    Frag(u16),
+}
+
+const NH_HOP: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_DST: u8 = 60;
+const NH_FRAG: u8 = 44;
+const NH_ICMP6: u8 = 58;
+
+fn ext_bytes(e: Ext, next: u8) -> (u8, Vec<u8>) {
+    match e {
+        Ext::Opts(kind, len8) => {
+            let total = (len8 as usize + 1) * 8;
+            let mut b = vec![next, len8];
+            if kind == NH_ROUTING {
+                // Routing type 253 (experimental, RFC 4727), segments left 0: ignored.
+                b.extend_from_slice(&[253, 0]);
+                b.resize(total, 0);
+            } else {
+                // One PadN option filling the rest.
+                b.extend_from_slice(&[1, (total - 4) as u8]);
+                b.resize(total, 0);
+            }
+            (kind, b)
+        }
+        Ext::Frag(field) => {
+            let mut b = vec![next, 0];
+            b.extend_from_slice(&field.to_be_bytes());
+            b.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            (NH_FRAG, b)
+        }
+    }
+}
+
+/// The L4 checksum over the IPv6 pseudo-header and `l4` (whose checksum field is zero).
+fn l4_csum(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, l4: &[u8]) -> u16 {
+    checksum(&[
+        &src.octets(),
+        &dst.octets(),
+        &(l4.len() as u32).to_be_bytes(),
+        &[0, 0, 0, nh],
+        l4,
+    ])
+}
+
+fn tcp_seg(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&1000u32.to_be_bytes());
+    t.extend_from_slice(&(if flags & TCP_ACK != 0 { 1u32 } else { 0 }).to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(b"hello v6");
+    let c = l4_csum(src, dst, proto::TCP, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+fn udp_dgram(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let payload = b"a datagram";
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = l4_csum(src, dst, proto::UDP, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// An Ethernet frame with an IPv6 packet: `exts` then `nh`/`l4`.
+fn frame6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, exts: &[Ext], nh: u8, l4: &[u8]) -> Vec<u8> {
+    let mut chain = Vec::new();
+    let mut next = nh;
+    for &e in exts.iter().rev() {
+        let (kind, mut b) = ext_bytes(e, next);
+        b.extend_from_slice(&chain);
+        chain = b;
+        next = kind;
+    }
+    chain.extend_from_slice(l4);
+    let mut f = Vec::new();
+    f.extend_from_slice(&DIRECTOR_MAC);
+    f.extend_from_slice(&ROUTER_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(chain.len() as u16).to_be_bytes());
+    f.push(next);
+    f.push(hop);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&chain);
+    f
+}
+
+fn syn(sport: u16) -> Vec<u8> {
+    frame6(
+        client(),
+        vip(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(client(), sport, vip(), 80, TCP_SYN),
+    )
+}
+
+fn tcp6(sport: u16, flags: u8, exts: &[Ext]) -> Vec<u8> {
+    frame6(
+        client(),
+        vip(),
+        64,
+        exts,
+        proto::TCP,
+        &tcp_seg(client(), sport, vip(), 80, flags),
+    )
+}
+
+/// The IPv6 packet of a frame, parsed by the test's own reading: (src, dst, hop limit,
+/// upper-layer protocol, upper-layer bytes).
+fn parse(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr, u8, u8, Vec<u8>) {
+    assert_eq!(ip[0] >> 4, 6, "not IPv6: {ip:02x?}");
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    assert_eq!(ip.len(), 40 + plen, "payload length vs packet: {ip:02x?}");
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    let mut nh = ip[6];
+    let mut off = 40;
+    while matches!(nh, NH_HOP | NH_ROUTING | NH_DST | NH_FRAG) {
+        let len = if nh == NH_FRAG {
+            8
+        } else {
+            (ip[off + 1] as usize + 1) * 8
+        };
+        nh = ip[off];
+        off += len;
+    }
+    (src, dst, ip[7], nh, ip[off..].to_vec())
+}
+
+/// Checks the upper-layer checksum of an IPv6 packet from scratch.
+fn verify_l4(ip: &[u8]) {
+    let (src, dst, _, nh, l4) = parse(ip);
+    assert_eq!(
+        l4_csum(src, dst, nh, &l4),
+        0,
+        "bad checksum (protocol {nh}) in {ip:02x?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The balancer with an IPv6 service written into its maps.
+
+fn map(pins: &Path, name: &str) -> MapData {
+    MapData::from_pin(pins.join("maps").join(name)).unwrap_or_else(|e| panic!("map {name}: {e}"))
+}
+
+struct Fixture {
+    dp: Option<Dataplane>,
+    pins: lb_tests::PinDir,
+    half: u32,
+    epoch: u32,
+}
+
+/// One IPv6 service and its real servers.
+struct Svc {
+    port: u16,
+    proto: u8,
+    sched: u8,
+    fwd: u8,
+    /// (real server n, port).
+    dests: Vec<(u8, u16)>,
+    persist_plen: Option<u32>,
+    mtu: u16,
+}
+
+impl Svc {
+    fn new(fwd: u8, dests: &[(u8, u16)]) -> Self {
+        Self {
+            port: 80,
+            proto: proto::TCP,
+            sched: sched::RR,
+            fwd,
+            dests: dests.to_vec(),
+            persist_plen: None,
+            mtu: 0,
+        }
+    }
+}
+
+impl Fixture {
+    fn new(s: Svc) -> Self {
+        let pins = lb_tests::PinDir::new("v6dp");
+        let dp = Dataplane::open(Options {
+            pin_dir: pins.path().to_path_buf(),
+            conn_table_size: 4096,
+            sched_table_size: 1 << 16,
+            mh_table_size: 251,
+            persist_table_size: 4096,
+            ..Options::default()
+        })
+        .expect("loading the balancer (root, bpffs)");
+        let mut f = Self {
+            dp: Some(dp),
+            pins,
+            half: 0,
+            epoch: 0,
+        };
+        f.install(s);
+        f
+    }
+
+    fn install(&mut self, s: Svc) {
+        let p = self.pins.path();
+        let mut settings: Array<_, Settings> =
+            Array::try_from(Map::Array(map(p, "LB_SETTINGS"))).unwrap();
+        let mut st = settings.get(&0, 0).unwrap();
+        self.half = st.svc_half & 1;
+        self.epoch = st.route_epoch;
+        if s.fwd == fwd::NAT {
+            st.flags |= settings_flags::HAS_NAT;
+        }
+        settings.set(0, st, 0).unwrap();
+
+        let n = s.dests.len() as u32;
+        let svc = Service {
+            id: 1,
+            sched: s.sched,
+            flags: if s.persist_plen.is_some() {
+                svc_flags::PERSISTENT
+            } else {
+                0
+            },
+            table_off: 0,
+            table_len: if s.sched == sched::SH { 256 } else { n },
+            members_off: 1000,
+            members_len: n,
+            persist_timeout: 300,
+            persist_mask: s.persist_plen.unwrap_or(128),
+            ..Service::default()
+        };
+        let mut backends: Array<_, Backend> =
+            Array::try_from(Map::Array(map(p, "LB_BACKENDS"))).unwrap();
+        let mut table: Array<_, u32> =
+            Array::try_from(Map::Array(map(p, "LB_SCHED_TABLE"))).unwrap();
+        let mut nat_rs: Array<_, SvcSlot> =
+            Array::try_from(Map::Array(map(p, "LB_NAT_RS"))).unwrap();
+        for (i, &(rsn, port)) in s.dests.iter().enumerate() {
+            let id = i as u32 + 1;
+            backends
+                .set(
+                    id,
+                    Backend {
+                        addr: addr(rs(rsn)),
+                        port: port.to_be(),
+                        fwd: s.fwd,
+                        flags: backend_flags::AVAILABLE | backend_flags::NEIGH_OK,
+                        svc_id: 1,
+                        ifindex: 1,
+                        dmac: rs_mac(rsn),
+                        smac: DIRECTOR_MAC,
+                        weight: 1,
+                        vaddr: addr(vip()),
+                        vport: s.port.to_be(),
+                        mtu: s.mtu,
+                        tun_src: addr(tun_src()),
+                        ..Backend::default()
+                    },
+                    0,
+                )
+                .unwrap();
+            table.set(1000 + i as u32, id, 0).unwrap();
+            if s.sched != sched::SH {
+                table.set(i as u32, id, 0).unwrap();
+            }
+            if s.fwd == fwd::NAT {
+                let key = SvcKey::of(addr(rs(rsn)), port.to_be(), s.proto);
+                let slot = self.half * NAT_RS_SLOTS + probe_home(&key, NAT_RS_SLOTS);
+                let v = Service {
+                    id: 1,
+                    flags: svc_flags::NAT_RS,
+                    ..Service::default()
+                };
+                nat_rs.set(slot, SvcSlot { key, svc: v }, 0).unwrap();
+            }
+        }
+        if s.sched == sched::SH {
+            // Bucket b → backend (b % n) + 1: which one a client gets says which bucket it
+            // hashed to.
+            for b in 0..256u32 {
+                table.set(b, b % n + 1, 0).unwrap();
+            }
+        }
+        let mut svcs: Array<_, SvcSlot> =
+            Array::try_from(Map::Array(map(p, "LB_SVC_TABLE"))).unwrap();
+        let key = SvcKey::of(addr(vip()), s.port.to_be(), s.proto);
+        let slot = self.half * SVC_SLOTS + probe_home(&key, SVC_SLOTS);
+        svcs.set(slot, SvcSlot { key, svc }, 0).unwrap();
+        let mut info: Array<_, Service> =
+            Array::try_from(Map::Array(map(p, "LB_SVC_INFO"))).unwrap();
+        info.set(1, svc, 0).unwrap();
+    }
+
+    /// Where replies to `client` go, as the data path caches it after a FIB lookup (the
+    /// namespace of the test has no route to the client).
+    fn client_hop(&self, client: Ipv6Addr, mtu: u16) {
+        let mut hops: HashMap<_, Addr, NatHop> =
+            HashMap::try_from(Map::LruHashMap(map(self.pins.path(), "LB_NAT_HOPS"))).unwrap();
+        hops.insert(
+            addr(client),
+            NatHop {
+                ifindex: 1,
+                epoch: self.epoch,
+                dmac: ROUTER_MAC,
+                smac: DIRECTOR_MAC,
+                mtu,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    fn dp(&self) -> &Dataplane {
+        self.dp.as_ref().unwrap()
+    }
+
+    fn run(&self, frame: &[u8]) -> Outcome {
+        let prog = self.dp().program().expect("program");
+        let out = xdp_run::run_xdp(prog, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(
+            out.action, XDP_ABORTED,
+            "the program aborted on {frame:02x?}"
+        );
+        out
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.dp()
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
+    }
+
+    /// DR: the real server a frame went to, checking that only the MACs changed.
+    fn dr_to(&self, frame: &[u8]) -> u8 {
+        let out = self.run(frame);
+        assert_eq!(
+            out.action, XDP_TX,
+            "expected XDP_TX for {frame:02x?}, got {out:?}"
+        );
+        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
+        assert_eq!(
+            &out.data[12..],
+            &frame[12..],
+            "DR6 changes nothing past the MACs"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[..6], &rs_mac(n), "destination MAC");
+        n
+    }
+
+    fn passed_untouched(&self, frame: &[u8], what: &str) {
+        let out = self.run(frame);
+        assert_eq!(out.action, XDP_PASS, "{what}: {out:?}");
+        assert_eq!(out.data, frame, "{what}: passed byte for byte");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.shutdown(false);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// DR6, scheduling, connections.
+
+#[test]
+fn dr6_rr_alternates_new_flows_and_flows_stick() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    let picks: Vec<u8> = (0..30).map(|i| f.dr_to(&syn(40000 + i))).collect();
+    assert_eq!(picks.iter().filter(|&&n| n == 1).count(), 15, "{picks:?}");
+    assert_eq!(picks.iter().filter(|&&n| n == 2).count(), 15, "{picks:?}");
+    for w in picks.windows(2) {
+        assert_ne!(w[0], w[1], "rr alternates: {picks:?}");
+    }
+    // Later segments follow their connection (the SYN_RECV embryo, then the table).
+    for (i, &n) in picks.iter().enumerate().take(6) {
+        for flags in [TCP_ACK, TCP_ACK | 0x08, TCP_ACK | 0x01] {
+            assert_eq!(f.dr_to(&tcp6(40000 + i as u16, flags, &[])), n);
+        }
+    }
+    assert_eq!(f.counter("new_conn"), 30);
+    // A segment of no connection that is not a SYN is the stack's, as for IPv4.
+    f.passed_untouched(&tcp6(49999, TCP_ACK, &[]), "ACK without a connection");
+    assert_eq!(f.counter("pass_no_conn"), 1);
+}
+
+#[test]
+fn dr6_udp_is_balanced_and_a_zero_udp_checksum_is_dropped() {
+    let mut s = Svc::new(fwd::DR, &[(1, 53), (2, 53)]);
+    s.port = 53;
+    s.proto = proto::UDP;
+    let f = Fixture::new(s);
+    let d = |sport| {
+        frame6(
+            client(),
+            vip(),
+            64,
+            &[],
+            proto::UDP,
+            &udp_dgram(client(), sport, vip(), 53),
+        )
+    };
+    let a = f.dr_to(&d(5000));
+    let b = f.dr_to(&d(5001));
+    assert_ne!(a, b);
+    assert_eq!(f.dr_to(&d(5000)), a, "a UDP flow sticks");
+    // Checksum 0 is not allowed in IPv6 (RFC 8200 8.1): the kernel drops it, so does IPVS.
+    let mut zero = d(5002);
+    let n = zero.len();
+    let l4 = n - 18;
+    zero[l4 + 6] = 0;
+    zero[l4 + 7] = 0;
+    assert_eq!(f.run(&zero).action, XDP_DROP);
+    assert_eq!(f.counter("drop_bad_csum"), 1);
+}
+
+/// sh hashes an IPv6 client as IPVS folds it (`Addr::sched_key`): the bucket the test
+/// computes says which server the data path must pick.
+#[test]
+fn sh6_hashes_the_folded_client_address() {
+    let mut s = Svc::new(fwd::DR, &[(1, 80), (2, 80), (3, 80)]);
+    s.sched = sched::SH;
+    let f = Fixture::new(s);
+    for i in 0..24u16 {
+        let c = v6(&format!("2001:db8:{:x}::{:x}", 0xc00 + i, 7 * i + 1));
+        let bucket = lb_common::hash::sh_bucket(addr(c).sched_key(), 0, 0);
+        let want = (bucket % 3 + 1) as u8;
+        let frame = frame6(
+            c,
+            vip(),
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(c, 1234, vip(), 80, TCP_SYN),
+        );
+        assert_eq!(f.dr_to(&frame), want, "client {c}, bucket {bucket}");
+    }
+}
+
+/// Persistence with an IPv6 prefix (`-M 64`): every client of one /64 sticks to one server
+/// while rr alternates between networks.
+#[test]
+fn persistence6_keys_on_the_prefix() {
+    let mut s = Svc::new(fwd::DR, &[(1, 80), (2, 80)]);
+    s.persist_plen = Some(64);
+    let f = Fixture::new(s);
+    let from = |c: Ipv6Addr, sport| {
+        frame6(
+            c,
+            vip(),
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(c, sport, vip(), 80, TCP_SYN),
+        )
+    };
+    let a = f.dr_to(&from(v6("2001:db8:aa:1::1"), 1000));
+    let b = f.dr_to(&from(v6("2001:db8:bb:1::1"), 1000));
+    assert_ne!(a, b, "two networks, rr");
+    for i in 0..10u16 {
+        let c = v6(&format!("2001:db8:aa:1:{:x}::{:x}", i * 77, i + 2));
+        assert_eq!(
+            f.dr_to(&from(c, 2000 + i)),
+            a,
+            "{c} is in 2001:db8:aa:1::/64"
+        );
+        let c = v6(&format!("2001:db8:bb:1:{:x}::{:x}", i * 13, i + 2));
+        assert_eq!(
+            f.dr_to(&from(c, 2000 + i)),
+            b,
+            "{c} is in 2001:db8:bb:1::/64"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Extension headers, fragments, truncations, NDP.
+
+#[test]
+fn extension_headers_are_walked_to_the_tcp_header() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    let chains: Vec<Vec<Ext>> = vec![
+        vec![Ext::Opts(NH_HOP, 0)],
+        vec![Ext::Opts(NH_ROUTING, 1)],
+        vec![Ext::Opts(NH_DST, 2)],
+        // A first fragment (offset 0, more fragments) carries the TCP header.
+        vec![Ext::Frag(1)],
+        vec![
+            Ext::Opts(NH_HOP, 1),
+            Ext::Opts(NH_DST, 0),
+            Ext::Opts(NH_ROUTING, 0),
+            Ext::Frag(1),
+            Ext::Opts(NH_DST, 3),
+        ],
+        // Eight: the most walked.
+        vec![Ext::Opts(NH_DST, 0); 8],
+    ];
+    for (i, chain) in chains.iter().enumerate() {
+        let sport = 41000 + i as u16;
+        let n = f.dr_to(&tcp6(sport, TCP_SYN, chain));
+        // The connection is the same with or without the headers.
+        assert_eq!(f.dr_to(&tcp6(sport, TCP_ACK, &[])), n, "chain {i}");
+    }
+    assert_eq!(f.counter("new_conn"), chains.len() as u64);
+
+    // Nine headers: not walked to the end; passed untouched, counted.
+    f.passed_untouched(
+        &tcp6(41100, TCP_SYN, &[Ext::Opts(NH_DST, 0); 9]),
+        "nine headers",
+    );
+    assert_eq!(f.counter("pass_ipv6_ext"), 1);
+    // A later fragment has no TCP header: passed, as IPv4's.
+    f.passed_untouched(
+        &tcp6(41101, TCP_SYN, &[Ext::Frag(0x00b9)]),
+        "a later fragment",
+    );
+    f.passed_untouched(
+        &tcp6(41102, TCP_SYN, &[Ext::Frag(0x0008)]),
+        "the last fragment",
+    );
+    assert_eq!(f.counter("pass_fragment"), 2);
+    // An extension header claiming more than the packet holds.
+    let mut long = tcp6(41103, TCP_SYN, &[Ext::Opts(NH_DST, 0)]);
+    long[54 + 1] = 200;
+    f.passed_untouched(&long, "a header past the payload");
+    // No next header, ESP: no upper layer for a service.
+    let none = frame6(client(), vip(), 64, &[Ext::Opts(NH_DST, 0)], 59, &[]);
+    f.passed_untouched(&none, "no next header");
+    let esp = frame6(client(), vip(), 64, &[], 50, &[0; 16]);
+    f.passed_untouched(&esp, "ESP");
+    assert_eq!(f.counter("new_conn"), chains.len() as u64);
+}
+
+/// Every truncation of a service packet (the payload length left as it was) is never
+/// forwarded: the frame is shorter than the packet claims.
+#[test]
+fn no_truncation_of_an_ipv6_service_packet_is_forwarded() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    for chain in [vec![], vec![Ext::Opts(NH_HOP, 0), Ext::Frag(1)]] {
+        let whole = tcp6(42000, TCP_SYN, &chain);
+        // (BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet header.)
+        for len in 14..whole.len() {
+            let out = f.run(&whole[..len]);
+            assert!(
+                out.action == XDP_PASS || out.action == XDP_DROP,
+                "{len} of {} bytes: {out:?}",
+                whole.len()
+            );
+        }
+        // And a payload length shorter than the TCP header (the frame whole).
+        let mut short = whole.clone();
+        let claimed = (whole.len() - 54 - 10) as u16;
+        short[18..20].copy_from_slice(&claimed.to_be_bytes());
+        let out = f.run(&short);
+        assert!(out.action == XDP_PASS || out.action == XDP_DROP, "{out:?}");
+    }
+    assert_eq!(f.counter("new_conn"), 0);
+    assert_eq!(f.counter("tx"), 0);
+}
+
+#[test]
+fn ndp_and_other_ipv6_traffic_pass_untouched() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    // A neighbour solicitation for the VIP, to its solicited-node multicast address.
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&vip().octets());
+    ns.extend_from_slice(&[1, 1, 0x02, 0, 0, 0, 0, 0xee]);
+    let snm = v6("ff02::1:ff00:100");
+    let c = l4_csum(client(), snm, NH_ICMP6, &ns);
+    ns[2..4].copy_from_slice(&c.to_be_bytes());
+    f.passed_untouched(
+        &frame6(client(), snm, 255, &[], NH_ICMP6, &ns),
+        "NS (multicast)",
+    );
+    // ... and unicast to the VIP (a reachability probe), and an advertisement.
+    let c = l4_csum(client(), vip(), NH_ICMP6, &ns);
+    ns[2..4].copy_from_slice(&c.to_be_bytes());
+    f.passed_untouched(
+        &frame6(client(), vip(), 255, &[], NH_ICMP6, &ns),
+        "NS (unicast)",
+    );
+    ns[0] = 136;
+    f.passed_untouched(&frame6(client(), vip(), 255, &[], NH_ICMP6, &ns), "NA");
+    // An echo request to the VIP, MLD with its hop-by-hop router alert.
+    let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+    f.passed_untouched(&frame6(client(), vip(), 64, &[], NH_ICMP6, &echo), "echo");
+    let mld = [143, 0, 0, 0, 0, 0, 0, 0];
+    f.passed_untouched(
+        &frame6(
+            client(),
+            v6("ff02::16"),
+            1,
+            &[Ext::Opts(NH_HOP, 0)],
+            NH_ICMP6,
+            &mld,
+        ),
+        "MLDv2 report",
+    );
+    // TCP to another address or port, and an IPv4-mapped destination (no IPv6 host's).
+    let other = frame6(
+        client(),
+        rs(1),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(client(), 1, rs(1), 80, TCP_SYN),
+    );
+    f.passed_untouched(&other, "not a VIP");
+    f.passed_untouched(
+        &frame6(
+            client(),
+            vip(),
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(client(), 1, vip(), 81, TCP_SYN),
+        ),
+        "not the service's port",
+    );
+    let mapped = v6("::ffff:192.0.2.100");
+    f.passed_untouched(
+        &frame6(
+            client(),
+            mapped,
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(client(), 1, mapped, 80, TCP_SYN),
+        ),
+        "IPv4-mapped destination",
+    );
+    assert_eq!(f.counter("new_conn"), 0);
+}
+
+#[test]
+fn martian_ipv6_sources_never_open_a_connection() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    for src in ["::", "::1", "ff02::1", "::ffff:198.51.100.7"] {
+        let s = v6(src);
+        let frame = frame6(
+            s,
+            vip(),
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(s, 1000, vip(), 80, TCP_SYN),
+        );
+        assert_eq!(f.run(&frame).action, XDP_DROP, "source {src}");
+    }
+    assert_eq!(f.counter("drop_martian"), 4);
+    assert_eq!(f.counter("new_conn"), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// NAT6.
+
+#[test]
+fn nat6_dnats_requests_and_snats_replies_with_checksums_right() {
+    let f = Fixture::new(Svc::new(fwd::NAT, &[(1, 8080), (2, 8081)]));
+    f.client_hop(client(), 0);
+    let mut seen = Vec::new();
+    for sport in [43000u16, 43001] {
+        let out = f.run(&syn(sport));
+        assert!(
+            out.action == XDP_TX || out.action == XDP_REDIRECT,
+            "{out:?}"
+        );
+        let ip = &out.data[14..];
+        verify_l4(ip);
+        let (src, dst, hop, nh, l4) = parse(ip);
+        assert_eq!(
+            (src, hop, nh),
+            (client(), 63, proto::TCP),
+            "source kept, hop limit - 1"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[..6], &rs_mac(n));
+        assert_eq!(dst, rs(n), "DNAT to the real server");
+        let rport = u16::from_be_bytes([l4[2], l4[3]]);
+        assert_eq!(rport, 8079 + n as u16, "port mapping");
+        assert_eq!(u16::from_be_bytes([l4[0], l4[1]]), sport);
+        seen.push((sport, n));
+
+        // The real server's SYN-ACK comes back: SNAT to VIP:80, to the client's hop.
+        let reply = frame6(
+            rs(n),
+            client(),
+            64,
+            &[],
+            proto::TCP,
+            &tcp_seg(rs(n), rport, client(), sport, TCP_SYN | TCP_ACK),
+        );
+        let out = f.run(&reply);
+        assert_eq!(out.action, XDP_TX, "{out:?}");
+        assert_eq!(&out.data[..6], &ROUTER_MAC);
+        let ip = &out.data[14..];
+        verify_l4(ip);
+        let (src, dst, hop, _, l4) = parse(ip);
+        assert_eq!((src, dst, hop), (vip(), client(), 63));
+        assert_eq!(
+            u16::from_be_bytes([l4[0], l4[1]]),
+            80,
+            "SNAT to the VIP's port"
+        );
+    }
+    assert_ne!(seen[0].1, seen[1].1, "rr");
+    // A packet from a real server that belongs to no connection is the stack's.
+    let stray = frame6(
+        rs(1),
+        client(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(rs(1), 8080, client(), 1, TCP_ACK),
+    );
+    f.passed_untouched(&stray, "no connection");
+    assert_eq!(f.counter("pass_no_reply_conn"), 1);
+}
+
+#[test]
+fn nat6_udp_checksum_and_hop_limit_expiry() {
+    let mut s = Svc::new(fwd::NAT, &[(1, 5353)]);
+    s.port = 53;
+    s.proto = proto::UDP;
+    let f = Fixture::new(s);
+    f.client_hop(client(), 0);
+    // Many source ports: the rewritten checksum is right whatever it comes out as
+    // (including the 0 → 0xffff case, if one of them hits it).
+    for sport in 1000..1200u16 {
+        let d = frame6(
+            client(),
+            vip(),
+            64,
+            &[],
+            proto::UDP,
+            &udp_dgram(client(), sport, vip(), 53),
+        );
+        let out = f.run(&d);
+        assert_eq!(out.action, XDP_TX, "{out:?}");
+        let ip = &out.data[14..];
+        verify_l4(ip);
+        let (_, _, _, _, l4) = parse(ip);
+        assert_ne!(&l4[6..8], &[0, 0], "UDP over IPv6 always has a checksum");
+        assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), 5353);
+    }
+    // Hop limit 1: a router's Time Exceeded back to the client, from the VIP.
+    let d = frame6(
+        client(),
+        vip(),
+        1,
+        &[],
+        proto::UDP,
+        &udp_dgram(client(), 999, vip(), 53),
+    );
+    let out = f.run(&d);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    assert_eq!(&out.data[..6], &ROUTER_MAC, "back where it came from");
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, _, nh, icmp) = parse(ip);
+    assert_eq!((src, dst, nh), (vip(), client(), NH_ICMP6));
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 0),
+        "Time Exceeded, hop limit exceeded in transit"
+    );
+    assert_eq!(&icmp[8..48], &d[14..54], "quotes the packet's header");
+    assert_eq!(f.counter("icmp_sent"), 1);
+}
+
+#[test]
+fn nat6_too_big_for_the_path_gets_packet_too_big() {
+    let mut s = Svc::new(fwd::NAT, &[(1, 8080)]);
+    s.mtu = 1280;
+    let f = Fixture::new(s);
+    f.client_hop(client(), 0);
+    let mut seg = tcp_seg(client(), 44000, vip(), 80, TCP_SYN);
+    seg.resize(1400, 0x5a);
+    seg[16] = 0;
+    seg[17] = 0;
+    let c = l4_csum(client(), vip(), proto::TCP, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let big = frame6(client(), vip(), 64, &[], proto::TCP, &seg);
+    let out = f.run(&big);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, _, nh, icmp) = parse(ip);
+    assert_eq!((src, dst, nh), (vip(), client(), NH_ICMP6));
+    assert_eq!((icmp[0], icmp[1]), (2, 0), "Packet Too Big");
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1280
+    );
+    assert!(ip.len() <= 1280, "an ICMPv6 error fits the minimum MTU");
+}
+
+// ---------------------------------------------------------------------------------------
+// TUN6.
+
+#[test]
+fn tun6_encapsulates_ipv6_in_ipv6() {
+    let f = Fixture::new(Svc::new(fwd::TUN, &[(1, 80), (2, 80)]));
+    let inner = syn(45000);
+    let out = f.run(&inner);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    let n = out.data[5];
+    assert_eq!(&out.data[..6], &rs_mac(n));
+    assert_eq!(&out.data[12..14], &[0x86, 0xdd]);
+    let outer = &out.data[14..];
+    let (src, dst, hop, nh, payload) = parse(outer);
+    assert_eq!(
+        (src, dst, hop, nh),
+        (tun_src(), rs(n), 64, 41),
+        "outer header"
+    );
+    assert_eq!(&payload[..], &inner[14..], "the inner packet untouched");
+    assert_eq!(&outer[..4], &inner[14..18], "class and flow label kept");
+    // The connection's next packet goes the same way.
+    let out = f.run(&tcp6(45000, TCP_ACK, &[]));
+    assert_eq!(out.data[5], n);
+}
+
+#[test]
+fn tun6_past_the_path_mtu_sends_packet_too_big() {
+    let mut s = Svc::new(fwd::TUN, &[(1, 80)]);
+    s.mtu = 1300;
+    let f = Fixture::new(s);
+    let mut seg = tcp_seg(client(), 46000, vip(), 80, TCP_SYN);
+    // 40 + 1240 = 1280 bytes: 1320 with the outer header, past 1300.
+    seg.resize(1240, 0x11);
+    seg[16] = 0;
+    seg[17] = 0;
+    let c = l4_csum(client(), vip(), proto::TCP, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let out = f.run(&frame6(client(), vip(), 64, &[], proto::TCP, &seg));
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, _, nh, icmp) = parse(ip);
+    assert_eq!((src, dst, nh), (vip(), client(), NH_ICMP6));
+    assert_eq!((icmp[0], icmp[1]), (2, 0));
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1260,
+        "the MTU left for the inner packet"
+    );
+    // One that fits is tunnelled.
+    seg.truncate(1200);
+    seg[16] = 0;
+    seg[17] = 0;
+    let c = l4_csum(client(), vip(), proto::TCP, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    seg[0..2].copy_from_slice(&46001u16.to_be_bytes());
+    let c2 = {
+        let mut t = seg.clone();
+        t[16] = 0;
+        t[17] = 0;
+        l4_csum(client(), vip(), proto::TCP, &t)
+    };
+    seg[16..18].copy_from_slice(&c2.to_be_bytes());
+    let out = f.run(&frame6(client(), vip(), 64, &[], proto::TCP, &seg));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(parse(&out.data[14..]).3, 41);
+}
+
+/// `lb_decap` (the TUN real server's program) strips IPv6-in-IPv6 for its IPv6 VIPs only.
+#[test]
+fn lb_decap_accepts_ipv6_in_ipv6_for_its_vips() {
+    let mut bpf = aya::Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
+    let mut vips: HashMap<_, Addr, u8> =
+        HashMap::try_from(bpf.map_mut(lb_common::maps::DECAP_VIPS).expect("decap map")).unwrap();
+    vips.insert(addr(vip()), 1, 0).unwrap();
+    let prog: &mut aya::programs::Xdp = bpf
+        .program_mut(lb_common::progs::DECAP)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().expect("loading lb_decap into the kernel");
+    let encap = |inner: &[u8], plen_delta: i32| {
+        let ip = &inner[14..];
+        let mut f = Vec::new();
+        f.extend_from_slice(&rs_mac(1));
+        f.extend_from_slice(&DIRECTOR_MAC);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&((ip.len() as i32 + plen_delta) as u16).to_be_bytes());
+        f.extend_from_slice(&[41, 64]);
+        f.extend_from_slice(&tun_src().octets());
+        f.extend_from_slice(&rs(1).octets());
+        f.extend_from_slice(ip);
+        f
+    };
+    let inner = syn(47000);
+    let out = xdp_run::run_xdp(prog, &encap(&inner, 0), 1, 0).unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(
+        &out.data[..12],
+        &encap(&inner, 0)[..12],
+        "MACs of the outer frame"
+    );
+    assert_eq!(
+        &out.data[12..],
+        &inner[12..],
+        "the inner packet, as if it came plain"
+    );
+    // Not for one of its VIPs, or an outer payload length past the frame: untouched.
+    let other = frame6(
+        client(),
+        rs(2),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(client(), 1, rs(2), 80, TCP_SYN),
+    );
+    for (frame, what) in [
+        (encap(&other, 0), "another inner destination"),
+        (encap(&inner, 8), "payload length past the frame"),
+    ] {
+        let out = xdp_run::run_xdp(prog, &frame, 1, 0).unwrap();
+        assert_eq!((out.action, &out.data), (XDP_PASS, &frame), "{what}");
+    }
+}
