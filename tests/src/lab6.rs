@@ -11,7 +11,7 @@
 //!         rs2 2001:db8:1::12 ─────┘ (dual stack: also 192.0.2.0/24 as in `DrLab`)
 //!   NAT6: client 2001:db8:1::10 ── director eth0 2001:db8:1::2 (+VIP), eth1 2001:db8:2::1
 //!         ── br0 ── rsN 2001:db8:2::1N (default via the director), nginx on 8080
-//!   TUN6: client 2001:db8:1::10 ── router ── director 2001:db8:2::2 (+VIP)
+//!   TUN6: client 2001:db8:4::10 ── router ── director 2001:db8:2::2 (+VIP)
 //!                                     └── br0 ── rsN 2001:db8:3::1N (VIP on lo, lb_decap)
 //! ```
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,9 +25,10 @@ pub const DIRECTOR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x100);
 /// NAT6: the director's address on the real servers' segment (their gateway).
 pub const NAT_GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
-/// TUN6: the router's addresses (client side, director side, real-server side) and the
-/// director's own.
-pub const ROUTER_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// TUN6: the client (on a network of its own: the VIP must not look on-link to it), the
+/// router's addresses (client side, director side, real-server side) and the director's.
+pub const TUN_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 4, 0, 0, 0, 0, 0x10);
+pub const ROUTER_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 4, 0, 0, 0, 0, 1);
 pub const ROUTER_DIRECTOR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
 pub const ROUTER_RS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1);
 pub const TUN_DIRECTOR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
@@ -195,7 +196,7 @@ impl Lab6 {
                 let router = host6("router6");
                 veth(&client, "eth0", &router, "eth0");
                 tx_csum_off(&client, "eth0");
-                addr(&client, "eth0", CLIENT6.into(), 64);
+                addr(&client, "eth0", TUN_CLIENT6.into(), 64);
                 addr(&router, "eth0", ROUTER_CLIENT6.into(), 64);
                 route6(&client, "default", ROUTER_CLIENT6);
                 veth(&router, "eth2", &director, "eth0");

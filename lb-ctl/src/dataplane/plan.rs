@@ -327,7 +327,19 @@ pub(super) fn backend_value(
     available: bool,
     paths: &Paths,
 ) -> Backend {
-    let path = paths.get(&dest.addr).copied().unwrap_or_default();
+    let path = paths.get(&dest.addr).copied().unwrap_or_else(|| {
+        // No path (unresolved): addresses of the real server's family, unspecified.
+        let none = if dest.addr.is_ipv6() {
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        };
+        RsPath {
+            next_hop: none,
+            tun_src: none,
+            ..RsPath::default()
+        }
+    });
     let mut flags = 0;
     if available {
         flags |= backend_flags::AVAILABLE;
