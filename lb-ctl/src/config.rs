@@ -486,7 +486,11 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
     };
     let mut tunnel_sources = std::collections::BTreeMap::new();
     for (iface, addr) in &raw.tunnel_sources {
-        tunnel_sources.insert(iface.clone(), ip(addr)?);
+        let a = ip(addr)?;
+        // Either family (one per interface; a TUN real server uses the one of its own
+        // family, else the route's), and a host's unicast address.
+        crate::model::check_tunnel_source(a).map_err(|e| Problem::at(addr, e.to_string()))?;
+        tunnel_sources.insert(iface.clone(), a);
     }
     let mh_table_size = match &raw.mh_table_size {
         Some(v) => {
@@ -1501,6 +1505,12 @@ mod tests {
             "2001:db8::2".parse::<IpAddr>().unwrap()
         );
         assert_eq!(c.model.services.len(), 3);
+        assert_err(
+            "[director]\ntunnel_sources = { eth0 = \"ff02::1\" }\n",
+            2,
+            27,
+            "invalid tunnel source address ff02::1",
+        );
 
         // Errors, each at its place in the file.
         let v6web = |svc_extra: &str, rs_extra: &str| {

@@ -101,7 +101,7 @@ pub struct Health {
 }
 
 fn rs_name(k: &RsKey) -> String {
-    format!("{}:{}", k.1, k.2)
+    crate::model::addr_port(k.1, k.2)
 }
 
 impl Health {
@@ -281,10 +281,9 @@ impl Health {
             sum,
             match sorry {
                 Some(s) => format!(
-                    ": {} sorry server {}:{}",
+                    ": {} sorry server {}",
                     if now_up { "removing" } else { "adding" },
-                    s.addr,
-                    s.port
+                    crate::model::addr_port(s.addr, s.port)
                 ),
                 None => String::new(),
             },
@@ -475,7 +474,7 @@ impl Health {
                     "quorum": spec.quorum,
                     "hysteresis": spec.hysteresis,
                     "quorum_up": s.quorum_up,
-                    "sorry_server": spec.sorry.map(|s| format!("{}:{}", s.addr, s.port)),
+                    "sorry_server": spec.sorry.map(|s| crate::model::addr_port(s.addr, s.port)),
                     "sorry_server_active": spec.sorry.is_some() && !s.quorum_up,
                     "transitions": s.transitions,
                 })
