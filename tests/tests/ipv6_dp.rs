@@ -873,6 +873,112 @@ fn nat6_too_big_for_the_path_gets_packet_too_big() {
 }
 
 // ---------------------------------------------------------------------------------------
+// ICMPv6 errors about connections.
+
+/// An ICMPv6 error of `kind` from `from` to `to`, quoting `quoted` (an IPv6 packet).
+fn icmp6_error(from: Ipv6Addr, to: Ipv6Addr, kind: u8, info: u32, quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&info.to_be_bytes());
+    m.extend_from_slice(quoted);
+    let c = l4_csum(from, to, NH_ICMP6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    frame6(from, to, 64, &[], NH_ICMP6, &m)
+}
+
+fn router() -> Ipv6Addr {
+    v6("2001:db8:ff::1")
+}
+
+#[test]
+fn icmp6_errors_about_a_dr_connection_go_to_its_real_server() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    let n = f.dr_to(&syn(48000));
+    // A router on the way back says the real server's reply (VIP:80 → client) was too big.
+    let reply = frame6(
+        vip(),
+        client(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 48000, TCP_ACK),
+    );
+    let ptb = icmp6_error(router(), vip(), 2, 1400, &reply[14..]);
+    assert_eq!(f.dr_to(&ptb), n, "to the connection's real server");
+    let unreach = icmp6_error(router(), vip(), 1, 0, &reply[14..]);
+    assert_eq!(f.dr_to(&unreach), n);
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+    // About no connection, or an informational message: the stack's.
+    let other = frame6(
+        vip(),
+        client(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 1, TCP_ACK),
+    );
+    f.passed_untouched(
+        &icmp6_error(router(), vip(), 2, 1400, &other[14..]),
+        "no connection",
+    );
+    // Sent to someone other than the quoted packet's source: about nothing of ours.
+    f.passed_untouched(
+        &icmp6_error(router(), rs(1), 2, 1400, &reply[14..]),
+        "not to the quoted source",
+    );
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+}
+
+#[test]
+fn icmp6_errors_about_a_nat_connection_are_translated() {
+    let f = Fixture::new(Svc::new(fwd::NAT, &[(1, 8080)]));
+    f.client_hop(client(), 0);
+    let out = f.run(&syn(49000));
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    let dnated = out.data[14..].to_vec();
+
+    // About the DNATed request (client → RIP:8080), from a router near the real server, to
+    // the client: the client must see it about client → VIP:80, from the VIP.
+    let err = icmp6_error(router(), client(), 1, 0, &dnated);
+    let out = f.run(&err);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    assert_eq!(&out.data[..6], &ROUTER_MAC, "the client's hop");
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, hop, nh, icmp) = parse(ip);
+    assert_eq!((src, dst, hop, nh), (vip(), client(), 63, NH_ICMP6));
+    let (qs, qd, _, _, ql4) = parse(&icmp[8..]);
+    assert_eq!(
+        (qs, qd),
+        (client(), vip()),
+        "the quote as the client sent it"
+    );
+    assert_eq!(u16::from_be_bytes([ql4[2], ql4[3]]), 80);
+
+    // About a reply (VIP:80 → client, as SNATed) coming back to the VIP: to the real
+    // server, about RIP:8080 → client.
+    let reply = frame6(
+        vip(),
+        client(),
+        63,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 49000, TCP_ACK),
+    );
+    let err = icmp6_error(router(), vip(), 2, 1280, &reply[14..]);
+    let out = f.run(&err);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    assert_eq!(&out.data[..6], &rs_mac(1));
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, _, _, icmp) = parse(ip);
+    assert_eq!((src, dst), (router(), rs(1)));
+    let (qs, _, _, _, ql4) = parse(&icmp[8..]);
+    assert_eq!(qs, rs(1));
+    assert_eq!(u16::from_be_bytes([ql4[0], ql4[1]]), 8080);
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+}
+
+// ---------------------------------------------------------------------------------------
 // TUN6.
 
 #[test]
