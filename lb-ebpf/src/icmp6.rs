@@ -1,16 +1,24 @@
 //! ICMPv6: the errors the director sends itself (Packet Too Big, Time Exceeded) for IPv6
-//! packets it forwards, as `icmp::send_error` for IPv4, and the errors about a connection.
+//! packets it forwards, as `icmp::send_error` for IPv4, and the errors about a connection,
+//! forwarded or translated (`forward_error`), as `icmp::forward_error`.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{Addr, cnt, proto};
+use lb_common::{
+    Addr, Backend, FlowKey, SvcKey, backend_flags, cnt, conn_flags, fwd as fwd_mode, proto,
+    size::{NAT_RS_SLOTS, SVC_SLOTS},
+};
 
 use crate::{
-    Verdict, dr,
+    Verdict, csum, dr,
+    fwd::{self, Route},
+    fwd6,
+    maps::{BACKENDS, CONNS, EMBRYO, NAT_RS, SVC_TABLE},
     parse::{ETH_LEN, ptr_at},
     parse6::{IP6_LEN, Packet6},
+    service,
     stats::count,
 };
 
@@ -156,9 +164,231 @@ pub fn send_error(
     dr::out(ctx, ctx.ingress_ifindex() as u32)
 }
 
-/// An ICMPv6 packet: errors about a connection are forwarded (not yet: passed, see the
-/// README), everything else (NDP, MLD, echo) is the stack's, untouched.
+/// The packet quoted in an ICMPv6 error: its fixed header directly followed by TCP or UDP
+/// (what the director and the real servers send; a quote with extension headers is about
+/// nothing of ours).
+struct Quoted {
+    /// Frame offset of the quoted IPv6 header.
+    off: usize,
+    proto: u8,
+    saddr: Addr,
+    daddr: Addr,
+    sport: u16,
+    dport: u16,
+}
+
 #[inline(always)]
-pub fn forward_error(_ctx: &XdpContext, _pkt: &Packet6, _half: u32) -> Result<u32, Verdict> {
-    Err(Verdict::Pass(cnt::PASS_NOT_SERVICE))
+fn pass<T>(_: T) -> Verdict {
+    Verdict::Pass(cnt::PASS_NOT_SERVICE)
+}
+
+#[inline(always)]
+fn quoted(ctx: &XdpContext, pkt: &Packet6) -> Result<Quoted, Verdict> {
+    let icmp: *const [u8; ICMP6_LEN] = ptr_at(ctx, pkt.l4_off).map_err(pass)?;
+    // SAFETY: bounds-checked.
+    let icmp_type = unsafe { (*icmp)[0] };
+    // Errors only (types below 128); NDP, MLD, echo and the rest are the stack's.
+    if !matches!(
+        icmp_type,
+        DEST_UNREACH | PACKET_TOO_BIG | TIME_EXCEEDED | PARAM_PROBLEM
+    ) {
+        return Err(pass(()));
+    }
+    let off = pkt.l4_off + ICMP6_LEN;
+    let ip: *const [u8; IP6_LEN] = ptr_at(ctx, off).map_err(pass)?;
+    // SAFETY: bounds-checked.
+    let h = unsafe { &*ip };
+    let qproto = h[6];
+    if h[0] >> 4 != 6 || (qproto != proto::TCP && qproto != proto::UDP) {
+        return Err(pass(()));
+    }
+    let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let saddr = Addr {
+        w: [w(8), w(12), w(16), w(20)],
+    };
+    let daddr = Addr {
+        w: [w(24), w(28), w(32), w(36)],
+    };
+    let ports: *const [u16; 2] = ptr_at(ctx, off + IP6_LEN).map_err(pass)?;
+    // SAFETY: bounds-checked.
+    let [sport, dport] = unsafe { *ports };
+    Ok(Quoted {
+        off,
+        proto: qproto,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    })
+}
+
+/// The checks of the kernel's input on an error the balancer is about to forward: the
+/// payload within the frame and holding the ICMPv6 header, the quoted header and its ports.
+#[inline(always)]
+fn valid(ctx: &XdpContext, pkt: &Packet6) -> Result<(), Verdict> {
+    let frame = ctx.data_end() - ctx.data();
+    let end = ETH_LEN + IP6_LEN + pkt.payload_len as usize;
+    if end > frame || end < pkt.l4_off + ICMP6_LEN + IP6_LEN + 4 {
+        return Err(Verdict::Drop(cnt::DROP_MALFORMED));
+    }
+    if crate::parse6::martian_source(&pkt.saddr) {
+        return Err(Verdict::Drop(cnt::DROP_MARTIAN));
+    }
+    Ok(())
+}
+
+/// Rewrites a NATed ICMPv6 error (as IPVS's `ip_vs_nat_icmp_v6`): one outer address
+/// (`outer_src` picks which), the quoted packet's address and port on the same side of the
+/// connection, the ICMPv6 checksum (its pseudo-header holds the outer addresses) updated for
+/// all three; the Hop Limit decremented.
+#[inline(always)]
+fn translate(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    q: &Quoted,
+    outer_src: bool,
+    addr: &Addr,
+    port: u16,
+) -> Result<(), Verdict> {
+    let check: *mut u16 = ptr_at(ctx, pkt.l4_off + 2).map_err(internal)?;
+    let qip: *mut [u8; IP6_LEN] = ptr_at(ctx, q.off).map_err(internal)?;
+    let qports: *mut [u16; 2] = ptr_at(ctx, q.off + IP6_LEN).map_err(internal)?;
+    let (outer_old, outer_at) = if outer_src {
+        (&pkt.saddr, 8)
+    } else {
+        (&pkt.daddr, 24)
+    };
+    // The quote is the packet as the connection's other side sent it: an error about a
+    // DNATed request (outer source rewritten) quotes client → real server, whose
+    // destination becomes the VIP; one about a reply quotes VIP → client, whose source
+    // becomes the real server.
+    let (q_old, q_at, q_old_port) = if outer_src {
+        (&q.daddr, 24, q.dport)
+    } else {
+        (&q.saddr, 8, q.sport)
+    };
+    // SAFETY: all bounds-checked above; no head/tail adjustment in between.
+    unsafe {
+        let ip = pkt.ip as *mut u8;
+        *ip.add(7) = pkt.hop_limit - 1;
+        let qp = qip as *mut u8;
+        let mut c = *check;
+        let mut i = 0;
+        while i < 4 {
+            c = csum::replace4(c, outer_old.w[i], addr.w[i]);
+            c = csum::replace4(c, q_old.w[i], addr.w[i]);
+            (ip.add(outer_at + 4 * i) as *mut u32).write_unaligned(addr.w[i]);
+            (qp.add(q_at + 4 * i) as *mut u32).write_unaligned(addr.w[i]);
+            i += 1;
+        }
+        c = csum::replace2(c, q_old_port, port);
+        if outer_src {
+            (*qports)[1] = port;
+        } else {
+            (*qports)[0] = port;
+        }
+        *check = c;
+    }
+    Ok(())
+}
+
+/// Routes a translated error and sends it.
+#[inline(always)]
+fn route_icmp(ctx: &XdpContext, pkt: &Packet6, src: &Addr, dst: &Addr) -> Result<u32, Verdict> {
+    match fwd6::route(ctx, src, dst, proto::ICMPV6, 0, 0, pkt.ip_len()) {
+        Route::Via(hop) => fwd::send(ctx, &hop),
+        Route::NoNeigh => Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),
+        Route::TooBig(_) => Err(Verdict::Pass(cnt::PASS_TOO_BIG)),
+        Route::Unreachable => Err(Verdict::Drop(cnt::DROP_NO_ROUTE)),
+    }
+}
+
+#[inline(always)]
+fn available(backend: u32) -> Result<&'static Backend, Verdict> {
+    let be = BACKENDS
+        .get(backend)
+        .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
+    if be.flags & backend_flags::AVAILABLE == 0 {
+        return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
+    }
+    Ok(be)
+}
+
+/// An ICMPv6 packet: an error (Destination Unreachable, Packet Too Big, Time Exceeded,
+/// Parameter Problem) about a balanced connection goes where that connection goes —
+/// forwarded for DR and TUN, translated for NAT — as `icmp::forward_error` for IPv4;
+/// everything else (NDP, MLD, echo, errors about anything else) passes untouched.
+#[inline(always)]
+pub fn forward_error(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    half: u32,
+    epoch: u32,
+) -> Result<u32, Verdict> {
+    let q = quoted(ctx, pkt)?;
+    // An error goes to the source of the packet it quotes (RFC 4443 2.4).
+    if pkt.daddr != q.saddr {
+        return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
+    }
+    let key = FlowKey::of(q.daddr, q.saddr, q.dport, q.sport, q.proto);
+    // About a packet the VIP sent (a reply): the connection is client → VIP.
+    let vip = SvcKey::of(q.saddr, q.sport, q.proto);
+    if service::lookup(&SVC_TABLE, SVC_SLOTS, half, &vip).is_some() {
+        let c = CONNS
+            .get_ptr(&key)
+            .or_else(|| EMBRYO.get_ptr(&key))
+            .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
+        // SAFETY: pointer into the map value.
+        let be = available(unsafe { (*c).backend })?;
+        valid(ctx, pkt)?;
+        if be.fwd == fwd_mode::NAT && pkt.hop_limit <= 1 {
+            // Never an error about an error.
+            return Err(Verdict::Drop(cnt::DROP_ICMP_SUPPRESSED));
+        }
+        count(cnt::ICMP_FORWARDED);
+        return match be.fwd {
+            fwd_mode::DR => {
+                if be.flags & backend_flags::NEIGH_OK == 0 {
+                    return Err(Verdict::Drop(cnt::DROP_NO_NEIGH));
+                }
+                dr::set_macs(pkt.eth, &be.dmac, &be.smac);
+                dr::out(ctx, be.ifindex)
+            }
+            fwd_mode::TUN => crate::tun6::encap(ctx, pkt, be),
+            fwd_mode::NAT => {
+                translate(ctx, pkt, &q, false, &be.addr, be.port)?;
+                // To the real server: its resolved next hop, as the requests go.
+                match fwd::backend_hop(be) {
+                    Some(hop) => fwd::send(ctx, &hop),
+                    None => route_icmp(ctx, pkt, &pkt.saddr, &be.addr),
+                }
+            }
+            _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
+        };
+    }
+    // About a packet the director sent to a NAT real server (a DNATed request).
+    let rs = SvcKey::of(q.daddr, q.dport, q.proto);
+    if service::lookup(&NAT_RS, NAT_RS_SLOTS, half, &rs).is_none() {
+        return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
+    }
+    let c = CONNS
+        .get_ptr(&key)
+        .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
+    // SAFETY: pointer into the map value.
+    let (flags, backend) = unsafe { ((*c).flags, (*c).backend) };
+    if flags & conn_flags::REPLY == 0 {
+        return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN));
+    }
+    let be = available(backend)?;
+    valid(ctx, pkt)?;
+    if pkt.hop_limit <= 1 {
+        return Err(Verdict::Drop(cnt::DROP_ICMP_SUPPRESSED));
+    }
+    count(cnt::ICMP_FORWARDED);
+    translate(ctx, pkt, &q, true, &be.vaddr, be.vport)?;
+    // To the client: the hop its replies take, if known.
+    match crate::nat6::hop_of(&pkt.daddr, epoch) {
+        Some((hop, _)) => fwd::send(ctx, &hop),
+        None => route_icmp(ctx, pkt, &be.vaddr, &pkt.daddr),
+    }
 }

@@ -126,7 +126,7 @@ fn via_fib(
 
 /// `nat::hop_of` for an IPv6 client.
 #[inline(always)]
-fn hop_of(client: &Addr, epoch: u32) -> Option<(fwd::Hop, u16)> {
+pub fn hop_of(client: &Addr, epoch: u32) -> Option<(fwd::Hop, u16)> {
     let h = NAT_HOPS.get_ptr(client)?;
     // SAFETY: pointer into the map value, fields read one at a time.
     unsafe {

@@ -93,7 +93,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
         settings.flags,
     );
     if pkt.proto == proto::ICMPV6 {
-        return crate::icmp6::forward_error(ctx, &pkt, half);
+        return crate::icmp6::forward_error(ctx, &pkt, half, epoch);
     }
     let key = SvcKey::of(pkt.daddr, pkt.dport, pkt.proto);
     let mut found = service::lookup(&SVC_TABLE, SVC_SLOTS, half, &key);

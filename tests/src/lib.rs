@@ -20,6 +20,7 @@ pub mod process;
 pub mod routed;
 pub mod tempdir;
 pub mod udp;
+pub mod v6;
 pub mod xdp;
 pub mod xdp_run;
 

@@ -9,27 +9,19 @@
 //! layout-5 contract in `lb_common` says the control plane writes them (the control plane's
 //! IPv6 model is another change): what is tested is the data path reading them.
 
-use std::{net::Ipv6Addr, path::Path};
+use std::net::Ipv6Addr;
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use lb_common::{
-    Addr, Backend, NatHop, Service, Settings, SvcKey, SvcSlot, backend_flags, fwd, probe_home,
-    proto, sched, settings_flags,
-    size::{NAT_RS_SLOTS, SVC_SLOTS},
-    svc_flags,
-};
+use lb_common::{fwd, proto, sched};
 use lb_ctl::dataplane::{Dataplane, Options};
 use lb_tests::{
-    packet::{TCP_ACK, TCP_SYN, checksum},
+    packet::{TCP_ACK, TCP_SYN},
+    v6::{self, Ext, NH_DST, NH_HOP, NH_ICMP6, NH_ROUTING, l4_csum, tcp_seg, udp_dgram, v6},
     xdp_run::{self, Outcome, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 
-fn v6(s: &str) -> Ipv6Addr {
-    s.parse().unwrap()
-}
 fn vip() -> Ipv6Addr {
     v6("2001:db8::100")
 }
@@ -45,113 +37,27 @@ fn rs_mac(n: u8) -> [u8; 6] {
 fn tun_src() -> Ipv6Addr {
     v6("2001:db8::d1")
 }
-fn addr(a: Ipv6Addr) -> Addr {
-    Addr::from_octets(a.octets())
+fn addr(a: Ipv6Addr) -> lb_common::Addr {
+    v6::addr(a)
 }
 
-// ---------------------------------------------------------------------------------------
-// Frames, built from scratch.
-
-/// An extension header in a chain.
-#[derive(Clone, Copy)]
-enum Ext {
-    /// Hop-by-hop, routing or destination options of `(len8 + 1) * 8` bytes.
-    Opts(u8, u8),
-    /// Fragment header with this offset/flags field.
-    Frag(u16),
-}
-
-const NH_HOP: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_DST: u8 = 60;
-const NH_FRAG: u8 = 44;
-const NH_ICMP6: u8 = 58;
-
-fn ext_bytes(e: Ext, next: u8) -> (u8, Vec<u8>) {
-    match e {
-        Ext::Opts(kind, len8) => {
-            let total = (len8 as usize + 1) * 8;
-            let mut b = vec![next, len8];
-            if kind == NH_ROUTING {
-                // Routing type 253 (experimental, RFC 4727), segments left 0: ignored.
-                b.extend_from_slice(&[253, 0]);
-                b.resize(total, 0);
-            } else {
-                // One PadN option filling the rest.
-                b.extend_from_slice(&[1, (total - 4) as u8]);
-                b.resize(total, 0);
-            }
-            (kind, b)
-        }
-        Ext::Frag(field) => {
-            let mut b = vec![next, 0];
-            b.extend_from_slice(&field.to_be_bytes());
-            b.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-            (NH_FRAG, b)
-        }
-    }
-}
-
-/// The L4 checksum over the IPv6 pseudo-header and `l4` (whose checksum field is zero).
-fn l4_csum(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, l4: &[u8]) -> u16 {
-    checksum(&[
-        &src.octets(),
-        &dst.octets(),
-        &(l4.len() as u32).to_be_bytes(),
-        &[0, 0, 0, nh],
-        l4,
-    ])
-}
-
-fn tcp_seg(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&1000u32.to_be_bytes());
-    t.extend_from_slice(&(if flags & TCP_ACK != 0 { 1u32 } else { 0 }).to_be_bytes());
-    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(b"hello v6");
-    let c = l4_csum(src, dst, proto::TCP, &t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    t
-}
-
-fn udp_dgram(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-    let payload = b"a datagram";
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let c = l4_csum(src, dst, proto::UDP, &u);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    u
-}
-
-/// An Ethernet frame with an IPv6 packet: `exts` then `nh`/`l4`.
+/// A frame from the router to the director.
 fn frame6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, exts: &[Ext], nh: u8, l4: &[u8]) -> Vec<u8> {
-    let mut chain = Vec::new();
-    let mut next = nh;
-    for &e in exts.iter().rev() {
-        let (kind, mut b) = ext_bytes(e, next);
-        b.extend_from_slice(&chain);
-        chain = b;
-        next = kind;
-    }
-    chain.extend_from_slice(l4);
-    let mut f = Vec::new();
-    f.extend_from_slice(&DIRECTOR_MAC);
-    f.extend_from_slice(&ROUTER_MAC);
-    f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&(chain.len() as u16).to_be_bytes());
-    f.push(next);
-    f.push(hop);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&chain);
-    f
+    v6::frame6_eth(DIRECTOR_MAC, ROUTER_MAC, src, dst, hop, exts, nh, l4)
+}
+
+/// The test's reading of an IPv6 packet: (src, dst, hop limit, protocol, upper layer).
+fn parse(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr, u8, u8, Vec<u8>) {
+    let p = v6::parse(ip);
+    (p.src, p.dst, p.hop, p.nh, p.l4)
+}
+
+/// Checks the upper-layer checksum of an IPv6 packet from scratch.
+fn verify_l4(ip: &[u8]) {
+    assert!(
+        v6::l4_ok(&v6::parse(ip)),
+        "bad upper-layer checksum in {ip:02x?}"
+    );
 }
 
 fn syn(sport: u16) -> Vec<u8> {
@@ -176,50 +82,12 @@ fn tcp6(sport: u16, flags: u8, exts: &[Ext]) -> Vec<u8> {
     )
 }
 
-/// The IPv6 packet of a frame, parsed by the test's own reading: (src, dst, hop limit,
-/// upper-layer protocol, upper-layer bytes).
-fn parse(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr, u8, u8, Vec<u8>) {
-    assert_eq!(ip[0] >> 4, 6, "not IPv6: {ip:02x?}");
-    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-    assert_eq!(ip.len(), 40 + plen, "payload length vs packet: {ip:02x?}");
-    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
-    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
-    let mut nh = ip[6];
-    let mut off = 40;
-    while matches!(nh, NH_HOP | NH_ROUTING | NH_DST | NH_FRAG) {
-        let len = if nh == NH_FRAG {
-            8
-        } else {
-            (ip[off + 1] as usize + 1) * 8
-        };
-        nh = ip[off];
-        off += len;
-    }
-    (src, dst, ip[7], nh, ip[off..].to_vec())
-}
-
-/// Checks the upper-layer checksum of an IPv6 packet from scratch.
-fn verify_l4(ip: &[u8]) {
-    let (src, dst, _, nh, l4) = parse(ip);
-    assert_eq!(
-        l4_csum(src, dst, nh, &l4),
-        0,
-        "bad checksum (protocol {nh}) in {ip:02x?}"
-    );
-}
-
 // ---------------------------------------------------------------------------------------
 // The balancer with an IPv6 service written into its maps.
-
-fn map(pins: &Path, name: &str) -> MapData {
-    MapData::from_pin(pins.join("maps").join(name)).unwrap_or_else(|e| panic!("map {name}: {e}"))
-}
 
 struct Fixture {
     dp: Option<Dataplane>,
     pins: lb_tests::PinDir,
-    half: u32,
-    epoch: u32,
 }
 
 /// One IPv6 service and its real servers.
@@ -260,125 +128,40 @@ impl Fixture {
             ..Options::default()
         })
         .expect("loading the balancer (root, bpffs)");
-        let mut f = Self {
-            dp: Some(dp),
-            pins,
-            half: 0,
-            epoch: 0,
-        };
-        f.install(s);
-        f
-    }
-
-    fn install(&mut self, s: Svc) {
-        let p = self.pins.path();
-        let mut settings: Array<_, Settings> =
-            Array::try_from(Map::Array(map(p, "LB_SETTINGS"))).unwrap();
-        let mut st = settings.get(&0, 0).unwrap();
-        self.half = st.svc_half & 1;
-        self.epoch = st.route_epoch;
-        if s.fwd == fwd::NAT {
-            st.flags |= settings_flags::HAS_NAT;
-        }
-        settings.set(0, st, 0).unwrap();
-
-        let n = s.dests.len() as u32;
-        let svc = Service {
-            id: 1,
-            sched: s.sched,
-            flags: if s.persist_plen.is_some() {
-                svc_flags::PERSISTENT
-            } else {
-                0
-            },
-            table_off: 0,
-            table_len: if s.sched == sched::SH { 256 } else { n },
-            members_off: 1000,
-            members_len: n,
-            persist_timeout: 300,
-            persist_mask: s.persist_plen.unwrap_or(128),
-            ..Service::default()
-        };
-        let mut backends: Array<_, Backend> =
-            Array::try_from(Map::Array(map(p, "LB_BACKENDS"))).unwrap();
-        let mut table: Array<_, u32> =
-            Array::try_from(Map::Array(map(p, "LB_SCHED_TABLE"))).unwrap();
-        let mut nat_rs: Array<_, SvcSlot> =
-            Array::try_from(Map::Array(map(p, "LB_NAT_RS"))).unwrap();
-        for (i, &(rsn, port)) in s.dests.iter().enumerate() {
-            let id = i as u32 + 1;
-            backends
-                .set(
-                    id,
-                    Backend {
-                        addr: addr(rs(rsn)),
-                        port: port.to_be(),
-                        fwd: s.fwd,
-                        flags: backend_flags::AVAILABLE | backend_flags::NEIGH_OK,
-                        svc_id: 1,
+        // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
+        // reports as ingress, so a forwarded packet comes back as XDP_TX.
+        v6::install(
+            pins.path(),
+            &v6::Svc {
+                index: 0,
+                vip: vip(),
+                port: s.port,
+                proto: s.proto,
+                sched: s.sched,
+                fwd: s.fwd,
+                persist_plen: s.persist_plen,
+                tun_src: tun_src(),
+                dests: s
+                    .dests
+                    .iter()
+                    .map(|&(n, port)| v6::Dest {
+                        addr: rs(n),
+                        port,
                         ifindex: 1,
-                        dmac: rs_mac(rsn),
+                        dmac: rs_mac(n),
                         smac: DIRECTOR_MAC,
-                        weight: 1,
-                        vaddr: addr(vip()),
-                        vport: s.port.to_be(),
                         mtu: s.mtu,
-                        tun_src: addr(tun_src()),
-                        ..Backend::default()
-                    },
-                    0,
-                )
-                .unwrap();
-            table.set(1000 + i as u32, id, 0).unwrap();
-            if s.sched != sched::SH {
-                table.set(i as u32, id, 0).unwrap();
-            }
-            if s.fwd == fwd::NAT {
-                let key = SvcKey::of(addr(rs(rsn)), port.to_be(), s.proto);
-                let slot = self.half * NAT_RS_SLOTS + probe_home(&key, NAT_RS_SLOTS);
-                let v = Service {
-                    id: 1,
-                    flags: svc_flags::NAT_RS,
-                    ..Service::default()
-                };
-                nat_rs.set(slot, SvcSlot { key, svc: v }, 0).unwrap();
-            }
-        }
-        if s.sched == sched::SH {
-            // Bucket b → backend (b % n) + 1: which one a client gets says which bucket it
-            // hashed to.
-            for b in 0..256u32 {
-                table.set(b, b % n + 1, 0).unwrap();
-            }
-        }
-        let mut svcs: Array<_, SvcSlot> =
-            Array::try_from(Map::Array(map(p, "LB_SVC_TABLE"))).unwrap();
-        let key = SvcKey::of(addr(vip()), s.port.to_be(), s.proto);
-        let slot = self.half * SVC_SLOTS + probe_home(&key, SVC_SLOTS);
-        svcs.set(slot, SvcSlot { key, svc }, 0).unwrap();
-        let mut info: Array<_, Service> =
-            Array::try_from(Map::Array(map(p, "LB_SVC_INFO"))).unwrap();
-        info.set(1, svc, 0).unwrap();
+                    })
+                    .collect(),
+            },
+        );
+        Self { dp: Some(dp), pins }
     }
 
     /// Where replies to `client` go, as the data path caches it after a FIB lookup (the
     /// namespace of the test has no route to the client).
-    fn client_hop(&self, client: Ipv6Addr, mtu: u16) {
-        let mut hops: HashMap<_, Addr, NatHop> =
-            HashMap::try_from(Map::LruHashMap(map(self.pins.path(), "LB_NAT_HOPS"))).unwrap();
-        hops.insert(
-            addr(client),
-            NatHop {
-                ifindex: 1,
-                epoch: self.epoch,
-                dmac: ROUTER_MAC,
-                smac: DIRECTOR_MAC,
-                mtu,
-                _pad: 0,
-            },
-            0,
-        )
-        .unwrap();
+    fn client_hop(&self, client: Ipv6Addr, _mtu: u16) {
+        v6::client_hop(self.pins.path(), client, 1, ROUTER_MAC, DIRECTOR_MAC);
     }
 
     fn dp(&self) -> &Dataplane {
@@ -873,6 +656,114 @@ fn nat6_too_big_for_the_path_gets_packet_too_big() {
 }
 
 // ---------------------------------------------------------------------------------------
+// ICMPv6 errors about connections.
+
+/// An ICMPv6 error of `kind` from `from` to `to`, quoting `quoted` (an IPv6 packet).
+fn icmp6_error(from: Ipv6Addr, to: Ipv6Addr, kind: u8, info: u32, quoted: &[u8]) -> Vec<u8> {
+    frame6(
+        from,
+        to,
+        64,
+        &[],
+        NH_ICMP6,
+        &v6::icmp6_error(from, to, kind, info, quoted),
+    )
+}
+
+fn router() -> Ipv6Addr {
+    v6("2001:db8:ff::1")
+}
+
+#[test]
+fn icmp6_errors_about_a_dr_connection_go_to_its_real_server() {
+    let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
+    let n = f.dr_to(&syn(48000));
+    // A router on the way back says the real server's reply (VIP:80 → client) was too big.
+    let reply = frame6(
+        vip(),
+        client(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 48000, TCP_ACK),
+    );
+    let ptb = icmp6_error(router(), vip(), 2, 1400, &reply[14..]);
+    assert_eq!(f.dr_to(&ptb), n, "to the connection's real server");
+    let unreach = icmp6_error(router(), vip(), 1, 0, &reply[14..]);
+    assert_eq!(f.dr_to(&unreach), n);
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+    // About no connection, or an informational message: the stack's.
+    let other = frame6(
+        vip(),
+        client(),
+        64,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 1, TCP_ACK),
+    );
+    f.passed_untouched(
+        &icmp6_error(router(), vip(), 2, 1400, &other[14..]),
+        "no connection",
+    );
+    // Sent to someone other than the quoted packet's source: about nothing of ours.
+    f.passed_untouched(
+        &icmp6_error(router(), rs(1), 2, 1400, &reply[14..]),
+        "not to the quoted source",
+    );
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+}
+
+#[test]
+fn icmp6_errors_about_a_nat_connection_are_translated() {
+    let f = Fixture::new(Svc::new(fwd::NAT, &[(1, 8080)]));
+    f.client_hop(client(), 0);
+    let out = f.run(&syn(49000));
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    let dnated = out.data[14..].to_vec();
+
+    // About the DNATed request (client → RIP:8080), from a router near the real server, to
+    // the client: the client must see it about client → VIP:80, from the VIP.
+    let err = icmp6_error(router(), client(), 1, 0, &dnated);
+    let out = f.run(&err);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    assert_eq!(&out.data[..6], &ROUTER_MAC, "the client's hop");
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, hop, nh, icmp) = parse(ip);
+    assert_eq!((src, dst, hop, nh), (vip(), client(), 63, NH_ICMP6));
+    let (qs, qd, _, _, ql4) = parse(&icmp[8..]);
+    assert_eq!(
+        (qs, qd),
+        (client(), vip()),
+        "the quote as the client sent it"
+    );
+    assert_eq!(u16::from_be_bytes([ql4[2], ql4[3]]), 80);
+
+    // About a reply (VIP:80 → client, as SNATed) coming back to the VIP: to the real
+    // server, about RIP:8080 → client.
+    let reply = frame6(
+        vip(),
+        client(),
+        63,
+        &[],
+        proto::TCP,
+        &tcp_seg(vip(), 80, client(), 49000, TCP_ACK),
+    );
+    let err = icmp6_error(router(), vip(), 2, 1280, &reply[14..]);
+    let out = f.run(&err);
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    assert_eq!(&out.data[..6], &rs_mac(1));
+    let ip = &out.data[14..];
+    verify_l4(ip);
+    let (src, dst, _, _, icmp) = parse(ip);
+    assert_eq!((src, dst), (router(), rs(1)));
+    let (qs, _, _, _, ql4) = parse(&icmp[8..]);
+    assert_eq!(qs, rs(1));
+    assert_eq!(u16::from_be_bytes([ql4[0], ql4[1]]), 8080);
+    assert_eq!(f.counter("icmp_forwarded"), 2);
+}
+
+// ---------------------------------------------------------------------------------------
 // TUN6.
 
 #[test]
@@ -945,8 +836,9 @@ fn tun6_past_the_path_mtu_sends_packet_too_big() {
 #[test]
 fn lb_decap_accepts_ipv6_in_ipv6_for_its_vips() {
     let mut bpf = aya::Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
-    let mut vips: HashMap<_, Addr, u8> =
-        HashMap::try_from(bpf.map_mut(lb_common::maps::DECAP_VIPS).expect("decap map")).unwrap();
+    let mut vips: aya::maps::HashMap<_, lb_common::Addr, u8> =
+        aya::maps::HashMap::try_from(bpf.map_mut(lb_common::maps::DECAP_VIPS).expect("decap map"))
+            .unwrap();
     vips.insert(addr(vip()), 1, 0).unwrap();
     let prog: &mut aya::programs::Xdp = bpf
         .program_mut(lb_common::progs::DECAP)
