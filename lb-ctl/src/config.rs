@@ -997,6 +997,15 @@ fn build_check(
         None => dest.port,
     };
     let bindto = raw.bindto.as_ref().map(self::ip).transpose()?;
+    // A socket has one family: the source must be of the target's.
+    if let (Some(b), Some(v)) = (bindto, &raw.bindto)
+        && b.is_ipv6() != ip.is_ipv6()
+    {
+        return Err(Problem::at(
+            v,
+            format!("bindto {b} is not of the checked address {ip}'s family"),
+        ));
+    }
     let bind_port = match &raw.bind_port {
         Some(v) => Some(ranged(v, "bind_port", 1, u16::MAX)?),
         None => None,
@@ -1505,6 +1514,23 @@ mod tests {
             "2001:db8::2".parse::<IpAddr>().unwrap()
         );
         assert_eq!(c.model.services.len(), 3);
+        // A checker's source of the other family than its target.
+        let check = "[[service]]\naddress = \"2001:db8::100\"\nport = 80\n\
+            [[service.real_server]]\naddress = \"2001:db8::11\"\n\
+            [[service.real_server.check]]\ntype = \"tcp\"\nbindto = \"192.0.2.2\"\n";
+        assert_err(
+            check,
+            8,
+            10,
+            "bindto 192.0.2.2 is not of the checked address 2001:db8::11's family",
+        );
+        let c = parse(&check.replace("192.0.2.2", "2001:db8::2"), "t.toml").unwrap();
+        let spec = &c.health[&ServiceKey::tcp(v6, 80)].real_servers[0].checks[0];
+        assert_eq!(spec.target, "[2001:db8::11]:80".parse().unwrap());
+        assert_eq!(
+            spec.bindto,
+            Some(IpAddr::from("2001:db8::2".parse::<Ipv6Addr>().unwrap()))
+        );
         assert_err(
             "[director]\ntunnel_sources = { eth0 = \"ff02::1\" }\n",
             2,

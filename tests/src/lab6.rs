@@ -68,7 +68,7 @@ pub fn rs4(i: usize) -> Ipv4Addr {
 pub struct Lab6 {
     pub kind: Kind,
     setups: Vec<RealServerSetup>,
-    nginx: Vec<Nginx>,
+    nginx: Vec<Option<Nginx>>,
     _xdp: Vec<XdpPass>,
     pub client: Netns,
     pub director: Netns,
@@ -100,6 +100,29 @@ fn switch(bridges: &[&str]) -> Netns {
         sw.ip(&["link", "set", "dev", b, "up"]);
     }
     sw
+}
+
+/// The VIP on the director: as any address, but deprecated (`preferred_lft 0`) when IPv6,
+/// so the director's own connections (health checks) never take it as their source (IPv6
+/// source selection would prefer it to the director's own address, and a real server answers
+/// the VIP on its own `lo`); it is still answered for in NDP and accepted as a destination.
+fn director_vip(ns: &Netns, iface: &str, vip: IpAddr) {
+    let len = if vip.is_ipv6() { "128" } else { "32" };
+    let cidr = format!("{vip}/{len}");
+    if vip.is_ipv6() {
+        ns.ip(&[
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            iface,
+            "nodad",
+            "preferred_lft",
+            "0",
+        ]);
+    } else {
+        ns.ip(&["addr", "add", &cidr, "dev", iface]);
+    }
 }
 
 /// `ip addr add ADDR/LEN dev IFACE nodad` (IPv6) or without `nodad` (IPv4).
@@ -155,11 +178,11 @@ impl Lab6 {
                 plug(sw, "br0", "director", &director, "eth0");
                 addr(&client, "eth0", CLIENT6.into(), 64);
                 addr(&director, "eth0", DIRECTOR6.into(), 64);
-                addr(&director, "eth0", VIP6.into(), 128);
+                director_vip(&director, "eth0", VIP6.into());
                 if kind == Kind::DualStackDr {
                     addr(&client, "eth0", CLIENT4.into(), 24);
                     addr(&director, "eth0", DIRECTOR4.into(), 24);
-                    addr(&director, "eth0", VIP4.into(), 32);
+                    director_vip(&director, "eth0", VIP4.into());
                 }
                 for i in 1..=n {
                     let ns = host6(&format!("rs{i}"));
@@ -178,7 +201,7 @@ impl Lab6 {
                 tx_csum_off(&client, "eth0");
                 addr(&client, "eth0", CLIENT6.into(), 64);
                 addr(&director, "eth0", DIRECTOR6.into(), 64);
-                addr(&director, "eth0", VIP6.into(), 128);
+                director_vip(&director, "eth0", VIP6.into());
                 plug(sw, "br0", "director-eth1", &director, "eth1");
                 addr(&director, "eth1", NAT_GW6.into(), 64);
                 forwarding6(&director);
@@ -203,7 +226,7 @@ impl Lab6 {
                 tx_csum_off(&director, "eth0");
                 addr(&router, "eth2", ROUTER_DIRECTOR6.into(), 64);
                 addr(&director, "eth0", TUN_DIRECTOR6.into(), 64);
-                addr(&director, "eth0", VIP6.into(), 128);
+                director_vip(&director, "eth0", VIP6.into());
                 route6(&director, "default", ROUTER_DIRECTOR6);
                 forwarding6(&director);
                 plug(&others[0], "br0", "router", &router, "eth1");
@@ -226,7 +249,7 @@ impl Lab6 {
         let nginx = rs
             .iter()
             .enumerate()
-            .map(|(i, ns)| Nginx::start_dual(ns, &format!("rs{}", i + 1), port))
+            .map(|(i, ns)| Some(Nginx::start_dual(ns, &format!("rs{}", i + 1), port)))
             .collect();
         Lab6 {
             kind,
@@ -293,7 +316,20 @@ impl Lab6 {
 
     /// Real server `i`'s nginx (1-based).
     pub fn nginx(&self, i: usize) -> &Nginx {
-        &self.nginx[i - 1]
+        self.nginx[i - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("rs{i}'s nginx is stopped"))
+    }
+
+    /// Stops real server `i`'s nginx (a dead server for health checks).
+    pub fn stop_nginx(&mut self, i: usize) {
+        self.nginx[i - 1] = None;
+    }
+
+    /// Starts real server `i`'s nginx again.
+    pub fn start_nginx(&mut self, i: usize) {
+        let port = if self.kind == Kind::Nat { 8080 } else { 80 };
+        self.nginx[i - 1] = Some(Nginx::start_dual(&self.rs[i - 1], &format!("rs{i}"), port));
     }
 
     /// The body of real server `i`'s nginx.

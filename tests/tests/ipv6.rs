@@ -357,6 +357,56 @@ fn a_dual_stack_director_serves_an_ipv4_and_an_ipv6_service_from_one_config() {
     );
 }
 
+/// keepalived's TCP_CHECK against IPv6 real servers: a stopped nginx takes its server out of
+/// the table, and back in when it answers again; the other keeps serving throughout.
+#[test]
+fn a_tcp_check_takes_a_stopped_ipv6_real_server_out_and_back() {
+    let mut lab = Lab6::new(Kind::Dr, 2);
+    lab.realservers_up();
+    let dir = TempDir::new("v6hc");
+    let cfg = dir.join("lb.toml");
+    let mut text = format!("[[service]]\naddress = \"{VIP6}\"\nport = 80\nscheduler = \"rr\"\n");
+    for i in 1..=2 {
+        text += &format!(
+            "[[service.real_server]]\naddress = \"{}\"\n\
+             [[service.real_server.check]]\ntype = \"tcp\"\ndelay_loop = 1\n\
+             connect_timeout = 1\nretry = 0\n",
+            rs6(Kind::Dr, i)
+        );
+    }
+    std::fs::write(&cfg, &text).unwrap();
+    let d = Daemon::start(&lab.director, &["eth0"], Some(&cfg));
+    let listed = |d: &Daemon| {
+        d.ctl_ok(&["-Ln"])
+            .lines()
+            .filter(|l| l.starts_with("  -> [2001:db8:1::"))
+            .count()
+    };
+    let wait_listed = |d: &Daemon, n: usize, what: &str| {
+        for _ in 0..100 {
+            if listed(d) == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{what}: -Ln\n{}\nstatus {}\n{}",
+            d.ctl_ok(&["-Ln"]),
+            d.status(),
+            d.log()
+        );
+    };
+    wait_listed(&d, 2, "both checked up");
+    lab.stop_nginx(1);
+    wait_listed(&d, 1, "rs1 never taken out");
+    let bodies = curls_ok(&lab, &d, &url6(80), 4);
+    assert_split(&bodies, &[("rs2", 4)], "with rs1 down", &d);
+    lab.start_nginx(1);
+    wait_listed(&d, 2, "rs1 never back");
+    let bodies = curls_ok(&lab, &d, &url6(80), 4);
+    assert_split(&bodies, &[("rs1", 2), ("rs2", 2)], "with rs1 back", &d);
+}
+
 /// The NDP counterpart of arp_ignore/arp_announce: with `lb-ctl realserver` done on both
 /// real servers and the VIP taken off the director, nobody on the segment answers a
 /// neighbour solicitation for the VIP (the real servers hold it on `lo` only).

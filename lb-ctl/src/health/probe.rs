@@ -408,6 +408,34 @@ mod tests {
         );
     }
 
+    /// An IPv6 real server is checked over IPv6 (from an IPv6 `bindto` when given): HTTP_GET
+    /// against a server on `[::1]`, and a refused port there.
+    #[tokio::test]
+    async fn ipv6_targets_are_checked_over_ipv6() {
+        let l = TcpListener::bind("[::1]:0")
+            .await
+            .expect("binding [::1] (the IPv6 loopback this machine has)");
+        let port = l.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut s, peer) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&http_answer("200 OK", "rs1\n")).await;
+            peer
+        });
+        let v6 = |port| CheckSpec {
+            target: SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
+            bindto: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+            ..spec(CheckKind::Http(url(&[200], None)), port)
+        };
+        assert_eq!(probe(&v6(port), &tls_config()).await, Ok(None));
+        assert!(seen.await.unwrap().is_ipv6());
+        let dead = TcpListener::bind("[::1]:0").await.unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        assert_eq!(tcp(&v6(dead_port)).await, Err("connection refused".into()));
+    }
+
     #[tokio::test]
     async fn http_status_digest_garbage_and_silence() {
         let tls = tls_config();
