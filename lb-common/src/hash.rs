@@ -1,7 +1,8 @@
 //! Hash functions the data path and the control plane must agree on: where the sh, dh and mh
 //! schedulers look a client up, and the Maglev permutation of a server.
 //!
-//! Addresses and ports are given in host byte order here.
+//! Addresses and ports are given in host byte order here. An IPv6 address enters every hash
+//! as IPVS folds it for AF_INET6: `Addr::sched_key` (the XOR of its four words).
 
 use crate::size::SH_BUCKETS;
 

@@ -52,8 +52,10 @@ pub mod maps {
     /// like `SVC_TABLE` (two halves of `size::NAT_RS_SLOTS`, same `svc_half`). A packet from
     /// one of them may be a reply to SNAT; everything else skips the connection lookup.
     pub const NAT_RS: &str = "LB_NAT_RS";
-    /// `u32` VIP (network order) → `u8`: the VIPs the decapsulation program (`lb-decap`, on TUN
-    /// real servers) accepts inner packets for.
+    /// `Addr` VIP → `u8` (any value): the VIPs the decapsulation program (`lb-decap`, on TUN
+    /// real servers) accepts inner packets for. Keyed by `Addr` since layout 5: an IPv4 VIP
+    /// IPv4-mapped (`Addr::v4`), an IPv6 VIP as its 16 bytes (`Addr::from_octets`); IPv4-in-IPv4
+    /// is accepted for the former, IPv6-in-IPv6 (next header 41) for the latter.
     pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
     /// `u32` service id → `Service`: the same values as in `SVC_TABLE`, by id (for the sweep).
     pub const SVC_INFO: &str = "LB_SVC_INFO";
@@ -129,8 +131,14 @@ pub mod prog_index {
     /// Slot 1 held `lb_resume` until the first packet of a connection was forwarded by
     /// `lb_new` itself; the daemon empties it in an adopted array.
     pub const UNUSED_RESUME: u32 = 1;
-    /// Slots in the map (kept at 2: a pinned array of an older lb-ctl is adopted as it is).
-    pub const LEN: u32 = 2;
+    /// `progs::BALANCER6`: `lb_xdp` tail-calls it for every IPv6 frame (ethertype 0x86dd).
+    /// Empty, IPv6 frames are passed to the stack (`cnt::PASS_NOT_IPV4`) as before layout 5.
+    pub const XDP6: u32 = 2;
+    /// `progs::NEW6`: `lb_xdp6` tail-calls it for an IPv6 packet that opens a connection.
+    pub const NEW6: u32 = 3;
+    /// Slots in the map (4 since layout 5; a pinned array of 2 is of an older layout, which
+    /// the daemon does not adopt).
+    pub const LEN: u32 = 4;
 }
 
 /// Program names (the Rust function names of the `#[xdp]` entry points).
@@ -148,6 +156,14 @@ pub mod progs {
     /// BPF-to-BPF function). Apart, each program stays well inside the verifier's budget;
     /// together, the schedulers' paths times the connection lookup exceed it.
     pub const NEW: &str = "lb_new";
+    /// The IPv6 balancer (object `lb-ebpf`): what `lb_xdp` is for IPv4, for IPv6 frames,
+    /// reached from `lb_xdp` by tail call (`prog_index::XDP6`), so that IPv4 packets pay one
+    /// ethertype test for it and each program keeps its own verifier budget. The control
+    /// plane loads it and puts it in `maps::PROGS` before `lb_xdp` is attached.
+    pub const BALANCER6: &str = "lb_xdp6";
+    /// New IPv6 connections (object `lb-ebpf`): what `lb_new` is for IPv4, tail-called by
+    /// `lb_xdp6` (`prog_index::NEW6`). Loaded and put in `maps::PROGS` like `BALANCER6`.
+    pub const NEW6: &str = "lb_new6";
     /// `XDP_PASS` for every frame (object `lb-pass`): attached to the veth peers of balancer
     /// interfaces, where a frame sent with `XDP_TX`/redirect is only reliably delivered if the
     /// peer runs XDP.
@@ -512,7 +528,8 @@ pub mod cnt {
     pub const TX: u32 = 1;
     /// Forwarded with `bpf_redirect`.
     pub const REDIRECT: u32 = 2;
-    /// Passed: not IPv4 (ARP, IPv6, VLAN, …).
+    /// Passed: neither IPv4 nor IPv6 (ARP, VLAN, …), or IPv6 while `lb_xdp6` is not in
+    /// `maps::PROGS`.
     pub const PASS_NOT_IPV4: u32 = 3;
     /// Passed: IPv4 but not TCP/UDP, or not addressed to a service.
     pub const PASS_NOT_SERVICE: u32 = 4;
@@ -588,6 +605,10 @@ pub mod cnt {
     pub const EMBRYO_PROMOTE_FAILED: u32 = 29;
     /// Sync events lost because `SYNC_EVENTS` was full (the packet itself is forwarded).
     pub const SYNC_DROPPED: u32 = 30;
+    /// Passed: an IPv6 packet whose extension headers the data path does not walk to their
+    /// end (more than `IPV6_MAX_EXT` of them, or one it cannot read): its upper-layer
+    /// protocol is unknown, so it cannot be a service's; the stack has the last word.
+    pub const PASS_IPV6_EXT: u32 = 31;
     /// Number of counters (room to grow without changing the map's size).
     pub const MAX: u32 = 32;
 
@@ -624,17 +645,25 @@ pub mod cnt {
         "embryo_promoted",
         "embryo_promote_failed",
         "sync_dropped",
-        "",
+        "pass_ipv6_ext",
     ];
 }
 
-/// IP protocol numbers used in `SvcKey::proto` and `FlowKey::proto`.
+/// IP protocol numbers used in `SvcKey::proto` and `FlowKey::proto` (TCP and UDP for both
+/// families; a key never holds an extension header's number).
 pub mod proto {
     pub const ICMP: u8 = 1;
     pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// IPv6-in-IPv6 (TUN for IPv6 services, as IPVS's `ip_vs_tunnel_xmit_v6`).
+    pub const IPV6: u8 = 41;
+    pub const ICMPV6: u8 = 58;
 }
+
+/// The most IPv6 extension headers the data path walks before the upper-layer header;
+/// a packet with more is passed (`cnt::PASS_IPV6_EXT`).
+pub const IPV6_MAX_EXT: u32 = 8;
 
 /// An IP address in the 16 bytes of an IPv6 one, as every key and value holds it, so that
 /// IPv6 services and real servers fit the same maps. An IPv4 address is stored IPv4-mapped
@@ -677,6 +706,70 @@ impl Addr {
     pub const fn fold(&self) -> u32 {
         self.w[0] ^ self.w[1] ^ self.w[2] ^ self.w[3]
     }
+
+    /// An IPv6 address from its 16 bytes as on the wire (`Ipv6Addr::octets`). (An
+    /// IPv4-mapped address given here is an IPv4 address, `Addr::v4`.)
+    #[inline(always)]
+    pub const fn from_octets(b: [u8; 16]) -> Self {
+        Self {
+            w: [
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+                u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+            ],
+        }
+    }
+
+    /// The 16 bytes as on the wire (an IPv4 address IPv4-mapped).
+    #[inline(always)]
+    pub const fn octets(&self) -> [u8; 16] {
+        let [a, b, c, d] = [
+            self.w[0].to_ne_bytes(),
+            self.w[1].to_ne_bytes(),
+            self.w[2].to_ne_bytes(),
+            self.w[3].to_ne_bytes(),
+        ];
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
+    /// The address as the sh, dh and mh schedulers hash it (`hash::sh_bucket`,
+    /// `hash::mh_hash`), host order: an IPv4 address itself; an IPv6 address folded as
+    /// IPVS's `ip_vs_sh_hashkey`/`ip_vs_dh_hashkey` fold it for AF_INET6
+    /// (`ntohl(a[0] ^ a[1] ^ a[2] ^ a[3])`). The data path and the control plane's models
+    /// both hash through this.
+    #[inline(always)]
+    pub const fn sched_key(&self) -> u32 {
+        if self.is_v4() {
+            u32::from_be(self.w[3])
+        } else {
+            u32::from_be(self.fold())
+        }
+    }
+
+    /// The first `plen` bits of an (IPv6) address, the rest zero: an IPv6 persistence
+    /// network (`-M` prefix length). `plen` ≥ 128 keeps the whole address.
+    #[inline(always)]
+    pub const fn prefix(&self, plen: u32) -> Self {
+        let mut w = self.w;
+        let mut i = 0;
+        while i < 4 {
+            let bits = plen.saturating_sub(32 * i as u32);
+            let mask: u32 = if bits >= 32 {
+                u32::MAX
+            } else if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            w[i] &= mask.to_be();
+            i += 1;
+        }
+        Self { w }
+    }
 }
 
 /// Service lookup key: (VIP, port, protocol), network byte order.
@@ -712,9 +805,25 @@ pub struct Service {
     pub members_len: u32,
     /// Persistence timeout in seconds (with `svc_flags::PERSISTENT`).
     pub persist_timeout: u32,
-    /// Persistence netmask, network byte order (IPv4; the IPv6 prefix length will need a
-    /// field of its own).
+    /// Persistence netmask (`-M`), as IPVS's `ip_vs_service::netmask`: for an IPv4 service
+    /// the netmask in network byte order (255.255.255.255 when not given); for an IPv6
+    /// service the prefix length, 0..=128, in host order (ipvsadm takes `-M 64` for IPv6;
+    /// 128 when not given). `Service::persist_client` applies it.
     pub persist_mask: u32,
+}
+
+impl Service {
+    /// The client network a persistence template of this service is keyed by
+    /// (`PersistKey::client`): an IPv4 client's address & `persist_mask`, an IPv6 client's
+    /// first `persist_mask` bits (IPVS `ip_vs_sched_persist`'s `ipv6_addr_prefix`).
+    #[inline(always)]
+    pub const fn persist_client(&self, client: Addr) -> Addr {
+        if client.is_v4() {
+            Addr::v4(client.w[3] & self.persist_mask)
+        } else {
+            client.prefix(self.persist_mask)
+        }
+    }
 }
 
 /// Connections of one backend, as the last sweep counted them.
@@ -778,6 +887,17 @@ pub struct SweepStats {
 }
 
 /// A destination of one service (IPVS `ip_vs_dest`), indexed by backend id.
+///
+/// IPv6 (layout 5): a real server has its service's family (IPVS refuses a mix). For an IPv6
+/// one, `addr`/`vaddr` are IPv6 (`Addr::from_octets`); DR6: `dmac` is the real server's MAC
+/// from the IPv6 neighbour table (NDP), `smac`/`ifindex` the director's interface, with
+/// `NEIGH_OK`, kept fresh as for IPv4; NAT6: the next hop towards the real server as for
+/// IPv4 (or `NEIGH_OK` clear: the data path asks the FIB, AF_INET6); TUN6: `tun_src` is the
+/// director's IPv6 source address for the outer IPv6 header, and `mtu` the path MTU (the
+/// outer packet is 40 bytes longer; Packet Too Big is sent past it). NAT6 and TUN6 need
+/// `net.ipv6.conf.all.forwarding=1` on the director (the FIB lookup refuses otherwise), as
+/// NAT and TUN need `ip_forward`. `NAT_RS` holds an IPv6 NAT real server's `SvcKey` as for
+/// IPv4; `NAT_HOPS` is keyed by the IPv6 client and filled by the data path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -913,6 +1033,18 @@ pub struct SvcSlot {
 }
 
 impl SvcKey {
+    /// The key of a service (or NAT real server) `addr:port` of either family (port in
+    /// network order).
+    #[inline(always)]
+    pub const fn of(addr: Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
     /// The key of an IPv4 service `addr:port` (network order).
     #[inline(always)]
     pub const fn v4(addr: u32, port: u16, proto: u8) -> Self {
@@ -991,10 +1123,12 @@ pub mod icmp_limit {
 pub const CLOCK_TICK_NS: u64 = 100_000_000;
 
 /// Layout version of the pinned maps; bump when any type above changes.
+/// 5: IPv6 in the data path: `PROGS` of 4 (`lb_xdp6`, `lb_new6`), `DECAP_VIPS` keyed by
+/// `Addr`, an IPv6 service's `persist_mask` a prefix length.
 /// 3: `EMBRYO` and `SWEEP_KEYS`, one common LRU for `CONNS`, `lb_sweep` driven in steps.
 /// 4: 16-byte addresses (`Addr`) in every key and value, a 16-byte `Conn`, NAT reply hops
 /// in `NAT_HOPS`.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `lb_sweep`'s commands: the first 8 bytes of the frame it is run on are `SweepOp`.
 pub mod sweep_op {
@@ -1109,6 +1243,46 @@ mod tests {
         let k = FlowKey::new(1u32.to_be(), 2u32.to_be(), 1000, 80, proto::TCP);
         let r = k.nat_reply(Addr::v4(3u32.to_be()), 8080);
         assert_eq!(r.nat_request(k.daddr, k.dport), k);
+    }
+
+    #[test]
+    fn ipv6_helpers() {
+        let b = [
+            0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        let a = Addr::from_octets(b);
+        assert_eq!(a.octets(), b);
+        assert!(!a.is_v4());
+        assert_eq!(
+            a.sched_key(),
+            0x20010db8 ^ 0xaabbccdd ^ 0x01020304 ^ 0x05060708,
+            "IPVS's AF_INET6 fold"
+        );
+        let v4 = Addr::v4(u32::from_ne_bytes([192, 0, 2, 7]));
+        assert_eq!(v4.sched_key(), 0xc0000207);
+        // Prefixes: /64, /0, /128, and one not on a word boundary.
+        let p64 = a.prefix(64).octets();
+        assert_eq!(&p64[..8], &b[..8]);
+        assert_eq!(&p64[8..], &[0; 8]);
+        assert_eq!(a.prefix(0), Addr::default());
+        assert_eq!(a.prefix(128), a);
+        assert_eq!(a.prefix(200), a);
+        let p36 = a.prefix(36).octets();
+        assert_eq!(&p36[..5], &[0x20, 0x01, 0x0d, 0xb8, 0xa0]);
+        assert_eq!(&p36[5..], &[0; 11]);
+        let v6svc = Service {
+            persist_mask: 48,
+            ..Service::default()
+        };
+        assert_eq!(v6svc.persist_client(a), a.prefix(48));
+        let v4svc = Service {
+            persist_mask: u32::from_ne_bytes([255, 255, 255, 0]),
+            ..Service::default()
+        };
+        assert_eq!(
+            v4svc.persist_client(v4),
+            Addr::v4(u32::from_ne_bytes([192, 0, 2, 0]))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::{fd::AsRawFd, unix::net::UnixStream},
     path::Path,
     time::Duration,
@@ -114,9 +114,9 @@ pub struct ConnView {
     pub expire_secs: u32,
     /// IPVS state name: "ESTABLISHED", "SYN_RECV", …, "UDP", "NONE".
     pub state: String,
-    pub client: SocketAddrV4,
-    pub virtual_addr: SocketAddrV4,
-    pub dest: SocketAddrV4,
+    pub client: SocketAddr,
+    pub virtual_addr: SocketAddr,
+    pub dest: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

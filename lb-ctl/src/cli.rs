@@ -15,7 +15,7 @@
 
 use std::{
     fmt::{self, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, ToSocketAddrs},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
     sync::OnceLock,
 };
 
@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::{
     api::{ConnView, DestView, Request, Response, ServiceView, Snapshot, Timeouts},
     model::{
-        self, DestConfig, Forward, Op, Persistence, Protocol, SchedFlags, Scheduler, ServiceConfig,
-        ServiceKey,
+        self, DestConfig, Forward, Netmask, Op, Persistence, Protocol, SchedFlags, Scheduler,
+        ServiceConfig, ServiceKey,
     },
 };
 
@@ -607,8 +607,10 @@ impl IpvsArgs {
         if !self.sctp_service.is_empty() {
             return Err(UsageError::fail("SCTP services are not supported"));
         }
-        if self.ipv6 > 0 {
-            return Err(UsageError::fail("IPv6 (-6) is not supported yet"));
+        // ipvsadm takes -6 only after -f (an IPv6 firewall-mark service); IPv6 -t/-u services
+        // are IPv6 by their address. Firewall-mark services are refused below anyway.
+        if self.ipv6 > 0 && self.fwmark_service.is_empty() {
+            return Err(UsageError::fail("-6 used before -f"));
         }
         Ok(())
     }
@@ -660,8 +662,8 @@ struct Values {
     service: Option<ServiceKey>,
     scheduler: Option<String>,
     persistent: Option<u32>,
-    netmask: Option<Ipv4Addr>,
-    server: Option<(Ipv4Addr, u16)>,
+    netmask: Option<Netmask>,
+    server: Option<(IpAddr, u16)>,
     forward: Forward,
     weight: u32,
     u_threshold: u32,
@@ -696,11 +698,16 @@ impl Values {
 
         let netmask = match a.netmask.first() {
             None => None,
+            // An IPv6 service's -M is a prefix length, read with atoi as ipvsadm does.
+            Some(v) if service.is_some_and(|k| k.is_v6()) => match atoi(v) {
+                n @ 1..=128 => Some(Netmask::V6(n as u8)),
+                _ => return Err(UsageError::fail("illegal ipv6 netmask specified")),
+            },
             Some(v) => {
                 let mask = inet_aton(v).or_else(|| names.host_to_addr(v));
-                Some(mask.ok_or_else(|| {
+                Some(Netmask::V4(mask.ok_or_else(|| {
                     UsageError::fail("illegal virtual server persistent mask specified")
-                })?)
+                })?))
             }
         };
 
@@ -710,9 +717,10 @@ impl Values {
                 let proto = service.map(|k| k.proto);
                 match parse_service(v, proto, names) {
                     // A real server without a port takes the service's.
-                    Ok((addr, port)) => Some((addr, port.or(service.map(|k| k.port)).unwrap_or(0))),
-                    Err(AddrError::Ipv6) => return Err(ipv6_unsupported()),
-                    Err(AddrError::Invalid) => {
+                    Some((addr, port)) => {
+                        Some((addr, port.or(service.map(|k| k.port)).unwrap_or(0)))
+                    }
+                    None => {
                         return Err(UsageError::fail(
                             "illegal real server address[:port] specified",
                         ));
@@ -813,61 +821,76 @@ impl Values {
     }
 }
 
-fn ipv6_unsupported() -> UsageError {
-    UsageError::fail("IPv6 services are not supported yet")
-}
-
 /// `-t`/`-u`: ipvsadm's "illegal virtual server address[:port] specified" unless it parses.
 fn parse_service_key(v: &str, proto: Protocol, names: &Names) -> Result<ServiceKey, UsageError> {
     match parse_service(v, Some(proto), names) {
-        Ok((addr, port)) => Ok(ServiceKey {
+        Some((addr, port)) => Ok(ServiceKey {
             proto,
             addr,
             port: port.unwrap_or(0),
         }),
-        Err(AddrError::Ipv6) => Err(ipv6_unsupported()),
-        Err(AddrError::Invalid) => Err(UsageError::fail(
+        None => Err(UsageError::fail(
             "illegal virtual server address[:port] specified",
         )),
     }
 }
 
-enum AddrError {
-    Invalid,
-    Ipv6,
-}
-
-/// ipvsadm's `parse_service`: `host[:port]`, the host an IPv4 address in any form `inet_aton`
-/// takes or a name, the port a number or a service name of `proto`. A bare number is refused
-/// (it would otherwise be taken as a 32-bit address).
+/// ipvsadm's `parse_service`: `host[:port]` or `[ipv6]:port`. An IPv6 address goes in
+/// brackets when a port follows (`[2001:db8::1]:80`; brackets without a port are refused, as
+/// ipvsadm does) or stands alone without one (`2001:db8::1`). Otherwise the host is an IPv4
+/// address in any form `inet_aton` takes or a name, the port a number or a service name of
+/// `proto`. A bare number is refused (it would otherwise be taken as a 32-bit address).
 fn parse_service(
     buf: &str,
     proto: Option<Protocol>,
     names: &Names,
-) -> Result<(Ipv4Addr, Option<u16>), AddrError> {
+) -> Option<(IpAddr, Option<u16>)> {
     if buf.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AddrError::Invalid);
+        return None;
     }
-    if buf.starts_with('[') || buf.parse::<Ipv6Addr>().is_ok() {
-        return Err(AddrError::Ipv6);
-    }
-    let (host, port) = match buf.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (buf, None),
+    let (addr, port) = if let Some(rest) = buf.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (
+            IpAddr::V6(host.parse().ok()?),
+            Some(after.strip_prefix(':')?),
+        )
+    } else if let Ok(v6) = buf.parse::<Ipv6Addr>() {
+        (IpAddr::V6(v6), None)
+    } else {
+        let (host, port) = match buf.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (buf, None),
+        };
+        let v4 = inet_aton(host).or_else(|| names.host_to_addr(host))?;
+        (IpAddr::V4(v4), port)
     };
-    let addr = inet_aton(host)
-        .or_else(|| names.host_to_addr(host))
-        .ok_or(AddrError::Invalid)?;
     let port = match port {
         None => None,
         Some(p) => Some(
             string_to_number(p, 0, 65535)
                 .and_then(|n| u16::try_from(n).ok())
-                .or_else(|| proto.and_then(|pr| names.service_to_port(p, pr)))
-                .ok_or(AddrError::Invalid)?,
+                .or_else(|| proto.and_then(|pr| names.service_to_port(p, pr)))?,
         ),
     };
-    Ok((addr, port))
+    Some((addr, port))
+}
+
+/// C's `atoi`, which ipvsadm reads an IPv6 service's `-M` with: leading white space, a sign,
+/// the digits that follow (anything after them ignored), 0 when there are none.
+fn atoi(s: &str) -> i64 {
+    let t = s.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let (neg, rest) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let digits: String = rest
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(12)
+        .collect();
+    let n = digits.parse::<i64>().unwrap_or(0);
+    if neg { -n } else { n }
 }
 
 /// ipvsadm's `parse_fwmark`: a decimal in 1..=UINT_MAX.
@@ -1314,7 +1337,7 @@ fn service_config(key: &ServiceKey, v: &Values, pe: bool) -> Result<ServiceConfi
         sched_flags: SchedFlags(v.sched_flags),
         persistence: v.persistent.map(|timeout| Persistence {
             timeout,
-            netmask: v.netmask.unwrap_or(Ipv4Addr::BROADCAST),
+            netmask: v.netmask.unwrap_or(Netmask::host(key.is_v6())),
         }),
         ops: v.ops,
         tunnel_source: None,
@@ -1331,6 +1354,11 @@ fn dest_config(
     let (addr, port) = v
         .server
         .ok_or_else(|| UsageError::fail("You need to supply the 'real-server' option"))?;
+    // IPVS keeps a service's real servers in its family; the kernel's refusal, in libipvs's
+    // words.
+    if addr.is_ipv6() != key.is_v6() {
+        return Err(UsageError::refused(model::AF_MISMATCH));
+    }
     let port = if v.forward == Forward::Nat {
         port
     } else {
@@ -1498,12 +1526,14 @@ fn names_for(numeric: bool) -> &'static Names {
     if numeric { &NONE } else { Names::system() }
 }
 
-/// Services as libipvs `ipvs_cmp_services` orders them (protocol, address, port) and each
-/// one's destinations as `ipvs_cmp_dests` (address, port), unless `--nosort`.
+/// Services as libipvs `ipvs_cmp_services` orders them (family, IPv4 first; protocol,
+/// address, port) and each one's destinations as `ipvs_cmp_dests` (address, port), unless
+/// `--nosort`.
 fn ordered(snapshot: &Snapshot, nosort: bool) -> Snapshot {
     let mut s = snapshot.clone();
     if !nosort {
-        s.services.sort_by_key(|v| v.config.key);
+        s.services
+            .sort_by_key(|v| (v.config.key.is_v6(), v.config.key));
         for v in &mut s.services {
             v.dests.sort_by_key(|d| (d.config.addr, d.config.port));
         }
@@ -1571,10 +1601,14 @@ fn service_entry(out: &mut String, s: &ServiceView, fmt: &ListFormat, names: &Na
         format!("{} {vname}", k.proto.flag())
     } else {
         let mut n = format!("{:<4} {vname}", k.proto.label());
-        truncate(&mut n, 33);
+        // ipvsadm cuts an IPv4 service's name to its column, never an IPv6 one's.
+        if !k.is_v6() {
+            truncate(&mut n, 33);
+        }
         n
     };
-    let persist_mask = |p: &Persistence| (p.netmask != Ipv4Addr::BROADCAST).then_some(p.netmask);
+    // `mask 255.255.255.0` / `-M 64`: only when not one client per template.
+    let persist_mask = |p: &Persistence| (!p.netmask.is_host()).then_some(p.netmask);
     match fmt.view {
         ListView::Rules => {
             let _ = write!(out, "-A {svc_name} -s {}", c.scheduler);
@@ -1637,7 +1671,8 @@ fn dest_entry(
 ) {
     let c = &d.config;
     let mut dname = addrport(c.addr, c.port, Some(proto), fmt.numeric, names);
-    if fmt.view != ListView::Rules {
+    // As ipvsadm: an IPv4 name is cut to its column, an IPv6 one overflows it.
+    if fmt.view != ListView::Rules && c.addr.is_ipv4() {
         truncate(&mut dname, 28);
     }
     let (act, inact) = (d.active_conns, d.inact_conns);
@@ -1749,7 +1784,7 @@ fn render_conns_with(conns: &[ConnView], fmt: &ListFormat, names: &Names) -> Str
             "UDP" => Some(Protocol::Udp),
             _ => None,
         };
-        let name = |a: &SocketAddrV4| addrport(*a.ip(), a.port(), proto, fmt.numeric, names);
+        let name = |a: &SocketAddr| addrport(a.ip(), a.port(), proto, fmt.numeric, names);
         let expire = format!("{:02}:{:02}", c.expire_secs / 60, c.expire_secs % 60);
         // Without persistence engines there is no pe data, and ipvsadm prints such entries in
         // the short form even under --persistent-conn.
@@ -1766,20 +1801,25 @@ fn render_conns_with(conns: &[ConnView], fmt: &ListFormat, names: &Names) -> Str
     out
 }
 
-/// ipvsadm's `addrport_to_anyname` (its 60-byte buffer included).
+/// ipvsadm's `addrport_to_anyname` (its 60-byte buffer included): `addr:port`, an IPv6
+/// address in brackets. ipvsadm never finds a host name for an IPv6 address (it asks
+/// `gethostbyaddr` with an IPv4 length), so it prints those numerically even without `-n`.
 fn addrport(
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     proto: Option<Protocol>,
     numeric: bool,
     names: &Names,
 ) -> String {
     let mut s = if numeric {
-        format!("{addr}:{port}")
+        model::addr_port(addr, port)
     } else {
-        let host = names
-            .addr_to_host(addr)
-            .map_or_else(|| addr.to_string(), str::to_owned);
+        let host = match addr {
+            IpAddr::V4(a) => names
+                .addr_to_host(a)
+                .map_or_else(|| a.to_string(), str::to_owned),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
         let serv = proto
             .and_then(|p| names.port_to_service(port, p))
             .map_or_else(|| port.to_string(), str::to_owned);
@@ -2019,7 +2059,7 @@ mod tests {
     fn key(proto: Protocol, a: [u8; 4], port: u16) -> ServiceKey {
         ServiceKey {
             proto,
-            addr: Ipv4Addr::from(a),
+            addr: Ipv4Addr::from(a).into(),
             port,
         }
     }
@@ -2040,7 +2080,7 @@ mod tests {
 
     fn dest(a: [u8; 4], port: u16, forward: Forward, weight: u32) -> DestConfig {
         DestConfig {
-            addr: Ipv4Addr::from(a),
+            addr: Ipv4Addr::from(a).into(),
             port,
             forward,
             weight,
@@ -2143,7 +2183,7 @@ mod tests {
             Op::AddService(ServiceConfig {
                 persistence: Some(Persistence {
                     timeout: 60,
-                    netmask: Ipv4Addr::new(255, 255, 255, 0)
+                    netmask: Ipv4Addr::new(255, 255, 255, 0).into()
                 }),
                 ..svc(k, Scheduler::Wrr)
             })
@@ -2154,7 +2194,7 @@ mod tests {
             Op::AddService(ServiceConfig {
                 persistence: Some(Persistence {
                     timeout: 300,
-                    netmask: Ipv4Addr::BROADCAST
+                    netmask: Ipv4Addr::BROADCAST.into()
                 }),
                 ..svc(key(Protocol::Tcp, VIP, 0), Scheduler::Wlc)
             })
@@ -2303,12 +2343,12 @@ mod tests {
         );
         assert_eq!(
             op(&["-d", "-t", "192.168.59.135:80", "-r", "192.168.59.131:80"]),
-            Op::DelDest(k, Ipv4Addr::from(RIP), 80)
+            Op::DelDest(k, Ipv4Addr::from(RIP).into(), 80)
         );
         // -d does not force the port: a masqueraded server on another port can be deleted.
         assert_eq!(
             op(&["-d", "-t", "192.168.59.135:80", "-r", "192.168.59.131:8080"]),
-            Op::DelDest(k, Ipv4Addr::from(RIP), 8080)
+            Op::DelDest(k, Ipv4Addr::from(RIP).into(), 8080)
         );
         let u = key(Protocol::Udp, VIP, 53);
         assert_eq!(
@@ -2655,7 +2695,7 @@ mod tests {
         let persistent = |timeout| ServiceConfig {
             persistence: Some(Persistence {
                 timeout,
-                netmask: Ipv4Addr::BROADCAST,
+                netmask: Ipv4Addr::BROADCAST.into(),
             }),
             ..svc(k, Scheduler::Wlc)
         };
@@ -2877,17 +2917,11 @@ mod tests {
             msg(&["-A", "-f", "0"]),
             "invalid fwmark value `0' specified"
         );
+        // ipvsadm: -6 only after -f; -f itself is refused.
+        assert_eq!(msg(&["-A", "-t", vip, "-6"]), "-6 used before -f");
         assert_eq!(
-            msg(&["-A", "-t", vip, "-6"]),
-            "IPv6 (-6) is not supported yet"
-        );
-        assert_eq!(
-            msg(&["-A", "-t", "[2001:db8::1]:80"]),
-            "IPv6 services are not supported yet"
-        );
-        assert_eq!(
-            msg(&["-A", "-t", "2001:db8::1"]),
-            "IPv6 services are not supported yet"
+            msg(&["-A", "-f", "1", "-6"]),
+            "firewall-mark services (-f) are not supported"
         );
         assert_eq!(
             msg(&["-A", "--sctp-service", vip]),
@@ -2900,6 +2934,378 @@ mod tests {
         assert_eq!(
             msg(&["-L", "--pe", "sip"]),
             "Illegal 'pe' option with the 'list' command"
+        );
+    }
+
+    // --- IPv6 -------------------------------------------------------------------------------
+
+    const V6VIP: &str = "[2001:db8::100]:80";
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse::<Ipv6Addr>().expect("an IPv6 address").into()
+    }
+
+    fn v6key(port: u16) -> ServiceKey {
+        ServiceKey {
+            proto: Protocol::Tcp,
+            addr: v6("2001:db8::100"),
+            port,
+        }
+    }
+
+    #[test]
+    fn ipv6_service_and_real_server_addresses() {
+        // ipvsadm's parse_service: brackets before a port, a bare address without one.
+        assert_eq!(
+            op(&["-A", "-t", V6VIP, "-s", "rr"]),
+            Op::AddService(svc(v6key(80), Scheduler::Rr))
+        );
+        assert_eq!(
+            op(&["-A", "-u", "[2001:db8::100]:domain", "-s", "rr"]),
+            Op::AddService(svc(
+                ServiceKey {
+                    proto: Protocol::Udp,
+                    ..v6key(53)
+                },
+                Scheduler::Rr
+            ))
+        );
+        match op(&["-A", "-t", "2001:db8::100", "-p"]) {
+            Op::AddService(c) => {
+                assert_eq!(c.key, v6key(0));
+                assert_eq!(c.persistence.map(|p| p.netmask), Some(Netmask::V6(128)));
+            }
+            o => panic!("{o:?}"),
+        }
+        for bad in [
+            "[2001:db8::100]",
+            "[2001:db8::100]:",
+            "[2001:db8::100]80",
+            "[2001:db8::100:80",
+            "[192.0.2.1]:80",
+            "[2001:db8::zz]:80",
+            "2001:db8::100]:80",
+        ] {
+            assert_eq!(
+                msg(&["-A", "-t", bad]),
+                "illegal virtual server address[:port] specified",
+                "{bad}"
+            );
+        }
+        // -M is a prefix length for an IPv6 service (atoi, 1..=128), as in ipvsadm.
+        for (m, want) in [
+            ("64", 64),
+            ("128", 128),
+            ("1", 1),
+            (" 48", 48),
+            ("56abc", 56),
+        ] {
+            match op(&["-A", "-t", V6VIP, "-p", "60", "-M", m]) {
+                Op::AddService(c) => assert_eq!(
+                    c.persistence,
+                    Some(Persistence {
+                        timeout: 60,
+                        netmask: Netmask::V6(want)
+                    }),
+                    "-M {m:?}"
+                ),
+                o => panic!("{o:?}"),
+            }
+        }
+        for m in ["0", "129", "255.255.255.0", "-64", "x"] {
+            assert_eq!(
+                msg(&["-A", "-t", V6VIP, "-p", "-M", m]),
+                "illegal ipv6 netmask specified",
+                "-M {m:?}"
+            );
+        }
+        // An IPv4 service's -M is still a netmask.
+        assert_eq!(
+            msg(&["-A", "-t", "192.0.2.1:80", "-p", "-M", "x"]),
+            "illegal virtual server persistent mask specified"
+        );
+        // Real servers: bracketed with a port, bare taking the service's port.
+        assert_eq!(
+            op(&[
+                "-a",
+                "-t",
+                V6VIP,
+                "-r",
+                "[2001:db8::11]:8080",
+                "-m",
+                "-w",
+                "2"
+            ]),
+            Op::AddDest(
+                v6key(80),
+                DestConfig::new(v6("2001:db8::11"), 8080, Forward::Nat, 2)
+            )
+        );
+        assert_eq!(
+            op(&["-a", "-t", V6VIP, "-r", "2001:db8::11", "-g"]),
+            Op::AddDest(
+                v6key(80),
+                DestConfig::new(v6("2001:db8::11"), 80, Forward::Dr, 1)
+            )
+        );
+        assert_eq!(
+            op(&[
+                "-e",
+                "-t",
+                V6VIP,
+                "-r",
+                "[2001:db8::11]:80",
+                "-i",
+                "-w",
+                "5"
+            ]),
+            Op::EditDest(
+                v6key(80),
+                DestConfig::new(v6("2001:db8::11"), 80, Forward::Tun, 5)
+            )
+        );
+        assert_eq!(
+            op(&["-d", "-t", V6VIP, "-r", "[2001:db8::11]:80"]),
+            Op::DelDest(v6key(80), v6("2001:db8::11"), 80)
+        );
+        assert_eq!(
+            msg(&["-a", "-t", V6VIP, "-r", "[2001:db8::11]"]),
+            "illegal real server address[:port] specified"
+        );
+        assert_eq!(
+            ok(&["-L", "-n", "-t", V6VIP]),
+            list(
+                ListFormat {
+                    numeric: true,
+                    single_service: true,
+                    ..ListFormat::default()
+                },
+                Some(v6key(80))
+            )
+        );
+        assert_eq!(
+            ok(&["-Z", "-t", V6VIP]),
+            Plan::Request {
+                req: Request::Zero {
+                    service: Some(v6key(80))
+                },
+                render: Render::Nothing,
+            }
+        );
+    }
+
+    /// A service's real servers are of its family, refused as the kernel refuses a mix (the
+    /// message libipvs gives EAFNOSUPPORT, ipvsadm's status for a refused operation), by the
+    /// CLI and by the model alike.
+    #[test]
+    fn real_servers_are_of_their_services_family() {
+        for (vip, rip) in [
+            (V6VIP, "192.0.2.11:80"),
+            ("192.0.2.1:80", "[2001:db8::11]:80"),
+        ] {
+            let e = err(&["-a", "-t", vip, "-r", rip]);
+            assert_eq!(e.to_string(), model::AF_MISMATCH, "{vip} {rip}");
+            assert_eq!(e.exit_code(), EXIT_FAILED, "{vip} {rip}");
+        }
+        let mut m = Model::default();
+        m.apply(&Op::AddService(svc(v6key(80), Scheduler::Rr)))
+            .unwrap();
+        let mixed = DestConfig::new(Ipv4Addr::new(192, 0, 2, 11), 80, Forward::Tun, 1);
+        assert_eq!(
+            m.apply(&Op::AddDest(v6key(80), mixed))
+                .map_err(|e| e.to_string()),
+            Err(model::AF_MISMATCH.to_string())
+        );
+    }
+
+    /// An IPv6 service and an IPv4 one, listed and saved in ipvsadm's layouts.
+    fn dual_stack() -> Snapshot {
+        let long = ServiceKey {
+            proto: Protocol::Udp,
+            addr: v6("2001:db8:ffff:ffff:ffff:ffff:ffff:100"),
+            port: 65535,
+        };
+        let mut nat = dview(
+            DestConfig::new(v6("2001:db8::12"), 8080, Forward::Nat, 2),
+            1,
+            4,
+        );
+        nat.stats.conns = 7;
+        nat.stats.inpkts = 70;
+        Snapshot {
+            conn_table_size: 4096,
+            services: vec![
+                sview(
+                    ServiceConfig {
+                        persistence: Some(Persistence {
+                            timeout: 60,
+                            netmask: Netmask::V6(64),
+                        }),
+                        ..svc(v6key(80), Scheduler::Rr)
+                    },
+                    vec![
+                        nat,
+                        dview(
+                            DestConfig::new(v6("2001:db8::11"), 8080, Forward::Nat, 1),
+                            0,
+                            0,
+                        ),
+                    ],
+                ),
+                sview(
+                    svc(long, Scheduler::Wlc),
+                    vec![dview(
+                        DestConfig::new(
+                            v6("2001:db8:ffff:ffff:ffff:ffff:ffff:11"),
+                            65535,
+                            Forward::Dr,
+                            1,
+                        ),
+                        0,
+                        0,
+                    )],
+                ),
+                sview(
+                    svc(key(Protocol::Tcp, [192, 0, 2, 1], 80), Scheduler::Rr),
+                    vec![dview(dest([192, 0, 2, 11], 80, Forward::Dr, 1), 0, 0)],
+                ),
+            ],
+        }
+    }
+
+    const SAVED6: &str = "\
+        -A -t 192.0.2.1:80 -s rr\n\
+        -a -t 192.0.2.1:80 -r 192.0.2.11:80 -g -w 1\n\
+        -A -t [2001:db8::100]:80 -s rr -p 60 -M 64\n\
+        -a -t [2001:db8::100]:80 -r [2001:db8::11]:8080 -m -w 1\n\
+        -a -t [2001:db8::100]:80 -r [2001:db8::12]:8080 -m -w 2\n\
+        -A -u [2001:db8:ffff:ffff:ffff:ffff:ffff:100]:65535 -s wlc\n\
+        -a -u [2001:db8:ffff:ffff:ffff:ffff:ffff:100]:65535 -r [2001:db8:ffff:ffff:ffff:ffff:ffff:11]:65535 -g -w 1\n";
+
+    /// ipvsadm's IPv6 layout: IPv4 services first (libipvs sorts by family), bracketed
+    /// addresses, `mask 64`, and IPv6 names never cut to their column (IPv4 ones are).
+    #[test]
+    fn render_ipv6_listings_in_ipvsadms_layout() {
+        let s = dual_stack();
+        assert_eq!(
+            render_list(&s, &fmt(ListView::Default)),
+            lines(&[
+                "IP Virtual Server version 1.2.1 (size=4096)",
+                "Prot LocalAddress:Port Scheduler Flags",
+                "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
+                "TCP  192.0.2.1:80 rr",
+                "  -> 192.0.2.11:80                Route   1      0          0         ",
+                "TCP  [2001:db8::100]:80 rr persistent 60 mask 64",
+                "  -> [2001:db8::11]:8080          Masq    1      0          0         ",
+                "  -> [2001:db8::12]:8080          Masq    2      1          4         ",
+                "UDP  [2001:db8:ffff:ffff:ffff:ffff:ffff:100]:65535 wlc",
+                "  -> [2001:db8:ffff:ffff:ffff:ffff:ffff:11]:65535 Route   1      0          0         ",
+            ])
+        );
+        assert_eq!(render_list(&s, &fmt(ListView::Rules)), SAVED6);
+        assert_eq!(
+            render_list(&s, &fmt(ListView::Stats)),
+            lines(&[
+                "IP Virtual Server version 1.2.1 (size=4096)",
+                "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes",
+                "  -> RemoteAddress:Port",
+                "TCP  192.0.2.1:80                        0        0        0        0        0",
+                "  -> 192.0.2.11:80                       0        0        0        0        0",
+                "TCP  [2001:db8::100]:80                  0        0        0        0        0",
+                "  -> [2001:db8::11]:8080                 0        0        0        0        0",
+                "  -> [2001:db8::12]:8080                 7       70        0        0        0",
+                "UDP  [2001:db8:ffff:ffff:ffff:ffff:ffff:100]:65535        0        0        0        0        0",
+                "  -> [2001:db8:ffff:ffff:ffff:ffff:ffff:11]:65535        0        0        0        0        0",
+            ])
+        );
+        let rate = render_list(&s, &fmt(ListView::Rate));
+        assert!(
+            rate.contains(
+                "\n  -> [2001:db8::12]:8080                 0        0        0        0        0\n"
+            ),
+            "{rate}"
+        );
+        // Without -n: port names, but no host names for IPv6 (ipvsadm asks gethostbyaddr
+        // with an IPv4 length, which never finds one).
+        let named = render_list_with(&s, &ListFormat::default(), &names());
+        assert!(
+            named.contains("\nTCP  [2001:db8::100]:http rr persistent 60 mask 64\n"),
+            "{named}"
+        );
+        // JSON keeps the prefix length as a number, and reads back.
+        let json = render_list(
+            &s,
+            &ListFormat {
+                json: true,
+                ..ListFormat::default()
+            },
+        );
+        assert!(json.contains("\"netmask\": 64"), "{json}");
+        assert!(json.contains("\"addr\": \"2001:db8::100\""), "{json}");
+        let back: Snapshot = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(
+            back.services[1].config.persistence.unwrap().netmask,
+            Netmask::V6(64)
+        );
+    }
+
+    #[test]
+    fn ipv6_save_then_restore_rebuilds_the_table() {
+        let ops = parse_restore_with(SAVED6, &names()).expect("restores");
+        let mut m = Model::default();
+        m.apply_all(&ops).expect("applies");
+        let s = dual_stack();
+        assert_eq!(m.services.len(), s.services.len());
+        for v in &s.services {
+            let got = &m.services[&v.config.key];
+            assert_eq!(got.config, v.config);
+            let mut a: Vec<_> = got.dests.clone();
+            let mut b: Vec<_> = v.dests.iter().map(|d| d.config).collect();
+            a.sort_by_key(|d| d.addr);
+            b.sort_by_key(|d| d.addr);
+            assert_eq!(a, b);
+        }
+        // A saved IPv6 rule with a bad prefix names its line.
+        let (line, e) = parse_restore_with(
+            "-A -t 192.0.2.1:80 -s rr\n-A -t [2001:db8::1]:80 -s rr -p 60 -M 200\n",
+            &names(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (line, e.to_string().as_str()),
+            (2, "illegal ipv6 netmask specified")
+        );
+    }
+
+    #[test]
+    fn render_ipv6_connections() {
+        let sa = |a: &str, p| SocketAddr::new(v6(a), p);
+        let conns = vec![
+            ConnView {
+                proto: "TCP".into(),
+                expire_secs: 899,
+                state: "ESTABLISHED".into(),
+                client: sa("2001:db8:1::c", 53324),
+                virtual_addr: sa("2001:db8::100", 80),
+                dest: sa("2001:db8::11", 8080),
+            },
+            ConnView {
+                proto: "IP".into(),
+                expire_secs: 60,
+                state: "NONE".into(),
+                client: sa("2001:db8:1::", 0),
+                virtual_addr: sa("2001:db8::100", 80),
+                dest: sa("2001:db8::11", 8080),
+            },
+        ];
+        assert_eq!(
+            render_conns(&conns, &fmt(ListView::Default)),
+            lines(&[
+                "IPVS connection entries",
+                "pro expire state       source             virtual            destination",
+                "TCP 14:59  ESTABLISHED [2001:db8:1::c]:53324 [2001:db8::100]:80 [2001:db8::11]:8080",
+                "IP  01:00  NONE        [2001:db8:1::]:0   [2001:db8::100]:80 [2001:db8::11]:8080",
+            ])
         );
     }
 
@@ -2972,7 +3378,7 @@ mod tests {
                     ServiceConfig {
                         persistence: Some(Persistence {
                             timeout: 60,
-                            netmask: Ipv4Addr::new(255, 255, 255, 0),
+                            netmask: Ipv4Addr::new(255, 255, 255, 0).into(),
                         }),
                         ops: true,
                         tunnel_source: None,
@@ -3092,7 +3498,7 @@ mod tests {
         s.services[0]
             .dests
             .iter_mut()
-            .find(|d| d.config.addr.octets()[3] == last)
+            .find(|d| d.config.addr == IpAddr::from([192, 168, 59, last]))
             .expect("fixture destination")
     }
 
@@ -3334,7 +3740,7 @@ mod tests {
     }
 
     fn conns() -> Vec<ConnView> {
-        let sa = |a: [u8; 4], p| SocketAddrV4::new(Ipv4Addr::from(a), p);
+        let sa = |a: [u8; 4], p| SocketAddr::new(Ipv4Addr::from(a).into(), p);
         vec![
             ConnView {
                 proto: "TCP".into(),

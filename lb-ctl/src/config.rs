@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     time::Duration,
 };
@@ -25,8 +25,8 @@ use crate::{
         Timing, UrlSpec, defaults,
     },
     model::{
-        DestConfig, Forward, Model, Op, OpError, Persistence, Protocol, SchedFlags, Scheduler,
-        ServiceConfig, ServiceKey,
+        DestConfig, Forward, Model, Netmask, Op, OpError, Persistence, Protocol, SchedFlags,
+        Scheduler, ServiceConfig, ServiceKey,
     },
 };
 
@@ -61,7 +61,7 @@ pub struct Director {
     pub embryonic_table_size: Option<u32>,
     /// TUN: outer source address per director interface (the one towards the real server);
     /// a service's `tunnel_source` overrides it, the route's source address is the default.
-    pub tunnel_sources: std::collections::BTreeMap<String, Ipv4Addr>,
+    pub tunnel_sources: std::collections::BTreeMap<String, IpAddr>,
     /// Slots of every mh (Maglev) table; a prime (IPVS's default 65537).
     pub mh_table_size: u32,
     /// IPVS `expire_nodest_conn`: a connection whose real server was deleted is forgotten at
@@ -422,7 +422,7 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
             })?;
         services.insert(key, svc.span().start);
 
-        let mut dests: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
+        let mut dests: HashMap<(IpAddr, u16), usize> = HashMap::new();
         for rs in &svc.get_ref().real_server {
             let dest = build_dest(rs.get_ref(), key.port)?;
             model.apply(&Op::AddDest(key, dest)).map_err(|e| {
@@ -430,10 +430,9 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
                     (OpError::DestExists, Some(&first)) => Problem::at(
                         rs,
                         format!(
-                            "duplicate real server {}:{} in service {key} \
+                            "duplicate real server {} in service {key} \
                              (first defined at line {})",
-                            dest.addr,
-                            dest.port,
+                            crate::model::addr_port(dest.addr, dest.port),
                             line_column(text, first).0
                         ),
                     ),
@@ -507,7 +506,11 @@ fn build_director(raw: RawDirector) -> Result<Director, Problem> {
     };
     let mut tunnel_sources = std::collections::BTreeMap::new();
     for (iface, addr) in &raw.tunnel_sources {
-        tunnel_sources.insert(iface.clone(), ipv4(addr)?);
+        let a = ip(addr)?;
+        // Either family (one per interface; a TUN real server uses the one of its own
+        // family, else the route's), and a host's unicast address.
+        crate::model::check_tunnel_source(a).map_err(|e| Problem::at(addr, e.to_string()))?;
+        tunnel_sources.insert(iface.clone(), a);
     }
     let mh_table_size = match &raw.mh_table_size {
         Some(v) => {
@@ -554,7 +557,7 @@ fn build_timeouts(raw: RawTimeouts) -> Result<Timeouts, Problem> {
 }
 
 fn build_service(raw: &RawService) -> Result<ServiceConfig, Problem> {
-    let addr = ipv4(&raw.address)?;
+    let addr = ip(&raw.address)?;
     let port = ranged(&raw.port, "port", 0, u16::MAX)?;
     let proto = match &raw.protocol {
         None => Protocol::Tcp,
@@ -618,9 +621,9 @@ fn build_service(raw: &RawService) -> Result<ServiceConfig, Problem> {
         (Some(timeout), mask) => Some(Persistence {
             timeout: ranged(timeout, "persistence_timeout", 1, MAX_TIMEOUT)?,
             netmask: match mask {
-                Some(m) => netmask(m)?,
+                Some(m) => netmask(m, addr.is_ipv6())?,
                 // ipvsadm's default: each client address on its own.
-                None => Ipv4Addr::BROADCAST,
+                None => Netmask::host(addr.is_ipv6()),
             },
         }),
     };
@@ -630,12 +633,12 @@ fn build_service(raw: &RawService) -> Result<ServiceConfig, Problem> {
         sched_flags: SchedFlags(flags),
         persistence,
         ops: raw.ops,
-        tunnel_source: raw.tunnel_source.as_ref().map(ipv4).transpose()?,
+        tunnel_source: raw.tunnel_source.as_ref().map(ip).transpose()?,
     })
 }
 
 fn build_dest(raw: &RawRealServer, service_port: u16) -> Result<DestConfig, Problem> {
-    let addr = ipv4(&raw.address)?;
+    let addr = ip(&raw.address)?;
     let port = match &raw.port {
         Some(p) => ranged(p, "port", 0, u16::MAX)?,
         None => service_port,
@@ -803,9 +806,9 @@ fn build_health(
         }
         Some(v) => {
             let s = v.get_ref();
-            let (addr, port) = match s.parse::<std::net::SocketAddrV4>() {
-                Ok(a) => (*a.ip(), a.port()),
-                Err(_) => (ipv4(v)?, key.port),
+            let (addr, port) = match s.parse::<SocketAddr>() {
+                Ok(a) => (a.ip(), a.port()),
+                Err(_) => (ip(v)?, key.port),
             };
             // keepalived: sorry_server_lvs_method, default the virtual server's lb_kind,
             // which is the real servers' method when they share one.
@@ -1002,7 +1005,7 @@ fn build_check(
         None => defaults::CONNECT_TIMEOUT,
     };
     let ip = match &raw.connect_ip {
-        Some(v) => ipv4(v)?,
+        Some(v) => self::ip(v)?,
         None => dest.addr,
     };
     let port = match &raw.connect_port {
@@ -1015,7 +1018,16 @@ fn build_check(
         }
         None => dest.port,
     };
-    let bindto = raw.bindto.as_ref().map(ipv4).transpose()?;
+    let bindto = raw.bindto.as_ref().map(self::ip).transpose()?;
+    // A socket has one family: the source must be of the target's.
+    if let (Some(b), Some(v)) = (bindto, &raw.bindto)
+        && b.is_ipv6() != ip.is_ipv6()
+    {
+        return Err(Problem::at(
+            v,
+            format!("bindto {b} is not of the checked address {ip}'s family"),
+        ));
+    }
     let bind_port = match &raw.bind_port {
         Some(v) => Some(ranged(v, "bind_port", 1, u16::MAX)?),
         None => None,
@@ -1107,7 +1119,7 @@ fn build_check(
     };
     Ok(CheckSpec {
         kind,
-        target: std::net::SocketAddrV4::new(ip, port),
+        target: SocketAddr::new(ip, port),
         bindto,
         bind_port,
         connect_timeout,
@@ -1156,8 +1168,41 @@ pub(crate) fn ipv4(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
     })
 }
 
-fn netmask(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
+/// An address of either family, IPv6 plain (`2001:db8::1`) or bracketed (`[2001:db8::1]`,
+/// as ipvsadm and URLs write it before a port).
+pub(crate) fn ip(v: &Spanned<String>) -> Result<IpAddr, Problem> {
     let s = v.get_ref();
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .map(|r| r.parse::<Ipv6Addr>().map(IpAddr::V6));
+    match bare {
+        Some(r) => r.ok(),
+        None => s.parse::<IpAddr>().ok(),
+    }
+    .ok_or_else(|| {
+        // Named after the family it looks like it was meant to be.
+        let family = if s.contains(':') { "IPv6" } else { "IPv4" };
+        Problem::at(v, format!("invalid {family} address {s:?}"))
+    })
+}
+
+/// `persistence_netmask`: for an IPv4 service a contiguous dotted netmask; for an IPv6 one a
+/// prefix length, `"64"` or `"/64"` (ipvsadm's `-M` of an IPv6 service), 1..=128.
+fn netmask(v: &Spanned<String>, v6: bool) -> Result<Netmask, Problem> {
+    let s = v.get_ref();
+    if v6 {
+        return match s.strip_prefix('/').unwrap_or(s).parse::<u8>() {
+            Ok(n) if (1..=128).contains(&n) => Ok(Netmask::V6(n)),
+            _ => Err(Problem::at(
+                v,
+                format!(
+                    "invalid IPv6 persistence prefix length {s:?} (the service is IPv6: \
+                     1..128, e.g. \"64\")"
+                ),
+            )),
+        };
+    }
     let mask = s
         .parse::<Ipv4Addr>()
         .map_err(|_| Problem::at(v, format!("invalid netmask {s:?}")))?;
@@ -1166,7 +1211,7 @@ fn netmask(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
     if bits.leading_ones() + bits.trailing_zeros() != 32 {
         return Err(Problem::at(v, format!("non-contiguous netmask {s:?}")));
     }
-    Ok(mask)
+    Ok(Netmask::V4(mask))
 }
 
 /// 1-based line and column (counted in characters) of byte `offset` in `text`.
@@ -1252,6 +1297,7 @@ mod tests {
             .dests
             .iter()
             .map(|d| (d.addr, d.port, d.weight, d.forward))
+            .map(|(a, p, w, f)| (a.to_string().parse::<Ipv4Addr>().unwrap(), p, w, f))
             .collect();
         assert_eq!(
             dests,
@@ -1294,7 +1340,7 @@ mod tests {
         let tun = parse(include_str!("../../examples/tun.toml"), "tun.toml").unwrap();
         assert_eq!(
             tun.director.tunnel_sources.get("eth0"),
-            Some(&Ipv4Addr::new(192, 168, 59, 130))
+            Some(&IpAddr::from([192, 168, 59, 130]))
         );
         let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
         assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
@@ -1324,13 +1370,13 @@ mod tests {
             web.config.persistence,
             Some(Persistence {
                 timeout: 600,
-                netmask: Ipv4Addr::new(255, 255, 255, 0)
+                netmask: Ipv4Addr::new(255, 255, 255, 0).into()
             })
         );
         assert_eq!(
             web.dests[0],
             DestConfig {
-                addr: Ipv4Addr::new(10, 0, 0, 11),
+                addr: Ipv4Addr::new(10, 0, 0, 11).into(),
                 port: 8080,
                 forward: Forward::Nat,
                 weight: 3,
@@ -1397,7 +1443,7 @@ mod tests {
         assert_eq!(
             s.dests,
             [DestConfig {
-                addr: Ipv4Addr::new(192, 0, 2, 11),
+                addr: Ipv4Addr::new(192, 0, 2, 11).into(),
                 port: 443,
                 forward: Forward::Dr,
                 weight: 1,
@@ -1426,7 +1472,7 @@ mod tests {
         let s = &c.model.services[&key(Protocol::Tcp, [192, 0, 2, 1], 0)];
         assert_eq!(
             s.config.persistence.map(|p| p.netmask),
-            Some(Ipv4Addr::BROADCAST)
+            Some(Ipv4Addr::BROADCAST.into())
         );
     }
 
@@ -1449,12 +1495,169 @@ mod tests {
         )
     }
 
+    /// A dual-stack director: IPv6 addresses plain or bracketed, an IPv6 service's
+    /// persistence as a prefix length, tunnel sources of both families.
+    #[test]
+    fn ipv6_services_real_servers_and_errors() {
+        let text = "[director]\n\
+            interfaces = [\"eth0\"]\n\
+            tunnel_sources = { eth0 = \"2001:db8::2\", eth1 = \"192.0.2.2\" }\n\
+            [[service]]\n\
+            address = \"2001:db8::100\"\n\
+            port = 80\n\
+            scheduler = \"rr\"\n\
+            persistence_timeout = 60\n\
+            persistence_netmask = \"/64\"\n\
+            [[service.real_server]]\n\
+            address = \"[2001:db8::11]\"\n\
+            port = 8080\n\
+            forward = \"nat\"\n\
+            [[service.real_server]]\n\
+            address = \"2001:db8::12\"\n\
+            port = 8080\n\
+            forward = \"nat\"\n\
+            [[service]]\n\
+            address = \"[2001:db8::100]\"\n\
+            port = 53\n\
+            protocol = \"udp\"\n\
+            persistence_timeout = 60\n\
+            [[service]]\n\
+            address = \"192.0.2.100\"\n\
+            port = 80\n\
+            [[service.real_server]]\n\
+            address = \"192.0.2.11\"\n";
+        let c = parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let v6: IpAddr = "2001:db8::100".parse().unwrap();
+        let www = &c.model.services[&ServiceKey::tcp(v6, 80)];
+        assert_eq!(
+            www.config.persistence,
+            Some(Persistence {
+                timeout: 60,
+                netmask: Netmask::V6(64)
+            })
+        );
+        assert_eq!(
+            www.dests
+                .iter()
+                .map(|d| (d.addr, d.port))
+                .collect::<Vec<_>>(),
+            [
+                ("2001:db8::11".parse().unwrap(), 8080),
+                ("2001:db8::12".parse().unwrap(), 8080)
+            ]
+        );
+        let dns = ServiceKey {
+            proto: Protocol::Udp,
+            addr: v6,
+            port: 53,
+        };
+        // Without a netmask: one client per template, /128.
+        assert_eq!(
+            c.model.services[&dns].config.persistence.map(|p| p.netmask),
+            Some(Netmask::V6(128))
+        );
+        assert_eq!(
+            c.director.tunnel_sources["eth0"],
+            "2001:db8::2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(c.model.services.len(), 3);
+        // A checker's source of the other family than its target.
+        let check = "[[service]]\naddress = \"2001:db8::100\"\nport = 80\n\
+            [[service.real_server]]\naddress = \"2001:db8::11\"\n\
+            [[service.real_server.check]]\ntype = \"tcp\"\nbindto = \"192.0.2.2\"\n";
+        assert_err(
+            check,
+            8,
+            10,
+            "bindto 192.0.2.2 is not of the checked address 2001:db8::11's family",
+        );
+        let c = parse(&check.replace("192.0.2.2", "2001:db8::2"), "t.toml").unwrap();
+        let spec = &c.health[&ServiceKey::tcp(v6, 80)].real_servers[0].checks[0];
+        assert_eq!(spec.target, "[2001:db8::11]:80".parse().unwrap());
+        assert_eq!(
+            spec.bindto,
+            Some(IpAddr::from("2001:db8::2".parse::<Ipv6Addr>().unwrap()))
+        );
+        assert_err(
+            "[director]\ntunnel_sources = { eth0 = \"ff02::1\" }\n",
+            2,
+            27,
+            "invalid tunnel source address ff02::1",
+        );
+
+        // Errors, each at its place in the file.
+        let v6web = |svc_extra: &str, rs_extra: &str| {
+            web(svc_extra, rs_extra)
+                .replace("192.0.2.100", "2001:db8::100")
+                .replace("192.0.2.11", "2001:db8::11")
+        };
+        assert_err(
+            &v6web(
+                "persistence_timeout = 60\npersistence_netmask = \"255.255.255.0\"",
+                "",
+            ),
+            10,
+            23,
+            "invalid IPv6 persistence prefix length \"255.255.255.0\" (the service is IPv6: \
+             1..128, e.g. \"64\")",
+        );
+        assert_err(
+            &v6web(
+                "persistence_timeout = 60\npersistence_netmask = \"129\"",
+                "",
+            ),
+            10,
+            23,
+            "invalid IPv6 persistence prefix length \"129\" (the service is IPv6: 1..128, \
+             e.g. \"64\")",
+        );
+        // An IPv4 service does not take a prefix length.
+        assert_err(
+            &web("persistence_timeout = 60\npersistence_netmask = \"64\"", ""),
+            10,
+            23,
+            "invalid netmask \"64\"",
+        );
+        assert_err(
+            &v6web("", "").replace("2001:db8::11", "[2001:db8::11]:80"),
+            11,
+            11,
+            "invalid IPv6 address \"[2001:db8::11]:80\"",
+        );
+        assert_err(
+            &v6web("", "").replace("2001:db8::11", "::ffff:192.0.2.11"),
+            10,
+            1,
+            "invalid real server address ::ffff:192.0.2.11",
+        );
+        assert_err(
+            &v6web("", "").replace("2001:db8::100", "ff02::1"),
+            5,
+            1,
+            "invalid virtual address ff02::1",
+        );
+        assert_err(
+            &v6web("tunnel_source = \"192.0.2.2\"", ""),
+            5,
+            1,
+            "tunnel source address 192.0.2.2 is not of the service's address family",
+        );
+    }
+
     #[test]
     fn bad_address() {
         let text = web("", "").replace("192.0.2.100", "192.0.2.300");
         assert_err(&text, 7, 11, "invalid IPv4 address \"192.0.2.300\"");
+        // A real server of the other family than its service's: IPVS's refusal.
         let text = web("", "").replace("192.0.2.11", "2001:db8::11");
-        assert_err(&text, 11, 11, "IPv6 is not supported yet: \"2001:db8::11\"");
+        assert_err(
+            &text,
+            10,
+            1,
+            "Operation not supported with specified address family",
+        );
+        let text = web("", "").replace("192.0.2.11", "2001:db8::1::1");
+        assert_err(&text, 11, 11, "invalid IPv6 address \"2001:db8::1::1\"");
         // Leading zeros are refused rather than guessed at (octal or decimal?).
         let text = web("", "").replace("192.0.2.11", "192.0.2.011");
         assert_err(&text, 11, 11, "invalid IPv4 address \"192.0.2.011\"");
@@ -1783,7 +1986,7 @@ mod tests {
         assert_eq!(
             h.sorry,
             Some(SorrySpec {
-                addr: Ipv4Addr::new(192, 0, 2, 200),
+                addr: Ipv4Addr::new(192, 0, 2, 200).into(),
                 port: 80,
                 forward: Forward::Nat,
                 inhibit: true
@@ -1811,7 +2014,7 @@ mod tests {
         );
         assert!(tcp.alpha);
         assert_eq!(http.target, "198.51.100.11:8080".parse().unwrap());
-        assert_eq!(http.bindto, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(http.bindto, Some(IpAddr::from([192, 0, 2, 2])));
         assert_eq!(http.bind_port, Some(4000));
         assert_eq!(http.connect_timeout, Duration::from_millis(500));
         assert_eq!(

@@ -5,7 +5,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    net::Ipv4Addr,
     os::{fd::AsRawFd, unix::fs::MetadataExt, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -891,7 +890,7 @@ impl Daemon {
     async fn apply_with(
         &mut self,
         model: Model,
-        tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+        tunnel_sources: Option<&BTreeMap<String, std::net::IpAddr>>,
         health: Option<Health>,
     ) -> anyhow::Result<()> {
         Dataplane::check(&model)?;
@@ -1150,6 +1149,7 @@ impl Daemon {
 mod tests {
     use super::*;
     use crate::model::Forward;
+    use std::net::Ipv4Addr;
 
     fn sample(conns: u64, inbytes: u64) -> (HashMap<u32, StatsView>, HashMap<u32, StatsView>) {
         let s = StatsView {
@@ -1196,7 +1196,7 @@ mod tests {
             let mut cfg = ServiceConfig::new(key, Scheduler::Wrr);
             cfg.persistence = Some(crate::model::Persistence {
                 timeout: 86400,
-                netmask: Ipv4Addr::new(255, 255, 255, 255),
+                netmask: Ipv4Addr::new(255, 255, 255, 255).into(),
             });
             ops.push(Op::AddService(cfg));
             for d in 0..100u32 {

@@ -106,12 +106,11 @@ fn dest_event(change: &str, key: &ServiceKey, d: &DestConfig) {
     tracing::info!(
         change,
         service = %key,
-        real_server = %format!("{}:{}", d.addr, d.port),
+        real_server = %crate::model::addr_port(d.addr, d.port),
         forward = d.forward.label(),
         weight = d.weight,
-        "{change}: {}:{} in {key}",
-        d.addr,
-        d.port
+        "{change}: {} in {key}",
+        crate::model::addr_port(d.addr, d.port)
     );
 }
 

@@ -94,7 +94,7 @@ enum Cmd {
     Realserver {
         /// A VIP this host serves (repeatable).
         #[arg(long = "vip")]
-        vips: Vec<std::net::Ipv4Addr>,
+        vips: Vec<std::net::IpAddr>,
         #[arg(long, value_enum, default_value = "dr")]
         mode: realserver::Mode,
         /// TUN: the interface the tunnelled packets arrive on (default: the default route's).

@@ -494,8 +494,8 @@ impl HaGauges {
                 continue;
             };
             let (Ok(local), Ok(remote)) = (
-                local.parse::<std::net::SocketAddrV4>(),
-                real.parse::<std::net::SocketAddrV4>(),
+                local.parse::<std::net::SocketAddr>(),
+                real.parse::<std::net::SocketAddr>(),
             ) else {
                 continue;
             };

@@ -10,7 +10,12 @@
 //! (which must fail before the daemon is asked, with ipvsadm's exit status 2) and uses the
 //! limits below, so the two cannot drift apart.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,17 +23,41 @@ use serde::{Deserialize, Serialize};
 pub const MAX_TIMEOUT: u32 = 86400 * 31;
 
 /// A TUN outer source address (a service's `tunnel_source`, the director's
-/// `tunnel_sources`): a unicast host address (not 0/8, loopback, multicast, 240/4), since a
-/// real server drops or never answers packets from anything else.
-pub fn check_tunnel_source(a: Ipv4Addr) -> Result<(), OpError> {
-    // No host's address: "this network" (0/8), loopback, multicast, 240/4 and broadcast.
-    let first = a.octets()[0];
-    if first == 0 || first == 127 || first >= 224 {
+/// `tunnel_sources`): a unicast host address (IPv4: not 0/8, loopback, multicast, 240/4;
+/// IPv6: not unspecified, loopback, multicast or IPv4-mapped), since a real server drops or
+/// never answers packets from anything else.
+pub fn check_tunnel_source(a: impl Into<IpAddr>) -> Result<(), OpError> {
+    let a = a.into();
+    let bad = match a {
+        // No host's address: "this network" (0/8), loopback, multicast, 240/4 and broadcast.
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            first == 0 || first == 127 || first >= 224
+        }
+        IpAddr::V6(v6) => !is_unicast_v6(&v6),
+    };
+    if bad {
         return Err(OpError::Invalid(format!(
             "invalid tunnel source address {a}"
         )));
     }
     Ok(())
+}
+
+/// An IPv6 address a host can have and be reached at: not unspecified, loopback or multicast,
+/// and not IPv4-mapped (`::ffff:a.b.c.d` is how the maps hold IPv4 addresses, so an IPv6
+/// service or real server with one would stand for an IPv4 one).
+fn is_unicast_v6(a: &std::net::Ipv6Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.to_ipv4_mapped().is_some())
+}
+
+/// libipvs's text for `EAFNOSUPPORT`: what ipvsadm prints when a real server's family is not
+/// its service's (IPVS keeps a service's real servers in its own family).
+pub const AF_MISMATCH: &str = "Operation not supported with specified address family";
+
+/// `addr:port` as ipvsadm writes it: `192.0.2.1:80`, `[2001:db8::1]:80`.
+pub fn addr_port(addr: IpAddr, port: u16) -> String {
+    SocketAddr::new(addr, port).to_string()
 }
 
 /// ipvsadm's message for a timeout out of range (`parse_timeout`).
@@ -81,23 +110,32 @@ impl Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub proto: Protocol,
-    pub addr: Ipv4Addr,
+    /// The VIP, of either family (IPv6 services balance IPv6 clients to IPv6 real servers).
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl ServiceKey {
-    pub fn tcp(addr: Ipv4Addr, port: u16) -> Self {
+    pub fn tcp(addr: impl Into<IpAddr>, port: u16) -> Self {
         Self {
             proto: Protocol::Tcp,
-            addr,
+            addr: addr.into(),
             port,
         }
+    }
+    pub fn is_v6(&self) -> bool {
+        self.addr.is_ipv6()
     }
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.proto.label(), self.addr, self.port)
+        write!(
+            f,
+            "{} {}",
+            self.proto.label(),
+            addr_port(self.addr, self.port)
+        )
     }
 }
 
@@ -195,12 +233,52 @@ impl SchedFlags {
 pub struct Persistence {
     /// Seconds (ipvsadm's default: 300).
     pub timeout: u32,
-    /// Client granularity (ipvsadm's default: 255.255.255.255).
-    pub netmask: Ipv4Addr,
+    /// Client granularity (ipvsadm's default: 255.255.255.255, or /128 for IPv6).
+    pub netmask: Netmask,
 }
 
 impl Persistence {
     pub const DEFAULT_TIMEOUT: u32 = 300;
+}
+
+/// The persistence granularity (`-M`) as ipvsadm and IPVS take it: an IPv4 netmask for an
+/// IPv4 service, a prefix length (1..=128) for an IPv6 one. In JSON and TOML the IPv4 one is
+/// its dotted string and the IPv6 one a number, so IPv4 files and requests read as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Netmask {
+    V4(Ipv4Addr),
+    V6(u8),
+}
+
+impl Netmask {
+    /// One client per template: /32 or /128, ipvsadm's default.
+    pub fn host(v6: bool) -> Self {
+        if v6 {
+            Netmask::V6(128)
+        } else {
+            Netmask::V4(Ipv4Addr::BROADCAST)
+        }
+    }
+    pub fn is_host(self) -> bool {
+        matches!(self, Netmask::V4(Ipv4Addr::BROADCAST) | Netmask::V6(128))
+    }
+}
+
+impl From<Ipv4Addr> for Netmask {
+    fn from(a: Ipv4Addr) -> Self {
+        Netmask::V4(a)
+    }
+}
+
+impl fmt::Display for Netmask {
+    /// As ipvsadm prints it after `mask`/`-M`: dotted for IPv4, the prefix length for IPv6.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netmask::V4(a) => write!(f, "{a}"),
+            Netmask::V6(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// A virtual service's own settings (`-A`/`-E`).
@@ -218,7 +296,7 @@ pub struct ServiceConfig {
     /// TUN: the outer source address for this service's tunnels (config `tunnel_source`; no
     /// ipvsadm flag, so `-E` keeps it). `None`: the director interface's, else the route's.
     #[serde(default)]
-    pub tunnel_source: Option<Ipv4Addr>,
+    pub tunnel_source: Option<IpAddr>,
 }
 
 /// LVS forwarding method of a destination.
@@ -262,7 +340,8 @@ impl Forward {
 /// A real server of a service (`-a`/`-e`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DestConfig {
-    pub addr: Ipv4Addr,
+    /// Of the service's family (IPVS's rule, `Model::apply` enforces it).
+    pub addr: IpAddr,
     pub port: u16,
     pub forward: Forward,
     /// 0..=65535; 0 = quiesced (no new connections).
@@ -281,9 +360,9 @@ impl DestConfig {
     pub const MAX_THRESHOLD: u32 = i32::MAX as u32;
 
     /// A destination without thresholds.
-    pub fn new(addr: Ipv4Addr, port: u16, forward: Forward, weight: u32) -> Self {
+    pub fn new(addr: impl Into<IpAddr>, port: u16, forward: Forward, weight: u32) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             port,
             forward,
             weight,
@@ -352,7 +431,7 @@ pub enum Op {
     DelService(ServiceKey),
     AddDest(ServiceKey, DestConfig),
     EditDest(ServiceKey, DestConfig),
-    DelDest(ServiceKey, Ipv4Addr, u16),
+    DelDest(ServiceKey, IpAddr, u16),
     Clear,
 }
 
@@ -389,12 +468,25 @@ impl Model {
                 d.forward.label()
             )));
         }
+        // IPVS keeps a service's real servers in its family (the kernel refuses a mixed
+        // pool except for tunnels, which the data path does not do across families).
+        if d.addr.is_ipv6() != svc.key.is_v6() {
+            return Err(OpError::Invalid(AF_MISMATCH.into()));
+        }
         // IPVS takes only unicast real servers (the kernel's RTN_UNICAST/RTN_LOCAL check);
         // loopback ones are "local" real servers, which need the kernel's own stack and cannot
         // be reached by forwarding a frame out of an interface.
-        let a = d.addr;
-        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
-            return Err(OpError::Invalid(format!("invalid real server address {a}")));
+        let bad = match d.addr {
+            IpAddr::V4(a) => {
+                a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback()
+            }
+            IpAddr::V6(a) => !is_unicast_v6(&a),
+        };
+        if bad {
+            return Err(OpError::Invalid(format!(
+                "invalid real server address {}",
+                d.addr
+            )));
         }
         Ok(())
     }
@@ -402,7 +494,11 @@ impl Model {
     /// What ipvsadm and IPVS refuse in a service, with ipvsadm's message where it has one.
     fn check_service(svc: &ServiceConfig) -> Result<(), OpError> {
         let a = svc.key.addr;
-        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+        let bad = match a {
+            IpAddr::V4(a) => a.is_unspecified() || a.is_broadcast() || a.is_multicast(),
+            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.to_ipv4_mapped().is_some(),
+        };
+        if bad {
             return Err(OpError::Invalid(format!("invalid virtual address {a}")));
         }
         if svc.key.port == 0 && svc.persistence.is_none() {
@@ -415,20 +511,47 @@ impl Model {
                 "One-Packet Scheduling is only for UDP virtual services".into(),
             ));
         }
-        if let Some(p) = svc.persistence
-            && (p.timeout == 0 || p.timeout > MAX_TIMEOUT)
-        {
-            return Err(timeout_error(p.timeout));
+        if let Some(p) = svc.persistence {
+            if p.timeout == 0 || p.timeout > MAX_TIMEOUT {
+                return Err(timeout_error(p.timeout));
+            }
+            // Any IPv4 netmask is valid, as in ipvsadm and the kernel: the data path ANDs the
+            // client address with it, so even a non-contiguous mask groups clients
+            // consistently. An IPv6 service takes a prefix length, 1..=128 (ipvsadm's check).
+            match (p.netmask, svc.key.is_v6()) {
+                (Netmask::V4(_), false) => {}
+                (Netmask::V6(n), true) if (1..=128).contains(&n) => {}
+                (Netmask::V6(_), true) => {
+                    return Err(OpError::Invalid("illegal ipv6 netmask specified".into()));
+                }
+                (Netmask::V4(m), true) => {
+                    return Err(OpError::Invalid(format!(
+                        "persistence netmask {m} is IPv4, the service IPv6 (a prefix length \
+                         1..128)"
+                    )));
+                }
+                (Netmask::V6(n), false) => {
+                    return Err(OpError::Invalid(format!(
+                        "persistence prefix length {n} is IPv6's, the service IPv4 (a netmask)"
+                    )));
+                }
+            }
         }
-        // Any netmask is valid, as in ipvsadm and the kernel for IPv4: the data path ANDs the
-        // client address with it, so even a non-contiguous mask groups clients consistently.
         let unknown = svc.sched_flags.0 & !SchedFlags::ALL;
         if unknown != 0 {
             return Err(OpError::Invalid(format!(
                 "invalid scheduler flag `{unknown:#x}'"
             )));
         }
-        svc.tunnel_source.map_or(Ok(()), check_tunnel_source)
+        if let Some(t) = svc.tunnel_source {
+            check_tunnel_source(t)?;
+            if t.is_ipv6() != svc.key.is_v6() {
+                return Err(OpError::Invalid(format!(
+                    "tunnel source address {t} is not of the service's address family"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `-A` of `cfg`, then `-a` of each of `dests`.
@@ -523,7 +646,7 @@ mod tests {
     fn key() -> ServiceKey {
         ServiceKey {
             proto: Protocol::Tcp,
-            addr: Ipv4Addr::new(192, 0, 2, 100),
+            addr: Ipv4Addr::new(192, 0, 2, 100).into(),
             port: 80,
         }
     }
@@ -539,7 +662,7 @@ mod tests {
     }
     fn dest(last: u8, port: u16, forward: Forward) -> DestConfig {
         DestConfig {
-            addr: Ipv4Addr::new(192, 0, 2, last),
+            addr: Ipv4Addr::new(192, 0, 2, last).into(),
             port,
             forward,
             weight: 1,
@@ -564,7 +687,7 @@ mod tests {
             Err(OpError::DestExists)
         );
         assert_eq!(
-            m.apply(&Op::DelDest(key(), Ipv4Addr::new(192, 0, 2, 12), 80)),
+            m.apply(&Op::DelDest(key(), Ipv4Addr::new(192, 0, 2, 12).into(), 80)),
             Err(OpError::NoDest)
         );
         assert_eq!(
@@ -626,7 +749,7 @@ mod tests {
         let persistent = |timeout| ServiceConfig {
             persistence: Some(Persistence {
                 timeout,
-                netmask: Ipv4Addr::BROADCAST,
+                netmask: Ipv4Addr::BROADCAST.into(),
             }),
             ..svc()
         };
@@ -677,7 +800,7 @@ mod tests {
             (
                 ServiceConfig {
                     key: ServiceKey {
-                        addr: Ipv4Addr::UNSPECIFIED,
+                        addr: Ipv4Addr::UNSPECIFIED.into(),
                         ..key()
                     },
                     ..svc()
@@ -687,7 +810,7 @@ mod tests {
             (
                 ServiceConfig {
                     key: ServiceKey {
-                        addr: Ipv4Addr::new(224, 0, 0, 1),
+                        addr: Ipv4Addr::new(224, 0, 0, 1).into(),
                         ..key()
                     },
                     ..svc()
@@ -704,7 +827,7 @@ mod tests {
         let cases = cases.into_iter().chain(sources.into_iter().map(|t| {
             (
                 ServiceConfig {
-                    tunnel_source: Some(t),
+                    tunnel_source: Some(t.into()),
                     ..svc()
                 },
                 format!("invalid tunnel source address {t}"),
@@ -719,11 +842,11 @@ mod tests {
         m.apply(&Op::EditService(persistent(1))).unwrap();
         m.apply(&Op::EditService(ServiceConfig {
             sched_flags: SchedFlags(SchedFlags::ALL),
-            tunnel_source: Some(Ipv4Addr::new(198, 51, 100, 1)),
+            tunnel_source: Some(Ipv4Addr::new(198, 51, 100, 1).into()),
             persistence: Some(Persistence {
                 timeout: 60,
                 // ipvsadm and the kernel take any IPv4 mask.
-                netmask: Ipv4Addr::new(255, 0, 255, 0),
+                netmask: Ipv4Addr::new(255, 0, 255, 0).into(),
             }),
             ..svc()
         }))
@@ -781,26 +904,26 @@ mod tests {
                 "port mapping (80 -> 8080) needs masquerading (-m): Tunnel forwarding keeps the port",
             ),
             (
-                d(|d| d.addr = Ipv4Addr::UNSPECIFIED),
+                d(|d| d.addr = Ipv4Addr::UNSPECIFIED.into()),
                 "invalid real server address 0.0.0.0",
             ),
             (
-                d(|d| d.addr = Ipv4Addr::new(224, 0, 0, 5)),
+                d(|d| d.addr = Ipv4Addr::new(224, 0, 0, 5).into()),
                 "invalid real server address 224.0.0.5",
             ),
             (
-                d(|d| d.addr = Ipv4Addr::new(127, 0, 0, 1)),
+                d(|d| d.addr = Ipv4Addr::new(127, 0, 0, 1).into()),
                 "invalid real server address 127.0.0.1",
             ),
             (
-                d(|d| d.addr = Ipv4Addr::BROADCAST),
+                d(|d| d.addr = Ipv4Addr::BROADCAST.into()),
                 "invalid real server address 255.255.255.255",
             ),
         ];
         for (bad, message) in cases {
             // -e of the existing destination (same address and port) where that applies,
             // and -a of a new one.
-            if bad.addr == Ipv4Addr::new(192, 0, 2, 11) && bad.port == 80 {
+            if bad.addr == IpAddr::from([192, 0, 2, 11]) && bad.port == 80 {
                 refused(&mut m, Op::EditDest(key(), bad), message);
             }
             refused(&mut m, Op::AddDest(key(), bad), message);
@@ -831,6 +954,115 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(m.services[&key()].config.scheduler, Scheduler::Wrr);
+    }
+
+    /// IPv6 services: real servers of their family, IPv6 prefix persistence, and the
+    /// addresses IPVS refuses (multicast, unspecified, loopback real servers) plus the
+    /// IPv4-mapped ones, which the maps use for IPv4 and so cannot stand for IPv6 hosts.
+    #[test]
+    fn ipv6_rules() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        let k6 = ServiceKey::tcp(a("2001:db8::100"), 80);
+        let s6 = ServiceConfig::new(k6, Scheduler::Rr);
+        let mut m = Model::default();
+        m.add(
+            s6,
+            [DestConfig::new(a("2001:db8::11"), 8080, Forward::Nat, 1)],
+        )
+        .unwrap();
+        refused(
+            &mut m,
+            Op::AddDest(k6, DestConfig::new(a("192.0.2.11"), 80, Forward::Dr, 1)),
+            AF_MISMATCH,
+        );
+        refused(
+            &mut m,
+            Op::AddDest(
+                key(),
+                DestConfig::new(a("2001:db8::11"), 80, Forward::Dr, 1),
+            ),
+            "Service not defined",
+        );
+        m.apply(&Op::AddService(svc())).unwrap();
+        refused(
+            &mut m,
+            Op::AddDest(
+                key(),
+                DestConfig::new(a("2001:db8::11"), 80, Forward::Tun, 1),
+            ),
+            AF_MISMATCH,
+        );
+        for bad in ["::", "ff02::1", "::1", "::ffff:192.0.2.11"] {
+            refused(
+                &mut m,
+                Op::AddDest(k6, DestConfig::new(a(bad), 80, Forward::Dr, 1)),
+                &format!("invalid real server address {bad}"),
+            );
+        }
+        for bad in ["::", "ff02::1", "::ffff:192.0.2.100"] {
+            refused(
+                &mut m,
+                Op::AddService(ServiceConfig::new(
+                    ServiceKey::tcp(a(bad), 80),
+                    Scheduler::Rr,
+                )),
+                &format!("invalid virtual address {bad}"),
+            );
+        }
+        let persistent = |netmask| ServiceConfig {
+            persistence: Some(Persistence {
+                timeout: 60,
+                netmask,
+            }),
+            ..s6
+        };
+        for n in [0, 129, 255] {
+            refused(
+                &mut m,
+                Op::EditService(persistent(Netmask::V6(n))),
+                "illegal ipv6 netmask specified",
+            );
+        }
+        refused(
+            &mut m,
+            Op::EditService(persistent(Netmask::V4(Ipv4Addr::BROADCAST))),
+            "persistence netmask 255.255.255.255 is IPv4, the service IPv6 (a prefix length \
+             1..128)",
+        );
+        refused(
+            &mut m,
+            Op::EditService(ServiceConfig {
+                persistence: Some(Persistence {
+                    timeout: 60,
+                    netmask: Netmask::V6(64),
+                }),
+                ..svc()
+            }),
+            "persistence prefix length 64 is IPv6's, the service IPv4 (a netmask)",
+        );
+        refused(
+            &mut m,
+            Op::EditService(ServiceConfig {
+                tunnel_source: Some(a("192.0.2.1")),
+                ..s6
+            }),
+            "tunnel source address 192.0.2.1 is not of the service's address family",
+        );
+        refused(
+            &mut m,
+            Op::EditService(ServiceConfig {
+                tunnel_source: Some(a("ff02::2")),
+                ..s6
+            }),
+            "invalid tunnel source address ff02::2",
+        );
+        m.apply(&Op::EditService(ServiceConfig {
+            tunnel_source: Some(a("2001:db8::2")),
+            ..persistent(Netmask::V6(64))
+        }))
+        .unwrap();
+        m.apply(&Op::DelDest(k6, a("2001:db8::11"), 8080)).unwrap();
+        assert_eq!(k6.to_string(), "TCP [2001:db8::100]:80");
     }
 
     #[test]

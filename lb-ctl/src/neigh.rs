@@ -6,10 +6,14 @@
 //! the kernel resolve the MAC and keep it fresh by itself. Changes to links, addresses, routes
 //! and neighbours arrive as netlink notifications (`subscribe`), so the daemon re-reads only
 //! what changed instead of dumping the tables.
+//!
+//! Both families: IPv4 real servers through ARP entries and IPv4 routes, IPv6 ones through
+//! NDP entries and IPv6 routes (a managed entry makes the kernel send the neighbour
+//! solicitations and keep the entry fresh, as ARP does for IPv4).
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
@@ -43,19 +47,19 @@ pub struct Link {
 pub struct Route {
     pub oif: u32,
     /// Next hop when the destination is not on-link.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// The source address the kernel would use.
-    pub prefsrc: Option<Ipv4Addr>,
+    pub prefsrc: Option<IpAddr>,
     pub kind: RouteType,
     /// The route's own MTU (`ip route … mtu N`), if it has one.
     pub mtu: Option<u32>,
 }
 
 /// A resolved neighbour: (interface index, address) → MAC.
-pub type NeighTable = HashMap<(u32, Ipv4Addr), [u8; 6]>;
+pub type NeighTable = HashMap<(u32, IpAddr), [u8; 6]>;
 
 /// A neighbour entry that changed: (interface index, address), and its MAC when usable.
-pub type NeighChange = ((u32, Ipv4Addr), Option<[u8; 6]>);
+pub type NeighChange = ((u32, IpAddr), Option<[u8; 6]>);
 
 /// What a neighbour message says: (interface, address) and the MAC when the entry is usable
 /// (`None`: incomplete, failed or deleted — packets to it cannot be addressed).
@@ -74,7 +78,8 @@ fn neigh_entry(msg: &NeighbourMessage, deleted: bool) -> Option<NeighChange> {
     let mut mac = None;
     for a in &msg.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some((*d).into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => dst = Some((*d).into()),
             NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
             _ => {}
         }
@@ -96,8 +101,8 @@ pub struct NetEvents {
     /// removes the routes that depended on it without announcing each), a notification was
     /// lost (`ENOBUFS`), or there were too many route changes to list.
     pub everything: bool,
-    /// Destination prefixes of IPv4 routes added, changed or removed.
-    pub routes: Vec<(Ipv4Addr, u8)>,
+    /// Destination prefixes of IPv4 and IPv6 routes added, changed or removed.
+    pub routes: Vec<(IpAddr, u8)>,
     /// Neighbour entries that changed, with their MAC when usable.
     pub neigh: Vec<NeighChange>,
 }
@@ -105,7 +110,7 @@ pub struct NetEvents {
 impl NetEvents {
     fn record(&mut self, payload: NetlinkPayload<RouteNetlinkMessage>) {
         let neigh = |n: &NeighbourMessage, deleted| {
-            (n.header.family == AddressFamily::Inet)
+            matches!(n.header.family, AddressFamily::Inet | AddressFamily::Inet6)
                 .then(|| neigh_entry(n, deleted))
                 .flatten()
         };
@@ -113,7 +118,10 @@ impl NetEvents {
             NetlinkPayload::InnerMessage(
                 RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
             ) => {
-                if r.header.address_family != AddressFamily::Inet {
+                if !matches!(
+                    r.header.address_family,
+                    AddressFamily::Inet | AddressFamily::Inet6
+                ) {
                     return;
                 }
                 self.routes_changed = true;
@@ -158,16 +166,22 @@ impl NetEvents {
     }
 }
 
-/// The destination prefix a route message is about (0.0.0.0/0 for a default route).
-fn route_prefix(r: &RouteMessage) -> (Ipv4Addr, u8) {
+/// The destination prefix a route message is about (0.0.0.0/0 or ::/0 for a default route).
+fn route_prefix(r: &RouteMessage) -> (IpAddr, u8) {
+    let default = if r.header.address_family == AddressFamily::Inet6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
     let dst = r
         .attributes
         .iter()
         .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
             _ => None,
         })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        .unwrap_or(default);
     (dst, r.header.destination_prefix_length)
 }
 
@@ -178,13 +192,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Subscribes to IPv4 route, address, link and neighbour notifications. A socket of its
+    /// Subscribes to IPv4 and IPv6 route and address, link and neighbour notifications (the
+    /// neighbour group carries ARP and NDP entries alike). A socket of its
     /// own, apart from the one requests use: when notifications overflow its buffer the
     /// kernel drops them (and says so: `ENOBUFS`), and a request's answer must never be what
     /// gets dropped.
     pub fn new() -> anyhow::Result<Self> {
         use rtnetlink::constants::{
-            RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+            RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE,
+            RTMGRP_LINK, RTMGRP_NEIGH,
         };
         let (mut conn, handle, mut messages) =
             rtnetlink::new_connection().context("opening a netlink socket for notifications")?;
@@ -192,7 +208,12 @@ impl Subscription {
         socket
             .bind(&rtnetlink::sys::SocketAddr::new(
                 0,
-                RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR,
+                RTMGRP_LINK
+                    | RTMGRP_NEIGH
+                    | RTMGRP_IPV4_ROUTE
+                    | RTMGRP_IPV4_IFADDR
+                    | RTMGRP_IPV6_ROUTE
+                    | RTMGRP_IPV6_IFADDR,
             ))
             .context("subscribing to route, link and neighbour notifications")?;
         // Room for a burst (a routing daemon installing a full table); past it, ENOBUFS
@@ -290,7 +311,7 @@ impl Netlink {
     }
 
     /// The kernel's route to `dst` (`ip route get`).
-    pub async fn route_get(&self, dst: Ipv4Addr) -> anyhow::Result<Route> {
+    pub async fn route_get(&self, dst: IpAddr) -> anyhow::Result<Route> {
         match self.route_lookup(dst).await? {
             Ok(r) => Ok(r),
             Err(why) => bail!("no route to {dst}: {why}"),
@@ -299,10 +320,15 @@ impl Netlink {
 
     /// The kernel's route to `dst`: `Ok(Err(why))` when the kernel answers that there is none
     /// (unreachable, blackhole, no output interface), `Err` when it could not be asked.
-    pub async fn route_lookup(&self, dst: Ipv4Addr) -> anyhow::Result<Result<Route, String>> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
+    pub async fn route_lookup(&self, dst: IpAddr) -> anyhow::Result<Result<Route, String>> {
+        let msg = match dst {
+            IpAddr::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d, 32)
+                .build(),
+            IpAddr::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d, 128)
+                .build(),
+        };
         let reply = match self.handle.route().get(msg).execute().try_next().await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(Err("the kernel returned no route".into())),
@@ -324,8 +350,12 @@ impl Netlink {
         for a in reply.attributes {
             match a {
                 RouteAttribute::Oif(i) => route.oif = i,
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g),
-                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => route.prefsrc = Some(s),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g.into()),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => route.gateway = Some(g.into()),
+                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => route.prefsrc = Some(s.into()),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => {
+                    route.prefsrc = Some(s.into())
+                }
                 RouteAttribute::Metrics(ms) => {
                     for m in ms {
                         if let RouteMetric::Mtu(v) = m {
@@ -348,13 +378,15 @@ impl Netlink {
         Ok(Ok(route))
     }
 
-    /// The output interface of the main table's IPv4 default route, if there is one.
-    pub async fn default_route_oif(&self) -> anyhow::Result<Option<u32>> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+    /// The output interface of the main table's IPv4 (or, with `v6`, IPv6) default route, if
+    /// there is one.
+    pub async fn default_route_oif(&self, v6: bool) -> anyhow::Result<Option<u32>> {
+        let msg = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut routes = self.handle.route().get(msg).execute();
         while let Some(r) = routes.try_next().await.context("dumping routes")? {
             if r.header.destination_prefix_length != 0 || r.header.table != 254 {
                 continue;
@@ -370,8 +402,8 @@ impl Netlink {
 
     /// Makes sure the kernel keeps `addr` on `ifindex` resolved: adds a managed neighbour
     /// entry unless an entry exists already. Returns whether it created one.
-    pub async fn ensure_managed(&self, ifindex: u32, addr: Ipv4Addr) -> anyhow::Result<bool> {
-        let mut req = self.handle.neighbours().add(ifindex, addr.into());
+    pub async fn ensure_managed(&self, ifindex: u32, addr: IpAddr) -> anyhow::Result<bool> {
+        let mut req = self.handle.neighbours().add(ifindex, addr);
         let m = req.message_mut();
         // A managed entry starts unresolved; the kernel probes it at once and keeps it fresh.
         m.header.state = NeighbourState::None;
@@ -386,14 +418,15 @@ impl Netlink {
     }
 
     /// Removes the neighbour entry for `addr` on `ifindex` (one we created).
-    pub async fn del_neigh(&self, ifindex: u32, addr: Ipv4Addr) -> anyhow::Result<()> {
+    pub async fn del_neigh(&self, ifindex: u32, addr: IpAddr) -> anyhow::Result<()> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = ifindex;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                addr,
-            )));
+        let (family, dst) = match addr {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        msg.header.family = family;
+        msg.attributes.push(NeighbourAttribute::Destination(dst));
         self.handle
             .neighbours()
             .del(msg)
@@ -402,18 +435,20 @@ impl Netlink {
             .with_context(|| format!("deleting the neighbour entry for {addr}"))
     }
 
-    /// Every IPv4 neighbour with a usable MAC.
+    /// Every IPv4 (ARP) and IPv6 (NDP) neighbour with a usable MAC.
     pub async fn neighbours(&self) -> anyhow::Result<NeighTable> {
         let mut out = NeighTable::new();
-        let mut stream = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
-        while let Some(msg) = stream.try_next().await.context("dumping neighbours")? {
-            if let Some((k, Some(mac))) = neigh_entry(&msg, false) {
-                out.insert(k, mac);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut stream = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute();
+            while let Some(msg) = stream.try_next().await.context("dumping neighbours")? {
+                if let Some((k, Some(mac))) = neigh_entry(&msg, false) {
+                    out.insert(k, mac);
+                }
             }
         }
         Ok(out)
@@ -467,7 +502,7 @@ mod tests {
             ev,
             NetEvents {
                 routes_changed: true,
-                routes: vec![(Ipv4Addr::new(192, 0, 2, 13), 32)],
+                routes: vec![(Ipv4Addr::new(192, 0, 2, 13).into(), 32)],
                 ..NetEvents::default()
             }
         );
@@ -487,17 +522,60 @@ mod tests {
 
     #[test]
     fn neighbour_notifications_carry_the_mac_only_when_usable() {
-        let a = Ipv4Addr::new(192, 0, 2, 11);
+        let a4 = Ipv4Addr::new(192, 0, 2, 11);
+        let a = IpAddr::from(a4);
         let mac = Some([2, 0, 0, 0, 0, 1]);
         let mut ev = NetEvents::default();
-        ev.record(neigh(a, NeighbourState::Reachable, false));
-        ev.record(neigh(a, NeighbourState::Failed, false));
-        ev.record(neigh(a, NeighbourState::Stale, false));
-        ev.record(neigh(a, NeighbourState::Reachable, true));
+        ev.record(neigh(a4, NeighbourState::Reachable, false));
+        ev.record(neigh(a4, NeighbourState::Failed, false));
+        ev.record(neigh(a4, NeighbourState::Stale, false));
+        ev.record(neigh(a4, NeighbourState::Reachable, true));
         assert_eq!(
             ev.neigh,
             [((3, a), mac), ((3, a), None), ((3, a), mac), ((3, a), None)]
         );
         assert!(!ev.routes_changed && !ev.everything, "{ev:?}");
+    }
+
+    /// NDP entries and IPv6 routes are followed as ARP entries and IPv4 routes are.
+    #[test]
+    fn ipv6_neighbours_and_routes_are_recorded() {
+        let a: Ipv6Addr = "2001:db8::11".parse().unwrap();
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet6;
+        n.header.ifindex = 4;
+        n.header.state = NeighbourState::Reachable;
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 2]));
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet6;
+        r.header.destination_prefix_length = 64;
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                "2001:db8:1::".parse().unwrap(),
+            )));
+        let mut default = RouteMessage::default();
+        default.header.address_family = AddressFamily::Inet6;
+        let mut ev = NetEvents::default();
+        ev.record(NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(n),
+        ));
+        ev.record(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(
+            r,
+        )));
+        ev.record(NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(
+            default,
+        )));
+        assert_eq!(ev.neigh, [((4, IpAddr::V6(a)), Some([2, 0, 0, 0, 0, 2]))]);
+        assert_eq!(
+            ev.routes,
+            [
+                ("2001:db8:1::".parse().unwrap(), 64),
+                (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+            ]
+        );
+        assert!(ev.routes_changed && !ev.everything, "{ev:?}");
     }
 }

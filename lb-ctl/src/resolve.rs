@@ -8,11 +8,16 @@
 //! are dropped and counted), it is reported once per change, shown in `lb-ctl status`, and
 //! looked up again with backoff; every other server keeps its path. Route, address, link and
 //! neighbour changes arrive as netlink notifications; a slow full resync is the safety net.
+//!
+//! IPv6 real servers are resolved the same way, through IPv6 routes and NDP: the next hop of
+//! a gatewayed route is the router's (usually link-local) address on the outgoing interface,
+//! and a TUN6 tunnel source is an IPv6 address (`tunnel_sources` entries of the other family
+//! are not used for it).
 
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -42,11 +47,22 @@ pub(crate) fn next_backoff(prev: Option<Duration>) -> Duration {
 }
 
 /// Whether a change to the route for `prefix/len` may change how `addr` is reached: the
-/// route covers it (a more specific route added, the one in use removed).
-pub(crate) fn route_concerns(prefix: Ipv4Addr, len: u8, addr: Ipv4Addr) -> bool {
-    let len = u32::from(len.min(32));
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    u32::from(prefix) & mask == u32::from(addr) & mask
+/// route covers it (a more specific route added, the one in use removed). Routes of the other
+/// family never concern it.
+pub(crate) fn route_concerns(prefix: IpAddr, len: u8, addr: IpAddr) -> bool {
+    match (prefix, addr) {
+        (IpAddr::V4(p), IpAddr::V4(a)) => {
+            let len = u32::from(len.min(32));
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(p) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(p), IpAddr::V6(a)) => {
+            let len = u32::from(len.min(128));
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(p) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Why a real server has no path.
@@ -96,10 +112,10 @@ pub(crate) struct Tick {
 /// when the data path took the model (`commit`), else it is dropped (`discard`).
 pub(crate) struct Plan {
     pub(crate) paths: Paths,
-    servers: BTreeMap<Ipv4Addr, Server>,
-    tunnel_sources: BTreeMap<String, Ipv4Addr>,
+    servers: BTreeMap<IpAddr, Server>,
+    tunnel_sources: BTreeMap<String, IpAddr>,
     /// Managed neighbour entries made for it (removed again if it is discarded).
-    created: Vec<(u32, Ipv4Addr)>,
+    created: Vec<(u32, IpAddr)>,
 }
 
 /// Routes and MACs of the real servers, kept fresh.
@@ -108,28 +124,29 @@ pub(crate) struct Resolver {
     events: Subscription,
     /// The last good path of every resolved real server (what the data path is given).
     pub(crate) paths: Paths,
-    servers: BTreeMap<Ipv4Addr, Server>,
+    servers: BTreeMap<IpAddr, Server>,
     /// The kernel's usable neighbour entries, as last read or announced.
     neigh: NeighTable,
     /// Managed neighbour entries this daemon created (removed when unused or on a clean stop).
-    created: HashSet<(u32, Ipv4Addr)>,
+    created: HashSet<(u32, IpAddr)>,
     /// TUN outer source per director interface (`[director] tunnel_sources`).
-    pub(crate) tunnel_sources: BTreeMap<String, Ipv4Addr>,
+    pub(crate) tunnel_sources: BTreeMap<String, IpAddr>,
     /// The interfaces the balancer runs on (NAT replies must arrive on one of them).
     attached: Vec<String>,
     next_full: Instant,
 }
 
-/// Whether IPv4 forwarding is on for `iface` (NAT and TUN need it: the data path's FIB lookup
-/// refuses to forward otherwise, as the kernel would).
-fn forwarding(iface: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+/// Whether forwarding of `addr`'s family is on for `iface` (NAT and TUN need it: the data
+/// path's FIB lookup refuses to forward otherwise, as the kernel would).
+fn forwarding(iface: &str, v6: bool) -> bool {
+    let family = if v6 { "ipv6" } else { "ipv4" };
+    std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"))
         .is_ok_and(|v| v.trim() == "1")
 }
 
 /// The real servers of `model` with the forwarding methods each is used with.
-fn needs(model: &Model) -> BTreeMap<Ipv4Addr, Vec<Forward>> {
-    let mut out: BTreeMap<Ipv4Addr, Vec<Forward>> = BTreeMap::new();
+fn needs(model: &Model) -> BTreeMap<IpAddr, Vec<Forward>> {
+    let mut out: BTreeMap<IpAddr, Vec<Forward>> = BTreeMap::new();
     for d in model.services.values().flat_map(|e| e.dests.iter()) {
         let f = out.entry(d.addr).or_default();
         if !f.contains(&d.forward) {
@@ -144,9 +161,9 @@ fn needs(model: &Model) -> BTreeMap<Ipv4Addr, Vec<Forward>> {
 /// MAC is filled in from the neighbour table by the caller).
 async fn lookup(
     nl: &Netlink,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     forwards: &[Forward],
-    tunnel_sources: &BTreeMap<String, Ipv4Addr>,
+    tunnel_sources: &BTreeMap<String, IpAddr>,
 ) -> Result<(RsPath, String), Fault> {
     let route = match nl.route_lookup(addr).await {
         Ok(Ok(r)) => r,
@@ -175,14 +192,21 @@ async fn lookup(
         next_hop: route.gateway.unwrap_or(addr),
         smac: link.mac,
         dmac: None,
-        tun_src: Ipv4Addr::UNSPECIFIED,
+        tun_src: if addr.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        },
         mtu: route.mtu.unwrap_or(link.mtu).min(u32::from(u16::MAX)) as u16,
     };
     if forwards.contains(&Forward::Tun) {
+        // The outer header is of the real server's family: a configured source of the other
+        // family (a dual-stack director names one per interface) is not for it.
         path.tun_src = tunnel_sources
             .get(&link.name)
             .copied()
-            .or(route.prefsrc)
+            .filter(|s| s.is_ipv6() == addr.is_ipv6())
+            .or(route.prefsrc.filter(|s| s.is_ipv6() == addr.is_ipv6()))
             .ok_or_else(|| {
                 Fault::Config(format!(
                     "no source address to tunnel to {addr} from {}: set `tunnel_source`",
@@ -204,7 +228,7 @@ impl Resolver {
     /// A resolver subscribed to the kernel's network notifications.
     pub(crate) fn new(
         nl: Netlink,
-        tunnel_sources: BTreeMap<String, Ipv4Addr>,
+        tunnel_sources: BTreeMap<String, IpAddr>,
         attached: Vec<String>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -223,7 +247,7 @@ impl Resolver {
 
     /// Warns about a new real server the balancer will forward to without translating
     /// replies, or with forwarding off (as IPVS would not refuse either).
-    fn warn_reach(&self, addr: Ipv4Addr, forwards: &[Forward], iface: &str) {
+    fn warn_reach(&self, addr: IpAddr, forwards: &[Forward], iface: &str) {
         for &forward in forwards.iter().filter(|f| **f != Forward::Dr) {
             if !self.attached.iter().any(|a| a == iface) {
                 log::warn!(
@@ -238,10 +262,15 @@ impl Resolver {
                 );
             }
             for i in &self.attached {
-                if !forwarding(i) {
+                if !forwarding(i, addr.is_ipv6()) {
+                    let (family, sysctl) = if addr.is_ipv6() {
+                        ("IPv6", "net.ipv6.conf.all.forwarding")
+                    } else {
+                        ("IPv4", "net.ipv4.ip_forward")
+                    };
                     log::warn!(
-                        "IPv4 forwarding is off on {i}: {} forwarding needs \
-                         net.ipv4.ip_forward=1, as with IPVS",
+                        "{family} forwarding is off on {i}: {} forwarding needs {sysctl}=1, \
+                         as with IPVS",
                         forward.label()
                     );
                 }
@@ -259,7 +288,7 @@ impl Resolver {
     pub(crate) async fn plan(
         &self,
         model: &Model,
-        tunnel_sources: Option<&BTreeMap<String, Ipv4Addr>>,
+        tunnel_sources: Option<&BTreeMap<String, IpAddr>>,
         adopted: bool,
     ) -> anyhow::Result<Plan> {
         let tunnel_sources = tunnel_sources.unwrap_or(&self.tunnel_sources).clone();
@@ -411,7 +440,7 @@ impl Resolver {
 
     /// Removes the managed neighbour entries this daemon made that no path uses any more.
     async fn release_unused(&mut self) {
-        let used: HashSet<(u32, Ipv4Addr)> = self
+        let used: HashSet<(u32, IpAddr)> = self
             .paths
             .values()
             .map(|p| (p.ifindex, p.next_hop))
@@ -466,7 +495,7 @@ impl Resolver {
                 out.network_changed |= old != mac;
             }
         }
-        let todo: Vec<Ipv4Addr> = self
+        let todo: Vec<IpAddr> = self
             .servers
             .iter()
             .filter(|(a, s)| {
@@ -502,7 +531,7 @@ impl Resolver {
     }
 
     /// Looks one real server up again; returns whether its path changed.
-    async fn relookup(&mut self, addr: Ipv4Addr, now: Instant) -> bool {
+    async fn relookup(&mut self, addr: IpAddr, now: Instant) -> bool {
         let Some(forwards) = self.servers.get(&addr).map(|s| s.forwards.clone()) else {
             return false;
         };
@@ -611,19 +640,32 @@ mod tests {
 
     #[test]
     fn a_route_concerns_the_addresses_it_covers() {
-        let a: Ipv4Addr = "192.0.2.10".parse().unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let a: IpAddr = "192.0.2.10".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(route_concerns(ip("192.0.2.0"), 24, a));
         assert!(route_concerns(ip("192.0.2.10"), 32, a));
         assert!(route_concerns(ip("192.0.0.0"), 16, a));
         assert!(
-            route_concerns(Ipv4Addr::UNSPECIFIED, 0, a),
+            route_concerns(Ipv4Addr::UNSPECIFIED.into(), 0, a),
             "a default route"
         );
         assert!(!route_concerns(ip("192.0.2.11"), 32, a));
         assert!(!route_concerns(ip("198.51.100.0"), 24, a));
         assert!(!route_concerns(ip("198.18.0.1"), 32, a), "churn elsewhere");
         assert!(!route_concerns(ip("192.0.2.128"), 25, a));
+        // IPv6: prefixes of 128 bits, and never across families.
+        let b = ip("2001:db8:0:1::11");
+        assert!(route_concerns(ip("2001:db8:0:1::"), 64, b));
+        assert!(route_concerns(ip("2001:db8::"), 32, b));
+        assert!(route_concerns(ip("2001:db8:0:1::11"), 128, b));
+        assert!(route_concerns(ip("::"), 0, b), "an IPv6 default route");
+        assert!(!route_concerns(ip("2001:db8:0:2::"), 64, b));
+        assert!(!route_concerns(ip("2001:db8:0:1::12"), 128, b));
+        assert!(
+            !route_concerns(ip("0.0.0.0"), 0, b),
+            "an IPv4 default route"
+        );
+        assert!(!route_concerns(ip("::"), 0, a), "an IPv6 default route");
     }
 
     #[test]
@@ -637,7 +679,7 @@ mod tests {
             ops: false,
             tunnel_source: None,
         };
-        let rs = |last| Ipv4Addr::new(192, 0, 2, last);
+        let rs = |last| IpAddr::from(Ipv4Addr::new(192, 0, 2, last));
         let mut m = Model::default();
         m.apply_all(&[
             Op::AddService(svc(80)),

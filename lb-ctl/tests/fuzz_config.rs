@@ -367,14 +367,14 @@ fn mutated_example_configs_parse_or_fail_with_a_location() {
 fn the_config_checks_catch_what_they_are_for() {
     use lb_ctl::model::{DestConfig, Forward, Scheduler, ServiceConfig, ServiceEntry, ServiceKey};
     // A model the model itself refuses (weight past 65535) is caught.
-    let key = ServiceKey::tcp("192.0.2.100".parse().unwrap(), 80);
+    let key = ServiceKey::tcp("192.0.2.100".parse::<std::net::IpAddr>().unwrap(), 80);
     let mut c = Config::default();
     c.model.services.insert(
         key,
         ServiceEntry {
             config: ServiceConfig::new(key, Scheduler::Rr),
             dests: vec![DestConfig::new(
-                "192.0.2.11".parse().unwrap(),
+                "192.0.2.11".parse::<std::net::IpAddr>().unwrap(),
                 80,
                 Forward::Dr,
                 70_000,

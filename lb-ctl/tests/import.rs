@@ -337,7 +337,7 @@ fn every_seed_passes_configs_own_parser_for_the_keys_it_knows() {
         let o = keepalived::import(&fixture(&format!("keepalived/{name}")));
         let c = parse_as_config(&o, name);
         assert_eq!(c.model.services.len(), 1, "{name}");
-        let e = &c.model.services[&ServiceKey::tcp(vip.into(), 80)];
+        let e = &c.model.services[&ServiceKey::tcp(vip, 80)];
         assert_eq!(
             e.config.persistence.map(|p| p.timeout),
             Some(persistence),
@@ -625,6 +625,98 @@ fn unsupported_and_unknown_keywords_are_reported_by_name_and_line() {
     assert_eq!(value(&o)["service"].as_array().unwrap().len(), 1);
 }
 
+/// keepalived's IPv6 virtual and real servers (and IPv6 checkers, sorry server and
+/// persistence prefix) become an IPv6 service `lb-ctl check` accepts.
+#[test]
+fn ipv6_virtual_and_real_servers_import() {
+    let o = kv("virtual_server 2001:db8::100 80 {\n\
+         lb_algo rr\n\
+         lb_kind NAT\n\
+         ip_family inet6\n\
+         persistence_timeout 60\n\
+         persistence_granularity 64\n\
+         sorry_server 2001:db8::200 8080\n\
+         real_server 2001:db8::11 8080 {\n\
+           TCP_CHECK {\n\
+             connect_ip 2001:db8::11\n\
+             connect_timeout 3\n\
+           }\n\
+         }\n\
+         real_server 2001:db8::12 8080 {\n\
+         }\n\
+         }\n");
+    let c = parse_as_config(&o, "v6.toml");
+    let vip: std::net::IpAddr = "2001:db8::100".parse().unwrap();
+    let e = &c.model.services[&ServiceKey::tcp(vip, 80)];
+    assert_eq!(
+        e.dests
+            .iter()
+            .map(|d| (d.addr.to_string(), d.port, d.forward))
+            .collect::<Vec<_>>(),
+        [
+            ("2001:db8::11".to_string(), 8080, Forward::Nat),
+            ("2001:db8::12".to_string(), 8080, Forward::Nat)
+        ]
+    );
+    assert_eq!(
+        e.config.persistence.map(|p| p.netmask),
+        Some(lb_ctl::model::Netmask::V6(64))
+    );
+    let h = &c.health[&ServiceKey::tcp(vip, 80)];
+    assert_eq!(
+        h.sorry.map(|s| (s.addr, s.port)),
+        Some(("2001:db8::200".parse().unwrap(), 8080))
+    );
+    assert_eq!(
+        h.real_servers[0].checks[0].target,
+        "[2001:db8::11]:8080".parse().unwrap()
+    );
+    // A real server of the other family: IPVS's refusal, at the file's line.
+    let o = kv("virtual_server 2001:db8::100 80 {\n real_server 192.0.2.11 80 {\n }\n}\n");
+    assert!(o.has_errors(), "{:#?}\n{}", o.diags, o.toml);
+    assert!(
+        o.errors().any(|d| d
+            .message
+            .contains("Operation not supported with specified address family")),
+        "{:#?}",
+        o.diags
+    );
+}
+
+/// `lb-ctl import ipvsadm` of a `-S` file with IPv6 services, as ipvsadm saves them.
+#[test]
+fn ipvsadm_save_of_ipv6_services_imports() {
+    let saved = "-A -t [2001:db8::100]:80 -s rr -p 60 -M 64\n\
+                 -a -t [2001:db8::100]:80 -r [2001:db8::11]:8080 -m -w 1\n\
+                 -A -u 2001:db8::100 -s wlc -p\n\
+                 -a -u [2001:db8::100]:0 -r 2001:db8::12 -g -w 2\n";
+    let o = ipvsadm::import_str(saved, "rules");
+    let c = parse_as_config(&o, "rules.toml");
+    let vip: std::net::IpAddr = "2001:db8::100".parse().unwrap();
+    let web = &c.model.services[&ServiceKey::tcp(vip, 80)];
+    assert_eq!(
+        web.config.persistence.map(|p| p.netmask),
+        Some(lb_ctl::model::Netmask::V6(64))
+    );
+    assert_eq!(
+        web.dests[0].addr,
+        "2001:db8::11".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(web.dests[0].port, 8080);
+    assert_eq!(c.model.services.len(), 2);
+    // A bad prefix names its line.
+    let o = ipvsadm::import_str(
+        "-A -t [2001:db8::100]:80 -s rr\n-E -t [2001:db8::100]:80 -p -M 0\n",
+        "rules",
+    );
+    assert!(
+        o.errors()
+            .any(|d| d.line == 2 && d.message.contains("illegal ipv6 netmask specified")),
+        "{:#?}",
+        o.diags
+    );
+}
+
 #[test]
 fn malformed_files_fail_with_the_line() {
     // A block never closed: the line that opened it.
@@ -646,9 +738,14 @@ fn malformed_files_fail_with_the_line() {
         "invalid IPv4 address \"192.0.2.1x\"",
     );
     assert_error(
-        &kv("virtual_server 2001:db8::1 80 {\n}\n"),
+        &kv("virtual_server 2001:db8::1::2 80 {\n}\n"),
         1,
-        "IPv6 address 2001:db8::1: lb is IPv4 only",
+        "invalid IPv6 address \"2001:db8::1::2\"",
+    );
+    assert_error(
+        &kv("virtual_server 2001:db8::1 80 {\n persistence_granularity 255.255.255.0\n}\n"),
+        2,
+        "invalid IPv6 prefix length \"255.255.255.0\"",
     );
     assert_error(
         &kv("virtual_server 192.0.2.1 80000 {\n}\n"),

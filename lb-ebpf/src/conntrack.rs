@@ -20,6 +20,7 @@ use lb_common::{
 
 use crate::{
     Verdict,
+    flow::FlowPkt,
     maps::{BACKENDS, CONNS, EMBRYO, RS_NEW},
     parse::{Packet, tcp_flags as tf},
     select::{add32, picked, rewind, select},
@@ -64,21 +65,21 @@ pub fn flow_key(pkt: &Packet) -> FlowKey {
 /// `Settings::clock_ns`: it only moves every `CLOCK_TICK_NS`, so `last_seen_ns` is written at
 /// most that often per connection.
 #[inline(always)]
-pub fn lookup(
-    pkt: &Packet,
+pub fn lookup<P: FlowPkt>(
+    pkt: &P,
     svc: &Service,
     tcp_flags: u8,
     now: u64,
     settings: u32,
 ) -> Result<Lookup, Verdict> {
-    let is_tcp = pkt.proto == proto::TCP;
+    let is_tcp = pkt.proto() == proto::TCP;
     // One-packet scheduling (`-o`, UDP): every datagram is scheduled, nothing is recorded.
     if !is_tcp && svc.flags & svc_flags::ONE_PACKET != 0 {
         return Ok(Lookup::Create { reuse: false });
     }
     // IPVS `is_new_conn`: SYN without ACK/RST... (ACK and RST are checked by IPVS too).
     let new_conn_syn = is_tcp && tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN;
-    let key = flow_key(pkt);
+    let key = pkt.key();
     if let Some(c) = CONNS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value; fields are read and written one at a time.
         let (backend, state, flags, seen) =
@@ -88,7 +89,7 @@ pub fn lookup(
             // A new connection reusing a finished one's tuple: schedule it afresh.
             return Ok(Lookup::Create { reuse: true });
         }
-        let new_state = next_state(pkt.proto, flags, state, tcp_flags);
+        let new_state = next_state(pkt.proto(), flags, state, tcp_flags);
         // SAFETY: as above.
         unsafe {
             if new_state != state {
@@ -118,8 +119,8 @@ pub fn lookup(
 /// A packet of an embryonic connection: runs the state machine, and once the connection is
 /// out of SYN_RECV moves it to `CONNS` (where floods cannot reach it).
 #[inline(always)]
-fn embryo(
-    pkt: &Packet,
+fn embryo<P: FlowPkt>(
+    pkt: &P,
     key: &FlowKey,
     e: *mut Conn,
     tcp_flags: u8,
@@ -131,7 +132,7 @@ fn embryo(
     let mut v = unsafe { *e };
     let backend = v.backend;
     let old = v.state;
-    let state = next_state(pkt.proto, v.flags, v.state, tcp_flags);
+    let state = next_state(pkt.proto(), v.flags, v.state, tcp_flags);
     v.state = state;
     v.last_seen_ns = now;
     crate::sync::promoted(key, &mut v, old, svc_id, now, settings);
@@ -170,8 +171,8 @@ fn embryo(
 /// in `lb_xdp`: the miss is not looked up again here). Another CPU may have recorded the
 /// same tuple since; the insert without overwrite below finds out.
 #[inline(always)]
-pub fn create(
-    pkt: &Packet,
+pub fn create<P: FlowPkt>(
+    pkt: &P,
     svc: &Service,
     tcp_flags: u8,
     now: u64,
@@ -182,23 +183,23 @@ pub fn create(
         picked();
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
     };
-    if pkt.proto != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
+    if pkt.proto() != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
         picked();
         return Ok(Flow { backend, new: true });
     }
-    let key = flow_key(pkt);
+    let key = pkt.key();
     let flags = conn_flags::NO_OUTPUT;
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let conn = crate::mem::zero(&mut slot);
     conn.backend = backend;
-    conn.state = next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags);
+    conn.state = next_state(pkt.proto(), flags, tcp_state::NONE, tcp_flags);
     conn.flags = flags;
     conn.last_seen_ns = now;
     conn._pad = crate::sync::stamp(now);
     // A DR/TUN connection opened by a SYN is embryonic until its handshake goes on; a reused
     // tuple replaces its finished entry in `CONNS` in place. One picked up mid-stream
     // (`sync::sloppy`) is past its handshake: straight into `CONNS`.
-    let embryonic = pkt.proto == proto::TCP
+    let embryonic = pkt.proto() == proto::TCP
         && !reuse
         && tcp_flags & tf::SYN != 0
         && BACKENDS

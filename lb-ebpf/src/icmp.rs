@@ -61,7 +61,7 @@ fn is_error_type(t: u8) -> bool {
 /// the balancer's clock: the kernel limits its own errors the same way (`icmp_global_allow`),
 /// and a director answering every TTL-1 packet at line rate would be a reflector.
 #[inline(always)]
-fn rate_allows() -> bool {
+pub(crate) fn rate_allows() -> bool {
     let now = match SETTINGS.get(0) {
         Some(s) => s.clock_ns,
         None => return false,

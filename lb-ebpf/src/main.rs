@@ -11,18 +11,25 @@
 mod conntrack;
 mod csum;
 mod dr;
+mod flow;
 mod fwd;
+mod fwd6;
 mod icmp;
+mod icmp6;
 mod maps;
 mod mem;
 mod nat;
+mod nat6;
 mod parse;
+mod parse6;
 mod select;
 mod service;
 mod stats;
 mod sweep;
 mod sync;
 mod tun;
+mod tun6;
+mod v6;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{

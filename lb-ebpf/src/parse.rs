@@ -1,7 +1,7 @@
 //! Header parsing: one bounds-checked accessor and the fields the balancer needs.
 //!
 //! Scope: Ethernet II without VLAN tags, IPv4 with or without options, TCP, UDP and ICMP
-//! errors. IPv6, VLAN-tagged frames and ARP are passed to the stack. Fragments carry no L4
+//! errors. IPv6 goes to `lb_xdp6` (v6.rs, parse6.rs); VLAN-tagged frames and ARP are passed to the stack. Fragments carry no L4
 //! header past the first, so no flow can be matched on them: they are passed to the stack
 //! (counted). Lengths come from the IPv4 total length, never from the frame's (which may
 //! carry Ethernet padding).
@@ -67,7 +67,12 @@ pub struct Packet {
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|_| Verdict::Pass(cnt::PASS_NOT_IPV4))?;
     // SAFETY: bounds checked by ptr_at.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    if ether_type != ETH_P_IP {
+        // IPv6 goes to its own program (v6.rs), which does not come back.
+        if ether_type == crate::parse6::ETH_P_IPV6 {
+            crate::v6::enter(ctx);
+        }
         return Err(Verdict::Pass(cnt::PASS_NOT_IPV4));
     }
     let malformed = Verdict::Pass(cnt::PASS_MALFORMED);

@@ -16,13 +16,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
-    Addr, LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
+    LblcKey, LblcVal, PersistKey, PersistVal, Service, backend_flags, hash, proto, sched,
     sched_flags, settings_flags, size, svc_flags,
 };
 
 use crate::{
+    flow::FlowPkt,
     maps::{BACKENDS, LBLC, PERSIST, PICK, RS_CONNS, RS_NEW, SCHED_TABLE, SVC_CURSOR},
-    parse::Packet,
 };
 
 /// How many more addresses the sh/mh fallback tries when the hashed server is unavailable
@@ -189,7 +189,7 @@ fn usable(id: u32, tcp: bool) -> bool {
 
 /// Picks the backend for a new connection (persistence first), and counts it as new.
 #[inline(always)]
-pub fn select(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> {
+pub fn select<P: FlowPkt>(pkt: &P, svc: &Service, now: u64, flags: u32) -> Option<u32> {
     let id = if svc.flags & svc_flags::PERSISTENT != 0 {
         persistent(pkt, svc, now, flags)?
     } else {
@@ -205,10 +205,10 @@ pub fn select(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
 /// IPVS `ip_vs_sched_persist`: the client's template, if it points at a server that may
 /// take it, else a fresh pick recorded in a new template.
 #[inline(always)]
-fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> {
+fn persistent<P: FlowPkt>(pkt: &P, svc: &Service, now: u64, flags: u32) -> Option<u32> {
     let key = PersistKey {
         svc_id: svc.id,
-        client: Addr::v4(pkt.saddr & svc.persist_mask),
+        client: pkt.persist_client(svc),
     };
     if let Some(t) = PERSIST.get_ptr_mut(&key) {
         // SAFETY: pointer into the map value, fields read and written one at a time.
@@ -257,20 +257,20 @@ fn persistent(pkt: &Packet, svc: &Service, now: u64, flags: u32) -> Option<u32> 
 }
 
 #[inline(always)]
-fn schedule(pkt: &Packet, svc: &Service, now: u64) -> Option<u32> {
-    let tcp = pkt.proto == proto::TCP;
+fn schedule<P: FlowPkt>(pkt: &P, svc: &Service, now: u64) -> Option<u32> {
+    let tcp = pkt.proto() == proto::TCP;
     match svc.sched {
         sched::RR | sched::WRR => sequence(svc, tcp),
         sched::SH => {
             let port = if svc.sched_flags & sched_flags::PORT != 0 {
-                u16::from_be(pkt.sport)
+                u16::from_be(pkt.sport())
             } else {
                 0
             };
-            sh(svc, u32::from_be(pkt.saddr), port, tcp)
+            sh(svc, pkt.src_key(), port, tcp)
         }
         sched::DH => {
-            let id = table_at(svc, hash::sh_bucket(u32::from_be(pkt.daddr), 0, 0))?;
+            let id = table_at(svc, hash::sh_bucket(pkt.dst_key(), 0, 0))?;
             usable(id, tcp).then_some(id)
         }
         sched::MH => mh(svc, pkt, tcp),
@@ -348,14 +348,14 @@ fn hashed(
 
 /// mh: the Maglev slot of the client, with mh-fallback re-hashing.
 #[inline(always)]
-fn mh(svc: &Service, pkt: &Packet, tcp: bool) -> Option<u32> {
+fn mh<P: FlowPkt>(svc: &Service, pkt: &P, tcp: bool) -> Option<u32> {
     let m = svc.table_len;
     if m == 0 {
         return None;
     }
-    let addr = u32::from_be(pkt.saddr);
+    let addr = pkt.src_key();
     let port = if svc.sched_flags & sched_flags::PORT != 0 {
-        u16::from_be(pkt.sport)
+        u16::from_be(pkt.sport())
     } else {
         0
     };
@@ -626,11 +626,11 @@ fn lblc_overloaded(v: &View, half_idle: bool) -> bool {
 /// runs whether or not the cached server is taken: one walk on every path keeps the
 /// verifier's work linear.
 #[inline(always)]
-fn lblc(pkt: &Packet, svc: &Service, now: u64, tcp: bool) -> Option<u32> {
+fn lblc<P: FlowPkt>(pkt: &P, svc: &Service, now: u64, tcp: bool) -> Option<u32> {
     let (fresh, half_idle) = scan_all(svc, svc.sched, tcp);
     let key = LblcKey {
         svc_id: svc.id,
-        daddr: Addr::v4(pkt.daddr),
+        daddr: pkt.dst(),
     };
     if let Some(en) = LBLC.get_ptr_mut(&key) {
         // SAFETY: pointer into the map value, fields read and written one at a time.

@@ -1093,6 +1093,17 @@ impl RealServerSetup {
         mode: RealServerMode,
         iface: Option<&str>,
     ) -> RealServerSetup {
+        let vips: Vec<std::net::IpAddr> = vips.iter().map(|v| (*v).into()).collect();
+        RealServerSetup::up_addrs(ns, &vips, mode, iface)
+    }
+
+    /// As [`RealServerSetup::up`], with VIPs of either family.
+    pub fn up_addrs(
+        ns: &Netns,
+        vips: &[std::net::IpAddr],
+        mode: RealServerMode,
+        iface: Option<&str>,
+    ) -> RealServerSetup {
         let mut args = Vec::new();
         for vip in vips {
             args.push("--vip".to_string());

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fuzz;
 pub mod ha;
 pub mod lab;
+pub mod lab6;
 pub mod netns;
 pub mod nginx;
 pub mod packet;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod routed;
 pub mod tempdir;
 pub mod udp;
+pub mod v6;
 pub mod xdp;
 pub mod xdp_run;
 

@@ -29,6 +29,16 @@ impl Nginx {
     /// Serves `NAME\n` on `port` (all addresses, so also a VIP on `lo`) in `ns`, and waits
     /// until it answers on 127.0.0.1.
     pub fn start_on(ns: &Netns, name: &str, port: u16) -> Nginx {
+        Nginx::start_with(ns, name, port, false)
+    }
+
+    /// As [`Nginx::start_on`], listening on IPv6 too (`[::]:port`, so also an IPv6 VIP on
+    /// `lo`); the namespace must have IPv6 on.
+    pub fn start_dual(ns: &Netns, name: &str, port: u16) -> Nginx {
+        Nginx::start_with(ns, name, port, true)
+    }
+
+    fn start_with(ns: &Netns, name: &str, port: u16, ipv6: bool) -> Nginx {
         assert!(
             std::path::Path::new(NGINX).exists(),
             "{NGINX} missing: install nginx-light (cargo xtask setup does)"
@@ -40,6 +50,11 @@ impl Nginx {
         );
         let dir = TempDir::new(&format!("nginx-{name}"));
         let d = dir.path().display();
+        let listen6 = if ipv6 {
+            format!("listen [::]:{port} ipv6only=on;")
+        } else {
+            String::new()
+        };
         // keepalive limits far above any test so a long-lived connection is never closed by
         // nginx; the access log shows which client address and port each request came from.
         let conf = format!(
@@ -62,6 +77,7 @@ http {{
     default_type text/plain;
     server {{
         listen {port};
+        {listen6}
         location / {{ return 200 "{name}\n"; }}
     }}
 }}

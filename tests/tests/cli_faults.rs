@@ -273,14 +273,14 @@ fn raw_requests_are_refused_as_the_cli_refuses_them() {
 
     let key = |port| ServiceKey {
         proto: Protocol::Tcp,
-        addr: VIP,
+        addr: VIP.into(),
         port,
     };
     let svc = |port| ServiceConfig::new(key(port), Scheduler::Rr);
     let persistent = |timeout| ServiceConfig {
         persistence: Some(Persistence {
             timeout,
-            netmask: Ipv4Addr::BROADCAST,
+            netmask: Ipv4Addr::BROADCAST.into(),
         }),
         ..svc(81)
     };
@@ -306,7 +306,7 @@ fn raw_requests_are_refused_as_the_cli_refuses_them() {
         ),
         (
             Request::Ops(vec![Op::AddService(ServiceConfig {
-                tunnel_source: Some(Ipv4Addr::new(224, 0, 0, 1)),
+                tunnel_source: Some(Ipv4Addr::new(224, 0, 0, 1).into()),
                 ..svc(81)
             })]),
             "invalid tunnel source address 224.0.0.1",

@@ -35,7 +35,10 @@ fn counts(f: &mut Fixture) -> HashMap<u8, (u32, u32)> {
         .dests
         .iter()
         .map(|d| {
-            let n = d.config.addr.octets()[3] - 10;
+            let std::net::IpAddr::V4(a) = d.config.addr else {
+                panic!("an IPv6 real server {} in an IPv4 fixture", d.config.addr)
+            };
+            let n = a.octets()[3] - 10;
             (n, (d.active_conns, d.inact_conns))
         })
         .collect()

@@ -249,10 +249,10 @@ fn an_icmp_error_not_sent_to_the_source_it_quotes_is_not_ours() {
 /// `lb_decap` loaded as `lb-ctl realserver --mode tun` loads it, decapsulating for `VIP`.
 fn decap_program() -> aya::Ebpf {
     let mut bpf = aya::Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
-    let mut vips: aya::maps::HashMap<_, u32, u8> =
+    let mut vips: aya::maps::HashMap<_, lb_common::Addr, u8> =
         aya::maps::HashMap::try_from(bpf.map_mut(lb_common::maps::DECAP_VIPS).expect("decap map"))
             .expect("decap map type");
-    vips.insert(u32::from_ne_bytes(VIP.octets()), 1, 0)
+    vips.insert(lb_common::Addr::v4(u32::from_ne_bytes(VIP.octets())), 1, 0)
         .expect("adding the VIP");
     let prog: &mut aya::programs::Xdp = bpf
         .program_mut(lb_common::progs::DECAP)

@@ -454,7 +454,8 @@ fn sigkill_in_the_middle_of_a_large_sync_then_a_new_daemon_reads_back_the_data_p
                 Ipv4Addr::new(203, 0, 113, 1 + (i % 250) as u8),
                 1000 + (i / 250) as u16,
             );
-            (0..50u8).map(move |j| Op::DelDest(key, Ipv4Addr::new(192, 0, 2, 101 + j), key.port))
+            (0..50u8)
+                .map(move |j| Op::DelDest(key, Ipv4Addr::new(192, 0, 2, 101 + j).into(), key.port))
         })
         .collect();
     let half = settings.get(&0, 0).unwrap().svc_half;

@@ -75,7 +75,7 @@ fn model(services: &[Service]) -> Model {
             } else {
                 Protocol::Udp
             },
-            addr: s.vip,
+            addr: s.vip.into(),
             port: s.port,
         };
         m.apply(&Op::AddService(ServiceConfig::new(key, Scheduler::Rr)))
@@ -96,20 +96,20 @@ fn model(services: &[Service]) -> Model {
 /// What the daemon would resolve for each real server.
 fn paths(net: &Net) -> Paths {
     let mut p = Paths::new();
-    let path = |next_hop, dmac, mtu| RsPath {
+    let path = |next_hop: Ipv4Addr, dmac, mtu| RsPath {
         ifindex: net.int,
-        next_hop,
+        next_hop: next_hop.into(),
         smac: net.int_mac,
         dmac: Some(dmac),
-        tun_src: INT_ADDR,
+        tun_src: INT_ADDR.into(),
         mtu,
     };
     for n in 1..=4 {
-        p.insert(rs(n), path(rs(n), rs_mac(n), 1500));
-        p.insert(far_rs(n), path(ROUTER, ROUTER_MAC, 1500));
+        p.insert(rs(n).into(), path(rs(n), rs_mac(n), 1500));
+        p.insert(far_rs(n).into(), path(ROUTER, ROUTER_MAC, 1500));
     }
-    p.insert(SMALL_MTU_TUN, path(ROUTER, ROUTER_MAC, 600));
-    p.insert(SMALL_MTU_NAT, path(ROUTER, ROUTER_MAC, 600));
+    p.insert(SMALL_MTU_TUN.into(), path(ROUTER, ROUTER_MAC, 600));
+    p.insert(SMALL_MTU_NAT.into(), path(ROUTER, ROUTER_MAC, 600));
     p
 }
 
@@ -190,14 +190,15 @@ fn fuzz_packets() {
     let mut decap = Ebpf::load(lb_ctl::realserver::DECAP_OBJ).expect("loading lb_decap");
     let decap_vips = [VIP, VIP2];
     {
-        let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+        let mut map: BpfHashMap<_, lb_common::Addr, u8> = BpfHashMap::try_from(
             decap
                 .map_mut(lb_common::maps::DECAP_VIPS)
                 .expect("decap map"),
         )
         .expect("decap map type");
         for v in decap_vips {
-            map.insert(u32::from_ne_bytes(v.octets()), 1, 0).unwrap();
+            map.insert(lb_common::Addr::v4(u32::from_ne_bytes(v.octets())), 1, 0)
+                .unwrap();
         }
     }
     let prog: &mut Xdp = decap
@@ -324,8 +325,11 @@ fn fuzz_packets() {
     let snap = bal.dp.as_ref().unwrap().snapshot(None, &Default::default());
     for v in &snap.services {
         let k = v.config.key;
+        let std::net::IpAddr::V4(vip) = k.addr else {
+            panic!("an IPv6 service {k} in the IPv4 packet fuzzer")
+        };
         let got = received
-            .get(&(k.proto.number(), k.addr, k.port))
+            .get(&(k.proto.number(), vip, k.port))
             .copied()
             .unwrap_or(0);
         if v.stats.inbytes > got {

@@ -154,8 +154,19 @@ fn cli_would_refuse(s: &Snapshot, t: Timeouts) -> Option<(&'static str, String)>
             ));
         }
         if let Some(src) = c.tunnel_source {
-            let o = src.octets();
-            if o[0] == 0 || o[0] == 127 || o[0] >= 224 {
+            let bad = match src {
+                std::net::IpAddr::V4(a) => {
+                    let o = a.octets();
+                    o[0] == 0 || o[0] == 127 || o[0] >= 224
+                }
+                std::net::IpAddr::V6(a) => {
+                    a.is_unspecified()
+                        || a.is_loopback()
+                        || a.is_multicast()
+                        || a.to_ipv4_mapped().is_some()
+                }
+            };
+            if bad {
                 return Some((
                     "accepted: tunnel source not a unicast address",
                     format!("{}: tunnel source {src}", c.key),
@@ -182,14 +193,14 @@ fn seeds() -> Vec<Request> {
     let mut svc = ServiceConfig::new(k81, Scheduler::Wlc);
     svc.persistence = Some(Persistence {
         timeout: 300,
-        netmask: Ipv4Addr::new(255, 255, 255, 0),
+        netmask: Ipv4Addr::new(255, 255, 255, 0).into(),
     });
     let dest = DestConfig::new(Ipv4Addr::new(192, 0, 2, 13), 81, Forward::Dr, 1);
     // An edit of a service that stays, with every optional field set, for mutations to hit.
     let mut edit = ServiceConfig::new(k80, Scheduler::Sh);
     edit.persistence = svc.persistence;
     edit.sched_flags = SchedFlags(SchedFlags::FLAG1);
-    edit.tunnel_source = Some(Ipv4Addr::new(192, 0, 2, 1));
+    edit.tunnel_source = Some(Ipv4Addr::new(192, 0, 2, 1).into());
     vec![
         Request::Ops(vec![Op::EditService(edit)]),
         Request::Ops(vec![Op::EditService(edit)]),
@@ -202,7 +213,11 @@ fn seeds() -> Vec<Request> {
             k80,
             DestConfig::new(Ipv4Addr::new(192, 0, 2, 12), 80, Forward::Dr, 7),
         )]),
-        Request::Ops(vec![Op::DelDest(k80, Ipv4Addr::new(192, 0, 2, 12), 80)]),
+        Request::Ops(vec![Op::DelDest(
+            k80,
+            Ipv4Addr::new(192, 0, 2, 12).into(),
+            80,
+        )]),
         Request::Ops(vec![Op::DelService(k81)]),
         Request::List { service: Some(k80) },
         Request::List { service: None },

@@ -56,19 +56,19 @@ impl Fixture {
     /// the router, the small-MTU path with its MTU.
     fn paths(&self) -> Paths {
         let mut p = Paths::new();
-        let path = |next_hop, dmac, mtu| RsPath {
+        let path = |next_hop: Ipv4Addr, dmac, mtu| RsPath {
             ifindex: self.net.int,
-            next_hop,
+            next_hop: next_hop.into(),
             smac: self.net.int_mac,
             dmac: Some(dmac),
-            tun_src: TUN_SRC,
+            tun_src: TUN_SRC.into(),
             mtu,
         };
         for n in 1..=4 {
-            p.insert(rs(n), path(rs(n), rs_mac(n), 1500));
-            p.insert(far_rs(n), path(ROUTER, ROUTER_MAC, 1500));
+            p.insert(rs(n).into(), path(rs(n), rs_mac(n), 1500));
+            p.insert(far_rs(n).into(), path(ROUTER, ROUTER_MAC, 1500));
         }
-        p.insert(SMALL_MTU_RS, path(ROUTER, ROUTER_MAC, 600));
+        p.insert(SMALL_MTU_RS.into(), path(ROUTER, ROUTER_MAC, 600));
         p
     }
 
@@ -129,7 +129,7 @@ impl Drop for Fixture {
 
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
     DestConfig {
-        addr,
+        addr: addr.into(),
         port,
         forward,
         weight: 1,
@@ -141,7 +141,7 @@ fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
 fn one_service(proto: Protocol, port: u16, dests: &[DestConfig]) -> Model {
     let key = ServiceKey {
         proto,
-        addr: VIP,
+        addr: VIP.into(),
         port,
     };
     let mut m = Model::default();
@@ -599,9 +599,9 @@ fn nat_and_tun_ask_the_fib_when_the_daemon_has_no_next_hop() {
     f.set_with(
         one_service(Protocol::Tcp, 80, &[dest(far_rs(1), 80, Forward::Tun)]),
         &Paths::from([(
-            far_rs(1),
+            far_rs(1).into(),
             RsPath {
-                tun_src: TUN_SRC,
+                tun_src: TUN_SRC.into(),
                 ..RsPath::default()
             },
         )]),

@@ -41,7 +41,7 @@ fn vip(i: u8) -> Ipv4Addr {
 fn key(i: u8) -> ServiceKey {
     ServiceKey {
         proto: Protocol::Tcp,
-        addr: vip(i),
+        addr: vip(i).into(),
         port: 80,
     }
 }
@@ -69,7 +69,7 @@ fn svc_model(
         m.apply(&Op::AddService(cfg)).unwrap();
         for &(n, weight, x, y) in dests {
             let d = DestConfig {
-                addr: rs(n),
+                addr: rs(n).into(),
                 port: 80,
                 forward: Forward::Dr,
                 weight,
@@ -299,7 +299,7 @@ fn tick_and_sweep(f: &mut Fixture) {
 fn persistence_template_is_created_and_honoured() {
     let p = Persistence {
         timeout: 1,
-        netmask: Ipv4Addr::new(255, 255, 255, 0),
+        netmask: Ipv4Addr::new(255, 255, 255, 0).into(),
     };
     let dests: [Rs; 3] = [(1, 1, 0, 0), (2, 1, 0, 0), (3, 1, 0, 0)];
     let mut f = Fixture::new(svc_model(1, Scheduler::Rr, 0, Some(p), &dests));
@@ -316,10 +316,13 @@ fn persistence_template_is_created_and_honoured() {
     assert_eq!(templates.len(), 1, "{conns:?}");
     assert_eq!(
         templates[0].client,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 0), 0)
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 0), 0).into()
     );
-    assert_eq!(templates[0].virtual_addr, SocketAddrV4::new(vip(0), 80));
-    assert_eq!(templates[0].dest.ip(), &rs(first));
+    assert_eq!(
+        templates[0].virtual_addr,
+        SocketAddrV4::new(vip(0), 80).into()
+    );
+    assert_eq!(templates[0].dest.ip(), rs(first));
     // Another /24 is scheduled by rr: the next server in turn.
     let other = f.forwarded_to(&syn(
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 1), 30010),
@@ -348,7 +351,7 @@ fn persistence_template_is_created_and_honoured() {
     assert!(
         !left
             .iter()
-            .any(|c| c.proto == "IP" && c.client.ip() == &Ipv4Addr::new(198, 18, 1, 0)),
+            .any(|c| c.proto == "IP" && c.client.ip() == Ipv4Addr::new(198, 18, 1, 0)),
         "template still there: {left:?}"
     );
 }
@@ -409,7 +412,7 @@ fn pin_to_cpu_any(cpus: usize) {
 fn quiesced_server_keeps_persistent_clients_unless_expire_quiescent_template() {
     let p = Persistence {
         timeout: 300,
-        netmask: Ipv4Addr::BROADCAST,
+        netmask: Ipv4Addr::BROADCAST.into(),
     };
     let dests: [Rs; 2] = [(1, 1, 0, 0), (2, 1, 0, 0)];
     let mut f = Fixture::new(svc_model(1, Scheduler::Rr, 0, Some(p), &dests));

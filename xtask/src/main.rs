@@ -292,6 +292,14 @@ fn fuzz(
             ],
         ),
         run(
+            "IPv6 packets (lb_xdp6, lb_decap)",
+            &["--release", "-p", "lb-tests", "--test", "fuzz_packets6"],
+            &[
+                ("LB_FUZZ_PACKETS", packets.to_string()),
+                ("LB_FUZZ_SECONDS", seconds.to_string()),
+            ],
+        ),
+        run(
             "control socket",
             &["-p", "lb-tests", "--test", "fuzz_socket"],
             &[("LB_FUZZ_REQUESTS", requests.to_string())],

@@ -270,6 +270,23 @@ impl Dataplane {
         prog_array
             .set(lb_common::prog_index::NEW, &new_fd, 0)
             .context("filling the program array")?;
+        // IPv6: lb_xdp tail-calls lb_xdp6 for every IPv6 frame, which tail-calls lb_new6
+        // for a packet that opens a connection; both in place before lb_xdp is attached.
+        for (name, slot) in [
+            (progs::BALANCER6, lb_common::prog_index::XDP6),
+            (progs::NEW6, lb_common::prog_index::NEW6),
+        ] {
+            let p: &mut Xdp = bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel refused the program {name}"))?;
+            let fd = p.fd()?.try_clone()?;
+            prog_array
+                .set(slot, &fd, 0)
+                .context("filling the program array")?;
+        }
         // An older lb-ctl's lb_resume, if adopted: nothing calls it any more.
         let _ = prog_array.clear_index(&lb_common::prog_index::UNUSED_RESUME);
 
@@ -386,7 +403,7 @@ impl Dataplane {
             };
             let key = ServiceKey {
                 proto,
-                addr: ip4(k.addr),
+                addr: ip_of(k.addr),
                 port: u16::from_be(k.port),
             };
             // The region holds the scheduler's table, then the members.
@@ -413,7 +430,7 @@ impl Dataplane {
                         sched_flags: SchedFlags(u32::from(v.sched_flags) << 3),
                         persistence: (v.flags & svc_flags::PERSISTENT != 0).then(|| Persistence {
                             timeout: v.persist_timeout,
-                            netmask: ip(v.persist_mask),
+                            netmask: plan::netmask_of(&key, &v),
                         }),
                         ops: v.flags & svc_flags::ONE_PACKET != 0,
                         tunnel_source: None,
@@ -436,7 +453,7 @@ impl Dataplane {
             let svc = by_id.get(&b.svc_id).copied();
             let forward = forward_of(b.fwd).unwrap_or(Forward::Dr);
             let dest = DestConfig {
-                addr: ip4(b.addr),
+                addr: ip_of(b.addr),
                 port: u16::from_be(b.port),
                 forward,
                 weight: b.weight,
@@ -451,7 +468,7 @@ impl Dataplane {
                     BeState {
                         svc: ServiceKey {
                             proto: Protocol::Tcp,
-                            addr: Ipv4Addr::UNSPECIFIED,
+                            addr: Ipv4Addr::UNSPECIFIED.into(),
                             port: 0,
                         },
                         dest,
@@ -491,7 +508,7 @@ impl Dataplane {
                 .collect();
             sources.dedup();
             if let [one] = sources[..] {
-                s.config.tunnel_source = Some(ip4(one));
+                s.config.tunnel_source = Some(ip_of(one));
             }
         }
         self.trash_orphans(now);
@@ -613,14 +630,20 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each loaded program (its limit
     /// is 1,000,000): the headroom left for data-path code.
     pub fn verified_insns(&self) -> Vec<(&'static str, u32)> {
-        [progs::BALANCER, progs::NEW, progs::SWEEP]
-            .into_iter()
-            .filter_map(|name| {
-                let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
-                let n = prog.info().ok()?.verified_instruction_count()?;
-                Some((name, n))
-            })
-            .collect()
+        [
+            progs::BALANCER,
+            progs::NEW,
+            progs::SWEEP,
+            progs::BALANCER6,
+            progs::NEW6,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let prog: &Xdp = self.bpf.program(name)?.try_into().ok()?;
+            let n = prog.info().ok()?.verified_instruction_count()?;
+            Some((name, n))
+        })
+        .collect()
     }
 
     /// The balancer program (for `BPF_PROG_TEST_RUN` through aya's `TestRun`).

@@ -41,7 +41,7 @@ use stats::*;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -107,13 +107,14 @@ impl Default for Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RsPath {
     pub ifindex: u32,
-    /// The real server itself when it is on-link, else the gateway towards it.
-    pub next_hop: Ipv4Addr,
+    /// The real server itself when it is on-link, else the gateway towards it (of the real
+    /// server's family).
+    pub next_hop: IpAddr,
     pub smac: [u8; 6],
     /// The next hop's MAC; `None` while the neighbour is unresolved.
     pub dmac: Option<[u8; 6]>,
     /// TUN: the outer source address (a service's `tunnel_source` overrides it).
-    pub tun_src: Ipv4Addr,
+    pub tun_src: IpAddr,
     /// MTU of the path (the route's, else the interface's; 0: unknown).
     pub mtu: u16,
 }
@@ -122,17 +123,17 @@ impl Default for RsPath {
     fn default() -> Self {
         Self {
             ifindex: 0,
-            next_hop: Ipv4Addr::UNSPECIFIED,
+            next_hop: Ipv4Addr::UNSPECIFIED.into(),
             smac: [0; 6],
             dmac: None,
-            tun_src: Ipv4Addr::UNSPECIFIED,
+            tun_src: Ipv4Addr::UNSPECIFIED.into(),
             mtu: 0,
         }
     }
 }
 
 /// Paths to real servers, by address.
-pub type Paths = HashMap<Ipv4Addr, RsPath>;
+pub type Paths = HashMap<IpAddr, RsPath>;
 
 /// The maps, typed.
 struct Maps {
@@ -185,21 +186,32 @@ pub struct Dataplane {
 }
 
 fn svc_key(k: &ServiceKey) -> SvcKey {
-    SvcKey::v4(
-        u32::from_ne_bytes(k.addr.octets()),
-        k.port.to_be(),
-        k.proto.number(),
-    )
+    SvcKey::of(addr(k.addr), k.port.to_be(), k.proto.number())
 }
 
-/// An IPv4 address as the maps hold it (IPv4-mapped, `lb_common::Addr`).
-fn addr(a: Ipv4Addr) -> lb_common::Addr {
-    lb_common::Addr::v4(u32::from_ne_bytes(a.octets()))
+/// An address as the maps hold it (`lb_common::Addr`): IPv4 mapped, IPv6 as its 16 bytes.
+fn addr(a: IpAddr) -> lb_common::Addr {
+    match a {
+        IpAddr::V4(v4) => lb_common::Addr::v4(u32::from_ne_bytes(v4.octets())),
+        IpAddr::V6(v6) => lb_common::Addr::from_octets(v6.octets()),
+    }
 }
 
-/// The IPv4 address of a map's `Addr` (the data path only writes IPv4-mapped ones).
-fn ip4(a: lb_common::Addr) -> Ipv4Addr {
-    ip(a.as_v4())
+/// The address a map's `Addr` holds: an IPv4-mapped one is IPv4 (the only IPv4 form the
+/// maps use), anything else IPv6.
+fn ip_of(a: lb_common::Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(a.octets());
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The 32 bits the schedulers' tables hash a member's address by (Maglev's permutation), as
+/// the data path hashes addresses (`Addr::sched_key`): an IPv4 address itself, an IPv6 one
+/// folded as IPVS folds it for AF_INET6.
+fn member_addr(a: IpAddr) -> Ipv4Addr {
+    Ipv4Addr::from(addr(a).sched_key())
 }
 
 fn proto_of(n: u8) -> Option<Protocol> {
@@ -234,7 +246,10 @@ fn forward_of(code: u8) -> Option<Forward> {
 /// A probe-table key as people write it.
 fn show(k: &SvcKey) -> String {
     let proto = proto_of(k.proto).map_or("?", |p| p.label());
-    format!("{proto} {}:{}", ip4(k.addr), u16::from_be(k.port))
+    format!(
+        "{proto} {}",
+        crate::model::addr_port(ip_of(k.addr), u16::from_be(k.port))
+    )
 }
 
 fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
@@ -253,5 +268,33 @@ mod tests {
         }
         assert_eq!(sched_code(Scheduler::Rr), lb_common::sched::RR);
         assert_eq!(sched_code(Scheduler::Mh), lb_common::sched::MH);
+    }
+
+    #[test]
+    fn member_addresses_hash_as_the_data_path_does() {
+        let v4: IpAddr = Ipv4Addr::new(192, 0, 2, 7).into();
+        assert_eq!(member_addr(v4), Ipv4Addr::new(192, 0, 2, 7));
+        // IPVS's AF_INET6 fold: ntohl(a0 ^ a1 ^ a2 ^ a3).
+        let v6: IpAddr = "2001:db8:aabb:ccdd:102:304:506:708".parse().unwrap();
+        assert_eq!(
+            u32::from(member_addr(v6)),
+            0x2001_0db8 ^ 0xaabb_ccdd ^ 0x0102_0304 ^ 0x0506_0708
+        );
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_maps_form() {
+        let v4: IpAddr = Ipv4Addr::new(192, 0, 2, 7).into();
+        assert_eq!(
+            addr(v4),
+            lb_common::Addr::v4(u32::from_ne_bytes([192, 0, 2, 7]))
+        );
+        assert_eq!(ip_of(addr(v4)), v4);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let a = addr(v6);
+        assert!(!a.is_v4());
+        assert_eq!(a.w[0], u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]));
+        assert_eq!(a.w[3], u32::from_ne_bytes([0, 0, 0, 7]));
+        assert_eq!(ip_of(a), v6);
     }
 }

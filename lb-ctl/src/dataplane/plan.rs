@@ -14,7 +14,7 @@ use lb_common::{Backend, Service, SvcKey, SvcSlot, backend_flags, size, svc_flag
 
 use super::*;
 use crate::{
-    model::{DestConfig, Forward, Model, ServiceConfig, ServiceKey},
+    model::{DestConfig, Forward, Model, Netmask, ServiceConfig, ServiceKey},
     sched::{self, Member},
 };
 
@@ -168,7 +168,7 @@ pub(super) fn plan(
             .iter()
             .map(|(dk, id)| Member {
                 id: *id,
-                addr: dk.0,
+                addr: member_addr(dk.0),
                 port: dk.1,
                 weight: dests[dk].weight,
                 active: 0,
@@ -235,11 +235,7 @@ pub(super) fn plan(
         .iter()
         .filter(|(_, b)| b.trashed_at.is_none() && b.dest.forward == Forward::Nat)
         .map(|(id, b)| {
-            let key = SvcKey::v4(
-                u32::from_ne_bytes(b.dest.addr.octets()),
-                b.dest.port.to_be(),
-                b.svc.proto.number(),
-            );
+            let key = SvcKey::of(addr(b.dest.addr), b.dest.port.to_be(), b.svc.proto.number());
             let marker = Service {
                 id: *id,
                 flags: svc_flags::NAT_RS,
@@ -306,9 +302,21 @@ pub(super) fn service_value(s: &SvcState) -> Service {
         members_off: s.region.off + s.table_len,
         members_len: s.members.len() as u32,
         persist_timeout: c.persistence.map_or(0, |p| p.timeout),
-        persist_mask: c
-            .persistence
-            .map_or(0, |p| u32::from_ne_bytes(p.netmask.octets())),
+        // As IPVS's svc->netmask: an IPv4 netmask in network order, an IPv6 prefix length
+        // in host order (`Service::persist_client` applies either).
+        persist_mask: c.persistence.map_or(0, |p| match p.netmask {
+            Netmask::V4(m) => u32::from_ne_bytes(m.octets()),
+            Netmask::V6(len) => u32::from(len),
+        }),
+    }
+}
+
+/// The persistence granularity a pinned service entry holds (for adoption).
+pub(super) fn netmask_of(key: &ServiceKey, v: &Service) -> Netmask {
+    if key.is_v6() {
+        Netmask::V6(v.persist_mask.clamp(1, 128) as u8)
+    } else {
+        Netmask::V4(ip(v.persist_mask))
     }
 }
 
@@ -319,7 +327,19 @@ pub(super) fn backend_value(
     available: bool,
     paths: &Paths,
 ) -> Backend {
-    let path = paths.get(&dest.addr).copied().unwrap_or_default();
+    let path = paths.get(&dest.addr).copied().unwrap_or_else(|| {
+        // No path (unresolved): addresses of the real server's family, unspecified.
+        let none = if dest.addr.is_ipv6() {
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        };
+        RsPath {
+            next_hop: none,
+            tun_src: none,
+            ..RsPath::default()
+        }
+    });
     let mut flags = 0;
     if available {
         flags |= backend_flags::AVAILABLE;
@@ -348,7 +368,10 @@ pub(super) fn backend_value(
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
+    use std::{
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        time::Duration,
+    };
 
     use super::*;
     use crate::model::{Scheduler, ServiceEntry};
@@ -358,8 +381,8 @@ mod tests {
     fn vip(n: u8) -> ServiceKey {
         ServiceKey::tcp(Ipv4Addr::new(192, 0, 2, 100 + n), 80)
     }
-    fn rs(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 51, 100, n)
+    fn rs(n: u8) -> IpAddr {
+        Ipv4Addr::new(198, 51, 100, n).into()
     }
 
     /// Services `vip(n)` under `sched`, each with DR real servers `rs(m)` of weight `w`, added
@@ -381,6 +404,104 @@ mod tests {
     fn planned(st: &State, m: &Model, now: Instant) -> Plan {
         let slots = st.regions.free.iter().map(|r| r.len).sum::<u32>() + 1;
         plan(st, m, &Paths::new(), MH, slots, now).unwrap_or_else(|e| panic!("plan: {e:#}"))
+    }
+
+    /// An IPv6 service as the v6 contract has the maps hold it: keys and addresses as their
+    /// 16 bytes, the persistence prefix length in host order, NAT real servers in the reply
+    /// table, the resolved path (next hop MAC, IPv6 tunnel source) in the backend.
+    #[test]
+    fn an_ipv6_service_is_planned_as_the_contract_says() {
+        use crate::model::{Netmask, Persistence};
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v6 = |s: &str| lb_common::Addr::from_octets(s.parse::<Ipv6Addr>().unwrap().octets());
+        let key = ServiceKey::tcp(a("2001:db8::100"), 80);
+        let mut cfg = ServiceConfig::new(key, Scheduler::Mh);
+        cfg.persistence = Some(Persistence {
+            timeout: 60,
+            netmask: Netmask::V6(64),
+        });
+        let mut m = Model::default();
+        m.add(
+            cfg,
+            [
+                DestConfig::new(a("2001:db8:2::11"), 8080, Forward::Nat, 1),
+                DestConfig::new(a("2001:db8:3::12"), 80, Forward::Tun, 2),
+            ],
+        )
+        .unwrap();
+        let mut paths = Paths::new();
+        paths.insert(
+            a("2001:db8:3::12"),
+            RsPath {
+                ifindex: 7,
+                next_hop: a("fe80::1"),
+                smac: [2, 0, 0, 0, 0, 1],
+                dmac: Some([2, 0, 0, 0, 0, 2]),
+                tun_src: a("2001:db8:2::2"),
+                mtu: 1480,
+            },
+        );
+        let st = State::new(16, 64, 1024);
+        let p = plan(&st, &m, &paths, MH, 1024, Instant::now()).unwrap();
+        // The service entry, under its 16-byte key.
+        let slot = p
+            .svc_table
+            .iter()
+            .find(|s| s.svc.id != 0)
+            .expect("a live slot");
+        assert_eq!(slot.key, SvcKey::of(v6("2001:db8::100"), 80u16.to_be(), 6));
+        assert_eq!(
+            slot.svc.persist_mask, 64,
+            "the -M prefix length, host order"
+        );
+        assert_eq!(slot.svc.persist_timeout, 60);
+        assert_eq!(
+            slot.svc.flags & svc_flags::PERSISTENT,
+            svc_flags::PERSISTENT
+        );
+        // The NAT real server in the reply table.
+        let rs = p
+            .rs_table
+            .iter()
+            .find(|s| s.svc.id != 0)
+            .expect("a NAT slot");
+        assert_eq!(rs.key, SvcKey::of(v6("2001:db8:2::11"), 8080u16.to_be(), 6));
+        // The backends.
+        let by_addr = |x: &str| {
+            p.backend_writes
+                .iter()
+                .map(|(_, b)| b)
+                .find(|b| b.addr == v6(x))
+                .unwrap_or_else(|| panic!("no backend {x}: {:?}", p.backend_writes))
+        };
+        let nat = by_addr("2001:db8:2::11");
+        assert_eq!(nat.vaddr, v6("2001:db8::100"));
+        assert_eq!((nat.port, nat.fwd), (8080u16.to_be(), lb_common::fwd::NAT));
+        assert_eq!(
+            nat.flags & backend_flags::NEIGH_OK,
+            0,
+            "unresolved: the FIB's"
+        );
+        assert_eq!(nat.tun_src, v6("::"), "no path: unspecified, of its family");
+        let tun = by_addr("2001:db8:3::12");
+        assert_eq!(tun.tun_src, v6("2001:db8:2::2"));
+        assert_eq!((tun.ifindex, tun.mtu), (7, 1480));
+        assert_eq!(tun.dmac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(tun.flags & backend_flags::NEIGH_OK, backend_flags::NEIGH_OK);
+        // Maglev hashed the members by their folded addresses, as the data path does.
+        let (_, _, table) = &p.table_writes[0];
+        assert_eq!(table.len(), MH as usize + 2);
+        // The same plan read back on adoption keeps the prefix.
+        assert_eq!(netmask_of(&key, &slot.svc), Netmask::V6(64));
+        let v4key = ServiceKey::tcp(Ipv4Addr::new(192, 0, 2, 1), 80);
+        let v4svc = Service {
+            persist_mask: u32::from_ne_bytes([255, 255, 255, 0]),
+            ..Service::default()
+        };
+        assert_eq!(
+            netmask_of(&v4key, &v4svc),
+            Netmask::V4(Ipv4Addr::new(255, 255, 255, 0))
+        );
     }
 
     fn refused(st: &State, m: &Model) -> String {
@@ -412,12 +533,12 @@ mod tests {
         let p = planned(&st, &m, Instant::now());
         assert_eq!(p.fresh_services, [1]);
         assert_eq!(p.fresh_backends, [1, 2]);
-        let written: Vec<(u32, Ipv4Addr, bool)> = p
+        let written: Vec<(u32, IpAddr, bool)> = p
             .backend_writes
             .iter()
             .map(|(id, b)| {
                 let up = b.flags & backend_flags::AVAILABLE != 0;
-                (*id, ip4(b.addr), up)
+                (*id, ip_of(b.addr), up)
             })
             .collect();
         // In IPVS list order: the latest added first.

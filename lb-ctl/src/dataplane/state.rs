@@ -1,7 +1,7 @@
 //! The control plane's record of what the maps hold: service and backend ids, scheduling-table
 //! regions, and per-service/per-backend state.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
 use lb_common::Backend;
 
@@ -143,7 +143,7 @@ impl IdPool {
     }
 }
 
-pub(super) type DestKey = (Ipv4Addr, u16);
+pub(super) type DestKey = (IpAddr, u16);
 
 #[derive(Clone, Debug)]
 pub(super) struct SvcState {

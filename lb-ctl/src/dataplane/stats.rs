@@ -1,6 +1,6 @@
 //! Listings and stats: what `-L`, `-Lc`, `--stats`, `--zero` and the rate estimator read.
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::{collections::HashMap, net::SocketAddr};
 
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{Conn, FlowKey, Stats, conn_flags, tcp_state};
@@ -91,7 +91,7 @@ impl Dataplane {
                 let c = self.conn_counts(*id);
                 Some(Member {
                     id: *id,
-                    addr: dk.0,
+                    addr: member_addr(dk.0),
                     port: dk.1,
                     weight: b.dest.weight,
                     active: c.active,
@@ -240,9 +240,9 @@ impl Dataplane {
                 proto: proto.into(),
                 expire_secs: timeout.saturating_sub(idle) as u32,
                 state: state.into(),
-                client: SocketAddrV4::new(ip4(k.saddr), u16::from_be(k.sport)),
-                virtual_addr: SocketAddrV4::new(ip4(k.daddr), u16::from_be(k.dport)),
-                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+                client: SocketAddr::new(ip_of(k.saddr), u16::from_be(k.sport)),
+                virtual_addr: SocketAddr::new(ip_of(k.daddr), u16::from_be(k.dport)),
+                dest: SocketAddr::new(b.dest.addr, b.dest.port),
             });
         }
         // Persistence templates, as IPVS lists them: protocol "IP", client network and port 0.
@@ -260,9 +260,9 @@ impl Dataplane {
                 proto: "IP".into(),
                 expire_secs: timeout.saturating_sub(idle) as u32,
                 state: "NONE".into(),
-                client: SocketAddrV4::new(ip4(k.client), 0),
-                virtual_addr: SocketAddrV4::new(svc.config.key.addr, svc.config.key.port),
-                dest: SocketAddrV4::new(b.dest.addr, b.dest.port),
+                client: SocketAddr::new(ip_of(k.client), 0),
+                virtual_addr: SocketAddr::new(svc.config.key.addr, svc.config.key.port),
+                dest: SocketAddr::new(b.dest.addr, b.dest.port),
             });
         }
         out

@@ -30,7 +30,8 @@ pub use spec::{GlobalDefs, HealthSpecs};
 pub use state::{Changes, Health};
 
 enum Command {
-    Start(u64, spec::CheckSpec, checker::CheckerState),
+    // Boxed: a spec with an IPv6 target is several times the size of `Stop`.
+    Start(u64, Box<spec::CheckSpec>, checker::CheckerState),
     Stop(u64),
 }
 
@@ -63,7 +64,7 @@ impl Runner {
                                 let reports = reports.clone();
                                 let tls = tls.clone();
                                 let first = checker::warmup_delay(spec.timing.warmup, id);
-                                let spec = Arc::new(spec);
+                                let spec = Arc::new(*spec);
                                 let timing = spec.timing;
                                 let h = tokio::spawn(checker::supervise(
                                     id,
@@ -106,7 +107,7 @@ impl Runner {
             let _ = self.commands.send(Command::Stop(id));
         }
         for (id, spec, st) in changes.start {
-            let _ = self.commands.send(Command::Start(id, spec, st));
+            let _ = self.commands.send(Command::Start(id, Box::new(spec), st));
         }
     }
 }

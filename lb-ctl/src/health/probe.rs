@@ -2,12 +2,7 @@
 //! check_misc.c): connect, ask, judge. Each returns an [`Outcome`] whose error is the reason
 //! a transition is logged with.
 
-use std::{
-    io,
-    net::{SocketAddr, SocketAddrV4},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use md5::{Digest, Md5};
 use tokio::{
@@ -57,18 +52,25 @@ fn io_reason(e: &io::Error) -> String {
 
 /// Connects from `bindto`:`bind_port` (if set) to the target, by `deadline`.
 async fn connect(spec: &CheckSpec, deadline: Instant) -> Result<TcpStream, String> {
-    let s = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    // The socket of the target's family: IPv6 real servers are checked over IPv6.
+    let s = if spec.target.is_ipv6() {
+        TcpSocket::new_v6()
+    } else {
+        TcpSocket::new_v4()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
     if spec.bindto.is_some() || spec.bind_port.is_some() {
-        let src = SocketAddrV4::new(
-            spec.bindto.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            spec.bind_port.unwrap_or(0),
-        );
+        let any = if spec.target.is_ipv6() {
+            std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        let src = SocketAddr::new(spec.bindto.unwrap_or(any), spec.bind_port.unwrap_or(0));
         // A fixed source port is reused at every probe; the last one may be in TIME_WAIT.
         let _ = s.set_reuseaddr(true);
-        s.bind(SocketAddr::V4(src))
-            .map_err(|e| format!("bind to {src}: {e}"))?;
+        s.bind(src).map_err(|e| format!("bind to {src}: {e}"))?;
     }
-    match timeout_at(deadline, s.connect(SocketAddr::V4(spec.target))).await {
+    match timeout_at(deadline, s.connect(spec.target)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(io_reason(&e)),
         Err(_) => Err("timeout".into()),
@@ -98,7 +100,7 @@ pub async fn http(
         let answer = match tls {
             None => timeout_at(deadline, exchange(conn, spec, url)).await,
             Some(cfg) => {
-                let name = rustls::pki_types::ServerName::IpAddress((*spec.target.ip()).into());
+                let name = rustls::pki_types::ServerName::IpAddress(spec.target.ip().into());
                 let connector = tokio_rustls::TlsConnector::from(cfg.clone());
                 timeout_at(deadline, async {
                     let s = connector
@@ -318,7 +320,7 @@ mod tests {
     fn spec(kind: CheckKind, port: u16) -> CheckSpec {
         CheckSpec {
             kind,
-            target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            target: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
             bindto: None,
             bind_port: None,
             connect_timeout: Duration::from_millis(500),
@@ -404,6 +406,34 @@ mod tests {
             "{} connections filled the queue",
             fillers.len()
         );
+    }
+
+    /// An IPv6 real server is checked over IPv6 (from an IPv6 `bindto` when given): HTTP_GET
+    /// against a server on `[::1]`, and a refused port there.
+    #[tokio::test]
+    async fn ipv6_targets_are_checked_over_ipv6() {
+        let l = TcpListener::bind("[::1]:0")
+            .await
+            .expect("binding [::1] (the IPv6 loopback this machine has)");
+        let port = l.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut s, peer) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&http_answer("200 OK", "rs1\n")).await;
+            peer
+        });
+        let v6 = |port| CheckSpec {
+            target: SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
+            bindto: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+            ..spec(CheckKind::Http(url(&[200], None)), port)
+        };
+        assert_eq!(probe(&v6(port), &tls_config()).await, Ok(None));
+        assert!(seen.await.unwrap().is_ipv6());
+        let dead = TcpListener::bind("[::1]:0").await.unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        assert_eq!(tcp(&v6(dead_port)).await, Err("connection refused".into()));
     }
 
     #[tokio::test]

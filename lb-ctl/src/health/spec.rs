@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -143,8 +143,8 @@ pub struct Timing {
 pub struct CheckSpec {
     pub kind: CheckKind,
     /// `connect_ip`:`connect_port` (default: the real server's).
-    pub target: SocketAddrV4,
-    pub bindto: Option<Ipv4Addr>,
+    pub target: SocketAddr,
+    pub bindto: Option<IpAddr>,
     pub bind_port: Option<u16>,
     pub connect_timeout: Duration,
     pub timing: Timing,
@@ -171,7 +171,7 @@ pub mod defaults {
 /// A real server's health settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RsHealthSpec {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub inhibit_on_failure: bool,
     pub notify_up: Option<String>,
@@ -183,7 +183,7 @@ pub struct RsHealthSpec {
 /// keepalived's `sorry_server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SorrySpec {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub forward: Forward,
     /// `sorry_server_inhibit`: kept at weight 0 while not in use instead of absent.

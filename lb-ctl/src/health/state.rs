@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -21,7 +21,7 @@ use super::{
 };
 
 /// A real server of a service.
-pub type RsKey = (ServiceKey, Ipv4Addr, u16);
+pub type RsKey = (ServiceKey, IpAddr, u16);
 
 /// How long a notify command may run (keepalived kills a script that outlives its timeout).
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,7 +101,7 @@ pub struct Health {
 }
 
 fn rs_name(k: &RsKey) -> String {
-    format!("{}:{}", k.1, k.2)
+    crate::model::addr_port(k.1, k.2)
 }
 
 impl Health {
@@ -281,10 +281,9 @@ impl Health {
             sum,
             match sorry {
                 Some(s) => format!(
-                    ": {} sorry server {}:{}",
+                    ": {} sorry server {}",
                     if now_up { "removing" } else { "adding" },
-                    s.addr,
-                    s.port
+                    crate::model::addr_port(s.addr, s.port)
                 ),
                 None => String::new(),
             },
@@ -475,7 +474,7 @@ impl Health {
                     "quorum": spec.quorum,
                     "hysteresis": spec.hysteresis,
                     "quorum_up": s.quorum_up,
-                    "sorry_server": spec.sorry.map(|s| format!("{}:{}", s.addr, s.port)),
+                    "sorry_server": spec.sorry.map(|s| crate::model::addr_port(s.addr, s.port)),
                     "sorry_server_active": spec.sorry.is_some() && !s.quorum_up,
                     "transitions": s.transitions,
                 })
@@ -538,7 +537,7 @@ mod tests {
     use super::*;
     use crate::health::spec::{CheckKind, SorrySpec, Timing};
     use crate::model::{Forward, Scheduler, ServiceConfig};
-    use std::net::SocketAddrV4;
+    use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -554,18 +553,18 @@ mod tests {
 
     const VS: ServiceKey = ServiceKey {
         proto: crate::model::Protocol::Tcp,
-        addr: Ipv4Addr::new(192, 0, 2, 100),
+        addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
         port: 80,
     };
 
-    fn rs(i: u8) -> Ipv4Addr {
-        Ipv4Addr::new(192, 0, 2, 10 + i)
+    fn rs(i: u8) -> IpAddr {
+        Ipv4Addr::new(192, 0, 2, 10 + i).into()
     }
 
     fn tcp(i: u8, alpha: bool) -> CheckSpec {
         CheckSpec {
             kind: CheckKind::Tcp,
-            target: SocketAddrV4::new(rs(i), 80),
+            target: SocketAddr::new(rs(i), 80),
             bindto: None,
             bind_port: None,
             connect_timeout: Duration::from_secs(1),
@@ -642,7 +641,7 @@ mod tests {
         }
     }
 
-    fn dests(m: &Model) -> Vec<(Ipv4Addr, u32)> {
+    fn dests(m: &Model) -> Vec<(IpAddr, u32)> {
         m.services[&VS]
             .dests
             .iter()
@@ -699,7 +698,7 @@ mod tests {
     #[test]
     fn sorry_server_takes_over_when_quorum_is_lost() {
         let sorry = SorrySpec {
-            addr: Ipv4Addr::new(192, 0, 2, 200),
+            addr: Ipv4Addr::new(192, 0, 2, 200).into(),
             port: 80,
             forward: Forward::Dr,
             inhibit: false,
@@ -743,7 +742,7 @@ mod tests {
     #[test]
     fn sorry_server_inhibit_and_hysteresis() {
         let sorry = SorrySpec {
-            addr: Ipv4Addr::new(192, 0, 2, 200),
+            addr: Ipv4Addr::new(192, 0, 2, 200).into(),
             port: 80,
             forward: Forward::Dr,
             inhibit: true,
@@ -795,7 +794,7 @@ mod tests {
     #[test]
     fn an_edit_that_lowers_the_live_weight_loses_the_quorum() {
         let sorry = SorrySpec {
-            addr: Ipv4Addr::new(192, 0, 2, 200),
+            addr: Ipv4Addr::new(192, 0, 2, 200).into(),
             port: 80,
             forward: Forward::Dr,
             inhibit: false,

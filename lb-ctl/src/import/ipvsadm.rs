@@ -6,7 +6,7 @@
 //! would, and a line `-R` refuses is refused here with the same message and its line number.
 //! The table the whole file leaves behind is what is written.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use super::{Diag, Outcome, Severity, Table, render};
 use crate::{
@@ -105,7 +105,7 @@ fn service(c: &ServiceConfig) -> Table {
     }
     if let Some(p) = c.persistence {
         t.set("persistence_timeout", p.timeout as i64);
-        if p.netmask != Ipv4Addr::BROADCAST {
+        if !p.netmask.is_host() {
             t.set("persistence_netmask", p.netmask.to_string());
         }
     }

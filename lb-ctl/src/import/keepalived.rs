@@ -483,7 +483,7 @@ struct Converter {
 }
 
 /// A virtual service as IPVS keys it: protocol, address, port.
-type ServiceId = (String, Ipv4Addr, u16);
+type ServiceId = (String, IpAddr, u16);
 
 /// Checker settings keepalived lets a virtual or real server give for all its checkers.
 const INHERITED: [&str; 5] = [
@@ -731,6 +731,19 @@ impl Converter {
             }
             Err(_) => {
                 self.error(n, format!("{}: invalid IPv4 address \"{v}\"", n.name));
+                None
+            }
+        }
+    }
+
+    /// A virtual or real server's (or checker's) address: IPv4 or IPv6, as keepalived takes
+    /// them.
+    fn ip(&mut self, n: &Node, v: &str) -> Option<IpAddr> {
+        match v.parse::<IpAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let family = if v.contains(':') { "IPv6" } else { "IPv4" };
+                self.error(n, format!("{}: invalid {family} address \"{v}\"", n.name));
                 None
             }
         }
@@ -1029,7 +1042,7 @@ impl Converter {
             }
         };
         let Some(b) = self.block(n) else { return };
-        let (Some(_), Some(port)) = (self.ipv4(n, addr), self.port(n, port)) else {
+        let (Some(vip), Some(port)) = (self.ip(n, addr), self.port(n, port)) else {
             return;
         };
         let mut svc = Table::default();
@@ -1085,11 +1098,25 @@ impl Converter {
                         svc.set("persistence_timeout", v);
                     }
                 }
+                // keepalived: a netmask for an IPv4 virtual server, a prefix length (1..128)
+                // for an IPv6 one.
                 "persistence_granularity" => {
-                    if let Some(v) = self.one(c)
-                        && self.ipv4(c, v).is_some()
-                    {
-                        granularity = Some(v.to_owned());
+                    if let Some(v) = self.one(c) {
+                        if vip.is_ipv6() {
+                            if v.parse::<u8>().is_ok_and(|n| (1..=128).contains(&n)) {
+                                granularity = Some(v.to_owned());
+                            } else {
+                                self.error(
+                                    c,
+                                    format!(
+                                        "persistence_granularity: invalid IPv6 prefix length \
+                                         \"{v}\" (1..128)"
+                                    ),
+                                );
+                            }
+                        } else if self.ipv4(c, v).is_some() {
+                            granularity = Some(v.to_owned());
+                        }
                     }
                 }
                 "ops" => {
@@ -1131,8 +1158,11 @@ impl Converter {
                                 Some(p) => self.port(c, p),
                                 None => Some(port),
                             };
-                            if let (Some(a), Some(p)) = (self.ipv4(c, a), port) {
-                                svc.set("sorry_server", format!("{a}:{p}"));
+                            if let (Some(a), Some(p)) = (self.ip(c, a), port) {
+                                svc.set(
+                                    "sorry_server",
+                                    std::net::SocketAddr::new(a, p).to_string(),
+                                );
                             }
                         }
                         _ => self.error(c, "sorry_server needs IP [PORT]".into()),
@@ -1163,8 +1193,9 @@ impl Converter {
                         vs_defaults.set(&c.name, v);
                     }
                 }
+                // The family follows the address; a mismatch is config.rs's to refuse.
                 "ip_family" => {
-                    if c.args.first().map(String::as_str) != Some("inet") {
+                    if !matches!(c.args.first().map(String::as_str), Some("inet" | "inet6")) {
                         self.unsupported(c, "virtual_server");
                     }
                 }
@@ -1212,13 +1243,13 @@ impl Converter {
             return;
         }
         self.services.push((key, (n.src, n.line)));
-        let mut seen: Vec<((Ipv4Addr, u16), usize)> = Vec::new();
+        let mut seen: Vec<((IpAddr, u16), usize)> = Vec::new();
         let mut pushed: Vec<&Node> = Vec::new();
         for rs in real_servers {
             let Some(t) = self.real_server(rs, port, forward, &vs_defaults) else {
                 continue;
             };
-            let addr: Ipv4Addr = t
+            let addr: IpAddr = t
                 .get("address")
                 .and_then(|a| a.as_str())
                 .unwrap()
@@ -1297,7 +1328,7 @@ impl Converter {
                 return None;
             }
         };
-        self.ipv4(n, addr)?;
+        self.ip(n, addr)?;
         let port = match port {
             Some(p) => Some(self.port(n, p)?),
             None => None,
@@ -1410,7 +1441,7 @@ impl Converter {
             match c.name.as_str() {
                 "connect_ip" | "bindto" if !is_misc => {
                     if let Some(v) = self.one(c)
-                        && self.ipv4(c, v).is_some()
+                        && self.ip(c, v).is_some()
                     {
                         t.set(&c.name, v);
                     }

@@ -654,13 +654,13 @@ pub fn run(report: &mut Report) {
             )
             .unwrap();
         paths.insert(
-            rs,
+            rs.into(),
             RsPath {
                 ifindex: d1,
-                next_hop,
+                next_hop: next_hop.into(),
                 smac: d1_mac,
                 dmac: Some(s0_mac),
-                tun_src: DIRECTOR_INT,
+                tun_src: DIRECTOR_INT.into(),
                 mtu: 1500,
             },
         );

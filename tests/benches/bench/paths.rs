@@ -148,13 +148,13 @@ pub fn run(report: &mut Report) {
             Forward::Tun => (int, int_mac, Ipv4Addr::new(192, 0, 2, 254), ROUTER_MAC),
         };
         paths.insert(
-            rs,
+            rs.into(),
             RsPath {
                 ifindex,
-                next_hop,
+                next_hop: next_hop.into(),
                 smac,
                 dmac: Some(dmac),
-                tun_src: Ipv4Addr::new(192, 0, 2, 1),
+                tun_src: Ipv4Addr::new(192, 0, 2, 1).into(),
                 mtu: 1500,
             },
         );
@@ -163,7 +163,7 @@ pub fn run(report: &mut Report) {
     for (vip, sched) in [(WLC_VIP, Scheduler::Wlc), (MH_VIP, Scheduler::Mh)] {
         let key = ServiceKey {
             proto: Protocol::Tcp,
-            addr: vip,
+            addr: vip.into(),
             port: 80,
         };
         model
@@ -178,13 +178,13 @@ pub fn run(report: &mut Report) {
                 ))
                 .unwrap();
             paths.insert(
-                rs,
+                rs.into(),
                 RsPath {
                     ifindex: ext,
-                    next_hop: rs,
+                    next_hop: rs.into(),
                     smac: ext_mac,
                     dmac: Some(RS_MAC),
-                    tun_src: Ipv4Addr::new(192, 0, 2, 1),
+                    tun_src: Ipv4Addr::new(192, 0, 2, 1).into(),
                     mtu: 1500,
                 },
             );

@@ -191,7 +191,7 @@ fn director(ns: &Netns, pins: &lb_tests::PinDir, entries: u32) -> (Dataplane, u3
     .expect("loading the balancer");
     let key = ServiceKey {
         proto: Protocol::Tcp,
-        addr: VIP,
+        addr: VIP.into(),
         port: 80,
     };
     let mut model = Model::default();
@@ -203,13 +203,13 @@ fn director(ns: &Netns, pins: &lb_tests::PinDir, entries: u32) -> (Dataplane, u3
         .unwrap();
     let mut paths = Paths::new();
     paths.insert(
-        RS,
+        RS.into(),
         RsPath {
             ifindex: ext,
-            next_hop: RS,
+            next_hop: RS.into(),
             smac: ext_mac.try_into().unwrap(),
             dmac: Some(RS_MAC),
-            tun_src: Ipv4Addr::UNSPECIFIED,
+            tun_src: Ipv4Addr::UNSPECIFIED.into(),
             mtu: 1500,
         },
     );

@@ -55,10 +55,10 @@ impl Fixture {
         let paths = (1..=8)
             .map(|n| {
                 (
-                    rs(n),
+                    rs(n).into(),
                     RsPath {
                         ifindex: 1,
-                        next_hop: rs(n),
+                        next_hop: rs(n).into(),
                         smac: DIRECTOR_MAC,
                         dmac: Some(rs_mac(n)),
                         ..RsPath::default()
@@ -149,7 +149,7 @@ pub fn service(
     let cfg = ServiceConfig {
         key: ServiceKey {
             proto,
-            addr: VIP,
+            addr: VIP.into(),
             port,
         },
         scheduler: sched,
@@ -161,7 +161,7 @@ pub fn service(
     let dests = dests
         .iter()
         .map(|&(n, weight)| DestConfig {
-            addr: rs(n),
+            addr: rs(n).into(),
             port,
             forward: Forward::Dr,
             weight,
