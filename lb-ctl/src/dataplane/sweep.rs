@@ -212,7 +212,7 @@ impl View {
         (svc.flags & svc_flags::PERSISTENT != 0).then_some((
             PersistKey {
                 svc_id: svc.id,
-                client: lb_common::Addr::v4(client.as_v4() & svc.persist_mask),
+                client: svc.persist_client(client),
             },
             backend,
         ))
