@@ -252,7 +252,7 @@ fn persistent<P: FlowPkt>(pkt: &P, svc: &Service, now: u64, flags: u32) -> Optio
         }
         let _ = PERSIST.insert(&key, &t, 0);
     }
-    crate::sync::template(&key, Addr::v4(pkt.daddr), pkt.proto, id, flags);
+    crate::sync::template(&key, pkt.dst(), pkt.proto(), id, flags);
     Some(id)
 }
 
