@@ -374,9 +374,12 @@ pub fn start_backup(
                         s.unknown_peer += 1;
                         continue;
                     }
+                    if wire::other_syncid(data, syncid) {
+                        s.wrong_syncid += 1;
+                        continue;
+                    }
                     match wire::decode(data) {
                         Err(k) => *s.malformed.entry(k.name().into()).or_default() += 1,
-                        Ok(m) if !wire::accepts_syncid(syncid, m.syncid) => s.wrong_syncid += 1,
                         Ok(m) => {
                             for k in &m.skipped {
                                 *s.skipped.entry(k.name().into()).or_default() += 1;

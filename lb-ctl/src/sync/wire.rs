@@ -464,6 +464,13 @@ pub fn accepts_syncid(ours: u8, theirs: u8) -> bool {
     ours == 0 || ours == theirs
 }
 
+/// Whether a datagram is for another syncid, judged where `ip_vs_process_message` judges
+/// it: after the header-length and size checks, before anything else is read (so another
+/// director pair's messages are ignored as such, whatever they hold).
+pub fn other_syncid(b: &[u8], ours: u8) -> bool {
+    b.len() >= HEADER_V0_LEN && be16(b, 2) as usize == b.len() && !accepts_syncid(ours, b[1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,6 +795,14 @@ mod tests {
         assert!(accepts_syncid(0, 17));
         assert!(accepts_syncid(17, 17));
         assert!(!accepts_syncid(17, 18));
+        // Judged after the size check, before the version: a bad version of another pair
+        // is that pair's business.
+        let mut b = GOLDEN_V4.to_vec();
+        b[5] = 9;
+        assert!(other_syncid(&b, 8));
+        assert!(!other_syncid(&b, 7));
+        assert!(!other_syncid(&b, 0));
+        assert!(!other_syncid(&b[..10], 8), "a bad size is malformed first");
     }
 
     /// Whatever the bytes, decode answers (no panic), and what it accepts re-encodes.
