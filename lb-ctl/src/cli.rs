@@ -251,7 +251,8 @@ pub struct IpvsArgs {
     /// Expand numbers (display exact values)
     #[arg(short = 'X', long = "exact", action = ArgAction::Count)]
     pub exact: u8,
-    /// IPv6 (not supported yet)
+    /// IPv6 firewall-mark service (after -f; -t/-u services take their family from the
+    /// address: [2001:db8::1]:80)
     #[arg(short = '6', long = "ipv6", action = ArgAction::Count)]
     pub ipv6: u8,
     /// One-packet scheduling (UDP); `-o json` prints a listing as JSON

@@ -1157,11 +1157,12 @@ where
     }
 }
 
+/// An IPv4 address, where only IPv4 is taken (VRRP's peers: VRRP runs over IPv4 here).
 pub(crate) fn ipv4(v: &Spanned<String>) -> Result<Ipv4Addr, Problem> {
     let s = v.get_ref();
     s.parse::<Ipv4Addr>().map_err(|_| {
         if s.parse::<Ipv6Addr>().is_ok() {
-            Problem::at(v, format!("IPv6 is not supported yet: {s:?}"))
+            Problem::at(v, format!("IPv6 address {s:?}: VRRP runs over IPv4 only"))
         } else {
             Problem::at(v, format!("invalid IPv4 address {s:?}"))
         }

@@ -280,6 +280,11 @@ impl Lab6 {
         }
     }
 
+    /// Runs `lb-ctl realserver --down` on every real server now; what each printed.
+    pub fn realservers_down(&mut self) -> Vec<String> {
+        self.setups.drain(..).map(RealServerSetup::down).collect()
+    }
+
     /// What `lb-ctl realserver` printed on each real server.
     pub fn realserver_outputs(&self) -> Vec<&str> {
         self.setups.iter().map(|s| s.stdout()).collect()

@@ -458,4 +458,16 @@ fn the_real_servers_never_answer_neighbour_solicitations_for_the_vip() {
             .any(|l| l.starts_with(&format!("{probe} ")) && l.contains(&lab.director.mac("eth0"))),
         "{neigh}"
     );
+    // --down takes the VIP off lo again, and nothing else.
+    for out in lab.realservers_down() {
+        assert!(
+            out.contains(&format!("removed: {VIP6}/128 from lo")),
+            "{out}"
+        );
+    }
+    for (i, ns) in lab.rs.iter().enumerate() {
+        let lo = ns.ip(&["-6", "addr", "show", "dev", "lo"]);
+        assert!(!lo.contains(&VIP6.to_string()), "rs{}: {lo}", i + 1);
+        assert!(lo.contains("inet6 ::1/128"), "rs{}: {lo}", i + 1);
+    }
 }

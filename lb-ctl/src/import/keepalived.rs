@@ -726,7 +726,14 @@ impl Converter {
         match v.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => Some(a),
             Ok(IpAddr::V6(_)) => {
-                self.error(n, format!("{}: IPv6 address {v}: lb is IPv4 only", n.name));
+                self.error(
+                    n,
+                    format!(
+                        "{}: IPv6 address {v} where only IPv4 is taken (VRRP runs over \
+                         IPv4; an IPv4 virtual server's netmask)",
+                        n.name
+                    ),
+                );
                 None
             }
             Err(_) => {
