@@ -67,12 +67,12 @@ impl Director {
             next_hop,
             smac: self.net.int_mac,
             dmac: Some(dmac),
-            tun_src: TUN_SRC,
+            tun_src: TUN_SRC.into(),
             mtu: 1500,
         };
         for n in 1..=4 {
-            p.insert(rs(n), path(rs(n), rs_mac(n)));
-            p.insert(far_rs(n), path(ROUTER, ROUTER_MAC));
+            p.insert(rs(n).into(), path(rs(n).into(), rs_mac(n)));
+            p.insert(far_rs(n).into(), path(ROUTER.into(), ROUTER_MAC));
         }
         p
     }
@@ -137,7 +137,7 @@ impl Drop for Director {
 
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
     DestConfig {
-        addr,
+        addr: addr.into(),
         port,
         forward,
         weight: 1,
@@ -149,7 +149,7 @@ fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
 fn add(m: &mut Model, port: u16, sched: Scheduler, dests: &[DestConfig]) -> ServiceKey {
     let key = ServiceKey {
         proto: Protocol::Tcp,
-        addr: VIP,
+        addr: VIP.into(),
         port,
     };
     m.apply(&Op::AddService(ServiceConfig::new(key, sched)))
@@ -347,7 +347,7 @@ fn a_template_is_reported_with_its_client_network() {
     let mut cfg = m.services[&key].config;
     cfg.persistence = Some(Persistence {
         timeout: 600,
-        netmask: Ipv4Addr::new(255, 255, 255, 0),
+        netmask: Ipv4Addr::new(255, 255, 255, 0).into(),
     });
     m.apply(&Op::EditService(cfg)).unwrap();
     let mut d = Director::new(&m);
@@ -558,7 +558,7 @@ fn an_installed_template_steers_the_clients_next_connection() {
     let mut cfg = m.services[&key].config;
     cfg.persistence = Some(Persistence {
         timeout: 300,
-        netmask: Ipv4Addr::new(255, 255, 255, 255),
+        netmask: Ipv4Addr::new(255, 255, 255, 255).into(),
     });
     m.apply(&Op::EditService(cfg)).unwrap();
     let mut d = Director::new(&m);
