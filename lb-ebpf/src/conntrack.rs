@@ -6,11 +6,12 @@
 //! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the sweep's job
 //! (`lb_sweep`, driven by the daemon every second); the LRU only evicts when the table is full.
 //!
-//! SYN floods: a DR/TUN connection opened by a SYN starts in `EMBRYO`, a table of its own, and
+//! SYN floods: a TCP connection opened by a SYN starts in `EMBRYO`, a table of its own, and
 //! moves to `CONNS` with the packet that takes it out of SYN_RECV (the client's ACK). A flood
 //! of spoofed SYNs, which never complete a handshake, can fill and churn `EMBRYO` only: no
-//! established connection is ever evicted by it. (NAT connections start in `CONNS`: their
-//! reply entry and the real server's SYN-ACK need the request entry there.)
+//! established connection is ever evicted by it. A NAT connection's reply entry starts in
+//! `EMBRYO` beside its request entry (the real server's SYN-ACK finds it there, `nat::reply`)
+//! and moves with it.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
@@ -30,6 +31,8 @@ use crate::{
 pub struct Flow {
     pub backend: u32,
     pub new: bool,
+    /// The connection was recorded in `EMBRYO` (a NAT connection's reply entry goes there too).
+    pub embryo: bool,
 }
 
 /// The state after an inbound (client → virtual service) packet.
@@ -95,6 +98,7 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
         return Ok(Lookup::Found(Flow {
             backend,
             new: false,
+            embryo: false,
         }));
     }
     if is_tcp && let Some(e) = EMBRYO.get_ptr_mut(&key) {
@@ -110,26 +114,18 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
 /// out of SYN_RECV moves it to `CONNS` (where floods cannot reach it).
 #[inline(always)]
 fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) -> Flow {
-    // SAFETY: a pointer into the map value, copied at once (40 bytes).
+    // SAFETY: a pointer into the map value, copied at once (16 bytes).
     let mut v = unsafe { *e };
     let backend = v.backend;
     let state = next_state(pkt.proto, v.flags, v.state, tcp_flags);
     v.state = state;
     v.last_seen_ns = now;
-    if state != tcp_state::SYN_RECV {
-        // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
-        // holds the same backend.
-        if CONNS.insert(key, &v, BPF_NOEXIST as u64).is_ok() || CONNS.get_ptr(key).is_some() {
-            let _ = EMBRYO.remove(key);
-            count(cnt::EMBRYO_PROMOTED);
-            return Flow {
-                backend,
-                new: false,
-            };
-        }
-        // The connection table refused it (an LRU insert fails only under memory pressure):
-        // it stays here with its new state and moves with a later packet.
-        count(cnt::EMBRYO_PROMOTE_FAILED);
+    if state != tcp_state::SYN_RECV && promote(key, &v) {
+        return Flow {
+            backend,
+            new: false,
+            embryo: false,
+        };
     }
     // SAFETY: as above; field by field.
     unsafe {
@@ -143,7 +139,31 @@ fn embryo(pkt: &Packet, key: &FlowKey, e: *mut Conn, tcp_flags: u8, now: u64) ->
     Flow {
         backend,
         new: false,
+        embryo: true,
     }
+}
+
+/// Moves embryonic connection `key` (its new value `v`, out of SYN_RECV) to `CONNS`, and a
+/// NAT connection's reply entry with it; false if `CONNS` refused it (an LRU insert fails
+/// only under memory pressure): it then stays in `EMBRYO` and moves with a later packet.
+/// Also called from the NAT reply path (a real server's packet can end SYN_RECV).
+#[inline(always)]
+pub fn promote(key: &FlowKey, v: &Conn) -> bool {
+    // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
+    // holds the same backend.
+    if CONNS.insert(key, v, BPF_NOEXIST as u64).is_err() && CONNS.get_ptr(key).is_none() {
+        count(cnt::EMBRYO_PROMOTE_FAILED);
+        return false;
+    }
+    let _ = EMBRYO.remove(key);
+    // Until it moves, `nat::reply` finds a NAT connection's reply entry in `EMBRYO`.
+    if let Some(be) = BACKENDS.get(v.backend)
+        && be.fwd == fwd_mode::NAT
+    {
+        crate::nat::promote_reply(key, be, v.backend);
+    }
+    count(cnt::EMBRYO_PROMOTED);
+    true
 }
 
 /// Schedules and records the connection a packet opens (`lookup` said `Create { reuse }`,
@@ -164,7 +184,11 @@ pub fn create(
     };
     if pkt.proto != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
         picked();
-        return Ok(Flow { backend, new: true });
+        return Ok(Flow {
+            backend,
+            new: true,
+            embryo: false,
+        });
     }
     let key = flow_key(pkt);
     let flags = conn_flags::NO_OUTPUT;
@@ -174,13 +198,10 @@ pub fn create(
     conn.state = next_state(pkt.proto, flags, tcp_state::NONE, tcp_flags);
     conn.flags = flags;
     conn.last_seen_ns = now;
-    // A DR/TUN connection opened by a SYN is embryonic until its handshake goes on; a reused
-    // tuple replaces its finished entry in `CONNS` in place.
-    let embryonic = pkt.proto == proto::TCP
-        && !reuse
-        && BACKENDS
-            .get(backend)
-            .is_some_and(|be| be.fwd != fwd_mode::NAT);
+    // A TCP connection opened by a SYN is embryonic until its handshake goes on (a NAT one's
+    // reply entry joins it there, `nat::request`); a reused tuple replaces its finished entry
+    // in `CONNS` in place.
+    let embryonic = pkt.proto == proto::TCP && !reuse;
     let table = if embryonic { &EMBRYO } else { &CONNS };
     // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
@@ -199,6 +220,7 @@ pub fn create(
             Some(c) => Ok(Flow {
                 backend: unsafe { (*c).backend },
                 new: false,
+                embryo: embryonic,
             }),
             None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
         };
@@ -207,5 +229,9 @@ pub fn create(
     if embryonic {
         count(cnt::EMBRYO_NEW);
     }
-    Ok(Flow { backend, new: true })
+    Ok(Flow {
+        backend,
+        new: true,
+        embryo: embryonic,
+    })
 }
