@@ -101,13 +101,17 @@ pub fn lookup(pkt: &Packet, svc: &Service, tcp_flags: u8, now: u64) -> Result<Lo
             embryo: false,
         }));
     }
-    if is_tcp && let Some(e) = EMBRYO.get_ptr_mut(&key) {
-        return Ok(Lookup::Found(embryo(pkt, &key, e, tcp_flags, now)));
+    // A miss probes one table. A SYN goes on to `create`, whose insert without overwrite
+    // into `EMBRYO` is the probe there: it finds a retransmitted SYN's embryo (and `create`
+    // then carries on as this function would have). Only other segments look in `EMBRYO`
+    // here: the ACK that completes a handshake, once per connection.
+    if !is_tcp || new_conn_syn {
+        return Ok(Lookup::Create { reuse: false });
     }
-    if is_tcp && !new_conn_syn {
-        return Err(Verdict::Pass(cnt::PASS_NO_CONN));
+    match EMBRYO.get_ptr_mut(&key) {
+        Some(e) => Ok(Lookup::Found(embryo(pkt, &key, e, tcp_flags, now))),
+        None => Err(Verdict::Pass(cnt::PASS_NO_CONN)),
     }
-    Ok(Lookup::Create { reuse: false })
 }
 
 /// A packet of an embryonic connection: runs the state machine, and once the connection is
@@ -167,8 +171,9 @@ pub fn promote(key: &FlowKey, v: &Conn) -> bool {
 }
 
 /// Schedules and records the connection a packet opens (`lookup` said `Create { reuse }`,
-/// in `lb_xdp`: the miss is not looked up again here). Another CPU may have recorded the
-/// same tuple since; the insert without overwrite below finds out.
+/// in `lb_xdp`: the miss is not looked up again here). The insert without overwrite finds
+/// an entry recorded for the same tuple by another CPU since, or a retransmitted SYN's
+/// embryo (`lookup` leaves `EMBRYO` to it).
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -178,8 +183,15 @@ pub fn create(
     settings_flags: u32,
     reuse: bool,
 ) -> Result<Flow, Verdict> {
+    let embryonic = pkt.proto == proto::TCP && !reuse;
+    let key = flow_key(pkt);
     let Some(backend) = select(pkt, svc, now, settings_flags) else {
         picked();
+        // A retransmitted SYN of an embryo (which `lookup` does not probe for) keeps going
+        // to its server, as every packet of a connection does, even one no longer scheduled.
+        if embryonic && let Some(e) = EMBRYO.get_ptr_mut(&key) {
+            return Ok(embryo(pkt, &key, e, tcp_flags, now));
+        }
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
     };
     if pkt.proto != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
@@ -190,7 +202,6 @@ pub fn create(
             embryo: false,
         });
     }
-    let key = flow_key(pkt);
     let flags = conn_flags::NO_OUTPUT;
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let conn = crate::mem::zero(&mut slot);
@@ -201,7 +212,6 @@ pub fn create(
     // A TCP connection opened by a SYN is embryonic until its handshake goes on (a NAT one's
     // reply entry joins it there, `nat::request`); a reused tuple replaces its finished entry
     // in `CONNS` in place.
-    let embryonic = pkt.proto == proto::TCP && !reuse;
     let table = if embryonic { &EMBRYO } else { &CONNS };
     // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
@@ -215,12 +225,15 @@ pub fn create(
             unsafe { add32(n, 0u32.wrapping_sub(1)) };
         }
         rewind();
-        return match table.get_ptr(&key) {
+        return match table.get_ptr_mut(&key) {
+            // A retransmitted SYN (or a SYN another CPU just recorded): the embryo's own
+            // packet, state machine and all, as `lookup` would have found it.
+            Some(e) if embryonic => Ok(embryo(pkt, &key, e, tcp_flags, now)),
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {
                 backend: unsafe { (*c).backend },
                 new: false,
-                embryo: embryonic,
+                embryo: false,
             }),
             None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
         };

@@ -502,6 +502,54 @@ mod daemon_sweep {
     }
 }
 
+/// A SYN without a connection probes only the connection table; the embryonic one is probed
+/// by the insert. A retransmitted SYN of an embryo therefore reaches the scheduler, loses the
+/// insert, and must come out as if it had been found: its server, not counted again, the rr
+/// cursor not moved, the embryo refreshed; and it keeps its server when no server is
+/// schedulable any more (weight 0), as every packet of a connection does.
+#[test]
+fn a_retransmitted_syn_of_an_embryo_is_the_same_connection() {
+    let mut f = Fixture::with_table(web_rr(), 65536);
+    let a = client(1);
+    let n = f.forwarded_to(&seg(a, TCP_SYN));
+    for _ in 0..3 {
+        assert_eq!(f.forwarded_to(&seg(a, TCP_SYN)), n, "retransmitted SYN");
+    }
+    assert_eq!(f.counter("embryo_new"), 1, "one embryo");
+    let snap = f.dp().snapshot(None, &Default::default());
+    assert_eq!(snap.services[0].stats.conns, 1, "one connection counted");
+    // rr moved once: the next client gets the other server.
+    let b = client(2);
+    let m = f.forwarded_to(&seg(b, TCP_SYN));
+    assert_ne!(m, n, "rr after one connection and three retransmissions");
+    // No server schedulable: the embryos' retransmissions still reach theirs.
+    let mut quiet = f.model.clone();
+    for d in quiet.services.values_mut().flat_map(|s| s.dests.iter_mut()) {
+        d.weight = 0;
+    }
+    f.set(quiet);
+    assert_eq!(
+        f.forwarded_to(&seg(a, TCP_SYN)),
+        n,
+        "an embryo's SYN at weight 0"
+    );
+    assert_eq!(
+        f.forwarded_to(&seg(b, TCP_SYN)),
+        m,
+        "an embryo's SYN at weight 0"
+    );
+    let out = f.run(&seg(client(3), TCP_SYN));
+    assert_eq!(
+        out.action,
+        lb_tests::xdp_run::XDP_DROP,
+        "a new client at weight 0: {out:?}"
+    );
+    // And the handshakes complete where they started.
+    assert_eq!(f.forwarded_to(&seg(a, TCP_ACK)), n);
+    assert_eq!(f.forwarded_to(&seg(b, TCP_ACK)), m);
+    assert_eq!(f.counter("embryo_promoted"), 2);
+}
+
 /// NAT connections are embryonic too: the request entry and its reply entry start in the
 /// embryonic table and move to the connection table together, so a flood of spoofed SYNs on
 /// a NAT service cannot evict an established NAT connection either.
