@@ -6,11 +6,12 @@
 //! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the sweep's job
 //! (`lb_sweep`, driven by the daemon every second); the LRU only evicts when the table is full.
 //!
-//! SYN floods: a DR/TUN connection opened by a SYN starts in `EMBRYO`, a table of its own, and
+//! SYN floods: a TCP connection opened by a SYN starts in `EMBRYO`, a table of its own, and
 //! moves to `CONNS` with the packet that takes it out of SYN_RECV (the client's ACK). A flood
 //! of spoofed SYNs, which never complete a handshake, can fill and churn `EMBRYO` only: no
-//! established connection is ever evicted by it. (NAT connections start in `CONNS`: their
-//! reply entry and the real server's SYN-ACK need the request entry there.)
+//! established connection is ever evicted by it. A NAT connection's reply entry starts in
+//! `EMBRYO` beside its request entry (the real server's SYN-ACK finds it there, `nat::reply`)
+//! and moves with it.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
@@ -31,6 +32,8 @@ use crate::{
 pub struct Flow {
     pub backend: u32,
     pub new: bool,
+    /// The connection was recorded in `EMBRYO` (a NAT connection's reply entry goes there too).
+    pub embryo: bool,
 }
 
 /// The state after an inbound (client → virtual service) packet.
@@ -103,17 +106,22 @@ pub fn lookup<P: FlowPkt>(
         return Ok(Lookup::Found(Flow {
             backend,
             new: false,
+            embryo: false,
         }));
     }
-    if is_tcp && let Some(e) = EMBRYO.get_ptr_mut(&key) {
-        return Ok(Lookup::Found(embryo(
+    // A miss probes one table. A SYN goes on to `create`, whose insert without overwrite
+    // into `EMBRYO` is the probe there: it finds a retransmitted SYN's embryo (and `create`
+    // then carries on as this function would have). Only other segments look in `EMBRYO`
+    // here: the ACK that completes a handshake, once per connection.
+    if !is_tcp || new_conn_syn {
+        return Ok(Lookup::Create { reuse: false });
+    }
+    match EMBRYO.get_ptr_mut(&key) {
+        Some(e) => Ok(Lookup::Found(embryo(
             pkt, &key, e, tcp_flags, now, svc.id, settings,
-        )));
+        ))),
+        None => Err(Verdict::Pass(cnt::PASS_NO_CONN)),
     }
-    if is_tcp && !new_conn_syn {
-        return Err(Verdict::Pass(cnt::PASS_NO_CONN));
-    }
-    Ok(Lookup::Create { reuse: false })
 }
 
 /// A packet of an embryonic connection: runs the state machine, and once the connection is
@@ -128,7 +136,7 @@ fn embryo<P: FlowPkt>(
     svc_id: u32,
     settings: u32,
 ) -> Flow {
-    // SAFETY: a pointer into the map value, copied at once (40 bytes).
+    // SAFETY: a pointer into the map value, copied at once (16 bytes).
     let mut v = unsafe { *e };
     let backend = v.backend;
     let old = v.state;
@@ -136,20 +144,12 @@ fn embryo<P: FlowPkt>(
     v.state = state;
     v.last_seen_ns = now;
     crate::sync::promoted(key, &mut v, old, svc_id, now, settings);
-    if state != tcp_state::SYN_RECV {
-        // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
-        // holds the same backend.
-        if CONNS.insert(key, &v, BPF_NOEXIST as u64).is_ok() || CONNS.get_ptr(key).is_some() {
-            let _ = EMBRYO.remove(key);
-            count(cnt::EMBRYO_PROMOTED);
-            return Flow {
-                backend,
-                new: false,
-            };
-        }
-        // The connection table refused it (an LRU insert fails only under memory pressure):
-        // it stays here with its new state and moves with a later packet.
-        count(cnt::EMBRYO_PROMOTE_FAILED);
+    if state != tcp_state::SYN_RECV && promote(key, &v) {
+        return Flow {
+            backend,
+            new: false,
+            embryo: false,
+        };
     }
     // SAFETY: as above; field by field.
     unsafe {
@@ -164,12 +164,37 @@ fn embryo<P: FlowPkt>(
     Flow {
         backend,
         new: false,
+        embryo: true,
     }
 }
 
+/// Moves embryonic connection `key` (its new value `v`, out of SYN_RECV) to `CONNS`, and a
+/// NAT connection's reply entry with it; false if `CONNS` refused it (an LRU insert fails
+/// only under memory pressure): it then stays in `EMBRYO` and moves with a later packet.
+/// Also called from the NAT reply path (a real server's packet can end SYN_RECV).
+#[inline(always)]
+pub fn promote(key: &FlowKey, v: &Conn) -> bool {
+    // NOEXIST: another CPU may have moved it a moment ago (two ACKs at once); its entry
+    // holds the same backend.
+    if CONNS.insert(key, v, BPF_NOEXIST as u64).is_err() && CONNS.get_ptr(key).is_none() {
+        count(cnt::EMBRYO_PROMOTE_FAILED);
+        return false;
+    }
+    let _ = EMBRYO.remove(key);
+    // Until it moves, `nat::reply` finds a NAT connection's reply entry in `EMBRYO`.
+    if let Some(be) = BACKENDS.get(v.backend)
+        && be.fwd == fwd_mode::NAT
+    {
+        crate::nat::promote_reply(key, be, v.backend);
+    }
+    count(cnt::EMBRYO_PROMOTED);
+    true
+}
+
 /// Schedules and records the connection a packet opens (`lookup` said `Create { reuse }`,
-/// in `lb_xdp`: the miss is not looked up again here). Another CPU may have recorded the
-/// same tuple since; the insert without overwrite below finds out.
+/// in `lb_xdp`: the miss is not looked up again here). The insert without overwrite finds
+/// an entry recorded for the same tuple by another CPU since, or a retransmitted SYN's
+/// embryo (`lookup` leaves `EMBRYO` to it).
 #[inline(always)]
 pub fn create<P: FlowPkt>(
     pkt: &P,
@@ -179,15 +204,34 @@ pub fn create<P: FlowPkt>(
     settings_flags: u32,
     reuse: bool,
 ) -> Result<Flow, Verdict> {
+    // One picked up mid-stream (`sync::sloppy`) is past its handshake: straight into `CONNS`.
+    let embryonic = pkt.proto() == proto::TCP && !reuse && tcp_flags & tf::SYN != 0;
+    let key = pkt.key();
     let Some(backend) = select(pkt, svc, now, settings_flags) else {
         picked();
+        // A retransmitted SYN of an embryo (which `lookup` does not probe for) keeps going
+        // to its server, as every packet of a connection does, even one no longer scheduled.
+        if embryonic && let Some(e) = EMBRYO.get_ptr_mut(&key) {
+            return Ok(embryo(
+                pkt,
+                &key,
+                e,
+                tcp_flags,
+                now,
+                svc.id,
+                settings_flags,
+            ));
+        }
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
     };
     if pkt.proto() != proto::TCP && svc.flags & svc_flags::ONE_PACKET != 0 {
         picked();
-        return Ok(Flow { backend, new: true });
+        return Ok(Flow {
+            backend,
+            new: true,
+            embryo: false,
+        });
     }
-    let key = pkt.key();
     let flags = conn_flags::NO_OUTPUT;
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let conn = crate::mem::zero(&mut slot);
@@ -196,15 +240,9 @@ pub fn create<P: FlowPkt>(
     conn.flags = flags;
     conn.last_seen_ns = now;
     conn._pad = crate::sync::stamp(now);
-    // A DR/TUN connection opened by a SYN is embryonic until its handshake goes on; a reused
-    // tuple replaces its finished entry in `CONNS` in place. One picked up mid-stream
-    // (`sync::sloppy`) is past its handshake: straight into `CONNS`.
-    let embryonic = pkt.proto() == proto::TCP
-        && !reuse
-        && tcp_flags & tf::SYN != 0
-        && BACKENDS
-            .get(backend)
-            .is_some_and(|be| be.fwd != fwd_mode::NAT);
+    // A TCP connection opened by a SYN is embryonic until its handshake goes on (a NAT one's
+    // reply entry joins it there, `nat::request`); a reused tuple replaces its finished entry
+    // in `CONNS` in place.
     let table = if embryonic { &EMBRYO } else { &CONNS };
     // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
     // ago (a retransmitted SYN), keep its choice rather than overwrite it.
@@ -218,11 +256,23 @@ pub fn create<P: FlowPkt>(
             unsafe { add32(n, 0u32.wrapping_sub(1)) };
         }
         rewind();
-        return match table.get_ptr(&key) {
+        return match table.get_ptr_mut(&key) {
+            // A retransmitted SYN (or a SYN another CPU just recorded): the embryo's own
+            // packet, state machine and all, as `lookup` would have found it.
+            Some(e) if embryonic => Ok(embryo(
+                pkt,
+                &key,
+                e,
+                tcp_flags,
+                now,
+                svc.id,
+                settings_flags,
+            )),
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {
                 backend: unsafe { (*c).backend },
                 new: false,
+                embryo: false,
             }),
             None => Err(Verdict::Drop(cnt::DROP_CONN_INSERT)),
         };
@@ -232,5 +282,9 @@ pub fn create<P: FlowPkt>(
         count(cnt::EMBRYO_NEW);
     }
     crate::sync::recorded(&key, conn, svc.id, settings_flags);
-    Ok(Flow { backend, new: true })
+    Ok(Flow {
+        backend,
+        new: true,
+        embryo: embryonic,
+    })
 }

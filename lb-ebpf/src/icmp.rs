@@ -416,7 +416,7 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
         _pad: 0,
     };
     if service::lookup(&SVC_TABLE, lb_common::size::SVC_SLOTS, half, &vip).is_some() {
-        // An embryonic (SYN_RECV) DR/TUN connection is in its own table.
+        // An embryonic (SYN_RECV) connection is in its own table.
         let c = CONNS
             .get_ptr(&key)
             .or_else(|| EMBRYO.get_ptr(&key))
@@ -448,8 +448,10 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
     if service::lookup(&NAT_RS, lb_common::size::NAT_RS_SLOTS, half, &rs).is_none() {
         return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
     }
+    // An embryonic NAT connection's reply entry is in its own table.
     let c = CONNS
         .get_ptr(&key)
+        .or_else(|| EMBRYO.get_ptr(&key))
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
     // SAFETY: pointer into the map value.
     let (flags, backend) = unsafe { ((*c).flags, (*c).backend) };

@@ -371,8 +371,10 @@ pub fn forward_error(
     if service::lookup(&NAT_RS, NAT_RS_SLOTS, half, &rs).is_none() {
         return Err(Verdict::Pass(cnt::PASS_NOT_SERVICE));
     }
+    // An embryonic NAT connection's reply entry is in `EMBRYO` (as in `icmp.rs`).
     let c = CONNS
         .get_ptr(&key)
+        .or_else(|| EMBRYO.get_ptr(&key))
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
     // SAFETY: pointer into the map value.
     let (flags, backend) = unsafe { ((*c).flags, (*c).backend) };

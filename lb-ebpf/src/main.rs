@@ -163,6 +163,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
         i.svc.id,
         flow.backend,
         flow.new,
+        flow.embryo,
         i.now,
         i.epoch,
         i.flags,
@@ -196,7 +197,8 @@ fn hand_over(i: &Inbound, reuse: bool) -> Result<(), Verdict> {
 }
 
 /// Sends a packet of connection (`backend`, `new`) of service `svc_id` on its way: what
-/// both programs do once the connection is known.
+/// both programs do once the connection is known. `embryo`: a new connection was recorded in
+/// `EMBRYO` (where a NAT one's reply entry goes too).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward(
@@ -205,6 +207,7 @@ fn forward(
     svc_id: u32,
     backend: u32,
     new: bool,
+    embryo: bool,
     now: u64,
     epoch: u32,
     flags: u32,
@@ -231,7 +234,7 @@ fn forward(
     stats::inbound(svc_id, backend, new, pkt.ip_len as u64);
     match be.fwd {
         fwd_mode::DR => dr::forward(ctx, pkt, be),
-        fwd_mode::NAT => nat::request(ctx, pkt, be, backend, new, now, epoch),
+        fwd_mode::NAT => nat::request(ctx, pkt, be, backend, new, embryo, now, epoch),
         fwd_mode::TUN => tun::encap(ctx, pkt, be),
         _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
     }
@@ -273,6 +276,7 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
         Ok(flow) => {
             s.backend = flow.backend;
             s.new = flow.new as u32;
+            s.embryo = flow.embryo as u32;
             SCHEDULED
         }
         Err(v) => verdict(Err(v)),
@@ -298,6 +302,7 @@ fn forward_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
             s.svc.id,
             s.backend,
             s.new != 0,
+            s.embryo != 0,
             s.now,
             s.epoch,
             s.flags,

@@ -43,9 +43,12 @@ pub static SVC_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map(name = "LB_CONNS")]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNS, 0);
 
-/// Embryonic DR/TUN connections until their handshake moves on (`lb_common::maps::EMBRYO`).
+/// Embryonic TCP connections (and NAT ones' reply entries) until their handshake moves on
+/// (`lb_common::maps::EMBRYO`).
 /// Per-CPU LRU lists: a flood evicts only the flooded CPU's embryos, and never takes a global
-/// lock doing so.
+/// lock doing so. (A common LRU made new flows about a fifth cheaper in the paths bench, each
+/// pop here rotating cold list nodes; the isolation was judged worth more: README,
+/// Performance.)
 #[map(name = "LB_EMBRYO")]
 pub static EMBRYO: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, BPF_F_NO_COMMON_LRU);
@@ -136,10 +139,11 @@ pub struct Pending {
     pub epoch: u32,
     pub now: u64,
     pub flags: u32,
-    /// `lb_new`'s result for its forwarding step: the backend, 1 if the connection is new.
+    /// `lb_new`'s result for its forwarding step: the backend, 1 if the connection is new,
+    /// 1 if it was recorded in `EMBRYO`.
     pub backend: u32,
     pub new: u32,
-    pub _pad: u32,
+    pub embryo: u32,
 }
 
 /// This CPU's rr/wrr cursor steps for the connection being opened (`select::Pick`).

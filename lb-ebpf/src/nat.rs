@@ -4,14 +4,14 @@
 //! back through the director (its default gateway, as in LVS-NAT).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
-use lb_common::{Addr, Backend, Conn, NatHop, cnt, conn_flags, proto, tcp_state};
+use lb_common::{Addr, Backend, Conn, FlowKey, NatHop, cnt, conn_flags, proto, tcp_state};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     Verdict, csum,
     fwd::{self, Route},
     icmp,
-    maps::{CONNS, NAT_HOPS},
+    maps::{CONNS, EMBRYO, NAT_HOPS},
     parse::{IP_DF, Packet, ptr_at, tcp_flags as tf},
     stats::count,
 };
@@ -157,11 +157,21 @@ fn via_fib(
     }
 }
 
-/// Records the reply tuple (RIP:rport → CIP:cport) of a new NAT connection, and where
-/// replies to its client go unless that is known already (one FIB lookup per client and
-/// route change instead of one per reply).
+/// Records the reply tuple (RIP:rport → CIP:cport) of a new NAT connection, in the table
+/// its request entry went to (`embryo`: `EMBRYO`), and where replies to its client go unless
+/// that is known already (one FIB lookup per client and route change instead of one per
+/// reply).
 #[inline(always)]
-fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now: u64, epoch: u32) {
+#[allow(clippy::too_many_arguments)]
+fn record_reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    be: &Backend,
+    backend: u32,
+    embryo: bool,
+    now: u64,
+    epoch: u32,
+) {
     let key = crate::conntrack::flow_key(pkt).nat_reply(be.addr, be.port);
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let value = crate::mem::zero(&mut slot);
@@ -187,17 +197,61 @@ fn record_reply(ctx: &XdpContext, pkt: &Packet, be: &Backend, backend: u32, now:
             remember_hop(pkt.saddr, &h, mtu, epoch);
         }
     }
-    // A reused tuple (the same client port on a new connection) replaces its stale entry; a
-    // live entry of another connection for the same tuple is not taken over.
-    if CONNS.insert(&key, &*value, BPF_NOEXIST as u64).is_err() {
-        match CONNS.get_ptr_mut(&key) {
+    if embryo {
+        // The reply path looks in `CONNS` first: a live connection of another backend that
+        // holds this reply tuple there keeps it (as below), and this one's replies would go
+        // its way, so it is a clash now, not at promotion.
+        if let Some(c) = CONNS.get_ptr(&key)
+            // SAFETY: pointer into the map value.
+            && unsafe { (*c).backend } != backend
+        {
+            count(cnt::NAT_REPLY_CLASH);
+            return;
+        }
+        put_reply(&EMBRYO, &key, value, backend);
+    } else {
+        put_reply(&CONNS, &key, value, backend);
+    }
+}
+
+/// Inserts reply entry `key` of `backend`'s connection into `table`. A reused tuple (the same
+/// client port on a new connection) replaces its stale entry; a live entry of another
+/// connection for the same tuple is not taken over.
+#[inline(always)]
+pub fn put_reply(
+    table: &aya_ebpf::maps::LruHashMap<FlowKey, Conn>,
+    key: &FlowKey,
+    value: &Conn,
+    backend: u32,
+) {
+    if table.insert(key, value, BPF_NOEXIST as u64).is_err() {
+        match table.get_ptr(key) {
             // SAFETY: pointer into the map value.
             Some(c) if unsafe { (*c).backend } == backend => {
-                let _ = CONNS.insert(&key, &*value, 0);
+                let _ = table.insert(key, value, 0);
             }
             _ => count(cnt::NAT_REPLY_CLASH),
         }
     }
+}
+
+/// Moves the reply entry of NAT connection `request` (of `backend`, on `be`) from `EMBRYO`
+/// to `CONNS`, as its request entry was just moved (`conntrack`). One already gone (the
+/// clash above, a flood's eviction) stays gone: replies then pass to the stack, as they
+/// would have before.
+#[inline(always)]
+pub fn promote_reply(request: &FlowKey, be: &Backend, backend: u32) {
+    let key = request.nat_reply(be.addr, be.port);
+    let Some(r) = EMBRYO.get_ptr(&key) else {
+        return;
+    };
+    // SAFETY: pointer into the map value, copied at once (16 bytes).
+    let v = unsafe { *r };
+    if v.backend != backend || v.flags & conn_flags::REPLY == 0 {
+        return;
+    }
+    put_reply(&CONNS, &key, &v, backend);
+    let _ = EMBRYO.remove(&key);
 }
 
 /// The cached next hop (and path MTU) towards NAT client `client`, if it was looked up
@@ -239,12 +293,14 @@ fn remember_hop(client: u32, h: &fwd::Hop, mtu: u16, epoch: u32) {
 
 /// A request of a NAT connection: DNAT to the real server and forward.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn request(
     ctx: &XdpContext,
     pkt: &Packet,
     be: &Backend,
     backend: u32,
     new: bool,
+    embryo: bool,
     now: u64,
     epoch: u32,
 ) -> Result<u32, Verdict> {
@@ -253,7 +309,7 @@ pub fn request(
     // the reply entry is recorded first, or the connection's later packets would be DNATed
     // and its replies left un-SNATed.
     if new {
-        record_reply(ctx, pkt, be, backend, now, epoch);
+        record_reply(ctx, pkt, be, backend, embryo, now, epoch);
     }
     let next = match fwd::backend_hop(be) {
         Some(hop) => checked(ctx, pkt, hop, be.mtu, 0),
@@ -283,9 +339,18 @@ pub fn reply(
     epoch: u32,
 ) -> Result<(u32, u32, u32), Verdict> {
     let key = crate::conntrack::flow_key(pkt);
-    let c = CONNS
-        .get_ptr_mut(&key)
-        .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
+    // An embryonic connection's reply entry is in `EMBRYO` (the SYN-ACK finds it there);
+    // `CONNS` first, where every established connection's is.
+    let (c, embryo) = match CONNS.get_ptr_mut(&key) {
+        Some(c) => (c, false),
+        None if pkt.proto == proto::TCP => (
+            EMBRYO
+                .get_ptr_mut(&key)
+                .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
+            true,
+        ),
+        None => return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN)),
+    };
     // SAFETY: pointer into the map value, fields read and written one at a time.
     let (backend, flags, seen) = unsafe { ((*c).backend, (*c).flags, (*c).last_seen_ns) };
     if flags & conn_flags::REPLY == 0 {
@@ -309,7 +374,17 @@ pub fn reply(
         && (tcp & (tf::SYN | tf::FIN | tf::RST) != 0 || flags & conn_flags::OUTPUT_SEEN == 0)
     {
         let fwd_key = key.nat_request(be.vaddr, be.vport);
-        if let Some(f) = CONNS.get_ptr_mut(&fwd_key) {
+        // The request entry is most likely where its reply entry is.
+        let (first, second) = if embryo {
+            (&EMBRYO, &CONNS)
+        } else {
+            (&CONNS, &EMBRYO)
+        };
+        let (f, f_embryo) = match first.get_ptr_mut(&fwd_key) {
+            Some(f) => (Some(f), embryo),
+            None => (second.get_ptr_mut(&fwd_key), !embryo),
+        };
+        if let Some(f) = f {
             // SAFETY: pointer into the map value.
             unsafe {
                 let st = (*f).state;
@@ -323,6 +398,12 @@ pub fn reply(
                 }
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
+                // The real server's packet took an embryonic connection out of SYN_RECV (an
+                // ACK before the client's): it moves now, as the client's ACK would move it.
+                if f_embryo && next != tcp_state::SYN_RECV {
+                    let v = *f;
+                    crate::conntrack::promote(&fwd_key, &v);
+                }
             }
         }
     }

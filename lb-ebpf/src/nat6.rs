@@ -13,7 +13,7 @@ use crate::{
     flow::FlowPkt,
     fwd::{self, Route},
     fwd6, icmp6,
-    maps::{CONNS, NAT_HOPS},
+    maps::{CONNS, EMBRYO, NAT_HOPS},
     parse::{ptr_at, tcp_flags as tf},
     parse6::{self, Packet6},
     stats::count,
@@ -158,9 +158,18 @@ fn remember_hop(client: &Addr, h: &fwd::Hop, mtu: u16, epoch: u32) {
     let _ = NAT_HOPS.insert(client, v, 0);
 }
 
-/// `nat::record_reply` for IPv6.
+/// `nat::record_reply` for IPv6: in the table the request entry went to (`embryo`: `EMBRYO`).
 #[inline(always)]
-fn record_reply(ctx: &XdpContext, pkt: &Packet6, be: &Backend, backend: u32, now: u64, epoch: u32) {
+#[allow(clippy::too_many_arguments)]
+fn record_reply(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    be: &Backend,
+    backend: u32,
+    embryo: bool,
+    now: u64,
+    epoch: u32,
+) {
     let key = pkt.key().nat_reply(be.addr, be.port);
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let value = crate::mem::zero(&mut slot);
@@ -179,14 +188,19 @@ fn record_reply(ctx: &XdpContext, pkt: &Packet6, be: &Backend, backend: u32, now
             remember_hop(&pkt.saddr, &h, mtu, epoch);
         }
     }
-    if CONNS.insert(&key, &*value, BPF_NOEXIST as u64).is_err() {
-        match CONNS.get_ptr_mut(&key) {
+    if embryo {
+        // As `nat::record_reply`: a live connection of another backend holding this reply
+        // tuple in `CONNS` keeps it.
+        if let Some(c) = CONNS.get_ptr(&key)
             // SAFETY: pointer into the map value.
-            Some(c) if unsafe { (*c).backend } == backend => {
-                let _ = CONNS.insert(&key, &*value, 0);
-            }
-            _ => count(cnt::NAT_REPLY_CLASH),
+            && unsafe { (*c).backend } != backend
+        {
+            count(cnt::NAT_REPLY_CLASH);
+            return;
         }
+        crate::nat::put_reply(&EMBRYO, &key, value, backend);
+    } else {
+        crate::nat::put_reply(&CONNS, &key, value, backend);
     }
 }
 
@@ -198,11 +212,12 @@ pub fn request(
     be: &Backend,
     backend: u32,
     new: bool,
+    embryo: bool,
     now: u64,
     epoch: u32,
 ) -> Result<u32, Verdict> {
     if new {
-        record_reply(ctx, pkt, be, backend, now, epoch);
+        record_reply(ctx, pkt, be, backend, embryo, now, epoch);
     }
     let next = match fwd::backend_hop(be) {
         Some(hop) => checked(ctx, pkt, hop, be.mtu, &pkt.daddr),
@@ -232,9 +247,17 @@ pub fn reply(
     epoch: u32,
 ) -> Result<(u32, u32, u32), Verdict> {
     let key = pkt.key();
-    let c = CONNS
-        .get_ptr_mut(&key)
-        .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
+    // As `nat::reply`: an embryonic connection's reply entry is in `EMBRYO`.
+    let (c, embryo) = match CONNS.get_ptr_mut(&key) {
+        Some(c) => (c, false),
+        None if pkt.proto == proto::TCP => (
+            EMBRYO
+                .get_ptr_mut(&key)
+                .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
+            true,
+        ),
+        None => return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN)),
+    };
     // SAFETY: pointer into the map value, fields read and written one at a time.
     let (backend, flags, seen) = unsafe { ((*c).backend, (*c).flags, (*c).last_seen_ns) };
     if flags & conn_flags::REPLY == 0 {
@@ -255,7 +278,16 @@ pub fn reply(
         && (tcp & (tf::SYN | tf::FIN | tf::RST) != 0 || flags & conn_flags::OUTPUT_SEEN == 0)
     {
         let fwd_key = key.nat_request(be.vaddr, be.vport);
-        if let Some(f) = CONNS.get_ptr_mut(&fwd_key) {
+        let (first, second) = if embryo {
+            (&EMBRYO, &CONNS)
+        } else {
+            (&CONNS, &EMBRYO)
+        };
+        let (f, f_embryo) = match first.get_ptr_mut(&fwd_key) {
+            Some(f) => (Some(f), embryo),
+            None => (second.get_ptr_mut(&fwd_key), !embryo),
+        };
+        if let Some(f) = f {
             // SAFETY: pointer into the map value.
             unsafe {
                 let st = (*f).state;
@@ -264,8 +296,15 @@ pub fn reply(
                     (*f).state = next;
                 }
                 (*f).flags &= !conn_flags::NO_OUTPUT;
+                if next != st {
+                    crate::sync::output_state(&fwd_key, f, be.svc_id);
+                }
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
+                if f_embryo && next != tcp_state::SYN_RECV {
+                    let v = *f;
+                    crate::conntrack::promote(&fwd_key, &v);
+                }
             }
         }
     }

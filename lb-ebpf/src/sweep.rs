@@ -89,13 +89,18 @@ fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
     let mut reply = None;
     if be.fwd == fwd_mode::NAT {
         let r = k.nat_reply(be.addr, be.port);
-        if let Some(rv) = CONNS.get_ptr(&r) {
+        // An embryonic connection's reply entry is embryonic too (until promotion moves both).
+        let (rv, in_embryo) = match CONNS.get_ptr(&r) {
+            Some(rv) => (Some(rv), false),
+            None => (EMBRYO.get_ptr(&r), true),
+        };
+        if let Some(rv) = rv {
             // SAFETY: pointer into the map value.
             let seen = unsafe { (*rv).last_seen_ns };
             if seen > last {
                 last = seen;
             }
-            reply = Some(r);
+            reply = Some((r, in_embryo));
         }
     }
     let tcp = k.proto == proto::TCP;
@@ -108,8 +113,8 @@ fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
     let timeout = TIMEOUTS.get(idx).copied().unwrap_or(0) as u64 * NS;
     if idle(last) >= timeout {
         remove(embryo, k);
-        if let Some(r) = reply {
-            let _ = CONNS.remove(&r);
+        if let Some((r, in_embryo)) = reply {
+            remove(in_embryo, &r);
         }
         return sweep_result::GONE;
     }

@@ -60,7 +60,8 @@ pub struct Pending6 {
     pub flags: u32,
     pub backend: u32,
     pub new: u32,
-    pub _pad2: u32,
+    /// 1 if the new connection was recorded in `EMBRYO` (`conntrack::Flow::embryo`).
+    pub embryo: u32,
 }
 
 #[map(name = "LB_PENDING6")]
@@ -151,7 +152,17 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
             return Err(Verdict::Drop(cnt::DROP_TAIL_CALL));
         }
     };
-    forward(ctx, &pkt, svc.id, flow.backend, flow.new, now, epoch, flags)
+    forward(
+        ctx,
+        &pkt,
+        svc.id,
+        flow.backend,
+        flow.new,
+        flow.embryo,
+        now,
+        epoch,
+        flags,
+    )
 }
 
 /// Sends a packet of connection (`backend`, `new`) on its way (`crate::forward` for IPv6).
@@ -163,6 +174,7 @@ fn forward(
     svc_id: u32,
     backend: u32,
     new: bool,
+    embryo: bool,
     now: u64,
     epoch: u32,
     flags: u32,
@@ -193,7 +205,7 @@ fn forward(
             dr::set_macs(pkt.eth, &be.dmac, &be.smac);
             dr::out(ctx, be.ifindex)
         }
-        fwd_mode::NAT => crate::nat6::request(ctx, pkt, be, backend, new, now, epoch),
+        fwd_mode::NAT => crate::nat6::request(ctx, pkt, be, backend, new, embryo, now, epoch),
         fwd_mode::TUN => crate::tun6::encap(ctx, pkt, be),
         _ => Err(Verdict::Drop(cnt::DROP_INTERNAL)),
     }
@@ -220,6 +232,7 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
         Ok(flow) => {
             s.backend = flow.backend;
             s.new = flow.new as u32;
+            s.embryo = flow.embryo as u32;
             SCHEDULED
         }
         Err(v) => verdict(Err(v)),
@@ -242,6 +255,7 @@ fn forward_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
             s.svc.id,
             s.backend,
             s.new != 0,
+            s.embryo != 0,
             s.now,
             s.epoch,
             s.flags,

@@ -504,3 +504,411 @@ mod daemon_sweep {
         );
     }
 }
+
+/// A SYN without a connection probes only the connection table; the embryonic one is probed
+/// by the insert. A retransmitted SYN of an embryo therefore reaches the scheduler, loses the
+/// insert, and must come out as if it had been found: its server, not counted again, the rr
+/// cursor not moved, the embryo refreshed; and it keeps its server when no server is
+/// schedulable any more (weight 0), as every packet of a connection does.
+#[test]
+fn a_retransmitted_syn_of_an_embryo_is_the_same_connection() {
+    let mut f = Fixture::with_table(web_rr(), 65536);
+    let a = client(1);
+    let n = f.forwarded_to(&seg(a, TCP_SYN));
+    for _ in 0..3 {
+        assert_eq!(f.forwarded_to(&seg(a, TCP_SYN)), n, "retransmitted SYN");
+    }
+    assert_eq!(f.counter("embryo_new"), 1, "one embryo");
+    let snap = f.dp().snapshot(None, &Default::default());
+    assert_eq!(snap.services[0].stats.conns, 1, "one connection counted");
+    // rr moved once: the next client gets the other server.
+    let b = client(2);
+    let m = f.forwarded_to(&seg(b, TCP_SYN));
+    assert_ne!(m, n, "rr after one connection and three retransmissions");
+    // No server schedulable: the embryos' retransmissions still reach theirs.
+    let mut quiet = f.model.clone();
+    for d in quiet.services.values_mut().flat_map(|s| s.dests.iter_mut()) {
+        d.weight = 0;
+    }
+    f.set(quiet);
+    assert_eq!(
+        f.forwarded_to(&seg(a, TCP_SYN)),
+        n,
+        "an embryo's SYN at weight 0"
+    );
+    assert_eq!(
+        f.forwarded_to(&seg(b, TCP_SYN)),
+        m,
+        "an embryo's SYN at weight 0"
+    );
+    let out = f.run(&seg(client(3), TCP_SYN));
+    assert_eq!(
+        out.action,
+        lb_tests::xdp_run::XDP_DROP,
+        "a new client at weight 0: {out:?}"
+    );
+    // And the handshakes complete where they started.
+    assert_eq!(f.forwarded_to(&seg(a, TCP_ACK)), n);
+    assert_eq!(f.forwarded_to(&seg(b, TCP_ACK)), m);
+    assert_eq!(f.counter("embryo_promoted"), 2);
+}
+
+/// NAT connections are embryonic too: the request entry and its reply entry start in the
+/// embryonic table and move to the connection table together, so a flood of spoofed SYNs on
+/// a NAT service cannot evict an established NAT connection either.
+mod nat_embryos {
+    use std::{collections::HashMap, net::Ipv4Addr};
+
+    use lb_ctl::{
+        dataplane::{Dataplane, Options, Paths, RsPath, StateTimeouts},
+        model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
+    };
+    use lb_tests::{
+        packet::{Frame, TCP_ACK, TCP_PSH, TCP_SYN},
+        routed::{CLIENT, CLIENT_MAC, INT_ADDR, Net, rs, rs_mac},
+        xdp_run::{self, Outcome, XDP_ABORTED, XDP_REDIRECT},
+    };
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+
+    /// A balancer in a routed director namespace (`lb_tests::routed`) with one NAT service,
+    /// rr over rs1 and rs2 on port 8080.
+    struct Nat {
+        net: Net,
+        dp: Option<Dataplane>,
+        _pins: lb_tests::PinDir,
+    }
+
+    impl Nat {
+        fn new(table: u32) -> Nat {
+            let pins = lb_tests::PinDir::new("ct-nat");
+            let dp = Dataplane::open(Options {
+                pin_dir: pins.path().to_path_buf(),
+                conn_table_size: table,
+                sched_table_size: 4096,
+                mh_table_size: 251,
+                persist_table_size: 4096,
+                ..Options::default()
+            })
+            .expect("loading the balancer (root, bpffs)");
+            let net = Net::new("ct-nat", &[], None);
+            let mut model = Model::default();
+            let key = ServiceKey {
+                proto: Protocol::Tcp,
+                addr: VIP,
+                port: 80,
+            };
+            model
+                .apply(&Op::AddService(ServiceConfig::new(key, Scheduler::Rr)))
+                .unwrap();
+            let mut paths = Paths::new();
+            for n in 1..=2 {
+                model
+                    .apply(&Op::AddDest(
+                        key,
+                        DestConfig::new(rs(n), 8080, Forward::Nat, 1),
+                    ))
+                    .unwrap();
+                paths.insert(
+                    rs(n),
+                    RsPath {
+                        ifindex: net.int,
+                        next_hop: rs(n),
+                        smac: net.int_mac,
+                        dmac: Some(rs_mac(n)),
+                        tun_src: INT_ADDR,
+                        mtu: 1500,
+                    },
+                );
+            }
+            let mut f = Nat {
+                net,
+                dp: Some(dp),
+                _pins: pins,
+            };
+            f.dp().sync(&model, &paths).expect("sync");
+            f
+        }
+
+        fn dp(&mut self) -> &mut Dataplane {
+            self.dp.as_mut().expect("open")
+        }
+
+        fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
+            let prog = self.dp.as_ref().expect("open").program().expect("program");
+            let out = self
+                .net
+                .ns
+                .enter(|| xdp_run::run_xdp(prog, frame, 1, ifindex))
+                .expect("BPF_PROG_TEST_RUN");
+            assert_ne!(out.action, XDP_ABORTED, "aborted on {frame:02x?}");
+            out
+        }
+
+        /// A client's segment: the real server (1 or 2) it was DNATed to.
+        fn request(&mut self, src: Ipv4Addr, sport: u16, flags: u8) -> u8 {
+            let frame =
+                Frame::tcp(src, sport, VIP, 80, flags, b"").eth(self.net.ext_mac, CLIENT_MAC);
+            let ext = self.net.ext;
+            let out = self.run_on(ext, &frame);
+            assert_eq!(
+                out.action, XDP_REDIRECT,
+                "{src}:{sport} flags {flags:#x}: {out:?}"
+            );
+            let dst = Ipv4Addr::new(out.data[30], out.data[31], out.data[32], out.data[33]);
+            assert_eq!(&out.data[36..38], &8080u16.to_be_bytes(), "DNAT port");
+            (1..=2)
+                .find(|n| rs(*n) == dst)
+                .unwrap_or_else(|| panic!("{src}:{sport} DNATed to {dst}"))
+        }
+
+        /// Real server `n`'s segment to a client, as it leaves the director.
+        fn reply(&mut self, n: u8, dst: Ipv4Addr, dport: u16, flags: u8) -> Outcome {
+            let frame =
+                Frame::tcp(rs(n), 8080, dst, dport, flags, b"").eth(self.net.int_mac, rs_mac(n));
+            let int = self.net.int;
+            self.run_on(int, &frame)
+        }
+
+        /// Asserts real server `n`'s reply to `CLIENT:port` is SNATed back to the VIP.
+        fn reply_snated(&mut self, n: u8, port: u16, flags: u8, what: &str) {
+            let out = self.reply(n, CLIENT, port, flags);
+            assert_eq!(out.action, XDP_REDIRECT, "{what}: {out:?}");
+            assert_eq!(&out.data[26..30], &VIP.octets(), "{what}: SNAT source");
+            assert_eq!(&out.data[34..36], &80u16.to_be_bytes(), "{what}: SNAT port");
+        }
+
+        fn counter(&mut self, name: &str) -> u64 {
+            self.dp()
+                .counters()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("no counter {name}"))
+                .1
+        }
+
+        /// `-Lnc`'s states, counted.
+        fn states(&mut self) -> HashMap<String, usize> {
+            let mut m = HashMap::new();
+            for c in self.dp().conns(&StateTimeouts::default()) {
+                *m.entry(c.state).or_default() += 1;
+            }
+            m
+        }
+
+        /// (ActiveConn, InActConn) summed over the real servers, as `-Ln` shows them.
+        fn counts(&mut self) -> (u32, u32) {
+            let snap = self.dp().snapshot(None, &Default::default());
+            snap.services[0]
+                .dests
+                .iter()
+                .fold((0, 0), |a, d| (a.0 + d.active_conns, a.1 + d.inact_conns))
+        }
+    }
+
+    impl Drop for Nat {
+        fn drop(&mut self) {
+            // Before `_pins` removes the pins.
+            if let Some(dp) = self.dp.take() {
+                let _ = dp.shutdown(false);
+            }
+        }
+    }
+
+    /// Opens a NAT connection from `CLIENT:port`: SYN, the real server's SYN-ACK, the client's
+    /// ACK. Returns its real server.
+    fn handshake(f: &mut Nat, port: u16) -> u8 {
+        let n = f.request(CLIENT, port, TCP_SYN);
+        f.reply_snated(n, port, TCP_SYN | TCP_ACK, "SYN-ACK");
+        assert_eq!(f.request(CLIENT, port, TCP_ACK), n, "ACK of {port}");
+        n
+    }
+
+    /// A NAT connection waits in the embryonic table with its reply entry (the real server's
+    /// SYN-ACK is SNATed from there), is listed and counted once, moves with the client's ACK,
+    /// and embryos that never complete expire with their reply entries, counts exact.
+    #[test]
+    fn nat_embryos_are_listed_counted_promoted_and_expired_exactly() {
+        const EMB: u16 = 300;
+        let mut f = Nat::new(65536);
+        // 300 embryos, every third answered by its real server (still SYN_RECV).
+        let mut of = HashMap::new();
+        for i in 0..EMB {
+            let port = 20000 + i;
+            let n = f.request(CLIENT, port, TCP_SYN);
+            if i % 3 == 0 {
+                f.reply_snated(n, port, TCP_SYN | TCP_ACK, "SYN-ACK of an embryo");
+            }
+            of.insert(port, n);
+        }
+        assert_eq!(f.counter("embryo_new"), EMB as u64);
+        assert_eq!(f.counter("nat_reply_clash"), 0);
+        let r = f.dp().sweep().expect("sweep");
+        assert_eq!(
+            (r.entries, r.embryonic, r.expired),
+            (0, 2 * EMB as usize, 0),
+            "request and reply entries of every embryo in the embryonic table: {r:?}"
+        );
+        assert_eq!(
+            f.states(),
+            HashMap::from([("SYN_RECV".to_string(), EMB as usize)])
+        );
+        assert_eq!(
+            f.counts(),
+            (EMB as u32, 0),
+            "SYN_RECV counts as ActiveConn (IPVS)"
+        );
+
+        // One established connection besides, and 100 of the embryos complete.
+        let est = handshake(&mut f, 40000);
+        for i in 0..100 {
+            let port = 20000 + i;
+            assert_eq!(f.request(CLIENT, port, TCP_ACK), of[&port]);
+        }
+        assert_eq!(f.counter("embryo_promoted"), 101);
+        let r = f.dp().sweep().expect("sweep");
+        assert_eq!(
+            (r.entries, r.embryonic),
+            (2 * 101, 2 * (EMB as usize - 100)),
+            "both entries of a connection moved together: {r:?}"
+        );
+        assert_eq!(f.counts(), (101 + EMB as u32 - 100, 0));
+        // Promoted replies are SNATed from the connection table.
+        for i in (0..100).step_by(7) {
+            let port = 20000 + i;
+            f.reply_snated(of[&port], port, TCP_ACK, "reply of a promoted connection");
+        }
+        f.reply_snated(est, 40000, TCP_ACK, "reply of the established connection");
+
+        // SYN_RECV times out after 1 s: the 200 embryos go, reply entries with them.
+        let mut t = StateTimeouts::default();
+        t.tcp[lb_common::tcp_state::SYN_RECV as usize] = 1;
+        f.dp().set_timeouts(&t).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Keep the 101 established ones fresh.
+        f.dp().tick_clock().unwrap();
+        let r = f.dp().sweep().expect("sweep");
+        assert_eq!(
+            r.embryonic_expired,
+            EMB as usize - 100,
+            "embryos expired (each with its reply entry): {r:?}"
+        );
+        let r = f.dp().sweep().expect("sweep");
+        assert_eq!((r.entries, r.embryonic), (2 * 101, 0), "{r:?}");
+        assert_eq!(f.counts(), (101, 0));
+        assert_eq!(
+            f.states(),
+            HashMap::from([("ESTABLISHED".to_string(), 101)])
+        );
+        // An expired embryo's late ACK finds nothing (the stack answers it, as IPVS would).
+        let before = f.counter("pass_no_conn");
+        let frame = Frame::tcp(CLIENT, 20299, VIP, 80, TCP_ACK, b"").eth(f.net.ext_mac, CLIENT_MAC);
+        let ext = f.net.ext;
+        let out = f.run_on(ext, &frame);
+        assert_eq!(out.action, xdp_run::XDP_PASS, "{out:?}");
+        assert_eq!(f.counter("pass_no_conn"), before + 1);
+    }
+
+    /// issue 9 for NAT: a 64K table, 10,000 established NAT connections, then 1M SYNs from
+    /// distinct spoofed sources (every 16th answered by its real server): every established
+    /// connection still goes to its real server both ways, and a new client is served.
+    #[test]
+    fn syn_flood_ten_times_the_table_costs_no_established_nat_connection() {
+        const TABLE: u32 = 65536;
+        const ESTABLISHED: u16 = 10_000;
+        const FLOOD: u32 = 1_000_000;
+        let mut f = Nat::new(TABLE);
+        let port = |i: u16| 10000 + i;
+        let backend: Vec<u8> = (0..ESTABLISHED)
+            .map(|i| handshake(&mut f, port(i)))
+            .collect();
+        assert_eq!(f.counter("embryo_promoted"), ESTABLISHED as u64);
+
+        let before_clash = f.counter("nat_reply_clash");
+        // In the namespace once for the whole flood (entering it costs more than a run).
+        let prog = f.dp.as_ref().expect("open").program().expect("program");
+        let (ext, int, ext_mac, int_mac) = (f.net.ext, f.net.int, f.net.ext_mac, f.net.int_mac);
+        f.net.ns.enter(|| {
+            for j in 0..FLOOD {
+                let src = Ipv4Addr::from(0xc612_0000 | (j & 0x1_ffff));
+                let sport = 1024 + (j >> 17) as u16;
+                let syn = Frame::tcp(src, sport, VIP, 80, TCP_SYN, b"").eth(ext_mac, CLIENT_MAC);
+                let out = xdp_run::run_xdp(prog, &syn, 1, ext).expect("BPF_PROG_TEST_RUN");
+                assert_eq!(
+                    out.action, XDP_REDIRECT,
+                    "spoofed SYN {j} ({src}:{sport}): {out:?}"
+                );
+                if j % 16 == 0 {
+                    // Its SYN-ACK is SNATed, then finds no route to the spoofed source.
+                    let n = out.data[33] - 10;
+                    let synack = Frame::tcp(rs(n), 8080, src, sport, TCP_SYN | TCP_ACK, b"")
+                        .eth(int_mac, rs_mac(n));
+                    let out = xdp_run::run_xdp(prog, &synack, 1, int).expect("BPF_PROG_TEST_RUN");
+                    assert!(
+                        out.action != XDP_REDIRECT && out.action != XDP_ABORTED,
+                        "a reply to {src} has no way out: {out:?}"
+                    );
+                }
+            }
+        });
+        assert_eq!(
+            f.counter("embryo_new"),
+            ESTABLISHED as u64 + FLOOD as u64,
+            "every SYN opened an embryonic connection"
+        );
+        assert_eq!(f.counter("nat_reply_clash"), before_clash);
+
+        let mut lost = Vec::new();
+        for (i, n) in backend.iter().enumerate() {
+            let p = port(i as u16);
+            let frame = Frame::tcp(CLIENT, p, VIP, 80, TCP_ACK | TCP_PSH, b"")
+                .eth(f.net.ext_mac, CLIENT_MAC);
+            let ext = f.net.ext;
+            let out = f.run_on(ext, &frame);
+            let to = out
+                .data
+                .get(30..34)
+                .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            if out.action != XDP_REDIRECT || to != Some(rs(*n)) {
+                lost.push((p, *n, out.action, "request"));
+                continue;
+            }
+            let out = f.reply(*n, CLIENT, p, TCP_ACK | TCP_PSH);
+            if out.action != XDP_REDIRECT || out.data[26..30] != VIP.octets() {
+                lost.push((p, *n, out.action, "reply"));
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "{} of {ESTABLISHED} established NAT connections lost to the flood, first: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+
+        // A new legitimate client is still served, both ways.
+        let n = handshake(&mut f, 40000);
+        f.reply_snated(n, 40000, TCP_ACK | TCP_PSH, "the new client's data");
+        let r = f.dp().sweep().expect("sweep");
+        assert_eq!(
+            r.entries,
+            2 * (ESTABLISHED as usize + 1),
+            "the connection table holds the established ones and the new client, each with \
+             its reply entry ({r:?})"
+        );
+        let embryo_size = f.dp().embryo_table_size() as usize;
+        assert!(
+            r.embryonic > 0 && r.embryonic <= embryo_size,
+            "the flood stays within the embryonic table ({r:?}, size {embryo_size})"
+        );
+        // ActiveConn: the established ones, the new client and the flood's embryos that are
+        // left (SYN_RECV is active, as in IPVS), each listed once.
+        let states = f.states();
+        let syn_recv = states.get("SYN_RECV").copied().unwrap_or(0);
+        assert_eq!(states.get("ESTABLISHED"), Some(&(ESTABLISHED as usize + 1)));
+        assert_eq!(
+            f.counts(),
+            (ESTABLISHED as u32 + 1 + syn_recv as u32, 0),
+            "ActiveConn/InActConn over both servers ({states:?})"
+        );
+    }
+}

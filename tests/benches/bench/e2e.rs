@@ -631,10 +631,10 @@ pub fn run(report: &mut Report) {
     let pins = lb_tests::PinDir::new("e2e");
     let mut dp = Dataplane::open(Options {
         pin_dir: pins.path().to_path_buf(),
-        // The connections are opened with SYNs (DR and TUN ones wait in the embryonic
-        // table until the measured ACKs move them on), all on the director's one receive
-        // CPU, whose share of the embryonic table is its size / CPUs: by default (a quarter
-        // of 1M, 128K a CPU here) smaller than DR's and TUN's 131,072 flows together, so
+        // The connections are opened with SYNs (and wait in the embryonic table until the
+        // setup's ACKs move them on), all on the director's one receive CPU, whose share of
+        // the embryonic table is its size / CPUs: by default (a quarter of 1M, 128K a CPU
+        // here) smaller than 131,072 flows of one service (NAT's take two entries each), so
         // the LRU would evict some before their first ACK, which the stack then gets.
         embryo_table_size: 1 << 20,
         ..Options::default()
@@ -758,10 +758,11 @@ pub fn run(report: &mut Report) {
                 "{vip}: connections opened for {flows} flows; counters: {:?}",
                 counters(&dp)
             );
-            // DR and TUN connections opened by a SYN wait in the embryonic table until the
-            // client's next packet: one ACK per flow moves them to the connection table
-            // now, so that the measurement sees established flows only (and no promotion).
-            if vip != NAT_VIP {
+            // Connections opened by a SYN (NAT ones with their reply entries) wait in the
+            // embryonic table until the client's next packet: one ACK per flow moves them to
+            // the connection table now, so that the measurement sees established flows only
+            // (and no promotion).
+            {
                 let mut promoted = 0;
                 for _ in 0..10 {
                     let before = counters(&dp)["embryo_promoted"];
