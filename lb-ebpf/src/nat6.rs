@@ -5,7 +5,7 @@
 //! with none left, or too big for the path, gets the ICMPv6 error a router sends (Time
 //! Exceeded, Packet Too Big: IPv6 routers never fragment).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, Backend, Conn, NatHop, cnt, conn_flags, proto, tcp_state};
 
 use crate::{
@@ -302,8 +302,7 @@ pub fn reply(
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
                 if f_embryo && next != tcp_state::SYN_RECV {
-                    let v = *f;
-                    crate::conntrack::promote(&fwd_key, &v);
+                    promote(&fwd_key, f);
                 }
             }
         }
@@ -336,4 +335,13 @@ pub fn reply(
         None => return Err(Verdict::Pass(cnt::PASS_NO_NEIGH)),
     };
     Ok((action, be.svc_id, backend))
+}
+
+/// `conntrack::promote` for the reply path, in a frame of its own: inlined, its locals on
+/// top of `lb_xdp6`'s (an IPv6 packet and key are twice IPv4's) overflow the 512-byte stack.
+#[inline(never)]
+fn promote(key: &lb_common::FlowKey, c: *mut lb_common::Conn) {
+    // SAFETY: a pointer into the map value, copied at once (16 bytes).
+    let v = unsafe { *c };
+    crate::conntrack::promote(key, &v);
 }
