@@ -243,11 +243,12 @@ pub fn l4_ok(p: &Ip6) -> bool {
 // ---------------------------------------------------------------------------------------
 // An IPv6 service in a loaded balancer's pinned maps.
 
-/// Ids and scheduling-table room the IPv6 services take, clear of what `Dataplane::sync`
-/// hands out for the IPv4 ones of the same test (ids from 1, tables from slot 0).
+/// Ids the IPv6 services take, clear of what `Dataplane::sync` hands out for the IPv4 ones
+/// of the same test (from 1 up); their scheduling tables go at the top of the shared table
+/// (600 slots each, from the end down), clear of the IPv4 services' regions (from slot 0).
 pub const FIRST_SVC_ID: u32 = 4000;
 pub const FIRST_BACKEND: u32 = 100_000;
-pub const TABLE_BASE: u32 = 60_000;
+const TABLE_ROOM: u32 = 600;
 
 /// A real server of an IPv6 service, as the control plane resolves it.
 #[derive(Clone, Debug)]
@@ -295,7 +296,8 @@ pub fn install(pins: &Path, s: &Svc) -> Vec<u32> {
     settings.set(0, st, 0).unwrap();
     let id = FIRST_SVC_ID + s.index;
     let n = s.dests.len() as u32;
-    let base = TABLE_BASE + s.index * 600;
+    let mut table: Array<_, u32> = array(pins, lb_common::maps::SCHED_TABLE);
+    let base = table.len() - (s.index + 1) * TABLE_ROOM;
     let svc = Service {
         id,
         sched: s.sched,
@@ -313,7 +315,6 @@ pub fn install(pins: &Path, s: &Svc) -> Vec<u32> {
         ..Service::default()
     };
     let mut backends: Array<_, Backend> = array(pins, lb_common::maps::BACKENDS);
-    let mut table: Array<_, u32> = array(pins, lb_common::maps::SCHED_TABLE);
     let mut nat_rs: Array<_, SvcSlot> = array(pins, lb_common::maps::NAT_RS);
     let mut ids = Vec::new();
     for (i, d) in s.dests.iter().enumerate() {

@@ -89,6 +89,23 @@ pub fn run(report: &mut Report) {
         ns.ip(&["link", "set", i, "up"]);
     }
     ns.sysctls(&[("net.ipv4.ip_forward", "1")]);
+    // IPv6 beside it (the DR6/NAT6/TUN6 rows): the same topology in 2001:db8::/32.
+    ns.sysctls(&[("net.ipv6.conf.all.forwarding", "1")]);
+    ns.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "ext", "nodad"]);
+    ns.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "int", "nodad"]);
+    ns.neigh_permanent("2001:db8:c::7", "02:00:00:00:00:07", "ext");
+    ns.neigh_permanent("2001:db8:1::11", "02:00:00:00:10:01", "int");
+    ns.neigh_permanent("2001:db8:1::fe", "02:00:00:00:00:fe", "int");
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:f::/48",
+        "via",
+        "2001:db8:1::fe",
+        "dev",
+        "int",
+    ]);
     ns.neigh_permanent("192.0.2.11", "02:00:00:00:10:01", "int");
     ns.neigh_permanent("192.0.2.254", "02:00:00:00:00:fe", "int");
     ns.neigh_permanent("198.51.100.7", "02:00:00:00:00:07", "ext");
@@ -191,7 +208,90 @@ pub fn run(report: &mut Report) {
         }
     }
     dp.sync(&model, &paths).expect("sync");
+    // The IPv6 services, written as the layout-5 contract says the control plane writes
+    // them (lb_tests::v6), each real server resolved (NDP) as `paths` does for IPv4.
+    let v6 = lb_tests::v6::v6;
+    let (vip6_dr, vip6_nat, vip6_tun) = (
+        v6("2001:db8::100"),
+        v6("2001:db8::101"),
+        v6("2001:db8::102"),
+    );
+    let client6 = v6("2001:db8:c::7");
+    for (index, vip, fwd, rs, ifindex, smac, dmac) in [
+        (
+            0,
+            vip6_dr,
+            lb_common::fwd::DR,
+            v6("2001:db8:c::11"),
+            ext,
+            ext_mac,
+            RS_MAC,
+        ),
+        (
+            1,
+            vip6_nat,
+            lb_common::fwd::NAT,
+            v6("2001:db8:1::11"),
+            int,
+            int_mac,
+            RS_MAC,
+        ),
+        (
+            2,
+            vip6_tun,
+            lb_common::fwd::TUN,
+            v6("2001:db8:f::11"),
+            int,
+            int_mac,
+            ROUTER_MAC,
+        ),
+    ] {
+        lb_tests::v6::install(
+            &pin_dir,
+            &lb_tests::v6::Svc {
+                index,
+                vip,
+                port: 80,
+                proto: lb_common::proto::TCP,
+                sched: lb_common::sched::RR,
+                fwd,
+                persist_plen: None,
+                tun_src: v6("2001:db8:1::1"),
+                dests: vec![lb_tests::v6::Dest {
+                    addr: rs,
+                    port: 80,
+                    ifindex,
+                    dmac,
+                    smac,
+                    mtu: 1500,
+                }],
+            },
+        );
+    }
     let lb = dp.program().expect("the balancer program");
+    let from_client6 = |vip, flags| {
+        lb_tests::v6::frame6_eth(
+            [2, 0, 0, 0, 0, 2],
+            CLIENT_MAC,
+            client6,
+            vip,
+            64,
+            &[],
+            lb_common::proto::TCP,
+            &lb_tests::v6::tcp_seg_with(client6, 40000, vip, 80, flags, b""),
+        )
+    };
+    let rs6 = v6("2001:db8:1::11");
+    let reply6 = lb_tests::v6::frame6_eth(
+        [2, 0, 0, 0, 0, 3],
+        RS_MAC,
+        rs6,
+        client6,
+        64,
+        &[],
+        lb_common::proto::TCP,
+        &lb_tests::v6::tcp_seg_with(rs6, 80, client6, 40000, TCP_ACK, b""),
+    );
     let from_client = |vip, flags| {
         Frame::tcp(CLIENT, 40000, vip, 80, flags, b"").eth([2, 0, 0, 0, 0, 2], CLIENT_MAC)
     };
@@ -215,6 +315,15 @@ pub fn run(report: &mut Report) {
     for vip in [DR_VIP, NAT_VIP, TUN_VIP] {
         for flags in [TCP_SYN, TCP_ACK] {
             let out = run(lb, &from_client(vip, flags), ext, 1);
+            assert!(
+                [XDP_TX, XDP_REDIRECT].contains(&out.action),
+                "{vip}: {out:?}"
+            );
+        }
+    }
+    for vip in [vip6_dr, vip6_nat, vip6_tun] {
+        for flags in [TCP_SYN, TCP_ACK] {
+            let out = run(lb, &from_client6(vip, flags), ext, 1);
             assert!(
                 [XDP_TX, XDP_REDIRECT].contains(&out.action),
                 "{vip}: {out:?}"
@@ -340,6 +449,47 @@ pub fn run(report: &mut Report) {
             one(other),
             ext,
             XDP_PASS,
+        ),
+        // IPv6: lb_xdp's tail call to lb_xdp6 included.
+        case(
+            "DR6, established flow",
+            false,
+            lb,
+            one(from_client6(vip6_dr, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "DR6, established flow",
+            true,
+            lb,
+            one(from_client6(vip6_dr, TCP_ACK)),
+            ext,
+            XDP_TX,
+        ),
+        case(
+            "NAT6 request, established",
+            true,
+            lb,
+            one(from_client6(vip6_nat, TCP_ACK)),
+            ext,
+            XDP_REDIRECT,
+        ),
+        case(
+            "NAT6 reply, established",
+            true,
+            lb,
+            one(reply6),
+            int,
+            XDP_REDIRECT,
+        ),
+        case(
+            "TUN6 encap, established",
+            true,
+            lb,
+            one(from_client6(vip6_tun, TCP_ACK)),
+            ext,
+            XDP_REDIRECT,
         ),
     ];
     // The connection table, opened by its pin: each round starts with only the established
