@@ -1,4 +1,5 @@
-//! The XDP balancer: LVS forwarding (DR, NAT, TUN) for IPv4 TCP/UDP virtual services.
+//! The XDP balancer: LVS forwarding (DR, NAT, TUN) for IPv4 TCP/UDP virtual services (and,
+//! in programs of their own reached by tail call, IPv6 ones: v6.rs).
 //!
 //! `lb_xdp` forwards packets of known connections; a packet that opens one goes by tail call
 //! to `lb_new` with what `lb_xdp` learnt about it (`maps::Pending`), which schedules,

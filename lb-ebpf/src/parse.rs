@@ -1,10 +1,10 @@
 //! Header parsing: one bounds-checked accessor and the fields the balancer needs.
 //!
 //! Scope: Ethernet II without VLAN tags, IPv4 with or without options, TCP, UDP and ICMP
-//! errors. IPv6 goes to `lb_xdp6` (v6.rs, parse6.rs); VLAN-tagged frames and ARP are passed to the stack. Fragments carry no L4
-//! header past the first, so no flow can be matched on them: they are passed to the stack
-//! (counted). Lengths come from the IPv4 total length, never from the frame's (which may
-//! carry Ethernet padding).
+//! errors. IPv6 goes to `lb_xdp6` (v6.rs, parse6.rs); VLAN-tagged frames and ARP are passed
+//! to the stack. Fragments carry no L4 header past the first, so no flow can be matched on
+//! them: they are passed to the stack (counted). Lengths come from the IPv4 total length,
+//! never from the frame's (which may carry Ethernet padding).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{cnt, proto};
@@ -69,7 +69,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     // SAFETY: bounds checked by ptr_at.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     if ether_type != ETH_P_IP {
-        // IPv6 goes to its own program (v6.rs), which does not come back.
+        // IPv6 goes to its own program (v6.rs) and does not come back, unless that program
+        // is not loaded (then it passes, as before IPv6 was balanced).
         if ether_type == crate::parse6::ETH_P_IPV6 {
             crate::v6::enter(ctx);
         }

@@ -889,3 +889,107 @@ fn lb_decap_accepts_ipv6_in_ipv6_for_its_vips() {
         assert_eq!((out.action, &out.data), (XDP_PASS, &frame), "{what}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The IPv6 programs broken on purpose.
+
+/// `lb_xdp6` and `lb_new6` taken out of the program array (as a control plane of an older
+/// layout would leave it, or a load that failed half-way): IPv6 new connections are dropped
+/// and counted, then every IPv6 frame passes untouched, while IPv4 keeps being forwarded,
+/// established flows and new ones alike.
+#[test]
+fn without_the_ipv6_programs_ipv4_keeps_forwarding() {
+    use lb_ctl::{
+        dataplane::{Paths, RsPath},
+        model::{DestConfig, Forward, Model, Scheduler, ServiceConfig, ServiceKey},
+    };
+    use std::net::Ipv4Addr;
+    let pins = lb_tests::PinDir::new("v6dp-progs");
+    let mut dp = Dataplane::open(Options {
+        pin_dir: pins.path().to_path_buf(),
+        conn_table_size: 4096,
+        sched_table_size: 1 << 16,
+        mh_table_size: 251,
+        persist_table_size: 4096,
+        ..Options::default()
+    })
+    .expect("loading the balancer (root, bpffs)");
+    let (vip4, rs4) = (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 11));
+    let mut m = Model::default();
+    m.add(
+        ServiceConfig::new(ServiceKey::tcp(vip4, 80), Scheduler::Rr),
+        [DestConfig::new(rs4, 80, Forward::Dr, 1)],
+    )
+    .unwrap();
+    let mut paths = Paths::new();
+    paths.insert(
+        rs4,
+        RsPath {
+            ifindex: 1,
+            next_hop: rs4,
+            smac: DIRECTOR_MAC,
+            dmac: Some(rs_mac(11)),
+            ..RsPath::default()
+        },
+    );
+    dp.sync(&m, &paths).expect("sync");
+    // The IPv6 service after the sync (which flips the live half).
+    v6::install(
+        pins.path(),
+        &v6::Svc {
+            index: 0,
+            vip: vip(),
+            port: 80,
+            proto: proto::TCP,
+            sched: sched::RR,
+            fwd: fwd::DR,
+            persist_plen: None,
+            tun_src: tun_src(),
+            dests: vec![v6::Dest {
+                addr: rs(1),
+                port: 80,
+                ifindex: 1,
+                dmac: rs_mac(1),
+                smac: DIRECTOR_MAC,
+                mtu: 0,
+            }],
+        },
+    );
+    let f = Fixture { dp: Some(dp), pins };
+    let tcp4 = |sport, flags| {
+        lb_tests::packet::Frame::tcp(Ipv4Addr::new(198, 51, 100, 7), sport, vip4, 80, flags, b"")
+            .eth(DIRECTOR_MAC, ROUTER_MAC)
+    };
+    assert_eq!(f.dr_to(&tcp4(1000, TCP_SYN)), 11);
+    assert_eq!(f.dr_to(&syn(1000)), 1);
+    assert_eq!(f.dr_to(&tcp6(1000, TCP_ACK, &[])), 1);
+
+    let progs = aya::maps::MapData::from_pin(pins_maps(&f).join(lb_common::maps::PROGS)).unwrap();
+    let mut progs = aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(progs)).unwrap();
+    progs.clear_index(&lb_common::prog_index::NEW6).unwrap();
+    let out = f.run(&syn(1001));
+    assert_eq!(
+        out.action, XDP_DROP,
+        "a new IPv6 connection without lb_new6: {out:?}"
+    );
+    assert_eq!(f.counter("drop_tail_call"), 1);
+    assert_eq!(
+        f.dr_to(&tcp6(1000, TCP_ACK, &[])),
+        1,
+        "established IPv6 flows go on"
+    );
+    assert_eq!(f.dr_to(&tcp4(1000, TCP_ACK)), 11);
+    assert_eq!(f.dr_to(&tcp4(1001, TCP_SYN)), 11);
+
+    progs.clear_index(&lb_common::prog_index::XDP6).unwrap();
+    let before = f.counter("pass_not_ipv4");
+    f.passed_untouched(&tcp6(1000, TCP_ACK, &[]), "IPv6 without lb_xdp6");
+    f.passed_untouched(&syn(1002), "IPv6 without lb_xdp6");
+    assert_eq!(f.counter("pass_not_ipv4"), before + 2);
+    assert_eq!(f.dr_to(&tcp4(1000, TCP_ACK)), 11, "IPv4 established");
+    assert_eq!(f.dr_to(&tcp4(1002, TCP_SYN)), 11, "IPv4 new");
+}
+
+fn pins_maps(f: &Fixture) -> std::path::PathBuf {
+    f.pins.path().join("maps")
+}
