@@ -595,7 +595,7 @@ mod nat_embryos {
             let mut model = Model::default();
             let key = ServiceKey {
                 proto: Protocol::Tcp,
-                addr: VIP,
+                addr: VIP.into(),
                 port: 80,
             };
             model
@@ -610,13 +610,13 @@ mod nat_embryos {
                     ))
                     .unwrap();
                 paths.insert(
-                    rs(n),
+                    rs(n).into(),
                     RsPath {
                         ifindex: net.int,
-                        next_hop: rs(n),
+                        next_hop: rs(n).into(),
                         smac: net.int_mac,
                         dmac: Some(rs_mac(n)),
-                        tun_src: INT_ADDR,
+                        tun_src: INT_ADDR.into(),
                         mtu: 1500,
                     },
                 );

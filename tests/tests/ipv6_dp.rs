@@ -923,10 +923,10 @@ fn without_the_ipv6_programs_ipv4_keeps_forwarding() {
     .unwrap();
     let mut paths = Paths::new();
     paths.insert(
-        rs4,
+        rs4.into(),
         RsPath {
             ifindex: 1,
-            next_hop: rs4,
+            next_hop: rs4.into(),
             smac: DIRECTOR_MAC,
             dmac: Some(rs_mac(11)),
             ..RsPath::default()
