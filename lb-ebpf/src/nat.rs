@@ -380,9 +380,13 @@ pub fn reply(
         } else {
             (&CONNS, &EMBRYO)
         };
-        let (f, f_embryo) = match first.get_ptr_mut(&fwd_key) {
-            Some(f) => (Some(f), embryo),
-            None => (second.get_ptr_mut(&fwd_key), !embryo),
+        // An embryo the real server's packet took out of SYN_RECV (an ACK before the
+        // client's) keeps its new state where it is and moves to `CONNS` with the client's
+        // next packet (`conntrack::embryo`): moving it here too would put `conntrack::promote`
+        // on top of this program's stack, past the verifier's 512 bytes with the sync hooks.
+        let f = match first.get_ptr_mut(&fwd_key) {
+            Some(f) => Some(f),
+            None => second.get_ptr_mut(&fwd_key),
         };
         if let Some(f) = f {
             // SAFETY: pointer into the map value.
@@ -398,12 +402,6 @@ pub fn reply(
                 }
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
-                // The real server's packet took an embryonic connection out of SYN_RECV (an
-                // ACK before the client's): it moves now, as the client's ACK would move it.
-                if f_embryo && next != tcp_state::SYN_RECV {
-                    let v = *f;
-                    crate::conntrack::promote(&fwd_key, &v);
-                }
             }
         }
     }
@@ -449,3 +447,4 @@ pub fn reply(
     };
     Ok((action, be.svc_id, backend))
 }
+

@@ -283,9 +283,13 @@ pub fn reply(
         } else {
             (&CONNS, &EMBRYO)
         };
-        let (f, f_embryo) = match first.get_ptr_mut(&fwd_key) {
-            Some(f) => (Some(f), embryo),
-            None => (second.get_ptr_mut(&fwd_key), !embryo),
+        // An embryo the real server's packet took out of SYN_RECV (an ACK before the
+        // client's) keeps its new state where it is and moves to `CONNS` with the client's
+        // next packet (`conntrack::embryo`): moving it here too would put `conntrack::promote`
+        // on top of this program's stack, past the verifier's 512 bytes with the sync hooks.
+        let f = match first.get_ptr_mut(&fwd_key) {
+            Some(f) => Some(f),
+            None => second.get_ptr_mut(&fwd_key),
         };
         if let Some(f) = f {
             // SAFETY: pointer into the map value.
@@ -301,9 +305,6 @@ pub fn reply(
                 }
                 (*f).last_seen_ns = now;
                 (*c).flags = flags | conn_flags::OUTPUT_SEEN;
-                if f_embryo && next != tcp_state::SYN_RECV {
-                    promote(&fwd_key, f);
-                }
             }
         }
     }
@@ -337,11 +338,3 @@ pub fn reply(
     Ok((action, be.svc_id, backend))
 }
 
-/// `conntrack::promote` for the reply path, in a frame of its own: inlined, its locals on
-/// top of `lb_xdp6`'s (an IPv6 packet and key are twice IPv4's) overflow the 512-byte stack.
-#[inline(never)]
-fn promote(key: &lb_common::FlowKey, c: *mut lb_common::Conn) {
-    // SAFETY: a pointer into the map value, copied at once (16 bytes).
-    let v = unsafe { *c };
-    crate::conntrack::promote(key, &v);
-}

@@ -45,8 +45,17 @@ fn period(flags: u32) -> u16 {
 /// is woken once for every `WAKE_BYTES` of backlog the ring gains, never otherwise; it
 /// also looks every `SyncEvents` poll slice (20 ms, IPVS's own sync send delay), so a
 /// trickle of events waits at most that long.
+///
+/// `lb_xdp`'s callers (`seen`, `promoted`, `output_state`) inline it (`emit_here`): its
+/// frame on top of `lb_xdp`'s would pass the verifier's 512 bytes for all frames together.
 #[inline(never)]
 fn emit(key: &FlowKey, backend: u32, svc_id: u32, what: u32) -> u32 {
+    emit_here(key, backend, svc_id, what)
+}
+
+/// `emit`, inlined into its caller.
+#[inline(always)]
+fn emit_here(key: &FlowKey, backend: u32, svc_id: u32, what: u32) -> u32 {
     let before = SYNC_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let wake = if before / WAKE_BYTES != (before + EVENT_BYTES) / WAKE_BYTES {
         BPF_RB_FORCE_WAKEUP
@@ -123,7 +132,7 @@ pub fn seen(key: &FlowKey, c: *mut Conn, old: u8, svc_id: u32, now: u64, flags: 
     } else {
         return;
     };
-    if emit(key, backend, svc_id, pack(kind, state, cflags)) != 0 {
+    if emit_here(key, backend, svc_id, pack(kind, state, cflags)) != 0 {
         // SAFETY: as above.
         unsafe { (*c)._pad = now_stamp };
     }
@@ -135,7 +144,7 @@ pub fn seen(key: &FlowKey, c: *mut Conn, old: u8, svc_id: u32, now: u64, flags: 
 pub fn promoted(key: &FlowKey, v: &mut Conn, old: u8, svc_id: u32, now: u64, flags: u32) {
     if master(flags) && v.state != old {
         v._pad = stamp(now);
-        emit(
+        emit_here(
             key,
             v.backend,
             svc_id,
@@ -154,7 +163,7 @@ pub fn output_state(key: &FlowKey, c: *mut Conn, svc_id: u32) {
     }
     // SAFETY: a pointer into the map value, fields read one at a time.
     let (backend, state, cflags) = unsafe { ((*c).backend, (*c).state, (*c).flags) };
-    emit(key, backend, svc_id, pack(sync_event::STATE, state, cflags));
+    emit_here(key, backend, svc_id, pack(sync_event::STATE, state, cflags));
 }
 
 /// A persistence template of `key` (for a packet to `vaddr`, protocol `l4proto`) was
