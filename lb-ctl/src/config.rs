@@ -1303,6 +1303,10 @@ mod tests {
         let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
         assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
         assert_eq!(c.sync.daemons.len(), 1);
+        assert_eq!(
+            c.announce.as_ref().map(|a| (a.table, a.protocol)),
+            Some((100, 201))
+        );
         assert_eq!(c.director.conn_table_size, 2 * 1024 * 1024);
         assert_eq!(
             (c.director.sloppy_tcp, c.director.sloppy_sctp),
