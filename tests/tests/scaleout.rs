@@ -307,6 +307,28 @@ fn unhealthy_director_withdraws_and_killed_parts_change_nothing_else() {
     let mut site = Site::new(20);
     let mut conns = open(&site, 30);
 
+    // Garbage: a reload with a bad [announce] is refused with its line; the route stays.
+    let cfg = site.dir.join("dir3.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("table = 100", "table = 254")).unwrap();
+    let o = site.daemons[2].ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("dir3.toml:6:9: announce table 254 is the kernel's"),
+        "{err}"
+    );
+    std::fs::write(&cfg, good).unwrap();
+    assert_eq!(
+        site.daemons[2].status()["announce"]["vips"][0]["announced"],
+        true
+    );
+    assert_eq!(
+        site.lab.next_hops().len(),
+        3,
+        "a refused reload changed the routes"
+    );
+    talk_for(&mut conns, Duration::from_secs(1), "a refused reload");
+
     // dir3's checks fail: both real servers out, the VIP withdrawn.
     std::fs::remove_file(site.dir.join("healthy3")).unwrap();
     let t = wait_gone(&site, 3, "dir3 without a healthy real server");
