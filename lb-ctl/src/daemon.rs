@@ -1220,6 +1220,13 @@ impl Daemon {
                 Request::ListDaemon => Response::Daemons(self.sync_status()),
                 Request::Shutdown { .. } => Response::Ok,
                 Request::Drain { timeout_secs } => {
+                    // A raw request may carry any number: refused, not an overflow.
+                    if timeout_secs > crate::bgp::MAX_DRAIN_TIMEOUT.as_secs() {
+                        bail!(
+                            "drain timeout {timeout_secs} s out of range 0..{}",
+                            crate::bgp::MAX_DRAIN_TIMEOUT.as_secs()
+                        );
+                    }
                     self.start_drain(Duration::from_secs(timeout_secs)).await;
                     Response::Ok
                 }

@@ -247,6 +247,11 @@ fn sixty_connections_survive_a_director_leaving_rejoining_and_draining() {
     assert_eq!(site.digest(1), digests[0], "dir1's table after its restart");
 
     // dir2 drains: VIP withdrawn at once, forwarding until its timeout, then it stops.
+    // A timeout out of range is refused and changes nothing.
+    let o = site.daemons[1].ctl(&["drain", "--timeout", "18446744073709551615"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("out of range"), "{err}");
+    assert!(site.daemons[1].status()["draining"].is_null());
     site.daemons[1].ctl_ok(&["drain", "--timeout", "6"]);
     let st = site.daemons[1].status();
     assert!(

@@ -36,6 +36,9 @@ use crate::model::Model;
 /// How long `lb-ctl drain` (and SIGUSR1) waits for connections to end by default.
 pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The longest drain `lb-ctl drain --timeout` asks for (a day; IPVS's TCP timeout is 15 min).
+pub const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86400);
+
 /// `[announce]`, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnounceConfig {
