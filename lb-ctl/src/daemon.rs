@@ -214,6 +214,7 @@ struct Daemon {
     /// progress (when it gives up waiting for connections to end).
     announce: Option<crate::bgp::Announcer>,
     draining: Option<std::time::Instant>,
+    announce_ticks: u64,
 }
 
 /// The daemon's side of the health checker: its state, its thread (started when some
@@ -453,6 +454,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sync_config,
         announce,
         draining: None,
+        announce_ticks: 0,
     };
     d.announce_update().await;
     d.sync_tick();
@@ -876,9 +878,15 @@ impl Daemon {
         {
             log::warn!("updating real servers' next hops: {e:#}");
         }
-        // Also once a second: a route someone deleted by hand comes back, a failed add is
-        // tried again.
+        // Also once a second: a failed add or delete is tried again; and every RESYNC
+        // seconds the table is read back, so a route someone deleted by hand comes back.
         self.announce_update().await;
+        self.announce_ticks += 1;
+        if self.announce_ticks.is_multiple_of(crate::bgp::RESYNC)
+            && let Some(a) = self.announce.as_mut()
+        {
+            a.resync().await;
+        }
     }
 
     /// Applies a new model: check, resolve, sync; all or nothing.

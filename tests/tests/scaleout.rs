@@ -392,6 +392,22 @@ fn unhealthy_director_withdraws_and_killed_parts_change_nothing_else() {
     site.wait_hops(&[1, 2, 3], UP_BOUND, "dir1's BIRD restarted");
     talk_for(&mut conns, Duration::from_secs(1), "dir1's BIRD back");
 
+    // Someone deletes dir3's route by hand: the daemon puts it back (it reads the table
+    // every 10 s).
+    let t = TABLE.to_string();
+    site.lab.dirs[2].ip(&["route", "del", &format!("{VIP}/32"), "table", &t]);
+    site.wait_hops(&[1, 2], WITHDRAW_BOUND, "dir3's route deleted by hand");
+    let back = site.wait_hops(&[1, 2, 3], UP_BOUND, "dir3's route put back by its daemon");
+    eprintln!(
+        "dir3's route deleted by hand: back after {:.1} s",
+        back.as_secs_f64()
+    );
+    assert!(
+        site.daemons[2].log().contains("changed behind our back"),
+        "{}",
+        site.daemons[2].log()
+    );
+
     // dir2's daemon is killed: its route stays, its pinned data path keeps forwarding.
     site.daemons[1].kill();
     talk_for(
@@ -406,7 +422,6 @@ fn unhealthy_director_withdraws_and_killed_parts_change_nothing_else() {
     );
     // A stale route of ours (a VIP no longer configured) is in the table: the next daemon
     // removes it and keeps the VIP's.
-    let t = TABLE.to_string();
     site.lab.dirs[1].ip(&[
         "route",
         "add",

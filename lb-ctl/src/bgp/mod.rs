@@ -36,6 +36,9 @@ use crate::model::Model;
 /// How long `lb-ctl drain` (and SIGUSR1) waits for connections to end by default.
 pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Seconds between two reads of the announce table (see [`Announcer::resync`]).
+pub const RESYNC: u64 = 10;
+
 /// The longest drain `lb-ctl drain --timeout` asks for (a day; IPVS's TCP timeout is 15 min).
 pub const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86400);
 
@@ -347,6 +350,28 @@ impl Announcer {
                     self.cfg.table
                 )),
             }
+        }
+    }
+
+    /// Reads the table again and repairs it: a route someone deleted is put back, one
+    /// someone added with our protocol id is removed (every `RESYNC` seconds, and a dump of
+    /// every route is too dear for every second on a director with a full routing table).
+    pub async fn resync(&mut self) {
+        match self.in_kernel().await {
+            Ok(found) => {
+                if found != self.announced {
+                    log::warn!(
+                        "announce: table {} changed behind our back (found {found:?}, \
+                         expected {:?}); repairing",
+                        self.cfg.table,
+                        self.announced
+                    );
+                    self.announced = found;
+                }
+                let want = self.states.clone();
+                self.update(want).await;
+            }
+            Err(e) => self.failed(format!("reading table {}: {e:#}", self.cfg.table)),
         }
     }
 
