@@ -50,6 +50,12 @@ pub enum Request {
     /// Stop the daemon. With `keep_datapath` the XDP programs stay attached and the maps
     /// pinned, so traffic keeps flowing and the next daemon adopts them.
     Shutdown { keep_datapath: bool },
+    /// Scale-out: withdraw the VIPs' routes, keep forwarding until no connection is active
+    /// or `timeout_secs` pass, then stop (`lb-ctl drain`).
+    Drain { timeout_secs: u64 },
+    /// Scale-out: the digest of a service's hashing table (`lb-ctl --digest -t VIP:PORT`);
+    /// answered with `Status` (scheduler, slots, digest).
+    Digest { service: ServiceKey },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

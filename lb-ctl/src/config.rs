@@ -47,6 +47,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[[sync_daemon]]`: connection sync (see `crate::sync::config`).
     pub sync: crate::sync::config::SyncConfig,
+    /// `[announce]`: the VIPs' routes for a BGP daemon (see `crate::bgp`).
+    pub announce: Option<crate::bgp::AnnounceConfig>,
 }
 
 /// Settings of the balancer itself (`[director]`).
@@ -200,6 +202,7 @@ struct RawFile {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     sync_daemon: Vec<Spanned<crate::sync::config::RawSyncDaemon>>,
+    announce: Option<Spanned<crate::bgp::RawAnnounce>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -464,6 +467,7 @@ fn build(raw: RawFile, text: &str) -> Result<Config, Problem> {
         vrrp,
         metrics_listen,
         sync,
+        announce: raw.announce.as_ref().map(crate::bgp::build).transpose()?,
     })
 }
 
@@ -1346,6 +1350,10 @@ mod tests {
         let c = parse(include_str!("../../examples/full.toml"), "full.toml").unwrap();
         assert_eq!(c.director.interfaces, ["eth0", "eth1"]);
         assert_eq!(c.sync.daemons.len(), 1);
+        assert_eq!(
+            c.announce.as_ref().map(|a| (a.table, a.protocol)),
+            Some((100, 201))
+        );
         assert_eq!(c.director.conn_table_size, 2 * 1024 * 1024);
         assert_eq!(
             (c.director.sloppy_tcp, c.director.sloppy_sctp),
@@ -1692,7 +1700,7 @@ mod tests {
             "[[services]]\n",
             1,
             3,
-            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group, metrics, sync_daemon)",
+            "unknown key \"services\" (expected one of: global, director, timeouts, service, vrrp_instance, vrrp_script, vrrp_sync_group, metrics, sync_daemon, announce)",
         );
     }
 

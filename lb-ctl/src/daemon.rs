@@ -211,6 +211,11 @@ struct Daemon {
     sync_config: crate::sync::config::SyncConfig,
     /// Sync figures on `/metrics` (with `metrics`).
     sync_gauges: Option<crate::metrics::SyncGauges>,
+    /// Scale-out (crate::bgp): the VIPs' routes for the BGP daemon, and a drain in
+    /// progress (when it gives up waiting for connections to end).
+    announce: Option<crate::bgp::Announcer>,
+    draining: Option<std::time::Instant>,
+    announce_ticks: u64,
 }
 
 /// The daemon's side of the health checker: its state, its thread (started when some
@@ -410,6 +415,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(v) if !v.instances.is_empty() => Some(crate::vrrp::Ha::start(v.clone())?),
         _ => None,
     };
+    // Scale-out: the routes go in once the data path serves (`announce_update` below).
+    let announce = match cfg.as_ref().and_then(|c| c.announce.clone()) {
+        Some(a) => Some(crate::bgp::Announcer::start(a, &interfaces[0]).await?),
+        None => None,
+    };
     log::info!(
         "ready: {} services, control socket {}",
         model.services.len(),
@@ -448,7 +458,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sync,
         sync_config,
         sync_gauges,
+        announce,
+        draining: None,
+        announce_ticks: 0,
     };
+    d.announce_update().await;
     d.sync_tick();
     d.hc.start(hc_changes)?;
     d.ops_tick();
@@ -459,6 +473,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let keep = d.serve(listener).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Withdrawn first, while the data path still forwards what the routers send until
+    // BGP has told them.
+    if let Some(a) = d.announce.as_mut() {
+        a.withdraw_all(crate::bgp::Reason::Detached).await;
+    }
     drop(metrics_server);
     // A graceful stop hands the VIPs over first: priority 0, addresses removed.
     if let Some(v) = d.vrrp.take() {
@@ -732,6 +751,8 @@ impl Daemon {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // SIGUSR1: drain (as `lb-ctl drain`, with the default timeout).
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut sweep = interval(Duration::from_secs(1));
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rates = interval(RATE_INTERVAL);
@@ -744,7 +765,11 @@ impl Daemon {
         let acceptor = tokio::spawn(accept(listener, tx));
         let mut reports = Vec::new();
         let stop = loop {
+            if self.drain_done() {
+                break false;
+            }
             tokio::select! {
+                _ = usr1.recv() => self.start_drain(crate::bgp::DEFAULT_DRAIN_TIMEOUT).await,
                 _ = term.recv() => break false,
                 _ = int.recv() => break false,
                 _ = hup.recv() => match self.reload().await {
@@ -859,6 +884,15 @@ impl Daemon {
         {
             log::warn!("updating real servers' next hops: {e:#}");
         }
+        // Also once a second: a failed add or delete is tried again; and every RESYNC
+        // seconds the table is read back, so a route someone deleted by hand comes back.
+        self.announce_update().await;
+        self.announce_ticks += 1;
+        if self.announce_ticks.is_multiple_of(crate::bgp::RESYNC)
+            && let Some(a) = self.announce.as_mut()
+        {
+            a.resync().await;
+        }
     }
 
     /// Applies a new model: check, resolve, sync; all or nothing.
@@ -912,7 +946,60 @@ impl Daemon {
             self.hc.health = h;
         }
         self.resolver.prune(&effective, true).await;
+        self.announce_update().await;
         Ok(())
+    }
+
+    /// Scale-out: the VIPs' routes follow what the data path serves now.
+    async fn announce_update(&mut self) {
+        let Some(a) = self.announce.as_mut() else {
+            return;
+        };
+        let effective = self.hc.health.effective(&self.model);
+        let attached = !self.dp.interfaces().is_empty();
+        let want = crate::bgp::readiness(a.config(), &effective, attached, self.draining.is_some());
+        a.update(want).await;
+    }
+
+    /// `lb-ctl drain`: withdraw every VIP, then stop once no connection is active or at
+    /// `timeout` (checked every second by `drain_done`).
+    async fn start_drain(&mut self, timeout: Duration) {
+        if self.draining.is_none() {
+            log::info!(
+                "draining: VIPs withdrawn; stopping when no connection is active, at the latest in {} s",
+                timeout.as_secs()
+            );
+        }
+        self.draining = Some(std::time::Instant::now() + timeout);
+        self.announce_update().await;
+    }
+
+    /// Connections the data path counts as active, over every real server.
+    fn active_conns(&self) -> u64 {
+        self.dp
+            .snapshot(None, &self.estimator.rates)
+            .services
+            .iter()
+            .flat_map(|s| s.dests.iter())
+            .map(|d| u64::from(d.active_conns))
+            .sum()
+    }
+
+    /// Whether a drain is over: no active connection, or its time is up.
+    fn drain_done(&self) -> bool {
+        let Some(deadline) = self.draining else {
+            return false;
+        };
+        let active = self.active_conns();
+        if active == 0 {
+            log::info!("drained: no active connection left; stopping");
+            true
+        } else if std::time::Instant::now() >= deadline {
+            log::warn!("drain timeout: stopping with {active} active connection(s)");
+            true
+        } else {
+            false
+        }
     }
 
     /// Once a second: log the real servers' path transitions and publish the figures
@@ -1007,6 +1094,12 @@ impl Daemon {
         };
         let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
         crate::sync::preflight(&cfg.sync)?;
+        if cfg.announce.as_ref() != self.announce.as_ref().map(|a| a.config()) {
+            log::warn!(
+                "reload: [announce] is applied at start only; the running one is kept \
+                 (restart the daemon to change it)"
+            );
+        }
         if cfg.vrrp != self.vrrp_config || cfg.director.vips != self.vips_config {
             log::warn!(
                 "reload: VRRP instances and [director] vips are applied at start only; the \
@@ -1107,6 +1200,11 @@ impl Daemon {
                     "syn_flood_defence": self.defence_status(),
                     "sloppy_tcp": self.dp.sloppy().0,
                     "sloppy_sctp": self.dp.sloppy().1,
+                    "announce": self.announce.as_ref().map(|a| a.status()),
+                    "draining": self.draining.map(|d| serde_json::json!({
+                        "active_conns": self.active_conns(),
+                        "timeout_in_secs": d.saturating_duration_since(std::time::Instant::now()).as_secs(),
+                    })),
                     "sweep": sweep_status(
                         &self.last_sweep,
                         &self.sweeper.as_ref().map(|s| s.state()).unwrap_or_default(),
@@ -1138,6 +1236,30 @@ impl Daemon {
                 }
                 Request::ListDaemon => Response::Daemons(self.sync_status()),
                 Request::Shutdown { .. } => Response::Ok,
+                Request::Drain { timeout_secs } => {
+                    // A raw request may carry any number: refused, not an overflow.
+                    if timeout_secs > crate::bgp::MAX_DRAIN_TIMEOUT.as_secs() {
+                        bail!(
+                            "drain timeout {timeout_secs} s out of range 0..{}",
+                            crate::bgp::MAX_DRAIN_TIMEOUT.as_secs()
+                        );
+                    }
+                    self.start_drain(Duration::from_secs(timeout_secs)).await;
+                    Response::Ok
+                }
+                Request::Digest { service } => match self.dp.hash_table(&service)? {
+                    None => Response::Error(OpError::NoService.to_string()),
+                    Some((sched, slots)) if slots.is_empty() => Response::Error(format!(
+                        "service {service} uses {sched}, which has no hashing table \
+                         (only mh, sh and dh have one)"
+                    )),
+                    Some((sched, slots)) => Response::Status(serde_json::json!({
+                        "service": service.to_string(),
+                        "scheduler": sched.to_string(),
+                        "slots": slots.len(),
+                        "digest": crate::bgp::digest::digest(&slots),
+                    })),
+                },
             })
         }
         .await;

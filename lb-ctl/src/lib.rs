@@ -1,6 +1,7 @@
 //! lb-ctl: the control plane of the XDP load balancer (daemon, ipvsadm-style CLI, config).
 
 pub mod api;
+pub mod bgp;
 pub mod bpf;
 pub mod cli;
 pub mod config;

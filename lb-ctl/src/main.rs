@@ -5,7 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_ctl::{api, cli, config, daemon, dataplane, logging, realserver};
+use lb_ctl::{api, cli, config, daemon, dataplane, logging, model, realserver};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,6 +82,25 @@ enum Cmd {
     },
     /// Make the daemon re-read its config file (as SIGHUP does).
     Reload,
+    /// Scale-out: withdraw this director's VIPs from BGP (`[announce]`), keep forwarding the
+    /// connections that still arrive until none is active or TIMEOUT seconds pass, then stop
+    /// (as SIGUSR1 does, with 300 s).
+    Drain {
+        /// Seconds to wait for active connections to end.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Scale-out: print the SHA-256 digest of a service's hashing table (mh, sh, dh) as the
+    /// data path holds it, by real servers' addresses: equal on every director that would
+    /// send a flow to the same real server.
+    Digest {
+        /// The TCP service, VIP:PORT.
+        #[arg(short = 't', long = "tcp-service", conflicts_with = "udp")]
+        tcp: Option<std::net::SocketAddrV4>,
+        /// The UDP service, VIP:PORT.
+        #[arg(short = 'u', long = "udp-service")]
+        udp: Option<std::net::SocketAddrV4>,
+    },
     /// Data-path counters and daemon facts, as JSON.
     Status {
         /// Output format; JSON is the only one (accepted for scripts written as `-o json`).
@@ -229,6 +248,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             call_ok(&cli.socket, &api::Request::Shutdown { keep_datapath }).map(drop)
         }
         Some(Cmd::Reload) => call_ok(&cli.socket, &api::Request::Reload).map(drop),
+        Some(Cmd::Drain { timeout }) => call_ok(
+            &cli.socket,
+            &api::Request::Drain {
+                timeout_secs: timeout,
+            },
+        )
+        .map(drop),
+        Some(Cmd::Digest { tcp, udp }) => {
+            let (proto, a) = match (tcp, udp) {
+                (Some(a), _) => (model::Protocol::Tcp, a),
+                (None, Some(a)) => (model::Protocol::Udp, a),
+                (None, None) => anyhow::bail!("digest: give the service with -t or -u VIP:PORT"),
+            };
+            let service = model::ServiceKey {
+                proto,
+                addr: *a.ip(),
+                port: a.port(),
+            };
+            if let api::Response::Status(v) =
+                call_ok(&cli.socket, &api::Request::Digest { service })?
+            {
+                println!(
+                    "{} {} {} slots {}",
+                    v["service"].as_str().unwrap_or_default(),
+                    v["scheduler"].as_str().unwrap_or_default(),
+                    v["slots"],
+                    v["digest"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         Some(Cmd::Status { output: _ }) => {
             if let api::Response::Status(v) = call_ok(&cli.socket, &api::Request::Status)? {
                 println!("{}", serde_json::to_string_pretty(&v)?);

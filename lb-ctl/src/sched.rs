@@ -284,6 +284,18 @@ pub fn table(
     members: &[Member],
     mh_size: u32,
 ) -> Result<Vec<u32>, String> {
+    // The hashing schedulers' tables are built from the members sorted by address and port,
+    // not in list order: every director then holds the same table for the same servers and
+    // weights, whatever order they were configured or added in (a flow that ECMP moves to
+    // another director keeps its real server; see README, Scaling out).
+    let mut sorted;
+    let members = if matches!(sched, Scheduler::Sh | Scheduler::Dh | Scheduler::Mh) {
+        sorted = members.to_vec();
+        sorted.sort_by_key(|m| (m.addr, m.port));
+        &sorted[..]
+    } else {
+        members
+    };
     match sched {
         Scheduler::Rr => Ok(rr(members)),
         Scheduler::Wrr => Ok(wrr(members)),

@@ -60,6 +60,31 @@ impl KeepAlive {
         })
     }
 
+    /// Connects from `ns`, from its address `src` (one of several the namespace has, so a
+    /// router's multipath hash sees many clients), to `addr`.
+    pub fn connect_from(
+        ns: &Netns,
+        src: std::net::Ipv4Addr,
+        addr: SocketAddr,
+    ) -> io::Result<KeepAlive> {
+        let stream = ns.enter(|| -> io::Result<TcpStream> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(&SocketAddr::from((src, 0)).into())?;
+            s.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+            Ok(s.into())
+        })?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        Ok(KeepAlive {
+            conn: BufReader::new(stream),
+            host: addr.ip().to_string(),
+            local,
+            peer: addr,
+        })
+    }
+
     /// The client's address of this connection (what the real server sees in DR mode).
     pub fn local_addr(&self) -> SocketAddr {
         self.local

@@ -358,6 +358,11 @@ pub(crate) fn host(switch: &Netns, port: &str, ip: Ipv4Addr) -> Netns {
     ns
 }
 
+/// `new_host` for the other labs of this crate.
+pub(crate) fn new_host_pub(label: &str) -> Netns {
+    new_host(label)
+}
+
 /// A namespace for a host, with IPv6 off before any link exists in it, so no interface ever
 /// gets an IPv6 address or runs DAD.
 fn new_host(label: &str) -> Netns {

@@ -18,6 +18,7 @@ pub mod nginx;
 pub mod packet;
 pub mod process;
 pub mod routed;
+pub mod scaleout;
 pub mod tempdir;
 pub mod udp;
 pub mod v6;

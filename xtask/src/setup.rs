@@ -19,6 +19,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // A real VRRP peer for the HA interop tests (`tests/tests/vrrp.rs`).
     "keepalived",
+    // BIRD 2: the BGP daemon of the scale-out tests (`tests/tests/scaleout.rs`), on the
+    // router and next to each director's lb-ctl.
+    "bird2",
     // Operations (issue 12): promtool (`promtool check metrics`), `systemd-analyze verify`,
     // `man -l` for the packaged man page, `strip` and `dpkg-deb` for `cargo xtask dist`.
     "prometheus",

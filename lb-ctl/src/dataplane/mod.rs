@@ -14,6 +14,7 @@
 //! `runtime` (clock, sweep, timeouts, settings); `stats` (listings, connections, counters).
 
 mod batch;
+mod hashtable;
 mod load;
 mod plan;
 mod probe;
