@@ -94,12 +94,12 @@ enum Cmd {
     /// data path holds it, by real servers' addresses: equal on every director that would
     /// send a flow to the same real server.
     Digest {
-        /// The TCP service, VIP:PORT.
+        /// The TCP service, VIP:PORT or [VIP6]:PORT.
         #[arg(short = 't', long = "tcp-service", conflicts_with = "udp")]
-        tcp: Option<std::net::SocketAddrV4>,
+        tcp: Option<std::net::SocketAddr>,
         /// The UDP service, VIP:PORT.
         #[arg(short = 'u', long = "udp-service")]
-        udp: Option<std::net::SocketAddrV4>,
+        udp: Option<std::net::SocketAddr>,
     },
     /// Data-path counters and daemon facts, as JSON.
     Status {
@@ -263,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let service = model::ServiceKey {
                 proto,
-                addr: *a.ip(),
+                addr: a.ip(),
                 port: a.port(),
             };
             if let api::Response::Status(v) =

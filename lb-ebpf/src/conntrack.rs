@@ -212,15 +212,7 @@ pub fn create<P: FlowPkt>(
         // A retransmitted SYN of an embryo (which `lookup` does not probe for) keeps going
         // to its server, as every packet of a connection does, even one no longer scheduled.
         if embryonic && let Some(e) = EMBRYO.get_ptr_mut(&key) {
-            return Ok(embryo(
-                pkt,
-                &key,
-                e,
-                tcp_flags,
-                now,
-                svc.id,
-                settings_flags,
-            ));
+            return Ok(embryo(pkt, &key, e, tcp_flags, now, svc.id, settings_flags));
         }
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
     };
@@ -259,15 +251,9 @@ pub fn create<P: FlowPkt>(
         return match table.get_ptr_mut(&key) {
             // A retransmitted SYN (or a SYN another CPU just recorded): the embryo's own
             // packet, state machine and all, as `lookup` would have found it.
-            Some(e) if embryonic => Ok(embryo(
-                pkt,
-                &key,
-                e,
-                tcp_flags,
-                now,
-                svc.id,
-                settings_flags,
-            )),
+            Some(e) if embryonic => {
+                Ok(embryo(pkt, &key, e, tcp_flags, now, svc.id, settings_flags))
+            }
             // SAFETY: pointer into the map value.
             Some(c) => Ok(Flow {
                 backend: unsafe { (*c).backend },

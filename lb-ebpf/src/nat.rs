@@ -447,4 +447,3 @@ pub fn reply(
     };
     Ok((action, be.svc_id, backend))
 }
-

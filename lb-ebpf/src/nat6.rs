@@ -337,4 +337,3 @@ pub fn reply(
     };
     Ok((action, be.svc_id, backend))
 }
-

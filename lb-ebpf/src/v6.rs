@@ -116,7 +116,9 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
     let tcp_flags = parse6::l4_checked(ctx, &pkt)?;
     let looked = match conntrack::lookup(&pkt, &svc, tcp_flags, now, flags) {
         // IPVS's sloppy_tcp, as for IPv4 (`balance`).
-        Err(Verdict::Pass(c)) if c == cnt::PASS_NO_CONN && crate::sync::sloppy(flags, tcp_flags) => {
+        Err(Verdict::Pass(c))
+            if c == cnt::PASS_NO_CONN && crate::sync::sloppy(flags, tcp_flags) =>
+        {
             conntrack::Lookup::Create { reuse: false }
         }
         r => r?,

@@ -9,19 +9,22 @@
 //! (`sched::table`), so config order, ipvsadm edit order, backend ids and the daemon's history
 //! do not matter.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ring::digest::{Context, SHA256};
 
 /// SHA-256 over the table: its length, then per slot the real server's address and port
 /// (0.0.0.0:0 for an empty slot), as hex. The first 16 hex digits are enough to compare by
 /// eye; the whole one is printed.
-pub fn digest(slots: &[Option<(Ipv4Addr, u16)>]) -> String {
+pub fn digest(slots: &[Option<(IpAddr, u16)>]) -> String {
     let mut c = Context::new(&SHA256);
     c.update(&(slots.len() as u64).to_be_bytes());
     for s in slots {
-        let (a, p) = s.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-        c.update(&a.octets());
+        let (a, p) = s.unwrap_or((Ipv4Addr::UNSPECIFIED.into(), 0));
+        match a {
+            IpAddr::V4(a) => c.update(&a.octets()),
+            IpAddr::V6(a) => c.update(&a.octets()),
+        }
         c.update(&p.to_be_bytes());
     }
     c.finish()
@@ -51,7 +54,7 @@ mod tests {
                 members
                     .iter()
                     .find(|x| x.id == *id)
-                    .map(|x| (x.addr, x.port))
+                    .map(|x| (x.addr.into(), x.port))
             })
             .collect();
         digest(&slots)

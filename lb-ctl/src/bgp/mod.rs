@@ -19,18 +19,18 @@
 pub mod digest;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+    packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{Problem, ipv4, ranged, valid_ifname};
+use crate::config::{Problem, ip, ranged, valid_ifname};
 use crate::model::Model;
 
 /// How long `lb-ctl drain` (and SIGUSR1) waits for connections to end by default.
@@ -48,7 +48,7 @@ pub struct AnnounceConfig {
     pub table: u32,
     pub protocol: u8,
     /// `None`: every VIP of a configured service.
-    pub vips: Option<Vec<Ipv4Addr>>,
+    pub vips: Option<Vec<IpAddr>>,
     pub interface: Option<String>,
 }
 
@@ -100,7 +100,7 @@ pub(crate) fn build(raw: &Spanned<RawAnnounce>) -> Result<AnnounceConfig, Proble
         Some(v) => {
             let mut out = Vec::new();
             for s in v {
-                let a = ipv4(s)?;
+                let a = ip(s)?;
                 if out.contains(&a) {
                     return Err(Problem::at(
                         s,
@@ -165,8 +165,8 @@ pub fn readiness(
     effective: &Model,
     attached: bool,
     draining: bool,
-) -> BTreeMap<Ipv4Addr, Reason> {
-    let vips: BTreeSet<Ipv4Addr> = match &cfg.vips {
+) -> BTreeMap<IpAddr, Reason> {
+    let vips: BTreeSet<IpAddr> = match &cfg.vips {
         Some(v) => v.iter().copied().collect(),
         None => effective.services.keys().map(|k| k.addr).collect(),
     };
@@ -201,11 +201,11 @@ pub struct Announcer {
     oif: u32,
     ifname: String,
     /// What this daemon has put in the table.
-    announced: BTreeSet<Ipv4Addr>,
+    announced: BTreeSet<IpAddr>,
     /// Each VIP's state, as last computed.
-    states: BTreeMap<Ipv4Addr, Reason>,
+    states: BTreeMap<IpAddr, Reason>,
     /// When each VIP last changed (seconds since the epoch), for `status`.
-    changed_at: BTreeMap<Ipv4Addr, u64>,
+    changed_at: BTreeMap<IpAddr, u64>,
     errors: u64,
     last_error: Option<String>,
 }
@@ -257,47 +257,60 @@ impl Announcer {
         &self.cfg
     }
 
-    /// Our routes in the table now (protocol and table match).
-    async fn in_kernel(&self) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
+    /// Our routes in the table now (protocol and table match), of both families.
+    async fn in_kernel(&self) -> anyhow::Result<BTreeSet<IpAddr>> {
         let mut out = BTreeSet::new();
-        let mut s = self
-            .nl
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = s.try_next().await.context("dumping routes")? {
-            if r.header.protocol != RouteProtocol::from(self.cfg.protocol)
-                || table_of(&r) != self.cfg.table
-                || r.header.destination_prefix_length != 32
-            {
-                continue;
-            }
-            if let Some(d) = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(
-                    rtnetlink::packet_route::route::RouteAddress::Inet(d),
-                ) => Some(*d),
-                _ => None,
-            }) {
-                out.insert(d);
+        for req in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut s = self.nl.route().get(req).execute();
+            while let Some(r) = s.try_next().await.context("dumping routes")? {
+                if r.header.protocol != RouteProtocol::from(self.cfg.protocol)
+                    || table_of(&r) != self.cfg.table
+                {
+                    continue;
+                }
+                let plen = r.header.destination_prefix_length;
+                if let Some(d) = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) if plen == 32 => {
+                        Some(IpAddr::V4(*d))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) if plen == 128 => {
+                        Some(IpAddr::V6(*d))
+                    }
+                    _ => None,
+                }) {
+                    out.insert(d);
+                }
             }
         }
         Ok(out)
     }
 
-    fn route(&self, vip: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(vip, 32)
-            .table_id(self.cfg.table)
-            .protocol(RouteProtocol::from(self.cfg.protocol))
-            .scope(RouteScope::Link)
-            .output_interface(self.oif)
-            .build()
+    fn route(&self, vip: IpAddr) -> RouteMessage {
+        match vip {
+            IpAddr::V4(v) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v, 32)
+                .table_id(self.cfg.table)
+                .protocol(RouteProtocol::from(self.cfg.protocol))
+                .scope(RouteScope::Link)
+                .output_interface(self.oif)
+                .build(),
+            IpAddr::V6(v) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v, 128)
+                .table_id(self.cfg.table)
+                .protocol(RouteProtocol::from(self.cfg.protocol))
+                .scope(RouteScope::Link)
+                .output_interface(self.oif)
+                .build(),
+        }
     }
 
     /// Brings the table to `want` (from [`readiness`]): adds the ready VIPs' routes,
     /// removes the others'. A failure is logged and counted and tried again at the next
     /// call (the daemon calls this every second too).
-    pub async fn update(&mut self, want: BTreeMap<Ipv4Addr, Reason>) {
+    pub async fn update(&mut self, want: BTreeMap<IpAddr, Reason>) {
         for (vip, r) in &want {
             if self.states.get(vip) != Some(r) {
                 log::info!(
@@ -312,7 +325,7 @@ impl Announcer {
                 self.changed_at.insert(*vip, now_secs());
             }
         }
-        let ready: BTreeSet<Ipv4Addr> = want
+        let ready: BTreeSet<IpAddr> = want
             .iter()
             .filter(|(_, r)| **r == Reason::Serving)
             .map(|(v, _)| *v)
@@ -441,7 +454,7 @@ mod tests {
         let mut m = Model::default();
         let key = ServiceKey {
             proto: Protocol::Tcp,
-            addr: Ipv4Addr::from(vip),
+            addr: Ipv4Addr::from(vip).into(),
             port: 80,
         };
         m.apply(&Op::AddService(ServiceConfig::new(key, Scheduler::Mh)))
@@ -456,7 +469,7 @@ mod tests {
         m
     }
 
-    fn cfg(vips: Option<Vec<Ipv4Addr>>) -> AnnounceConfig {
+    fn cfg(vips: Option<Vec<IpAddr>>) -> AnnounceConfig {
         AnnounceConfig {
             table: 100,
             protocol: DEFAULT_PROTOCOL,
@@ -467,7 +480,7 @@ mod tests {
 
     #[test]
     fn a_vip_is_ready_only_with_a_server_that_takes_connections() {
-        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let vip: IpAddr = Ipv4Addr::new(192, 0, 2, 100).into();
         let r = |m: &Model, attached, draining| {
             readiness(&cfg(None), m, attached, draining)[&vip].clone()
         };
@@ -492,7 +505,7 @@ mod tests {
             Reason::Draining
         );
         // Listed but with no service: not announced, and said so.
-        let other = Ipv4Addr::new(192, 0, 2, 101);
+        let other: IpAddr = Ipv4Addr::new(192, 0, 2, 101).into();
         let st = readiness(
             &cfg(Some(vec![other])),
             &model([192, 0, 2, 100], &[1]),
@@ -538,7 +551,7 @@ mod tests {
             Some(AnnounceConfig {
                 table: 100,
                 protocol: 201,
-                vips: Some(vec![Ipv4Addr::new(192, 0, 2, 100)]),
+                vips: Some(vec![Ipv4Addr::new(192, 0, 2, 100).into()]),
                 interface: None
             })
         );

@@ -1,7 +1,7 @@
 //! Reading back a service's hashing table (sh/dh buckets, mh Maglev slots) from
 //! `LB_SCHED_TABLE`, for the scale-out digest (`lb-ctl --digest`, crate::bgp::digest).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::Context;
 
@@ -10,7 +10,7 @@ use crate::model::{Scheduler, ServiceKey};
 
 /// A hashing table slot by slot: the real server (address, port) each slot sends to, `None`
 /// for an empty slot.
-pub type HashSlots = Vec<Option<(Ipv4Addr, u16)>>;
+pub type HashSlots = Vec<Option<(IpAddr, u16)>>;
 
 impl Dataplane {
     /// The scheduler and, slot by slot, the real server (address, port) the data path's
