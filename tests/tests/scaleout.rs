@@ -19,8 +19,12 @@ const WITHDRAW_BOUND: Duration = Duration::from_secs(30);
 
 /// A director's config: DR, mh, sloppy_tcp, the VIP announced from table 100; each real
 /// server checked by a MISC_CHECK that passes while `healthy` exists in `dir`. `reverse`
-/// lists the real servers in the other order (the digest must not care).
-fn director_config(dir: &TempDir, i: usize, reverse: bool) -> PathBuf {
+/// lists the real servers in the other order (the digest must not care). With `sync`, the
+/// many-to-many variant instead: wrr with weights 3 and 1 (a
+/// director's own pick is its rotation's, not a hash every director shares), no
+/// `sloppy_tcp`, and both sync roles with unicast peers = the other two directors, a short
+/// refresh so a director that comes back is sent the live connections.
+fn director_config_with(dir: &TempDir, i: usize, reverse: bool, sync: bool) -> PathBuf {
     let flag = dir.join(&format!("healthy{i}"));
     std::fs::write(&flag, "").unwrap();
     let script = dir.join(&format!("check{i}.sh"));
@@ -30,14 +34,36 @@ fn director_config(dir: &TempDir, i: usize, reverse: bool) -> PathBuf {
     if reverse {
         rs.reverse();
     }
+    let (sloppy, sched) = if sync { (false, "wrr") } else { (true, "mh") };
     let mut text = format!(
-        "[director]\ninterfaces = [\"eth0\"]\nsloppy_tcp = true\n\n\
-         [announce]\ntable = {TABLE}\n\n\
-         [[service]]\naddress = \"{VIP}\"\nport = 80\nscheduler = \"mh\"\ndelay_loop = 1\n"
+        "[director]\ninterfaces = [\"eth0\"]\nsloppy_tcp = {sloppy}\n\n\
+         [announce]\ntable = {TABLE}\n\n"
+    );
+    if sync {
+        let peers: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("\"{}\"", director_ip(j)))
+            .collect();
+        for state in ["master", "backup"] {
+            text += &format!(
+                "[[sync_daemon]]\nstate = \"{state}\"\ninterface = \"eth0\"\nsyncid = 14\n\
+                 peers = [{}]\nrefresh_period = 1\n\n",
+                peers.join(", ")
+            );
+        }
+    }
+    text += &format!(
+        "[[service]]\naddress = \"{VIP}\"\nport = 80\nscheduler = \"{sched}\"\ndelay_loop = 1\n"
     );
     for a in rs {
+        // Only the wrr variant is weighted: the mh tests keep their config.
+        let weight = match (sync, a.ends_with(".11")) {
+            (false, _) => String::new(),
+            (true, true) => "  weight = 3\n".to_string(),
+            (true, false) => "  weight = 1\n".to_string(),
+        };
         text += &format!(
-            "  [[service.real_server]]\n  address = \"{a}\"\n  forward = \"dr\"\n  \
+            "  [[service.real_server]]\n  address = \"{a}\"\n  forward = \"dr\"\n{weight}  \
              [[service.real_server.check]]\n  type = \"misc\"\n  misc_path = \"{}\"\n  misc_timeout = 1\n",
             script.display()
         );
@@ -57,13 +83,17 @@ struct Site {
 
 impl Site {
     fn new(clients: usize) -> Site {
+        Site::with(clients, false)
+    }
+
+    fn with(clients: usize, sync: bool) -> Site {
         let lab = ScaleLab::new(3, clients);
         let dir = TempDir::new("scaleout");
         let router_bird = Bird::start(&lab.router, &router_bird_conf(3));
         let mut daemons = Vec::new();
         let mut birds = Vec::new();
         for i in 1..=3 {
-            let cfg = director_config(&dir, i, i == 2);
+            let cfg = director_config_with(&dir, i, i == 2, sync);
             daemons.push(Daemon::start(&lab.dirs[i - 1], &["eth0"], Some(&cfg)));
             birds.push(Bird::start(&lab.dirs[i - 1], &director_bird_conf(i)));
         }
@@ -450,4 +480,147 @@ fn unhealthy_director_withdraws_and_killed_parts_change_nothing_else() {
         "dir2's daemon restarted",
     );
     eprintln!("30 of 30 connections kept through a withdrawal, a killed BIRD and a killed daemon");
+}
+
+/// Connections each director scheduled itself (its service's `conns` counter; entries
+/// installed by sync are not counted), in director order; 0 for a stopped daemon.
+fn own_conns(site: &Site) -> Vec<u64> {
+    site.daemons
+        .iter()
+        .map(|d| {
+            if d.pid().is_none() {
+                return 0;
+            }
+            let out = d.ctl_ok(&["-Ln", "-o", "json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            v["services"][0]["stats"]["conns"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// Waits until each director in `dirs` has all the connections in its table; how long.
+fn wait_all_synced(
+    site: &Site,
+    conns: &mut [(KeepAlive, String)],
+    dirs: &[usize],
+    what: &str,
+) -> Duration {
+    let bound = Duration::from_secs(30);
+    match wait_for(bound, || {
+        // The connections keep talking: a master refreshes only connections with traffic.
+        let failed = exchange(conns);
+        assert!(
+            failed.is_empty(),
+            "{what}: {} connections failed: {failed:?}",
+            failed.len()
+        );
+        let s = spread(site, conns);
+        dirs.iter().all(|i| s[i - 1] == conns.len()).then_some(())
+    }) {
+        Some((t, ())) => t,
+        None => panic!(
+            "{what}: after {bound:?} the directors hold {:?} of {} connections\nsync status: {:?}",
+            spread(site, conns),
+            conns.len(),
+            site.daemons
+                .iter()
+                .map(|d| if d.pid().is_some() {
+                    d.status()["sync"].clone()
+                } else {
+                    Value::Null
+                })
+                .collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// wrr (weights 3 and 1) without `sloppy_tcp`: each director's own pick is its rotation's,
+/// so only connection sync keeps a moved flow. Every director runs both sync roles with the
+/// other two as unicast peers (many-to-many). 60 long-lived connections spread by the
+/// router are on all three directors' tables; dir1's daemon stops (SIGTERM, its route goes)
+/// and its flows go on through the others with the same real server and 0 resets; dir1
+/// comes back, is sent the live connections by the others' refreshes, and takes its flows
+/// again with 0 resets.
+#[test]
+fn many_to_many_sync_keeps_wrr_flows_when_a_director_leaves_and_rejoins() {
+    let mut site = Site::with(20, true);
+    let opened = Instant::now();
+    let mut conns = open(&site, 60);
+    let t_open = opened.elapsed();
+    let own = own_conns(&site);
+    eprintln!(
+        "60 wrr connections opened in {:.2} s; scheduled by (dir1, dir2, dir3): {own:?}",
+        t_open.as_secs_f64()
+    );
+    assert_eq!(
+        own.iter().sum::<u64>(),
+        60,
+        "every connection scheduled once: {own:?}"
+    );
+    assert!(
+        own.iter().all(|n| *n > 0),
+        "the router's hash left a director without a connection: {own:?}"
+    );
+    let rs1 = conns.iter().filter(|(_, rs)| rs.trim() == "rs1").count();
+    eprintln!("real servers (rs1, rs2): {:?}", (rs1, conns.len() - rs1));
+    assert!(
+        rs1 > 0 && rs1 < 60,
+        "wrr 3:1 sent {rs1} of 60 to rs1: {:?}",
+        conns.iter().map(|(_, rs)| rs.as_str()).collect::<Vec<_>>()
+    );
+    let t = wait_all_synced(&site, &mut conns, &[1, 2, 3], "many-to-many sync");
+    eprintln!(
+        "all three directors hold all 60 connections {:.2} s after the last one opened",
+        t.as_secs_f64()
+    );
+    talk_for(
+        &mut conns,
+        Duration::from_secs(1),
+        "before anything changed",
+    );
+
+    // dir1's daemon stops: its route goes and its flows reach dir2 and dir3 as non-SYNs;
+    // without sloppy_tcp only the synced entries carry them.
+    let before = own_conns(&site);
+    site.daemons[0].stop();
+    let t = wait_gone(&site, 1, "dir1's daemon stopped");
+    eprintln!(
+        "dir1 stopped (SIGTERM): the router dropped it after {:.2} s; {} connections moved to dir2/dir3",
+        t.as_secs_f64(),
+        before[0]
+    );
+    talk_for(&mut conns, Duration::from_secs(3), "dir1 stopped");
+    let after = own_conns(&site);
+    assert_eq!(
+        (after[1], after[2]),
+        (before[1], before[2]),
+        "dir2/dir3 scheduled moved flows anew instead of using the synced entries"
+    );
+    eprintln!("after dir1 left: 60 of 60 connections answered by their real server, 0 resets");
+
+    // dir1 comes back. Its BIRD is held back until the others' refreshes (refresh_period
+    // 1 s) have given its fresh table every live connection, so that the router does not
+    // send it flows it has not yet been told about (the test is about sync, not a race
+    // with BGP; a real deployment orders the same with BIRD started after the daemon).
+    site.birds[0].kill();
+    site.daemons[0].restart();
+    let t = wait_all_synced(&site, &mut conns, &[1], "dir1 restarted");
+    eprintln!(
+        "dir1 restarted: it holds all 60 connections {:.2} s later (refreshes from dir2/dir3)",
+        t.as_secs_f64()
+    );
+    site.birds[0].restart();
+    let started = Instant::now();
+    site.wait_hops(&[1, 2, 3], UP_BOUND, "dir1 back");
+    eprintln!(
+        "dir1 back on the router {:.2} s after its BIRD was started",
+        started.elapsed().as_secs_f64()
+    );
+    talk_for(&mut conns, Duration::from_secs(3), "dir1 back");
+    let own = own_conns(&site);
+    assert_eq!(own[0], 0, "dir1 scheduled returning flows anew: {own:?}");
+    eprintln!(
+        "after dir1 rejoined: 60 of 60 answered by their real server, 0 resets; entries per director {:?}",
+        spread(&site, &conns)
+    );
 }
