@@ -87,7 +87,8 @@ pub fn lb_new(ctx: XdpContext) -> u32 {
 /// What `lb_xdp` works out first about an inbound packet for a service.
 struct Inbound {
     pkt: parse::Packet,
-    svc: lb_common::Service,
+    /// In its `SVC_TABLE` slot (`service::find`).
+    svc: &'static lb_common::Service,
     tcp_flags: u8,
     now: u64,
     epoch: u32,
@@ -110,12 +111,12 @@ fn inbound(ctx: &XdpContext) -> Result<Result<Inbound, u32>, Verdict> {
         return icmp::forward_error(ctx, &pkt, half).map(Err);
     }
     let key = SvcKey::v4(pkt.daddr, pkt.dport, pkt.proto);
-    let mut found = service::lookup(&SVC_TABLE, SVC_SLOTS, half, &key);
+    let mut found = service::find(&SVC_TABLE, SVC_SLOTS, half, &key);
     // A persistent service on port 0 takes every port of its VIP that has no service of its
     // own (IPVS tries the exact port, then port 0).
     if found.is_none() && flags & settings_flags::HAS_PORT0 != 0 {
         let any = SvcKey { port: 0, ..key };
-        found = service::lookup(&SVC_TABLE, SVC_SLOTS, half, &any);
+        found = service::find(&SVC_TABLE, SVC_SLOTS, half, &any);
     }
     let Some(svc) = found else {
         // Not for a service; from a NAT real server it may be a reply to SNAT.
@@ -148,7 +149,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Verdict> {
         Ok(i) => i,
         Err(action) => return Ok(action),
     };
-    let looked = match conntrack::lookup(&i.pkt, &i.svc, i.tcp_flags, i.now, i.flags) {
+    let looked = match conntrack::lookup(&i.pkt, i.svc, i.tcp_flags, i.now, i.flags) {
         // IPVS's sloppy_tcp: a mid-stream segment without an entry is scheduled too.
         Err(Verdict::Pass(c)) if c == cnt::PASS_NO_CONN && sync::sloppy(i.flags, i.tcp_flags) => {
             conntrack::Lookup::Create { reuse: false }
@@ -185,7 +186,7 @@ fn hand_over(i: &Inbound, reuse: bool) -> Result<(), Verdict> {
         .ok_or(Verdict::Drop(cnt::DROP_INTERNAL))?;
     // SAFETY: per-CPU value; this packet is the only one running on this CPU.
     unsafe {
-        (*p).svc = i.svc;
+        (*p).svc = *i.svc;
         (*p).saddr = i.pkt.saddr;
         (*p).daddr = i.pkt.daddr;
         (*p).sport = i.pkt.sport;

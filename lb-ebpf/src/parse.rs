@@ -10,7 +10,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{cnt, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::Verdict;
+use crate::{
+    Verdict,
+    mem::{load16, load32},
+};
 
 /// Returns a pointer to a `T` at `offset` bytes into the frame, or `Err` if the frame is too
 /// short. Every access to packet memory goes through here; after `bpf_xdp_adjust_head` or
@@ -78,15 +81,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     }
     let malformed = Verdict::Pass(cnt::PASS_MALFORMED);
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(|_| malformed)?;
-    // SAFETY: bounds checked by ptr_at.
+    // Whole-field loads (`mem::load32`): the header's fields are byte arrays, which LLVM
+    // would read a byte at a time.
+    let h = ip as *const u8;
+    // SAFETY: bounds checked by ptr_at (the 20-byte header).
     let (vihl, l4proto, frags, tot_len, saddr, daddr) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
-            u16::from_be_bytes((*ip).frags),
-            u16::from_be_bytes((*ip).tot_len),
-            u32::from_ne_bytes((*ip).src_addr),
-            u32::from_ne_bytes((*ip).dst_addr),
+            u16::from_be(load16::<6>(h)),
+            u16::from_be(load16::<2>(h)),
+            load32::<12>(h),
+            load32::<16>(h),
         )
     };
     let ihl = (vihl & 0x0f) as usize * 4;
@@ -184,15 +190,16 @@ pub fn valid(ctx: &XdpContext, pkt: &Packet, l4_need: usize) -> Result<(), Verdi
 /// options (rare) add a bounded loop.
 #[inline(always)]
 fn header_checksum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
-    let w = pkt.ip as *const u32;
-    let mut s = 0u64;
-    let mut i = 0;
-    while i < 5 {
-        // SAFETY: the 20-byte header was bounds-checked by `parse`; unaligned packet loads
-        // are fine on the BPF JITs this runs on.
-        s += u64::from(unsafe { w.add(i).read_unaligned() });
-        i += 1;
-    }
+    let h = pkt.ip as *const u8;
+    // SAFETY: the 20-byte header was bounds-checked by `parse`; misaligned packet loads
+    // are fine on the BPF JITs this runs on (`mem::load32`).
+    let mut s = unsafe {
+        u64::from(load32::<0>(h))
+            + u64::from(load32::<4>(h))
+            + u64::from(load32::<8>(h))
+            + u64::from(load32::<12>(h))
+            + u64::from(load32::<16>(h))
+    };
     let words = (pkt.l4_off - ETH_LEN) / 4;
     let mut i = 5;
     while i < 15 {
@@ -201,7 +208,7 @@ fn header_checksum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
         }
         match ptr_at::<u32>(ctx, ETH_LEN + 4 * i) {
             // SAFETY: bounds-checked.
-            Ok(p) => s += u64::from(unsafe { p.read_unaligned() }),
+            Ok(p) => s += u64::from(unsafe { load32::<0>(p as *const u8) }),
             Err(()) => return false,
         }
         i += 1;
