@@ -10,7 +10,8 @@
 //! IPv6 model is another change): what is tested is the data path reading them.
 
 mod common;
-use common::Balancer;
+// The fixture suites' MACs: the director's, the router's, real server n's.
+use common::{Balancer, DIRECTOR_MAC, ROUTER_MAC, rs_mac};
 
 use std::net::Ipv6Addr;
 
@@ -21,9 +22,6 @@ use lb_tests::{
     xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
-const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
-
 fn vip() -> Ipv6Addr {
     v6("2001:db8::100")
 }
@@ -32,9 +30,6 @@ fn client() -> Ipv6Addr {
 }
 fn rs(n: u8) -> Ipv6Addr {
     v6(&format!("2001:db8:1::{n}"))
-}
-fn rs_mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x10, n]
 }
 fn tun_src() -> Ipv6Addr {
     v6("2001:db8::d1")
@@ -71,6 +66,18 @@ fn tcp_frame(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) ->
         &[],
         proto::TCP,
         &tcp_seg(src, sport, dst, dport, flags),
+    )
+}
+
+/// A UDP datagram (no extension headers, hop limit 64) from the router to the director.
+fn udp_frame(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    frame6(
+        src,
+        dst,
+        64,
+        &[],
+        proto::UDP,
+        &udp_dgram(src, sport, dst, dport),
     )
 }
 
@@ -178,20 +185,7 @@ impl Fixture {
 
     /// DR: the real server a frame went to, checking that only the MACs changed.
     fn dr_to(&self, frame: &[u8]) -> u8 {
-        let out = self.run(frame);
-        assert_eq!(
-            out.action, XDP_TX,
-            "expected XDP_TX for {frame:02x?}, got {out:?}"
-        );
-        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
-        assert_eq!(
-            &out.data[12..],
-            &frame[12..],
-            "DR6 changes nothing past the MACs"
-        );
-        let n = out.data[5];
-        assert_eq!(&out.data[..6], &rs_mac(n), "destination MAC");
-        n
+        self.bal.forwarded_to(frame)
     }
 
     fn passed_untouched(&self, frame: &[u8], what: &str) {
@@ -231,16 +225,7 @@ fn dr6_udp_is_balanced_and_a_zero_udp_checksum_is_dropped() {
     s.port = 53;
     s.proto = proto::UDP;
     let f = Fixture::new(s);
-    let d = |sport| {
-        frame6(
-            client(),
-            vip(),
-            64,
-            &[],
-            proto::UDP,
-            &udp_dgram(client(), sport, vip(), 53),
-        )
-    };
+    let d = |sport| udp_frame(client(), sport, vip(), 53);
     let a = f.dr_to(&d(5000));
     let b = f.dr_to(&d(5001));
     assert_ne!(a, b);
@@ -510,14 +495,7 @@ fn nat6_udp_checksum_and_hop_limit_expiry() {
     // Many source ports: the rewritten checksum is right whatever it comes out as
     // (including the 0 → 0xffff case, if one of them hits it).
     for sport in 1000..1200u16 {
-        let d = frame6(
-            client(),
-            vip(),
-            64,
-            &[],
-            proto::UDP,
-            &udp_dgram(client(), sport, vip(), 53),
-        );
+        let d = udp_frame(client(), sport, vip(), 53);
         let out = f.run(&d);
         assert_eq!(out.action, XDP_TX, "{out:?}");
         let ip = &out.data[14..];

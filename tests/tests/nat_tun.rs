@@ -6,14 +6,17 @@
 
 use std::net::Ipv4Addr;
 
+mod common;
+use common::Balancer;
+
 use lb_ctl::{
-    dataplane::{Dataplane, Options, Paths, RsPath},
+    dataplane::{Dataplane, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
 };
 use lb_tests::{
     packet::{Frame, IP_DF, TCP_ACK, TCP_FIN, TCP_SYN, verify_checksums},
     routed::{CLIENT, CLIENT_MAC, INT_ADDR, Net, ROUTER, ROUTER_MAC, far_rs, rs, rs_mac},
-    xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp_run::{Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
@@ -23,30 +26,17 @@ const SMALL_MTU_RS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 
 /// A loaded balancer with its own pins (removed on drop) and the namespace to run it in.
 struct Fixture {
+    bal: Balancer,
     net: Net,
-    dp: Option<Dataplane>,
     model: Model,
-    _pins: lb_tests::PinDir,
 }
 
 impl Fixture {
     fn new(model: Model) -> Self {
-        let pins = lb_tests::PinDir::new("nat-tun");
-        let dp = Dataplane::open(Options {
-            pin_dir: pins.path().to_path_buf(),
-            conn_table_size: 4096,
-            sched_table_size: 4096,
-            mh_table_size: 251,
-            persist_table_size: 4096,
-            ..Options::default()
-        })
-        .expect("loading the balancer (root, bpffs)");
-        let net = Net::new("fib", &[SMALL_MTU_RS], None);
         let mut f = Self {
-            net,
-            dp: Some(dp),
+            bal: Balancer::with_sched_table("nat-tun", 4096, 4096),
+            net: Net::new("fib", &[SMALL_MTU_RS], None),
             model: Model::default(),
-            _pins: pins,
         };
         f.set(model);
         f
@@ -73,7 +63,7 @@ impl Fixture {
     }
 
     fn dp(&mut self) -> &mut Dataplane {
-        self.dp.as_mut().expect("open")
+        self.bal.dp_mut()
     }
 
     fn set(&mut self, model: Model) {
@@ -88,14 +78,7 @@ impl Fixture {
 
     /// Runs `frame` as if it arrived on `ifindex`, inside the namespace.
     fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
-        let prog = self.dp.as_ref().expect("open").program().expect("program");
-        let out = self
-            .net
-            .ns
-            .enter(|| xdp_run::run_xdp(prog, frame, 1, ifindex));
-        let out = out.expect("BPF_PROG_TEST_RUN");
-        assert_ne!(out.action, xdp_run::XDP_ABORTED, "aborted on {frame:02x?}");
-        out
+        self.net.ns.enter(|| self.bal.run(frame, ifindex))
     }
 
     fn arrives_from_client(&mut self, frame: &[u8]) -> Outcome {
@@ -109,33 +92,13 @@ impl Fixture {
     }
 
     fn counter(&mut self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
+        self.bal.counter(name)
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Before `_pins` removes the pins.
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.shutdown(false);
-        }
-    }
-}
-
+/// A real server of weight 1 without thresholds.
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
-    DestConfig {
-        addr: addr.into(),
-        port,
-        forward,
-        weight: 1,
-        u_threshold: 0,
-        l_threshold: 0,
-    }
+    DestConfig::new(addr, port, forward, 1)
 }
 
 fn one_service(proto: Protocol, port: u16, dests: &[DestConfig]) -> Model {

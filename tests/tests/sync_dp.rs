@@ -106,15 +106,9 @@ impl Director {
     }
 }
 
+/// A real server of weight 1 without thresholds.
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
-    DestConfig {
-        addr: addr.into(),
-        port,
-        forward,
-        weight: 1,
-        u_threshold: 0,
-        l_threshold: 0,
-    }
+    DestConfig::new(addr, port, forward, 1)
 }
 
 /// A persistent DR rr service on rs1 and rs2 (`-p TIMEOUT -M NETMASK`).

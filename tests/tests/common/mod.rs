@@ -28,30 +28,37 @@ pub fn rs_mac(n: u8) -> [u8; 6] {
 /// The balancer loaded with pins of its own, its tables sized for the fixtures (the
 /// connection table `conns` entries, the embryonic table a quarter); shut down before its pins
 /// are removed, also when a test fails. Shared by every `BPF_PROG_TEST_RUN` suite that keeps
-/// the balancer's maps its own way (this module's [`Fixture`], sync_dp, ipv6_dp).
+/// the balancer's maps its own way (this module's [`Fixture`], sync_dp, ipv6_dp, nat_tun).
 pub struct Balancer {
     dp: Option<Dataplane>,
     pins: lb_tests::PinDir,
     conns: u32,
+    sched: u32,
 }
 
 impl Balancer {
     /// Loads it with pins under `label` in this run's pin root.
     pub fn open(label: &str, conns: u32) -> Self {
+        Self::with_sched_table(label, conns, 1 << 16)
+    }
+
+    /// [`open`](Self::open) with a scheduling table of `sched` entries.
+    pub fn with_sched_table(label: &str, conns: u32, sched: u32) -> Self {
         let pins = lb_tests::PinDir::new(label);
-        let dp = Self::load(pins.path(), conns).expect("loading the balancer (root, bpffs)");
+        let dp = Self::load(pins.path(), conns, sched).expect("loading the balancer (root, bpffs)");
         Self {
             dp: Some(dp),
             pins,
             conns,
+            sched,
         }
     }
 
-    fn load(pins: &std::path::Path, conns: u32) -> anyhow::Result<Dataplane> {
+    fn load(pins: &std::path::Path, conns: u32, sched: u32) -> anyhow::Result<Dataplane> {
         Dataplane::open(Options {
             pin_dir: pins.to_path_buf(),
             conn_table_size: conns,
-            sched_table_size: 1 << 16,
+            sched_table_size: sched,
             mh_table_size: 251,
             persist_table_size: 4096,
             ..Options::default()
@@ -63,7 +70,7 @@ impl Balancer {
     pub fn reopen_keeping(&mut self) {
         let dp = self.dp.take().expect("open");
         dp.shutdown(true).expect("stopping, keeping the data path");
-        self.dp = Some(Self::load(self.pins.path(), self.conns).expect("adopting"));
+        self.dp = Some(Self::load(self.pins.path(), self.conns, self.sched).expect("adopting"));
     }
 
     pub fn dp(&self) -> &Dataplane {
@@ -90,6 +97,26 @@ impl Balancer {
             "the program aborted on {frame:02x?}"
         );
         out
+    }
+
+    /// DR: the real server (1..) a frame went to, by its destination MAC, checking that it
+    /// went back out (XDP_TX, loopback being every real server's interface here) from the
+    /// director's MAC with nothing past the MACs changed.
+    pub fn forwarded_to(&self, frame: &[u8]) -> u8 {
+        let out = self.run(frame, 0);
+        assert_eq!(
+            out.action, XDP_TX,
+            "expected XDP_TX for {frame:02x?}, got {out:?}"
+        );
+        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
+        assert_eq!(
+            &out.data[12..],
+            &frame[12..],
+            "DR must leave everything after the MACs untouched"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
+        n
     }
 
     /// The data path's counter `name`; panics if there is none.
@@ -178,20 +205,7 @@ impl Fixture {
 
     /// The real server a forwarded frame went to, by its destination MAC.
     pub fn forwarded_to(&mut self, frame: &[u8]) -> u8 {
-        let out = self.run(frame);
-        assert_eq!(
-            out.action, XDP_TX,
-            "expected XDP_TX for {frame:02x?}, got {out:?}"
-        );
-        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
-        assert_eq!(
-            &out.data[12..],
-            &frame[12..],
-            "DR must leave everything after the MACs untouched"
-        );
-        let n = out.data[5];
-        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
-        n
+        self.bal.forwarded_to(frame)
     }
 }
 
