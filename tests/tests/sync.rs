@@ -41,6 +41,15 @@ fn synced() -> Opts<'static> {
     }
 }
 
+/// The director that starts as MASTER: priority 150, [`synced`].
+fn master() -> Opts<'static> {
+    Opts {
+        state: "MASTER",
+        priority: 150,
+        ..synced()
+    }
+}
+
 /// A sync role's status (`master` or `backup`), if it runs.
 fn role(d: &Daemon, name: &str) -> Option<Value> {
     d.status()["sync"]["roles"]
@@ -136,10 +145,8 @@ fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
         &dir,
         "d1.toml",
         &Opts {
-            state: "MASTER",
-            priority: 150,
             preempt_delay: 6,
-            ..synced()
+            ..master()
         },
     );
     let c2 = config(&dir, "d2.toml", &synced());
@@ -332,10 +339,8 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
         &dir,
         "d1.toml",
         &Opts {
-            state: "MASTER",
-            priority: 150,
             sync: &s1,
-            ..synced()
+            ..master()
         },
     );
     let c2 = config(
@@ -451,15 +456,7 @@ fn ten_thousand_connections_reach_the_backup() {
     const N: usize = 10_000;
     let lab = HaLab::new();
     let dir = TempDir::new("sync");
-    let c1 = config(
-        &dir,
-        "d1.toml",
-        &Opts {
-            state: "MASTER",
-            priority: 150,
-            ..synced()
-        },
-    );
+    let c1 = config(&dir, "d1.toml", &master());
     let c2 = config(&dir, "d2.toml", &synced());
     let (d1, d2) = lab.start_pair(&c1, &c2);
     wait_reporting(&d1);
