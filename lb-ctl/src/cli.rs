@@ -2024,7 +2024,7 @@ mod tests {
         }
     }
 
-    fn plan_of(v: &[&str]) -> Result<Plan, UsageError> {
+    pub(super) fn plan_of(v: &[&str]) -> Result<Plan, UsageError> {
         plan_with(&args(v), &names())
     }
 
@@ -2050,7 +2050,7 @@ mod tests {
         }
     }
 
-    fn msg(v: &[&str]) -> String {
+    pub(super) fn msg(v: &[&str]) -> String {
         let e = err(v);
         assert_eq!(e.exit_code(), EXIT_USAGE, "{v:?}: {e}");
         assert!(!e.shows_try_help());
@@ -2137,33 +2137,47 @@ mod tests {
 
     // --- the seed commands ----------------------------------------------------------------
 
+    /// A command line without empty arguments, split at white space.
+    pub(super) fn words(line: &str) -> Vec<&str> {
+        line.split_whitespace().collect()
+    }
+
+    /// Each line gives its single op.
+    fn ops_are(cases: &[(&str, Op)]) {
+        for (line, want) in cases {
+            assert_eq!(&op(&words(line)), want, "{line}");
+        }
+    }
+
     #[test]
     fn add_edit_delete_service() {
         let k = key(Protocol::Tcp, VIP, 80);
-        assert_eq!(
-            op(&["-A", "-t", "192.168.59.135:80", "-s", "rr"]),
-            Op::AddService(svc(k, Scheduler::Rr))
-        );
-        assert_eq!(
-            op(&["-At", "192.168.59.135:80", "-s", "rr"]),
-            Op::AddService(svc(k, Scheduler::Rr))
-        );
-        assert_eq!(
-            op(&["-E", "-t", "192.168.59.135:80", "-s", "wrr"]),
-            Op::EditService(svc(k, Scheduler::Wrr))
-        );
-        // ipvsadm -E sends the whole service: without -s it is wlc again.
-        assert_eq!(
-            op(&["-E", "-t", "192.168.59.135:80"]),
-            Op::EditService(svc(k, Scheduler::Wlc))
-        );
-        assert_eq!(
-            op(&["--add-service", "--tcp-service", "192.168.59.135:80"]),
-            Op::AddService(svc(k, Scheduler::Wlc))
-        );
-        assert_eq!(op(&["-D", "-t", "192.168.59.135:80"]), Op::DelService(k));
-        assert_eq!(op(&["-C"]), Op::Clear);
-        assert_eq!(op(&["--clear"]), Op::Clear);
+        ops_are(&[
+            (
+                "-A -t 192.168.59.135:80 -s rr",
+                Op::AddService(svc(k, Scheduler::Rr)),
+            ),
+            (
+                "-At 192.168.59.135:80 -s rr",
+                Op::AddService(svc(k, Scheduler::Rr)),
+            ),
+            (
+                "-E -t 192.168.59.135:80 -s wrr",
+                Op::EditService(svc(k, Scheduler::Wrr)),
+            ),
+            // ipvsadm -E sends the whole service: without -s it is wlc again.
+            (
+                "-E -t 192.168.59.135:80",
+                Op::EditService(svc(k, Scheduler::Wlc)),
+            ),
+            (
+                "--add-service --tcp-service 192.168.59.135:80",
+                Op::AddService(svc(k, Scheduler::Wlc)),
+            ),
+            ("-D -t 192.168.59.135:80", Op::DelService(k)),
+            ("-C", Op::Clear),
+            ("--clear", Op::Clear),
+        ]);
     }
 
     #[test]
@@ -2240,122 +2254,64 @@ mod tests {
     #[test]
     fn add_edit_delete_server() {
         let k = key(Protocol::Tcp, VIP, 80);
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131:80",
-                "-g",
-                "-w",
-                "1"
-            ]),
-            Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1))
-        );
-        // Defaults: -g, weight 1, the service's port.
-        assert_eq!(
-            op(&["-a", "-t", "192.168.59.135:80", "-r", "192.168.59.131"]),
-            Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1))
-        );
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131:8080",
-                "-m",
-                "-w",
-                "2"
-            ]),
-            Op::AddDest(k, dest(RIP, 8080, Forward::Nat, 2))
-        );
-        // Gatewaying and tunnelling keep the service's port, whatever -r says.
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131:8080",
-                "-g"
-            ]),
-            Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1))
-        );
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131:8080",
-                "-i",
-                "-w",
-                "0"
-            ]),
-            Op::AddDest(k, dest(RIP, 80, Forward::Tun, 0))
-        );
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131",
-                "-i",
-                "--tun-type",
-                "ipip"
-            ]),
-            Op::AddDest(k, dest(RIP, 80, Forward::Tun, 1))
-        );
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131",
-                "-x",
-                "100",
-                "-y",
-                "10"
-            ]),
-            Op::AddDest(
-                k,
-                DestConfig {
-                    u_threshold: 100,
-                    l_threshold: 10,
-                    ..dest(RIP, 80, Forward::Dr, 1)
-                }
-            )
-        );
-        assert_eq!(
-            op(&[
-                "-e",
-                "-t",
-                "192.168.59.135:80",
-                "-r",
-                "192.168.59.131:80",
-                "-w",
-                "5"
-            ]),
-            Op::EditDest(k, dest(RIP, 80, Forward::Dr, 5))
-        );
-        assert_eq!(
-            op(&["-d", "-t", "192.168.59.135:80", "-r", "192.168.59.131:80"]),
-            Op::DelDest(k, Ipv4Addr::from(RIP).into(), 80)
-        );
-        // -d does not force the port: a masqueraded server on another port can be deleted.
-        assert_eq!(
-            op(&["-d", "-t", "192.168.59.135:80", "-r", "192.168.59.131:8080"]),
-            Op::DelDest(k, Ipv4Addr::from(RIP).into(), 8080)
-        );
         let u = key(Protocol::Udp, VIP, 53);
-        assert_eq!(
-            op(&["-a", "-u", "192.168.59.135:53", "-r", "192.168.59.131"]),
-            Op::AddDest(u, dest(RIP, 53, Forward::Dr, 1))
-        );
+        let rip = IpAddr::from(Ipv4Addr::from(RIP));
+        ops_are(&[
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131:80 -g -w 1",
+                Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
+            ),
+            // Defaults: -g, weight 1, the service's port.
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131",
+                Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
+            ),
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -m -w 2",
+                Op::AddDest(k, dest(RIP, 8080, Forward::Nat, 2)),
+            ),
+            // Gatewaying and tunnelling keep the service's port, whatever -r says.
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -g",
+                Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
+            ),
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -i -w 0",
+                Op::AddDest(k, dest(RIP, 80, Forward::Tun, 0)),
+            ),
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131 -i --tun-type ipip",
+                Op::AddDest(k, dest(RIP, 80, Forward::Tun, 1)),
+            ),
+            (
+                "-a -t 192.168.59.135:80 -r 192.168.59.131 -x 100 -y 10",
+                Op::AddDest(
+                    k,
+                    DestConfig {
+                        u_threshold: 100,
+                        l_threshold: 10,
+                        ..dest(RIP, 80, Forward::Dr, 1)
+                    },
+                ),
+            ),
+            (
+                "-e -t 192.168.59.135:80 -r 192.168.59.131:80 -w 5",
+                Op::EditDest(k, dest(RIP, 80, Forward::Dr, 5)),
+            ),
+            (
+                "-d -t 192.168.59.135:80 -r 192.168.59.131:80",
+                Op::DelDest(k, rip, 80),
+            ),
+            // -d does not force the port: a masqueraded server on another port can be deleted.
+            (
+                "-d -t 192.168.59.135:80 -r 192.168.59.131:8080",
+                Op::DelDest(k, rip, 8080),
+            ),
+            (
+                "-a -u 192.168.59.135:53 -r 192.168.59.131",
+                Op::AddDest(u, dest(RIP, 53, Forward::Dr, 1)),
+            ),
+        ]);
     }
 
     #[test]
@@ -3026,49 +2982,26 @@ mod tests {
             "illegal virtual server persistent mask specified"
         );
         // Real servers: bracketed with a port, bare taking the service's port.
-        assert_eq!(
-            op(&[
-                "-a",
-                "-t",
-                V6VIP,
-                "-r",
-                "[2001:db8::11]:8080",
-                "-m",
-                "-w",
-                "2"
-            ]),
-            Op::AddDest(
-                v6key(80),
-                DestConfig::new(v6("2001:db8::11"), 8080, Forward::Nat, 2)
-            )
-        );
-        assert_eq!(
-            op(&["-a", "-t", V6VIP, "-r", "2001:db8::11", "-g"]),
-            Op::AddDest(
-                v6key(80),
-                DestConfig::new(v6("2001:db8::11"), 80, Forward::Dr, 1)
-            )
-        );
-        assert_eq!(
-            op(&[
-                "-e",
-                "-t",
-                V6VIP,
-                "-r",
-                "[2001:db8::11]:80",
-                "-i",
-                "-w",
-                "5"
-            ]),
-            Op::EditDest(
-                v6key(80),
-                DestConfig::new(v6("2001:db8::11"), 80, Forward::Tun, 5)
-            )
-        );
-        assert_eq!(
-            op(&["-d", "-t", V6VIP, "-r", "[2001:db8::11]:80"]),
-            Op::DelDest(v6key(80), v6("2001:db8::11"), 80)
-        );
+        let rip6 =
+            |port, forward, weight| DestConfig::new(v6("2001:db8::11"), port, forward, weight);
+        ops_are(&[
+            (
+                "-a -t [2001:db8::100]:80 -r [2001:db8::11]:8080 -m -w 2",
+                Op::AddDest(v6key(80), rip6(8080, Forward::Nat, 2)),
+            ),
+            (
+                "-a -t [2001:db8::100]:80 -r 2001:db8::11 -g",
+                Op::AddDest(v6key(80), rip6(80, Forward::Dr, 1)),
+            ),
+            (
+                "-e -t [2001:db8::100]:80 -r [2001:db8::11]:80 -i -w 5",
+                Op::EditDest(v6key(80), rip6(80, Forward::Tun, 5)),
+            ),
+            (
+                "-d -t [2001:db8::100]:80 -r [2001:db8::11]:80",
+                Op::DelDest(v6key(80), v6("2001:db8::11"), 80),
+            ),
+        ]);
         assert_eq!(
             msg(&["-a", "-t", V6VIP, "-r", "[2001:db8::11]"]),
             "illegal real server address[:port] specified"
@@ -3902,20 +3835,9 @@ mod tests {
 /// ipvsadm's sync-daemon command lines (crate::sync).
 #[cfg(test)]
 mod daemon_tests {
+    use super::tests::{msg, plan_of, words};
     use super::*;
     use crate::sync::config::{Params, Role};
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: IpvsArgs,
-    }
-
-    fn plan_of(v: &[&str]) -> Result<Plan, UsageError> {
-        let t = T::try_parse_from(std::iter::once("lb-ctl").chain(v.iter().copied()))
-            .unwrap_or_else(|e| panic!("{v:?} does not parse: {e}"));
-        plan_with(&t.a, &Names::parse("", ""))
-    }
 
     fn req(v: &[&str]) -> Request {
         match plan_of(v) {
@@ -3924,16 +3846,6 @@ mod daemon_tests {
                 render: Render::Nothing,
             }) => req,
             other => panic!("{v:?}: {other:?}"),
-        }
-    }
-
-    fn msg(v: &[&str]) -> String {
-        match plan_of(v) {
-            Err(e) => {
-                assert_eq!(e.exit_code(), EXIT_USAGE, "{v:?}: {e}");
-                e.to_string()
-            }
-            Ok(p) => panic!("{v:?} accepted: {p:?}"),
         }
     }
 
@@ -3982,51 +3894,50 @@ mod daemon_tests {
 
     #[test]
     fn daemon_errors_are_ipvsadms() {
-        let start = ["--start-daemon", "master", "--mcast-interface", "eth0"];
-        let with = |extra: &[&str]| msg(&[&start[..], extra].concat());
-        assert_eq!(
-            msg(&["--start-daemon", "primary", "--mcast-interface", "eth0"]),
-            "illegal start-daemon parameter specified"
-        );
-        assert_eq!(
-            msg(&["--stop-daemon", "x"]),
-            "illegal start_daemon specified"
-        );
-        assert_eq!(
-            msg(&["--start-daemon", "master"]),
-            "You need to supply the 'mcast-interface' option for the 'start-daemon' command"
-        );
-        assert_eq!(with(&["--syncid", "256"]), "illegal syncid specified");
-        assert_eq!(
-            with(&["--sync-maxlen", "0"]),
-            "illegal sync-maxlen specified"
-        );
-        assert_eq!(
-            with(&["--mcast-port", "65536"]),
-            "illegal mcast-port specified"
-        );
-        assert_eq!(with(&["--mcast-ttl", "0"]), "illegal mcast-ttl specified");
-        assert_eq!(
-            with(&["--mcast-group", "192.0.2.1"]),
-            "invalid IPv4 mcast-group `192.0.2.1'"
-        );
-        assert_eq!(
-            with(&["-t", "192.0.2.1:80"]),
-            "Illegal 'service-address' option with the 'start-daemon' command"
-        );
-        assert_eq!(
-            msg(&["--stop-daemon", "master", "--syncid", "1"]),
-            "Illegal 'syncid' option with the 'stop-daemon' command"
-        );
-        assert_eq!(
-            msg(&["-L", "--mcast-interface", "eth0"]),
-            "Illegal 'mcast-interface' option with the 'list' command"
-        );
-        assert_eq!(with(&["-C"]), "multiple commands specified");
-        assert_eq!(
-            msg(&["--start-daemon", "master", "--stop-daemon", "master"]),
-            "multiple commands specified"
-        );
+        // "+ X" stands for `--start-daemon master --mcast-interface eth0 X`.
+        let start = "--start-daemon master --mcast-interface eth0";
+        for (line, want) in [
+            (
+                "--start-daemon primary --mcast-interface eth0",
+                "illegal start-daemon parameter specified",
+            ),
+            ("--stop-daemon x", "illegal start_daemon specified"),
+            (
+                "--start-daemon master",
+                "You need to supply the 'mcast-interface' option for the 'start-daemon' command",
+            ),
+            ("+ --syncid 256", "illegal syncid specified"),
+            ("+ --sync-maxlen 0", "illegal sync-maxlen specified"),
+            ("+ --mcast-port 65536", "illegal mcast-port specified"),
+            ("+ --mcast-ttl 0", "illegal mcast-ttl specified"),
+            (
+                "+ --mcast-group 192.0.2.1",
+                "invalid IPv4 mcast-group `192.0.2.1'",
+            ),
+            (
+                "+ -t 192.0.2.1:80",
+                "Illegal 'service-address' option with the 'start-daemon' command",
+            ),
+            (
+                "--stop-daemon master --syncid 1",
+                "Illegal 'syncid' option with the 'stop-daemon' command",
+            ),
+            (
+                "-L --mcast-interface eth0",
+                "Illegal 'mcast-interface' option with the 'list' command",
+            ),
+            ("+ -C", "multiple commands specified"),
+            (
+                "--start-daemon master --stop-daemon master",
+                "multiple commands specified",
+            ),
+        ] {
+            let line = match line.strip_prefix("+ ") {
+                Some(extra) => format!("{start} {extra}"),
+                None => line.to_string(),
+            };
+            assert_eq!(msg(&words(&line)), want, "{line}");
+        }
     }
 
     #[test]

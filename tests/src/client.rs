@@ -21,7 +21,8 @@ pub fn curl_from(ns: &Netns, src: std::net::Ipv4Addr, url: &str) -> Result<Strin
     run_curl(ns, &["--interface", &src.to_string()], url)
 }
 
-fn run_curl(ns: &Netns, extra: &[&str], url: &str) -> Result<String, String> {
+/// `curl -sS --max-time 5 EXTRA… URL` in `ns`: its output, or what went wrong.
+pub(crate) fn run_curl(ns: &Netns, extra: &[&str], url: &str) -> Result<String, String> {
     let mut cmd = ns.command("curl");
     cmd.args(["-sS", "--max-time", "5"]).args(extra).arg(url);
     let out = cmd
@@ -48,16 +49,7 @@ impl KeepAlive {
     /// Connects from `ns` to `addr` (e.g. the VIP and port).
     pub fn connect(ns: &Netns, addr: SocketAddr) -> io::Result<KeepAlive> {
         let stream = ns.enter(|| TcpStream::connect_timeout(&addr, IO_TIMEOUT))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        let local = stream.local_addr()?;
-        Ok(KeepAlive {
-            conn: BufReader::new(stream),
-            host: addr.ip().to_string(),
-            local,
-            peer: addr,
-        })
+        Self::over(stream, addr)
     }
 
     /// Connects from `ns`, from its address `src` (one of several the namespace has, so a
@@ -73,6 +65,11 @@ impl KeepAlive {
             s.connect_timeout(&addr.into(), IO_TIMEOUT)?;
             Ok(s.into())
         })?;
+        Self::over(stream, addr)
+    }
+
+    /// A connected `stream` to `addr`, with the I/O timeouts set and Nagle off.
+    fn over(stream: TcpStream, addr: SocketAddr) -> io::Result<KeepAlive> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;

@@ -171,6 +171,34 @@ impl Daemon {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
     }
 
+    /// The `real_servers` entry of `lb-ctl status` for `addr`.
+    pub fn real_server(&self, addr: &str) -> serde_json::Value {
+        real_server_entry(&self.status(), addr)
+    }
+
+    /// Polls `status` every 200 ms until `done` holds for `addr`'s entry; panics with the
+    /// last entry and the daemon's log after 30 s (route notifications are handled on the
+    /// daemon's next 1 s tick: a bound, not an expectation).
+    pub fn wait_real_server(
+        &self,
+        addr: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..150 {
+            last = self.real_server(addr);
+            if done(&last) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "real server {addr} never {what}; last status entry: {last}\n--- daemon log ---\n{}",
+            self.log()
+        );
+    }
+
     /// Runs `lb-ctl --socket SOCK args…`; panics with its output and the daemon's log unless
     /// it succeeds. Returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
@@ -273,4 +301,15 @@ impl Drop for Daemon {
         }
         // `_root` then removes this run's pin dir if this was its last user.
     }
+}
+
+/// The `real_servers` entry of a parsed `lb-ctl status` for `addr`; panics without one.
+pub fn real_server_entry(st: &serde_json::Value, addr: &str) -> serde_json::Value {
+    st["real_servers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no real_servers: {st}"))
+        .iter()
+        .find(|r| r["address"] == addr)
+        .unwrap_or_else(|| panic!("status lists no real server {addr}: {st}"))
+        .clone()
 }

@@ -16,7 +16,7 @@
 //! ```
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::cmd::{check, report, tool};
+use crate::cmd::{check, tool};
 use crate::{Netns, Nginx, RealServerMode, RealServerSetup, XdpPass, veth};
 
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
@@ -351,18 +351,9 @@ impl Lab6 {
     }
 }
 
-/// `curl -sS -g --max-time 5 URL` in `ns` (`-g`: brackets in an IPv6 URL are not a glob).
+/// `curl -sS --max-time 5 -g URL` in `ns` (`-g`: brackets in an IPv6 URL are not a glob).
 pub fn curl6(ns: &Netns, url: &str) -> Result<String, String> {
-    let mut cmd = ns.command("curl");
-    cmd.args(["-sS", "-g", "--max-time", "5", url]);
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot start curl in {}: {e}", ns.name()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(report(&cmd, &out))
-    }
+    crate::client::run_curl(ns, &["-g"], url)
 }
 
 /// `http://[VIP6]:port/`.

@@ -4,38 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use lb_tests::daemon::real_server_entry;
 use lb_tests::{Daemon, DaemonOpts, DrLab, KeepAlive, TempDir, TunLab, curl, lab::tun};
 
 const VIP_URL: &str = "http://192.0.2.100/";
-
-/// `lb-ctl status` as JSON.
-/// The `real_servers` entry of `status` for `addr`.
-fn rs_status(st: &serde_json::Value, addr: &str) -> serde_json::Value {
-    st["real_servers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no real_servers: {st}"))
-        .iter()
-        .find(|r| r["address"] == addr)
-        .unwrap_or_else(|| panic!("status lists no real server {addr}: {st}"))
-        .clone()
-}
-
-/// Polls `status` until `done` holds for `addr`'s entry (route notifications are handled on
-/// the daemon's next 1 s tick); a bound, not an expectation.
-fn wait_rs(d: &Daemon, addr: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let mut last = serde_json::Value::Null;
-    for _ in 0..150 {
-        last = rs_status(&d.status(), addr);
-        if done(&last) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!(
-        "real server {addr} never {what}; last status entry: {last}\n--- daemon log ---\n{}",
-        d.log()
-    );
-}
 
 fn counter(d: &Daemon, name: &str) -> u64 {
     d.status()["counters"][name]
@@ -99,11 +71,11 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     // The director loses its route to rs3 only (the others stay on-link through the /24).
     lab.director()
         .ip(&["route", "add", "unreachable", "192.0.2.13/32"]);
-    wait_rs(&d, "192.0.2.13", "became unresolved", |r| {
+    d.wait_real_server("192.0.2.13", "became unresolved", |r| {
         r["state"] == "unresolved"
     });
     let st = d.status();
-    let rs3 = rs_status(&st, "192.0.2.13");
+    let rs3 = real_server_entry(&st, "192.0.2.13");
     assert!(
         rs3["reason"]
             .as_str()
@@ -115,7 +87,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
         "status gives the next retry: {rs3}"
     );
     for other in ["192.0.2.11", "192.0.2.12"] {
-        let r = rs_status(&st, other);
+        let r = real_server_entry(&st, other);
         assert_eq!(r["state"], "resolved", "{other} is unaffected: {st}");
         assert!(r["mac"].is_string(), "{other} keeps its MAC: {st}");
     }
@@ -158,7 +130,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     d.ctl_ok(&["stop", "--keep-datapath"]);
     d.restart();
     assert!(d.log().contains("adopted the data path"), "{}", d.log());
-    wait_rs(&d, "192.0.2.13", "stayed out after a restart", |r| {
+    d.wait_real_server("192.0.2.13", "stayed out after a restart", |r| {
         r["state"] == "unresolved"
     });
     for (who, k) in held.iter_mut().take(2) {
@@ -175,7 +147,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     // The route returns: rs3 is resolved again by itself, and takes traffic again.
     lab.director()
         .ip(&["route", "del", "unreachable", "192.0.2.13/32"]);
-    wait_rs(&d, "192.0.2.13", "was resolved again", |r| {
+    d.wait_real_server("192.0.2.13", "was resolved again", |r| {
         r["state"] == "resolved" && r["mac"].is_string()
     });
     let after = tally(&curls(&lab, 6));

@@ -518,7 +518,7 @@ fn idle_connections_expire_by_their_state_timeout() {
 #[test]
 fn the_balancer_leaves_the_verifier_headroom() {
     let f = Fixture::new(model(&[]));
-    let counts = f.dp.as_ref().unwrap().verified_insns();
+    let counts = f.bal.dp().verified_insns();
     eprintln!("verified instructions: {counts:?}");
     assert_eq!(counts.len(), 5, "{counts:?}");
     for (name, n) in counts {

@@ -59,34 +59,6 @@ fn assert_split(bodies: &[String], want: &[(&str, usize)], what: &str, d: &Daemo
     );
 }
 
-/// The `real_servers` entry of `lb-ctl status` for `addr`.
-fn rs_status(d: &Daemon, addr: &str) -> serde_json::Value {
-    let st = d.status();
-    st["real_servers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no real_servers: {st}"))
-        .iter()
-        .find(|r| r["address"] == addr)
-        .unwrap_or_else(|| panic!("status lists no real server {addr}: {st}"))
-        .clone()
-}
-
-/// Polls `status` (bounded) until `done` holds for `addr`'s entry.
-fn wait_rs(d: &Daemon, addr: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let mut last = serde_json::Value::Null;
-    for _ in 0..150 {
-        last = rs_status(d, addr);
-        if done(&last) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!(
-        "real server {addr} never {what}; last status entry: {last}\n--- daemon log ---\n{}",
-        d.log()
-    );
-}
-
 #[test]
 fn dr6_rr_splits_30_curl6_requests_15_15_and_survives_a_daemon_restart() {
     let mut lab = Lab6::new(Kind::Dr, 2);
@@ -125,7 +97,7 @@ fn dr6_rr_splits_30_curl6_requests_15_15_and_survives_a_daemon_restart() {
     );
     // The MACs came from the IPv6 neighbour table.
     for i in 1..=2 {
-        let st = rs_status(&d, &rs6(Kind::Dr, i).to_string());
+        let st = d.real_server(&rs6(Kind::Dr, i).to_string());
         assert_eq!(st["state"], "resolved", "{st}");
         let mac = lab.rs[i - 1].mac("eth0");
         assert_eq!(st["mac"], mac.as_str(), "rs{i}: {st}");
@@ -221,7 +193,7 @@ fn tun6_behind_a_router_and_one_blackholed_real_server_goes_alone() {
     let bodies = curls_ok(&lab, &d, &url6(80), 10);
     assert_split(&bodies, &[("rs1", 5), ("rs2", 5)], "TUN6 rr", &d);
     let rs2 = rs6(Kind::Tun, 2).to_string();
-    let st = rs_status(&d, &rs2);
+    let st = d.real_server(&rs2);
     assert_eq!(st["tunnel_source"], lab6::TUN_DIRECTOR6.to_string(), "{st}");
     assert_eq!(st["next_hop"], lab6::ROUTER_DIRECTOR6.to_string(), "{st}");
 
@@ -229,7 +201,7 @@ fn tun6_behind_a_router_and_one_blackholed_real_server_goes_alone() {
     // notification tells the daemon), rs1 keeps serving, and rs2 comes back by itself.
     lab.director
         .ip(&["-6", "route", "add", "blackhole", &format!("{rs2}/128")]);
-    wait_rs(&d, &rs2, "went unresolved", |r| r["state"] == "unresolved");
+    d.wait_real_server(&rs2, "went unresolved", |r| r["state"] == "unresolved");
     let results: Vec<Result<String, String>> = (0..4)
         .map(|_| curl6(&lab.client, &url6(80)).map(|b| b.trim().to_string()))
         .collect();
@@ -241,7 +213,7 @@ fn tun6_behind_a_router_and_one_blackholed_real_server_goes_alone() {
     );
     lab.director
         .ip(&["-6", "route", "del", "blackhole", &format!("{rs2}/128")]);
-    wait_rs(&d, &rs2, "came back", |r| r["state"] == "resolved");
+    d.wait_real_server(&rs2, "came back", |r| r["state"] == "resolved");
     let bodies = curls_ok(&lab, &d, &url6(80), 4);
     assert_split(
         &bodies,

@@ -9,18 +9,18 @@
 //! layout-5 contract in `lb_common` says the control plane writes them (the control plane's
 //! IPv6 model is another change): what is tested is the data path reading them.
 
+mod common;
+// The fixture suites' MACs: the director's, the router's, real server n's.
+use common::{Balancer, DIRECTOR_MAC, ROUTER_MAC, rs_mac};
+
 use std::net::Ipv6Addr;
 
 use lb_common::{fwd, proto, sched};
-use lb_ctl::dataplane::{Dataplane, Options};
 use lb_tests::{
     packet::{TCP_ACK, TCP_SYN},
     v6::{self, Ext, NH_DST, NH_HOP, NH_ICMP6, NH_ROUTING, l4_csum, tcp_seg, udp_dgram, v6},
-    xdp_run::{self, Outcome, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
-
-const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 
 fn vip() -> Ipv6Addr {
     v6("2001:db8::100")
@@ -30,9 +30,6 @@ fn client() -> Ipv6Addr {
 }
 fn rs(n: u8) -> Ipv6Addr {
     v6(&format!("2001:db8:1::{n}"))
-}
-fn rs_mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x10, n]
 }
 fn tun_src() -> Ipv6Addr {
     v6("2001:db8::d1")
@@ -60,15 +57,32 @@ fn verify_l4(ip: &[u8]) {
     );
 }
 
-fn syn(sport: u16) -> Vec<u8> {
+/// A TCP segment (no extension headers, hop limit 64) from the router to the director.
+fn tcp_frame(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
     frame6(
-        client(),
-        vip(),
+        src,
+        dst,
         64,
         &[],
         proto::TCP,
-        &tcp_seg(client(), sport, vip(), 80, TCP_SYN),
+        &tcp_seg(src, sport, dst, dport, flags),
     )
+}
+
+/// A UDP datagram (no extension headers, hop limit 64) from the router to the director.
+fn udp_frame(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    frame6(
+        src,
+        dst,
+        64,
+        &[],
+        proto::UDP,
+        &udp_dgram(src, sport, dst, dport),
+    )
+}
+
+fn syn(sport: u16) -> Vec<u8> {
+    tcp_frame(client(), sport, vip(), 80, TCP_SYN)
 }
 
 fn tcp6(sport: u16, flags: u8, exts: &[Ext]) -> Vec<u8> {
@@ -86,8 +100,7 @@ fn tcp6(sport: u16, flags: u8, exts: &[Ext]) -> Vec<u8> {
 // The balancer with an IPv6 service written into its maps.
 
 struct Fixture {
-    dp: Option<Dataplane>,
-    pins: lb_tests::PinDir,
+    bal: Balancer,
 }
 
 /// One IPv6 service and its real servers.
@@ -118,20 +131,19 @@ impl Svc {
 
 impl Fixture {
     fn new(s: Svc) -> Self {
-        let pins = lb_tests::PinDir::new("v6dp");
-        let dp = Dataplane::open(Options {
-            pin_dir: pins.path().to_path_buf(),
-            conn_table_size: 4096,
-            sched_table_size: 1 << 16,
-            mh_table_size: 251,
-            persist_table_size: 4096,
-            ..Options::default()
-        })
-        .expect("loading the balancer (root, bpffs)");
-        // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
-        // reports as ingress, so a forwarded packet comes back as XDP_TX.
+        let f = Self {
+            bal: Balancer::open("v6dp", 4096),
+        };
+        f.install(&s);
+        f
+    }
+
+    /// Writes `s` into the maps as service 0. Every real server is "reached" through
+    /// loopback, the interface BPF_PROG_TEST_RUN reports as ingress, so a forwarded packet
+    /// comes back as XDP_TX.
+    fn install(&self, s: &Svc) {
         v6::install(
-            pins.path(),
+            self.bal.pins(),
             &v6::Svc {
                 index: 0,
                 vip: vip(),
@@ -155,68 +167,31 @@ impl Fixture {
                     .collect(),
             },
         );
-        Self { dp: Some(dp), pins }
     }
 
     /// Where replies to `client` go, as the data path caches it after a FIB lookup (the
     /// namespace of the test has no route to the client).
     fn client_hop(&self, client: Ipv6Addr, _mtu: u16) {
-        v6::client_hop(self.pins.path(), client, 1, ROUTER_MAC, DIRECTOR_MAC);
-    }
-
-    fn dp(&self) -> &Dataplane {
-        self.dp.as_ref().unwrap()
+        v6::client_hop(self.bal.pins(), client, 1, ROUTER_MAC, DIRECTOR_MAC);
     }
 
     fn run(&self, frame: &[u8]) -> Outcome {
-        let prog = self.dp().program().expect("program");
-        let out = xdp_run::run_xdp(prog, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
-        assert_ne!(
-            out.action, XDP_ABORTED,
-            "the program aborted on {frame:02x?}"
-        );
-        out
+        self.bal.run(frame, 0)
     }
 
     fn counter(&self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
+        self.bal.counter(name)
     }
 
     /// DR: the real server a frame went to, checking that only the MACs changed.
     fn dr_to(&self, frame: &[u8]) -> u8 {
-        let out = self.run(frame);
-        assert_eq!(
-            out.action, XDP_TX,
-            "expected XDP_TX for {frame:02x?}, got {out:?}"
-        );
-        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
-        assert_eq!(
-            &out.data[12..],
-            &frame[12..],
-            "DR6 changes nothing past the MACs"
-        );
-        let n = out.data[5];
-        assert_eq!(&out.data[..6], &rs_mac(n), "destination MAC");
-        n
+        self.bal.forwarded_to(frame)
     }
 
     fn passed_untouched(&self, frame: &[u8], what: &str) {
         let out = self.run(frame);
         assert_eq!(out.action, XDP_PASS, "{what}: {out:?}");
         assert_eq!(out.data, frame, "{what}: passed byte for byte");
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.shutdown(false);
-        }
     }
 }
 
@@ -250,16 +225,7 @@ fn dr6_udp_is_balanced_and_a_zero_udp_checksum_is_dropped() {
     s.port = 53;
     s.proto = proto::UDP;
     let f = Fixture::new(s);
-    let d = |sport| {
-        frame6(
-            client(),
-            vip(),
-            64,
-            &[],
-            proto::UDP,
-            &udp_dgram(client(), sport, vip(), 53),
-        )
-    };
+    let d = |sport| udp_frame(client(), sport, vip(), 53);
     let a = f.dr_to(&d(5000));
     let b = f.dr_to(&d(5001));
     assert_ne!(a, b);
@@ -285,14 +251,7 @@ fn sh6_hashes_the_folded_client_address() {
         let c = v6(&format!("2001:db8:{:x}::{:x}", 0xc00 + i, 7 * i + 1));
         let bucket = lb_common::hash::sh_bucket(addr(c).sched_key(), 0, 0);
         let want = (bucket % 3 + 1) as u8;
-        let frame = frame6(
-            c,
-            vip(),
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(c, 1234, vip(), 80, TCP_SYN),
-        );
+        let frame = tcp_frame(c, 1234, vip(), 80, TCP_SYN);
         assert_eq!(f.dr_to(&frame), want, "client {c}, bucket {bucket}");
     }
 }
@@ -304,16 +263,7 @@ fn persistence6_keys_on_the_prefix() {
     let mut s = Svc::new(fwd::DR, &[(1, 80), (2, 80)]);
     s.persist_plen = Some(64);
     let f = Fixture::new(s);
-    let from = |c: Ipv6Addr, sport| {
-        frame6(
-            c,
-            vip(),
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(c, sport, vip(), 80, TCP_SYN),
-        )
-    };
+    let from = |c: Ipv6Addr, sport| tcp_frame(c, sport, vip(), 80, TCP_SYN);
     let a = f.dr_to(&from(v6("2001:db8:aa:1::1"), 1000));
     let b = f.dr_to(&from(v6("2001:db8:bb:1::1"), 1000));
     assert_ne!(a, b, "two networks, rr");
@@ -457,36 +407,15 @@ fn ndp_and_other_ipv6_traffic_pass_untouched() {
         "MLDv2 report",
     );
     // TCP to another address or port, and an IPv4-mapped destination (no IPv6 host's).
-    let other = frame6(
-        client(),
-        rs(1),
-        64,
-        &[],
-        proto::TCP,
-        &tcp_seg(client(), 1, rs(1), 80, TCP_SYN),
-    );
+    let other = tcp_frame(client(), 1, rs(1), 80, TCP_SYN);
     f.passed_untouched(&other, "not a VIP");
     f.passed_untouched(
-        &frame6(
-            client(),
-            vip(),
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(client(), 1, vip(), 81, TCP_SYN),
-        ),
+        &tcp_frame(client(), 1, vip(), 81, TCP_SYN),
         "not the service's port",
     );
     let mapped = v6("::ffff:192.0.2.100");
     f.passed_untouched(
-        &frame6(
-            client(),
-            mapped,
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(client(), 1, mapped, 80, TCP_SYN),
-        ),
+        &tcp_frame(client(), 1, mapped, 80, TCP_SYN),
         "IPv4-mapped destination",
     );
     assert_eq!(f.counter("new_conn"), 0);
@@ -497,14 +426,7 @@ fn martian_ipv6_sources_never_open_a_connection() {
     let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
     for src in ["::", "::1", "ff02::1", "::ffff:198.51.100.7"] {
         let s = v6(src);
-        let frame = frame6(
-            s,
-            vip(),
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(s, 1000, vip(), 80, TCP_SYN),
-        );
+        let frame = tcp_frame(s, 1000, vip(), 80, TCP_SYN);
         assert_eq!(f.run(&frame).action, XDP_DROP, "source {src}");
     }
     assert_eq!(f.counter("drop_martian"), 4);
@@ -542,14 +464,7 @@ fn nat6_dnats_requests_and_snats_replies_with_checksums_right() {
         seen.push((sport, n));
 
         // The real server's SYN-ACK comes back: SNAT to VIP:80, to the client's hop.
-        let reply = frame6(
-            rs(n),
-            client(),
-            64,
-            &[],
-            proto::TCP,
-            &tcp_seg(rs(n), rport, client(), sport, TCP_SYN | TCP_ACK),
-        );
+        let reply = tcp_frame(rs(n), rport, client(), sport, TCP_SYN | TCP_ACK);
         let out = f.run(&reply);
         assert_eq!(out.action, XDP_TX, "{out:?}");
         assert_eq!(&out.data[..6], &ROUTER_MAC);
@@ -565,14 +480,7 @@ fn nat6_dnats_requests_and_snats_replies_with_checksums_right() {
     }
     assert_ne!(seen[0].1, seen[1].1, "rr");
     // A packet from a real server that belongs to no connection is the stack's.
-    let stray = frame6(
-        rs(1),
-        client(),
-        64,
-        &[],
-        proto::TCP,
-        &tcp_seg(rs(1), 8080, client(), 1, TCP_ACK),
-    );
+    let stray = tcp_frame(rs(1), 8080, client(), 1, TCP_ACK);
     f.passed_untouched(&stray, "no connection");
     assert_eq!(f.counter("pass_no_reply_conn"), 1);
 }
@@ -587,14 +495,7 @@ fn nat6_udp_checksum_and_hop_limit_expiry() {
     // Many source ports: the rewritten checksum is right whatever it comes out as
     // (including the 0 → 0xffff case, if one of them hits it).
     for sport in 1000..1200u16 {
-        let d = frame6(
-            client(),
-            vip(),
-            64,
-            &[],
-            proto::UDP,
-            &udp_dgram(client(), sport, vip(), 53),
-        );
+        let d = udp_frame(client(), sport, vip(), 53);
         let out = f.run(&d);
         assert_eq!(out.action, XDP_TX, "{out:?}");
         let ip = &out.data[14..];
@@ -679,28 +580,14 @@ fn icmp6_errors_about_a_dr_connection_go_to_its_real_server() {
     let f = Fixture::new(Svc::new(fwd::DR, &[(1, 80), (2, 80)]));
     let n = f.dr_to(&syn(48000));
     // A router on the way back says the real server's reply (VIP:80 → client) was too big.
-    let reply = frame6(
-        vip(),
-        client(),
-        64,
-        &[],
-        proto::TCP,
-        &tcp_seg(vip(), 80, client(), 48000, TCP_ACK),
-    );
+    let reply = tcp_frame(vip(), 80, client(), 48000, TCP_ACK);
     let ptb = icmp6_error(router(), vip(), 2, 1400, &reply[14..]);
     assert_eq!(f.dr_to(&ptb), n, "to the connection's real server");
     let unreach = icmp6_error(router(), vip(), 1, 0, &reply[14..]);
     assert_eq!(f.dr_to(&unreach), n);
     assert_eq!(f.counter("icmp_forwarded"), 2);
     // About no connection, or an informational message: the stack's.
-    let other = frame6(
-        vip(),
-        client(),
-        64,
-        &[],
-        proto::TCP,
-        &tcp_seg(vip(), 80, client(), 1, TCP_ACK),
-    );
+    let other = tcp_frame(vip(), 80, client(), 1, TCP_ACK);
     f.passed_untouched(
         &icmp6_error(router(), vip(), 2, 1400, &other[14..]),
         "no connection",
@@ -873,14 +760,7 @@ fn lb_decap_accepts_ipv6_in_ipv6_for_its_vips() {
         "the inner packet, as if it came plain"
     );
     // Not for one of its VIPs, or an outer payload length past the frame: untouched.
-    let other = frame6(
-        client(),
-        rs(2),
-        64,
-        &[],
-        proto::TCP,
-        &tcp_seg(client(), 1, rs(2), 80, TCP_SYN),
-    );
+    let other = tcp_frame(client(), 1, rs(2), 80, TCP_SYN);
     for (frame, what) in [
         (encap(&other, 0), "another inner destination"),
         (encap(&inner, 8), "payload length past the frame"),
@@ -904,16 +784,9 @@ fn without_the_ipv6_programs_ipv4_keeps_forwarding() {
         model::{DestConfig, Forward, Model, Scheduler, ServiceConfig, ServiceKey},
     };
     use std::net::Ipv4Addr;
-    let pins = lb_tests::PinDir::new("v6dp-progs");
-    let mut dp = Dataplane::open(Options {
-        pin_dir: pins.path().to_path_buf(),
-        conn_table_size: 4096,
-        sched_table_size: 1 << 16,
-        mh_table_size: 251,
-        persist_table_size: 4096,
-        ..Options::default()
-    })
-    .expect("loading the balancer (root, bpffs)");
+    let mut f = Fixture {
+        bal: Balancer::open("v6dp-progs", 4096),
+    };
     let (vip4, rs4) = (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 11));
     let mut m = Model::default();
     m.add(
@@ -932,30 +805,9 @@ fn without_the_ipv6_programs_ipv4_keeps_forwarding() {
             ..RsPath::default()
         },
     );
-    dp.sync(&m, &paths).expect("sync");
+    f.bal.dp_mut().sync(&m, &paths).expect("sync");
     // The IPv6 service after the sync (which flips the live half).
-    v6::install(
-        pins.path(),
-        &v6::Svc {
-            index: 0,
-            vip: vip(),
-            port: 80,
-            proto: proto::TCP,
-            sched: sched::RR,
-            fwd: fwd::DR,
-            persist_plen: None,
-            tun_src: tun_src(),
-            dests: vec![v6::Dest {
-                addr: rs(1),
-                port: 80,
-                ifindex: 1,
-                dmac: rs_mac(1),
-                smac: DIRECTOR_MAC,
-                mtu: 0,
-            }],
-        },
-    );
-    let f = Fixture { dp: Some(dp), pins };
+    f.install(&Svc::new(fwd::DR, &[(1, 80)]));
     let tcp4 = |sport, flags| {
         lb_tests::packet::Frame::tcp(Ipv4Addr::new(198, 51, 100, 7), sport, vip4, 80, flags, b"")
             .eth(DIRECTOR_MAC, ROUTER_MAC)
@@ -991,5 +843,5 @@ fn without_the_ipv6_programs_ipv4_keeps_forwarding() {
 }
 
 fn pins_maps(f: &Fixture) -> std::path::PathBuf {
-    f.pins.path().join("maps")
+    f.bal.pins().join("maps")
 }

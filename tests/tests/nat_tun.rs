@@ -6,14 +6,17 @@
 
 use std::net::Ipv4Addr;
 
+mod common;
+use common::Balancer;
+
 use lb_ctl::{
-    dataplane::{Dataplane, Options, Paths, RsPath},
+    dataplane::{Dataplane, Paths, RsPath},
     model::{DestConfig, Forward, Model, Op, Protocol, Scheduler, ServiceConfig, ServiceKey},
 };
 use lb_tests::{
     packet::{Frame, IP_DF, TCP_ACK, TCP_FIN, TCP_SYN, verify_checksums},
     routed::{CLIENT, CLIENT_MAC, INT_ADDR, Net, ROUTER, ROUTER_MAC, far_rs, rs, rs_mac},
-    xdp_run::{self, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp_run::{Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
@@ -23,30 +26,17 @@ const SMALL_MTU_RS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 
 /// A loaded balancer with its own pins (removed on drop) and the namespace to run it in.
 struct Fixture {
+    bal: Balancer,
     net: Net,
-    dp: Option<Dataplane>,
     model: Model,
-    _pins: lb_tests::PinDir,
 }
 
 impl Fixture {
     fn new(model: Model) -> Self {
-        let pins = lb_tests::PinDir::new("nat-tun");
-        let dp = Dataplane::open(Options {
-            pin_dir: pins.path().to_path_buf(),
-            conn_table_size: 4096,
-            sched_table_size: 4096,
-            mh_table_size: 251,
-            persist_table_size: 4096,
-            ..Options::default()
-        })
-        .expect("loading the balancer (root, bpffs)");
-        let net = Net::new("fib", &[SMALL_MTU_RS], None);
         let mut f = Self {
-            net,
-            dp: Some(dp),
+            bal: Balancer::with_sched_table("nat-tun", 4096, 4096),
+            net: Net::new("fib", &[SMALL_MTU_RS], None),
             model: Model::default(),
-            _pins: pins,
         };
         f.set(model);
         f
@@ -73,7 +63,7 @@ impl Fixture {
     }
 
     fn dp(&mut self) -> &mut Dataplane {
-        self.dp.as_mut().expect("open")
+        self.bal.dp_mut()
     }
 
     fn set(&mut self, model: Model) {
@@ -88,19 +78,18 @@ impl Fixture {
 
     /// Runs `frame` as if it arrived on `ifindex`, inside the namespace.
     fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
-        let prog = self.dp.as_ref().expect("open").program().expect("program");
-        let out = self
-            .net
-            .ns
-            .enter(|| xdp_run::run_xdp(prog, frame, 1, ifindex));
-        let out = out.expect("BPF_PROG_TEST_RUN");
-        assert_ne!(out.action, xdp_run::XDP_ABORTED, "aborted on {frame:02x?}");
-        out
+        self.net.ns.enter(|| self.bal.run(frame, ifindex))
     }
 
     fn arrives_from_client(&mut self, frame: &[u8]) -> Outcome {
         let ext = self.net.ext;
         self.run_on(ext, frame)
+    }
+
+    /// `frame` from the client, as it arrives on the outer interface.
+    fn client_sends(&mut self, frame: &Frame) -> Outcome {
+        let eth = client_frame(self, frame);
+        self.arrives_from_client(&eth)
     }
 
     fn arrives_from_servers(&mut self, frame: &[u8]) -> Outcome {
@@ -109,33 +98,13 @@ impl Fixture {
     }
 
     fn counter(&mut self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
+        self.bal.counter(name)
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Before `_pins` removes the pins.
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.shutdown(false);
-        }
-    }
-}
-
+/// A real server of weight 1 without thresholds.
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
-    DestConfig {
-        addr: addr.into(),
-        port,
-        forward,
-        weight: 1,
-        u_threshold: 0,
-        l_threshold: 0,
-    }
+    DestConfig::new(addr, port, forward, 1)
 }
 
 fn one_service(proto: Protocol, port: u16, dests: &[DestConfig]) -> Model {
@@ -151,6 +120,15 @@ fn one_service(proto: Protocol, port: u16, dests: &[DestConfig]) -> Model {
         m.apply(&Op::AddDest(key, *d)).unwrap();
     }
     m
+}
+
+/// A fixture whose one service (`proto`, `port`, rr) has rs1 on `rs_port` by NAT.
+fn nat_fixture(proto: Protocol, port: u16, rs_port: u16) -> Fixture {
+    Fixture::new(one_service(
+        proto,
+        port,
+        &[dest(rs(1), rs_port, Forward::Nat)],
+    ))
 }
 
 /// The client's frame as it arrives on `ext`.
@@ -182,13 +160,9 @@ fn assert_frame(what: &str, out: &Outcome, action: u32, want: &[u8]) {
 
 #[test]
 fn nat_request_is_dnated_with_port_mapping_and_forwarded() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 8080, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 8080);
     let syn = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, b"");
-    let out = f.arrives_from_client(&client_frame(&f, &syn));
+    let out = f.client_sends(&syn);
     let want = Frame::tcp(CLIENT, 40000, rs(1), 8080, TCP_SYN, b"")
         .ttl(63)
         .eth(rs_mac(1), f.net.int_mac);
@@ -200,15 +174,8 @@ fn nat_request_is_dnated_with_port_mapping_and_forwarded() {
 
 #[test]
 fn nat_reply_is_snated_back_to_the_vip() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 8080, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, b""),
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 8080);
+    f.client_sends(&Frame::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, b""));
     let synack = Frame::tcp(rs(1), 8080, CLIENT, 40000, TCP_SYN | TCP_ACK, b"");
     let out = f.arrives_from_servers(&synack.eth(f.net.int_mac, rs_mac(1)));
     let want = Frame::tcp(VIP, 80, CLIENT, 40000, TCP_SYN | TCP_ACK, b"")
@@ -230,11 +197,7 @@ fn nat_reply_is_snated_back_to_the_vip() {
 
 #[test]
 fn nat_connection_states_follow_both_directions() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let c = |flags| {
         let fr = Frame::tcp(CLIENT, 40001, VIP, 80, flags, b"");
         client_frame(&f, &fr)
@@ -272,7 +235,7 @@ fn nat_udp_with_and_without_checksum() {
         &[dest(rs(2), 5353, Forward::Nat)],
     ));
     let q = Frame::udp(CLIENT, 5000, VIP, 53, b"query");
-    let out = f.arrives_from_client(&client_frame(&f, &q));
+    let out = f.client_sends(&q);
     let want = Frame::udp(CLIENT, 5000, rs(2), 5353, b"query")
         .ttl(63)
         .eth(rs_mac(2), f.net.int_mac);
@@ -300,11 +263,7 @@ fn nat_udp_with_and_without_checksum() {
 
 #[test]
 fn packets_from_nat_servers_without_a_connection_pass() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let stray = Frame::tcp(rs(1), 80, CLIENT, 40002, TCP_ACK, b"").eth(f.net.int_mac, rs_mac(1));
     let out = f.arrives_from_servers(&stray);
     assert_eq!((out.action, &out.data), (XDP_PASS, &stray));
@@ -323,10 +282,7 @@ fn nat_with_an_unresolved_neighbour_hands_the_rewritten_packet_to_the_kernel() {
         80,
         &[dest(Ipv4Addr::new(192, 0, 2, 15), 80, Forward::Nat)],
     ));
-    let out = f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40003, VIP, 80, TCP_SYN, b""),
-    ));
+    let out = f.client_sends(&Frame::tcp(CLIENT, 40003, VIP, 80, TCP_SYN, b""));
     assert_eq!(out.action, XDP_PASS);
     let want = Frame::tcp(
         CLIENT,
@@ -344,14 +300,10 @@ fn nat_with_an_unresolved_neighbour_hands_the_rewritten_packet_to_the_kernel() {
 
 #[test]
 fn nat_ttl_1_gets_time_exceeded() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let syn = Frame::tcp(CLIENT, 40004, VIP, 80, TCP_SYN, b"").ttl(1);
     let ip = syn.ip();
-    let out = f.arrives_from_client(&client_frame(&f, &syn));
+    let out = f.client_sends(&syn);
     let mut want = Frame::icmp_error(VIP, CLIENT, 11, 0, [0; 4], &ip[..28]);
     want.tos = 0xc0;
     want.id = 0;
@@ -376,7 +328,7 @@ fn tun_encapsulates_with_the_inner_packet_untouched() {
         syn.frag = df;
         syn.tos = 0x10;
         let inner = syn.ip();
-        let out = f.arrives_from_client(&client_frame(&f, &syn));
+        let out = f.client_sends(&syn);
         let mut outer = Frame::raw(TUN_SRC, far_rs(1), 4, inner.clone());
         outer.frag = df; // DF copied from the inner packet
         outer.tos = 0x10;
@@ -400,15 +352,12 @@ fn tun_too_big_with_df_gets_frag_needed_and_without_df_passes() {
         80,
         &[dest(SMALL_MTU_RS, 80, Forward::Tun)],
     ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40020, VIP, 80, TCP_SYN, b""),
-    ));
+    f.client_sends(&Frame::tcp(CLIENT, 40020, VIP, 80, TCP_SYN, b""));
     // 600 bytes inner + 20 of tunnel header > the path's 600.
     let big = Frame::tcp(CLIENT, 40020, VIP, 80, TCP_ACK, &[1; 560]);
     assert_eq!(big.ip().len(), 600);
     let ip = big.ip();
-    let out = f.arrives_from_client(&client_frame(&f, &big));
+    let out = f.client_sends(&big);
     let mut want = Frame::icmp_error(VIP, CLIENT, 3, 4, [0, 0, 0x02, 0x44], &ip[..28]); // MTU 580
     want.tos = 0xc0;
     want.id = 0;
@@ -426,23 +375,13 @@ fn tun_too_big_with_df_gets_frag_needed_and_without_df_passes() {
     assert_eq!(f.counter("pass_too_big"), 1);
     // A packet that fits still goes through the tunnel.
     let small = Frame::tcp(CLIENT, 40020, VIP, 80, TCP_ACK, &[1; 100]);
-    assert_eq!(
-        f.arrives_from_client(&client_frame(&f, &small)).action,
-        XDP_REDIRECT
-    );
+    assert_eq!(f.client_sends(&small).action, XDP_REDIRECT);
 }
 
 #[test]
 fn icmp_from_a_nat_server_is_translated_to_the_vip() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Udp,
-        53,
-        &[dest(rs(1), 5353, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
-    ));
+    let mut f = nat_fixture(Protocol::Udp, 53, 5353);
+    f.client_sends(&Frame::udp(CLIENT, 5000, VIP, 53, b"query"));
     // The real server's port is closed: it answers with port unreachable, quoting the
     // DNATed datagram (client → RIP:5353).
     let dnated = Frame::udp(CLIENT, 5000, rs(1), 5353, b"query").ttl(63).ip();
@@ -463,19 +402,12 @@ fn icmp_from_a_nat_server_is_translated_to_the_vip() {
 
 #[test]
 fn icmp_about_a_reply_is_translated_to_the_real_server() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 8080, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40030, VIP, 80, TCP_SYN, b""),
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 8080);
+    f.client_sends(&Frame::tcp(CLIENT, 40030, VIP, 80, TCP_SYN, b""));
     // A router on the client's side: our reply (VIP:80 → client) is too big.
     let reply = Frame::tcp(VIP, 80, CLIENT, 40030, TCP_ACK, &[0; 10]).ip();
     let err = Frame::icmp_error(CLIENT, VIP, 3, 4, [0, 0, 0x05, 0x78], &reply[..28]);
-    let out = f.arrives_from_client(&client_frame(&f, &err));
+    let out = f.client_sends(&err);
     let translated = Frame::tcp(rs(1), 8080, CLIENT, 40030, TCP_ACK, &[0; 10]).ip();
     let mut quoted = translated[..28].to_vec();
     // The TCP checksum is past the 8 quoted bytes: nothing to fix there.
@@ -493,13 +425,10 @@ fn icmp_about_a_tun_connection_is_tunnelled_and_unrelated_icmp_passes() {
         80,
         &[dest(far_rs(2), 80, Forward::Tun)],
     ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40040, VIP, 80, TCP_SYN, b""),
-    ));
+    f.client_sends(&Frame::tcp(CLIENT, 40040, VIP, 80, TCP_SYN, b""));
     let reply = Frame::tcp(VIP, 80, CLIENT, 40040, TCP_ACK, &[0; 10]).ip();
     let err = Frame::icmp_error(CLIENT, VIP, 3, 4, [0, 0, 0x05, 0x78], &reply[..28]);
-    let out = f.arrives_from_client(&client_frame(&f, &err));
+    let out = f.client_sends(&err);
     assert_eq!(out.action, XDP_REDIRECT);
     assert_eq!(out.data[23], 4, "IPIP");
     assert_eq!(
@@ -572,10 +501,7 @@ fn nat_drops_nothing_silently() {
     f.net
         .ns
         .ip(&["route", "add", "blackhole", "203.0.113.128/25"]);
-    let out = f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40050, VIP, 80, TCP_SYN, b""),
-    ));
+    let out = f.client_sends(&Frame::tcp(CLIENT, 40050, VIP, 80, TCP_SYN, b""));
     assert_eq!(out.action, XDP_DROP);
     assert_eq!(f.counter("drop_no_route"), 1);
 }
@@ -588,10 +514,7 @@ fn nat_and_tun_ask_the_fib_when_the_daemon_has_no_next_hop() {
         one_service(Protocol::Tcp, 80, &[dest(rs(1), 8080, Forward::Nat)]),
         &Paths::new(),
     );
-    let out = f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40060, VIP, 80, TCP_SYN, b""),
-    ));
+    let out = f.client_sends(&Frame::tcp(CLIENT, 40060, VIP, 80, TCP_SYN, b""));
     let want = Frame::tcp(CLIENT, 40060, rs(1), 8080, TCP_SYN, b"")
         .ttl(63)
         .eth(rs_mac(1), f.net.int_mac);
@@ -607,7 +530,7 @@ fn nat_and_tun_ask_the_fib_when_the_daemon_has_no_next_hop() {
         )]),
     );
     let syn = Frame::tcp(CLIENT, 40061, VIP, 80, TCP_SYN, b"");
-    let out = f.arrives_from_client(&client_frame(&f, &syn));
+    let out = f.client_sends(&syn);
     let mut outer = Frame::raw(TUN_SRC, far_rs(1), 4, syn.ip());
     outer.id = 0; // DF: an atomic datagram, ID 0 (RFC 6864), as the kernel sends it
     assert_frame(
@@ -620,15 +543,8 @@ fn nat_and_tun_ask_the_fib_when_the_daemon_has_no_next_hop() {
 
 #[test]
 fn nat_replies_follow_a_neighbour_change() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40070, VIP, 80, TCP_SYN, b""),
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
+    f.client_sends(&Frame::tcp(CLIENT, 40070, VIP, 80, TCP_SYN, b""));
     let reply = Frame::tcp(rs(1), 80, CLIENT, 40070, TCP_ACK, b"").eth(f.net.int_mac, rs_mac(1));
     assert_eq!(&f.arrives_from_servers(&reply).data[..6], &CLIENT_MAC);
     // The client's next hop gets a new MAC: the hop cached in the connection is used until
@@ -686,17 +602,13 @@ fn assert_reply_snated(f: &mut Fixture, rip: Ipv4Addr, rport: u16, port: u16, wh
 
 #[test]
 fn a_nat_connection_whose_first_packet_is_not_forwarded_still_gets_its_replies_snated() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 8080, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 8080);
     // The first SYN has TTL 1: time exceeded. The retransmission goes through; the server's
     // SYN-ACK must come back from the VIP.
     let syn = Frame::tcp(CLIENT, 40100, VIP, 80, TCP_SYN, b"");
     let out = f.arrives_from_client(&client_frame(&f, &syn.clone().ttl(1)));
     assert_eq!(out.action, XDP_TX, "time exceeded");
-    let out = f.arrives_from_client(&client_frame(&f, &syn));
+    let out = f.client_sends(&syn);
     assert_eq!(out.action, XDP_REDIRECT, "the retransmitted SYN is DNATed");
     assert_reply_snated(&mut f, rs(1), 8080, 40100, "after a TTL-1 first SYN");
 
@@ -709,10 +621,10 @@ fn a_nat_connection_whose_first_packet_is_not_forwarded_still_gets_its_replies_s
     for (port, df, first_action) in [(40101, IP_DF, XDP_TX), (40102, 0, XDP_PASS)] {
         let mut big = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, &[7; 700]);
         big.frag = df;
-        let out = f.arrives_from_client(&client_frame(&f, &big));
+        let out = f.client_sends(&big);
         assert_eq!(out.action, first_action, "a too-big first SYN, DF {df:#x}");
         let small = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, b"");
-        let out = f.arrives_from_client(&client_frame(&f, &small));
+        let out = f.client_sends(&small);
         assert_eq!(out.action, XDP_REDIRECT, "the small SYN is DNATed");
         // Replies from the far server arrive through the router.
         let synack = Frame::tcp(SMALL_MTU_RS, 80, CLIENT, port, TCP_SYN | TCP_ACK, b"");
@@ -727,15 +639,8 @@ fn a_nat_connection_whose_first_packet_is_not_forwarded_still_gets_its_replies_s
 
 #[test]
 fn a_translated_icmp_error_has_its_ttl_tested_before_it_is_decremented() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Udp,
-        53,
-        &[dest(rs(1), 5353, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
-    ));
+    let mut f = nat_fixture(Protocol::Udp, 53, 5353);
+    f.client_sends(&Frame::udp(CLIENT, 5000, VIP, 53, b"query"));
     let dnated = Frame::udp(CLIENT, 5000, rs(1), 5353, b"query").ttl(63).ip();
     let int_mac = f.net.int_mac;
     let unreach = |ttl| {
@@ -759,7 +664,7 @@ fn a_translated_icmp_error_has_its_ttl_tested_before_it_is_decremented() {
     let reply = Frame::udp(VIP, 53, CLIENT, 5000, b"answer").ip();
     for (ttl, action) in [(2, XDP_REDIRECT), (1, XDP_DROP), (0, XDP_DROP)] {
         let err = Frame::icmp_error(CLIENT, VIP, 3, 3, [0; 4], &reply[..28]).ttl(ttl);
-        let out = f.arrives_from_client(&client_frame(&f, &err));
+        let out = f.client_sends(&err);
         assert_eq!(out.action, action, "client side, TTL {ttl}: {out:?}");
     }
     assert_eq!(f.counter("drop_icmp_suppressed"), 4);
@@ -774,24 +679,17 @@ fn no_icmp_error_about_an_icmp_error_or_toward_a_non_unicast_source() {
         80,
         &[dest(SMALL_MTU_RS, 80, Forward::Tun)],
     ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40200, VIP, 80, TCP_SYN, b""),
-    ));
+    f.client_sends(&Frame::tcp(CLIENT, 40200, VIP, 80, TCP_SYN, b""));
     let reply = Frame::tcp(VIP, 80, CLIENT, 40200, TCP_ACK, &[0; 600]).ip();
     let mut err = Frame::icmp_error(CLIENT, VIP, 3, 4, [0, 0, 0x05, 0x00], &reply);
     err.frag = IP_DF;
-    let out = f.arrives_from_client(&client_frame(&f, &err));
+    let out = f.client_sends(&err);
     assert_eq!(out.action, XDP_DROP, "an error about an error: {out:?}");
     assert_eq!(f.counter("drop_icmp_suppressed"), 1);
     assert_eq!(f.counter("icmp_sent"), 0);
 
     // TTL-1 SYNs from sources that must never get an error.
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let sources = [
         Ipv4Addr::new(127, 0, 0, 5),
         Ipv4Addr::new(0, 1, 2, 3),
@@ -801,7 +699,7 @@ fn no_icmp_error_about_an_icmp_error_or_toward_a_non_unicast_source() {
     ];
     for (i, src) in sources.into_iter().enumerate() {
         let syn = Frame::tcp(src, 40300 + i as u16, VIP, 80, TCP_SYN, b"").ttl(1);
-        let out = f.arrives_from_client(&client_frame(&f, &syn));
+        let out = f.client_sends(&syn);
         assert_eq!(out.action, XDP_DROP, "TTL 1 from {src}: {out:?}");
     }
     // Such martian sources are dropped before anything else is considered (the kernel's
@@ -813,15 +711,8 @@ fn no_icmp_error_about_an_icmp_error_or_toward_a_non_unicast_source() {
 
 #[test]
 fn time_exceeded_about_a_nat_reply_comes_from_the_director_not_the_client() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 8080, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::tcp(CLIENT, 40400, VIP, 80, TCP_SYN, b""),
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 8080);
+    f.client_sends(&Frame::tcp(CLIENT, 40400, VIP, 80, TCP_SYN, b""));
     let synack = Frame::tcp(rs(1), 8080, CLIENT, 40400, TCP_SYN | TCP_ACK, b"").ttl(1);
     let ip = synack.ip();
     let out = f.arrives_from_servers(&synack.eth(f.net.int_mac, rs_mac(1)));
@@ -843,11 +734,7 @@ fn time_exceeded_about_a_nat_reply_comes_from_the_director_not_the_client() {
 fn the_directors_icmp_errors_are_rate_limited() {
     pin_to_cpu0();
     let burst = lb_common::icmp_limit::BURST;
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let ttl1 = |f: &Fixture, port: u16| {
         client_frame(f, &Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, b"").ttl(1))
     };
@@ -873,7 +760,7 @@ fn the_directors_icmp_errors_are_rate_limited() {
         &[dest(SMALL_MTU_RS, 80, Forward::Nat)],
     ));
     let big = Frame::tcp(CLIENT, port, VIP, 80, TCP_SYN, &[7; 700]);
-    let out = f.arrives_from_client(&client_frame(&f, &big));
+    let out = f.client_sends(&big);
     assert_eq!(
         out.action, XDP_TX,
         "frag needed while the bucket is empty: {out:?}"
@@ -901,7 +788,7 @@ fn tun_outer_ids_are_the_directors_own() {
         let mut q = Frame::udp(client, 5000, VIP, 53, b"query");
         q.frag = 0;
         q.id = 0x4242;
-        let out = f.arrives_from_client(&client_frame(&f, &q));
+        let out = f.client_sends(&q);
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(
             &out.data[34..],
@@ -918,7 +805,7 @@ fn tun_outer_ids_are_the_directors_own() {
     // With DF the datagram is atomic: ID 0, as the kernel sends it.
     let q = Frame::udp(CLIENT, 5001, VIP, 53, b"query");
     assert_eq!(q.frag, IP_DF);
-    let out = f.arrives_from_client(&client_frame(&f, &q));
+    let out = f.client_sends(&q);
     assert_eq!(&out.data[18..20], &[0, 0], "DF: outer ID 0");
 }
 
@@ -942,11 +829,7 @@ fn tun_leaves_ethernet_padding_out_of_the_tunnel() {
         &outer.eth(ROUTER_MAC, f.net.int_mac),
     );
     // A NAT request or reply claiming more than it carries is never forwarded.
-    let mut f = Fixture::new(one_service(
-        Protocol::Tcp,
-        80,
-        &[dest(rs(1), 80, Forward::Nat)],
-    ));
+    let mut f = nat_fixture(Protocol::Tcp, 80, 80);
     let mut liar = client_frame(&f, &Frame::tcp(CLIENT, 40501, VIP, 80, TCP_SYN, b""));
     liar[16..18].copy_from_slice(&1000u16.to_be_bytes());
     liar[24..26].copy_from_slice(&[0, 0]);
@@ -958,15 +841,8 @@ fn tun_leaves_ethernet_padding_out_of_the_tunnel() {
 
 #[test]
 fn malformed_nat_replies_and_icmp_errors_about_connections_are_never_forwarded() {
-    let mut f = Fixture::new(one_service(
-        Protocol::Udp,
-        53,
-        &[dest(rs(1), 5353, Forward::Nat)],
-    ));
-    f.arrives_from_client(&client_frame(
-        &f,
-        &Frame::udp(CLIENT, 5000, VIP, 53, b"query"),
-    ));
+    let mut f = nat_fixture(Protocol::Udp, 53, 5353);
+    f.client_sends(&Frame::udp(CLIENT, 5000, VIP, 53, b"query"));
     let set_len_fix_sum = |mut frame: Vec<u8>, tot_len: u16| {
         frame[16..18].copy_from_slice(&tot_len.to_be_bytes());
         frame[24..26].copy_from_slice(&[0, 0]);

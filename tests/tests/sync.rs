@@ -10,44 +10,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lb_tests::ha::{CLIENT_IP, HaLab, VIP, wait_for};
+use lb_tests::ha::{
+    BOUND, CLIENT_IP, DirectorOpts as Opts, HaLab, VIP, director_config as config, exchange, start,
+    vrrp_state as state, wait_for, wait_state,
+};
 use lb_tests::{Daemon, KeepAlive, Netns, TempDir};
 use serde_json::Value;
 
-/// Generous: the takeover itself is 3 × advert_int + skew (≈ 3.6 s here).
-const BOUND: Duration = Duration::from_secs(20);
-const URL: &str = "http://192.0.2.100/";
 /// The sync link of the tests that cut it: a veth of its own between the directors.
 const SYNC_NET: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 1),
     Ipv4Addr::new(198, 51, 100, 2),
 ];
-
-struct Opts<'a> {
-    state: &'a str,
-    priority: u8,
-    nopreempt: bool,
-    preempt_delay: u32,
-    scheduler: &'a str,
-    /// The `[[sync_daemon]]` table(s), or nothing.
-    sync: &'a str,
-    /// Extra `[director]` keys.
-    director: &'a str,
-}
-
-impl Default for Opts<'_> {
-    fn default() -> Self {
-        Opts {
-            state: "BACKUP",
-            priority: 100,
-            nopreempt: false,
-            preempt_delay: 0,
-            scheduler: "wrr",
-            sync: FOLLOW,
-            director: "",
-        }
-    }
-}
 
 /// keepalived's `lvs_sync_daemon eth0 VI_1`, with a short refresh so a director that comes
 /// back as BACKUP gets the live connections again within seconds.
@@ -59,59 +33,21 @@ syncid = 51
 refresh_period = 2
 "#;
 
-fn config(dir: &TempDir, name: &str, o: &Opts) -> PathBuf {
-    let text = format!(
-        r#"
-[director]
-{director}
-
-[[service]]
-address = "192.0.2.100"
-port = 80
-scheduler = "{sched}"
-  [[service.real_server]]
-  address = "192.0.2.11"
-  weight = 2
-  [[service.real_server]]
-  address = "192.0.2.12"
-  weight = 1
-
-[[vrrp_instance]]
-name = "VI_1"
-state = "{state}"
-interface = "eth0"
-virtual_router_id = 51
-priority = {prio}
-advert_int = 1
-nopreempt = {nopreempt}
-preempt_delay = {delay}
-authentication = {{ auth_type = "PASS", auth_pass = "1111" }}
-virtual_ipaddress = ["192.0.2.100/32 dev eth0 label eth0:0"]
-{sync}
-"#,
-        director = o.director,
-        sched = o.scheduler,
-        state = o.state,
-        prio = o.priority,
-        nopreempt = o.nopreempt,
-        delay = o.preempt_delay,
-        sync = o.sync,
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// This file's directors: the lab's, with [`FOLLOW`] unless a test says otherwise.
+fn synced() -> Opts<'static> {
+    Opts {
+        sync: FOLLOW,
+        ..Opts::default()
+    }
 }
 
-fn start(ns: &Netns, cfg: &std::path::Path) -> Daemon {
-    Daemon::start(ns, &["eth0"], Some(cfg))
-}
-
-fn state(d: &Daemon) -> String {
-    lb_tests::ha::vrrp_state(d)
-}
-
-fn wait_state(d: &Daemon, want: &str, other: &Daemon) -> Duration {
-    lb_tests::ha::wait_vrrp_state(d, want, other, BOUND)
+/// The director that starts as MASTER: priority 150, [`synced`].
+fn master() -> Opts<'static> {
+    Opts {
+        state: "MASTER",
+        priority: 150,
+        ..synced()
+    }
 }
 
 /// A sync role's status (`master` or `backup`), if it runs.
@@ -127,19 +63,24 @@ fn counter(r: &Option<Value>, key: &str) -> u64 {
     r.as_ref().and_then(|r| r[key].as_u64()).unwrap_or(0)
 }
 
-/// Established connections of the test's client in `d`'s table (`-Lnc`).
-fn established(d: &Daemon) -> usize {
+/// The entries of the test's client in `d`'s connection table (`-Lnc`).
+fn client_entries(d: &Daemon) -> Vec<Value> {
     let out = d.ctl_ok(&["-Lnc", "-o", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mine = format!("{CLIENT_IP}:");
     v.as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("-Lnc -o json is not a list: {v}"))
         .iter()
-        .filter(|c| {
-            c["state"] == "ESTABLISHED"
-                && c["client"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with(&format!("{CLIENT_IP}:")))
-        })
+        .filter(|c| c["client"].as_str().is_some_and(|a| a.starts_with(&mine)))
+        .cloned()
+        .collect()
+}
+
+/// Established connections of the test's client in `d`'s table.
+fn established(d: &Daemon) -> usize {
+    client_entries(d)
+        .iter()
+        .filter(|c| c["state"] == "ESTABLISHED")
         .count()
 }
 
@@ -166,49 +107,20 @@ fn wait_reporting(d: &Daemon) {
     .unwrap_or_else(|| panic!("the master role does not run: {}", d.status()["sync"]));
 }
 
-fn open(lab: &HaLab, n: usize) -> Vec<KeepAlive> {
-    let vip: SocketAddr = (VIP, 80).into();
-    (0..n)
-        .map(|i| {
-            let mut k = KeepAlive::connect(&lab.client, vip)
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            k.request()
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            k
-        })
-        .collect()
-}
-
-/// One request on each connection; how many answered (a reset or a timeout is a loss).
-fn exchange(conns: &mut [KeepAlive]) -> usize {
-    conns
-        .iter_mut()
-        .map(|k| k.request().is_ok())
-        .filter(|ok| *ok)
-        .count()
-}
-
-fn client_vip_mac(lab: &HaLab) -> String {
-    let out = lab.client.ip(&["neigh", "show", &VIP.to_string()]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
-}
-
-fn wait_client_on(lab: &HaLab, ns: &Netns) {
-    let mac = ns.mac("eth0");
-    wait_for(BOUND, || (client_vip_mac(lab) == mac).then_some(()))
-        .unwrap_or_else(|| panic!("client's ARP entry still {}", client_vip_mac(lab)));
-}
-
-fn curls_ok(lab: &HaLab, n: usize) {
-    for i in 0..n {
-        if let Err(e) = lb_tests::curl(&lab.client, URL) {
-            panic!("request {i} through the VIP failed: {e}");
-        }
-    }
+/// After a takeover or failback by `to` (its namespace and daemon): the client follows the
+/// gratuitous ARPs, and every one of `conns` still answers.
+fn all_kept(lab: &HaLab, to: (&Netns, &Daemon), conns: &mut [KeepAlive], what: &str) {
+    let (ns, d) = to;
+    lab.wait_client_on(ns);
+    let survived = exchange(conns);
+    eprintln!("{what}: {survived} of {} kept working", conns.len());
+    assert_eq!(
+        survived,
+        conns.len(),
+        "{what}: sync: {}\n{}",
+        d.status()["sync"],
+        d.log()
+    );
 }
 
 /// Keeps the connections talking for `d` (so the MASTER refreshes them to a BACKUP).
@@ -233,17 +145,12 @@ fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
         &dir,
         "d1.toml",
         &Opts {
-            state: "MASTER",
-            priority: 150,
             preempt_delay: 6,
-            ..Opts::default()
+            ..master()
         },
     );
-    let c2 = config(&dir, "d2.toml", &Opts::default());
-    let mut d1 = start(&lab.dir1, &c1);
-    let d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let c2 = config(&dir, "d2.toml", &synced());
+    let (mut d1, d2) = lab.start_pair(&c1, &c2);
     wait_reporting(&d1);
     let m = role(&d1, "master").unwrap_or_else(|| panic!("no master role: {}", d1.status()));
     assert_eq!(m["follows"], "VI_1");
@@ -255,7 +162,7 @@ fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
         "master sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
     );
 
-    let mut conns = open(&lab, 20);
+    let mut conns = lab.open(20);
     let t = wait_established(&d2, 20, "the BACKUP before the takeover");
     eprintln!(
         "20 connections on the BACKUP {:.2} s after they opened",
@@ -263,22 +170,23 @@ fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
     );
 
     d1.kill();
-    let (t, ()) = wait_for(BOUND, || (state(&d2) == "MASTER").then_some(()))
-        .unwrap_or_else(|| panic!("no takeover: {}", d2.log()));
+    let t = wait_state(&d2, "MASTER", &d1);
     eprintln!(
         "takeover after SIGKILL of the MASTER's daemon: {:.2} s",
         t.as_secs_f64()
     );
-    wait_client_on(&lab, &lab.dir2);
-    let survived = exchange(&mut conns);
-    eprintln!("wrr connections that kept working across the takeover (sync): {survived} of 20");
-    assert_eq!(survived, 20, "sync: {}\n{}", d2.status()["sync"], d2.log());
+    all_kept(
+        &lab,
+        (&lab.dir2, &d2),
+        &mut conns,
+        "wrr connections across the takeover (sync)",
+    );
     // The new MASTER now sends; its backup role stopped.
     wait_for(BOUND, || role(&d2, "master").map(|_| ()))
         .unwrap_or_else(|| panic!("{}", d2.status()["sync"]));
     assert!(role(&d2, "backup").is_none());
 
-    conns.extend(open(&lab, 5));
+    conns.extend(lab.open(5));
     let restarted = Instant::now();
     d1.restart();
     // Back as BACKUP for preempt_delay: the new MASTER refreshes the live connections to it.
@@ -289,11 +197,13 @@ fn sigkill_takeover_and_preempting_failback_keep_every_wrr_connection() {
         "failback (preempt, preempt_delay 6 s): MASTER again {:.2} s after the daemon's restart",
         restarted.elapsed().as_secs_f64()
     );
-    wait_client_on(&lab, &lab.dir1);
-    let survived = exchange(&mut conns);
-    eprintln!("connections that kept working across the failback: {survived} of 25");
-    assert_eq!(survived, 25, "sync: {}\n{}", d1.status()["sync"], d1.log());
-    curls_ok(&lab, 5);
+    all_kept(
+        &lab,
+        (&lab.dir1, &d1),
+        &mut conns,
+        "connections across the failback",
+    );
+    lab.curls_ok(5);
 }
 
 /// The MASTER's link goes down (VRRP and sync both cut): the BACKUP takes over with every
@@ -307,16 +217,13 @@ fn link_down_takeover_and_nopreempt_failback_keep_every_wrr_connection() {
     let o = |prio| Opts {
         priority: prio,
         nopreempt: true,
-        ..Opts::default()
+        ..synced()
     };
     let c1 = config(&dir, "d1.toml", &o(150));
     let c2 = config(&dir, "d2.toml", &o(100));
-    let d1 = start(&lab.dir1, &c1);
-    let mut d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let (d1, mut d2) = lab.start_pair(&c1, &c2);
     wait_reporting(&d1);
-    let mut conns = open(&lab, 20);
+    let mut conns = lab.open(20);
     wait_established(&d2, 20, "the BACKUP before the link went down");
 
     lab.switch.ip(&["link", "set", "dev", "dir1", "down"]);
@@ -325,14 +232,16 @@ fn link_down_takeover_and_nopreempt_failback_keep_every_wrr_connection() {
         "takeover after the MASTER's link went down: {:.2} s",
         t.as_secs_f64()
     );
-    wait_client_on(&lab, &lab.dir2);
-    let survived = exchange(&mut conns);
-    eprintln!("wrr connections across the link-down takeover (sync): {survived} of 20");
-    assert_eq!(survived, 20, "sync: {}\n{}", d2.status()["sync"], d2.log());
+    all_kept(
+        &lab,
+        (&lab.dir2, &d2),
+        &mut conns,
+        "wrr connections across the link-down takeover (sync)",
+    );
 
     lab.switch.ip(&["link", "set", "dev", "dir1", "up"]);
     wait_state(&d1, "BACKUP", &d2);
-    conns.extend(open(&lab, 5));
+    conns.extend(lab.open(5));
     // The 5 new ones as they open; the 20 others at their next refresh (2 s).
     talk_for(&mut conns, Duration::from_secs(5));
     assert_eq!(state(&d2), "MASTER", "nopreempt");
@@ -348,10 +257,12 @@ fn link_down_takeover_and_nopreempt_failback_keep_every_wrr_connection() {
         "takeover after SIGTERM of the new MASTER: {:.2} s",
         t.as_secs_f64()
     );
-    wait_client_on(&lab, &lab.dir1);
-    let survived = exchange(&mut conns);
-    eprintln!("connections across the nopreempt failback: {survived} of 25");
-    assert_eq!(survived, 25, "sync: {}\n{}", d1.status()["sync"], d1.log());
+    all_kept(
+        &lab,
+        (&lab.dir1, &d1),
+        &mut conns,
+        "connections across the nopreempt failback",
+    );
 }
 
 /// Without sync, sh/mh with IPVS's `sloppy_tcp`: the new MASTER schedules a connection's
@@ -366,15 +277,12 @@ fn mh_with_sloppy_tcp_survives_a_takeover_without_sync() {
         scheduler: "mh",
         sync: "",
         director: "sloppy_tcp = true",
-        ..Opts::default()
+        ..synced()
     };
     let c1 = config(&dir, "d1.toml", &o("MASTER", 150));
     let c2 = config(&dir, "d2.toml", &o("BACKUP", 100));
-    let mut d1 = start(&lab.dir1, &c1);
-    let d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
-    let mut conns = open(&lab, 20);
+    let (mut d1, d2) = lab.start_pair(&c1, &c2);
+    let mut conns = lab.open(20);
     assert_eq!(established(&d2), 0, "no sync: the BACKUP has none of them");
     d1.kill();
     let t = wait_state(&d2, "MASTER", &d1);
@@ -382,10 +290,12 @@ fn mh_with_sloppy_tcp_survives_a_takeover_without_sync() {
         "takeover (mh, sloppy_tcp, no sync): {:.2} s",
         t.as_secs_f64()
     );
-    wait_client_on(&lab, &lab.dir2);
-    let survived = exchange(&mut conns);
-    eprintln!("mh connections across the takeover with sloppy_tcp, no sync: {survived} of 20");
-    assert_eq!(survived, 20, "{}", d2.log());
+    all_kept(
+        &lab,
+        (&lab.dir2, &d2),
+        &mut conns,
+        "mh connections across the takeover with sloppy_tcp, no sync",
+    );
 }
 
 /// A sync link of its own (a veth between the directors, 198.51.100.0/24), the roles
@@ -429,10 +339,8 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
         &dir,
         "d1.toml",
         &Opts {
-            state: "MASTER",
-            priority: 150,
             sync: &s1,
-            ..Opts::default()
+            ..master()
         },
     );
     let c2 = config(
@@ -440,15 +348,12 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
         "d2.toml",
         &Opts {
             sync: &s2,
-            ..Opts::default()
+            ..synced()
         },
     );
-    let d1 = start(&lab.dir1, &c1);
-    let mut d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let (d1, mut d2) = lab.start_pair(&c1, &c2);
     wait_reporting(&d1);
-    let mut conns = open(&lab, 5);
+    let mut conns = lab.open(5);
     wait_established(&d2, 5, "over the sync link");
 
     // Garbage from the MASTER's address (a peer's), and from elsewhere.
@@ -494,12 +399,12 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
         "{after:?}"
     );
     assert_eq!(exchange(&mut conns), 5);
-    curls_ok(&lab, 3);
+    lab.curls_ok(3);
 
     // The sync link cut while 5 more open.
     lab.dir1.ip(&["link", "set", "dev", "sync0", "down"]);
     let on_backup = established(&d2);
-    let mut cut = open(&lab, 5);
+    let mut cut = lab.open(5);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         established(&d2),
@@ -519,7 +424,7 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
         counter(&m, "send_errors")
     );
     lab.dir1.ip(&["link", "set", "dev", "sync0", "up"]);
-    let mut back = open(&lab, 5);
+    let mut back = lab.open(5);
     let t = wait_established(&d2, on_backup + 5, "after the sync link returned");
     eprintln!(
         "sync resumed {:.2} s after the link returned",
@@ -530,12 +435,12 @@ fn garbage_a_cut_sync_link_and_a_restarted_backup_change_nothing_else() {
     // The BACKUP's daemon killed (SIGKILL) and started again: it rejoins and installs what
     // follows.
     d2.kill();
-    curls_ok(&lab, 3);
+    lab.curls_ok(3);
     d2.restart();
     wait_state(&d2, "BACKUP", &d1);
     wait_for(BOUND, || role(&d2, "backup").map(|_| ()))
         .unwrap_or_else(|| panic!("{}", d2.status()["sync"]));
-    let mut later = open(&lab, 5);
+    let mut later = lab.open(5);
     wait_for(BOUND, || {
         (counter(&role(&d2, "backup"), "installed") >= 5).then_some(())
     })
@@ -551,20 +456,9 @@ fn ten_thousand_connections_reach_the_backup() {
     const N: usize = 10_000;
     let lab = HaLab::new();
     let dir = TempDir::new("sync");
-    let c1 = config(
-        &dir,
-        "d1.toml",
-        &Opts {
-            state: "MASTER",
-            priority: 150,
-            ..Opts::default()
-        },
-    );
-    let c2 = config(&dir, "d2.toml", &Opts::default());
-    let d1 = start(&lab.dir1, &c1);
-    let d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let c1 = config(&dir, "d1.toml", &master());
+    let c2 = config(&dir, "d2.toml", &synced());
+    let (d1, d2) = lab.start_pair(&c1, &c2);
     wait_reporting(&d1);
     let vip: SocketAddr = (VIP, 80).into();
     let started = Instant::now();
@@ -632,13 +526,9 @@ fn ten_thousand_connections_reach_the_backup() {
 
 /// The client endpoints (`address:port`) of every entry in `d`'s connection table.
 fn clients(d: &Daemon) -> std::collections::HashSet<String> {
-    let out = d.ctl_ok(&["-Lnc", "-o", "json"]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
-        .unwrap()
+    client_entries(d)
         .iter()
         .filter_map(|c| c["client"].as_str().map(str::to_string))
-        .filter(|c| c.starts_with(&format!("{CLIENT_IP}:")))
         .collect()
 }
 
@@ -745,23 +635,14 @@ fn ipvsadm_daemon_commands_and_reloads() {
 /// Seed 003's keepalived.conf (the fixture, its addresses moved onto the HA lab's by plain
 /// substitution) with keepalived's `lvs_sync_daemon eth0 VI_1` added to `global_defs`.
 fn seed003_with_sync(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../lb-ctl/tests/fixtures/keepalived")
-        .join(name);
-    let seed = std::fs::read_to_string(path).expect("seed 003 fixture");
-    let text = seed
-        .replace("198.51.100.135", &VIP.to_string())
-        .replace("198.51.100.131", "192.0.2.11")
-        .replace("198.51.100.132", "192.0.2.12")
-        .replace("ens33", "eth0")
-        .replacen(
-            "router_id LVS_DEVEL\n",
-            "router_id LVS_DEVEL\n     lvs_sync_daemon eth0 VI_1\n",
-            1,
-        );
+    let text = lb_tests::ha::seed003_on_lab(name).replacen(
+        "router_id LVS_DEVEL\n",
+        "router_id LVS_DEVEL\n     lvs_sync_daemon eth0 VI_1\n",
+        1,
+    );
     assert!(
-        !text.contains("198.51.100.") && text.contains("lvs_sync_daemon"),
-        "the substitution missed something:\n{text}"
+        text.contains("lvs_sync_daemon"),
+        "no lvs_sync_daemon inserted:\n{text}"
     );
     text
 }
@@ -781,14 +662,7 @@ fn seed_003_imported_with_lvs_sync_daemon_keeps_every_connection() {
         let src = dir.join(conf);
         std::fs::write(&src, seed003_with_sync(conf)).unwrap();
         let toml = dir.join(out);
-        let o = std::process::Command::new(lb_tests::lb_ctl())
-            .args(["import", "keepalived"])
-            .arg(&src)
-            .arg("-o")
-            .arg(&toml)
-            .output()
-            .expect("run lb-ctl import");
-        assert!(o.status.success(), "lb-ctl import failed: {o:?}");
+        lb_tests::ha::import_keepalived(&src, &toml);
         let text = std::fs::read_to_string(&toml).unwrap();
         assert!(
             text.contains("[[sync_daemon]]") && text.contains("vrrp_instance = \"VI_1\""),
@@ -803,7 +677,7 @@ fn seed_003_imported_with_lvs_sync_daemon_keeps_every_connection() {
     wait_reporting(&d1);
     // keepalived's default syncid: the instance's virtual_router_id.
     assert_eq!(role(&d1, "master").unwrap()["syncid"], 62);
-    let mut conns = open(&lab, 20);
+    let mut conns = lab.open(20);
     let t = wait_established(&d2, 20, "the BACKUP (seed 003)");
     eprintln!(
         "seed 003: 20 connections on the BACKUP {:.2} s after they opened",
@@ -818,9 +692,11 @@ fn seed_003_imported_with_lvs_sync_daemon_keeps_every_connection() {
     d1.kill();
     let t = wait_state(&d2, "MASTER", &d1);
     eprintln!("seed 003: takeover after SIGKILL {:.2} s", t.as_secs_f64());
-    wait_client_on(&lab, &lab.dir2);
-    let survived = exchange(&mut conns);
-    eprintln!("seed 003 (wrr, persistent): {survived} of 20 connections kept working");
-    assert_eq!(survived, 20, "{}", d2.status()["sync"]);
-    curls_ok(&lab, 5);
+    all_kept(
+        &lab,
+        (&lab.dir2, &d2),
+        &mut conns,
+        "seed 003 (wrr, persistent)",
+    );
+    lab.curls_ok(5);
 }

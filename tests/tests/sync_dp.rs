@@ -8,8 +8,11 @@
 
 use std::{net::IpAddr, net::Ipv4Addr, time::Duration};
 
+mod common;
+use common::Balancer;
+
 use lb_ctl::{
-    dataplane::{Dataplane, InstallReport, Options, Paths, RsPath},
+    dataplane::{Dataplane, InstallReport, Paths, RsPath},
     model::{
         DestConfig, Forward, Model, Op, Persistence, Protocol, SchedFlags, Scheduler,
         ServiceConfig, ServiceKey,
@@ -19,7 +22,7 @@ use lb_ctl::{
 use lb_tests::{
     packet::{Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, verify_checksums},
     routed::{CLIENT, CLIENT_MAC, INT_ADDR, Net, ROUTER, ROUTER_MAC, far_rs, rs, rs_mac},
-    xdp_run::{self, Outcome, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp_run::{Outcome, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
@@ -30,9 +33,8 @@ const TUN_PORT: u16 = 82;
 
 /// A director: a balancer with its own pins, in a namespace with routes and neighbours.
 struct Director {
+    bal: Balancer,
     net: Net,
-    dp: Option<Dataplane>,
-    _pins: lb_tests::PinDir,
 }
 
 impl Director {
@@ -41,20 +43,9 @@ impl Director {
     }
 
     fn with_table(model: &Model, conns: u32) -> Self {
-        let pins = lb_tests::PinDir::new("syncdp");
-        let dp = Dataplane::open(Options {
-            pin_dir: pins.path().to_path_buf(),
-            conn_table_size: conns,
-            sched_table_size: 1 << 16,
-            mh_table_size: 251,
-            persist_table_size: 4096,
-            ..Options::default()
-        })
-        .expect("loading the balancer (root, bpffs)");
         let mut d = Self {
+            bal: Balancer::open("syncdp", conns),
             net: Net::new("syncdp", &[], None),
-            dp: Some(dp),
-            _pins: pins,
         };
         d.set(model);
         d
@@ -78,7 +69,7 @@ impl Director {
     }
 
     fn dp(&mut self) -> &mut Dataplane {
-        self.dp.as_mut().expect("open")
+        self.bal.dp_mut()
     }
 
     fn set(&mut self, model: &Model) {
@@ -87,14 +78,7 @@ impl Director {
     }
 
     fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
-        let prog = self.dp.as_ref().expect("open").program().expect("program");
-        let out = self
-            .net
-            .ns
-            .enter(|| xdp_run::run_xdp(prog, frame, 1, ifindex))
-            .expect("BPF_PROG_TEST_RUN");
-        assert_ne!(out.action, xdp_run::XDP_ABORTED, "aborted on {frame:02x?}");
-        out
+        self.net.ns.enter(|| self.bal.run(frame, ifindex))
     }
 
     /// A client's segment to the VIP, as it arrives on the director's outer interface.
@@ -118,32 +102,34 @@ impl Director {
     }
 
     fn counter(&mut self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
+        self.bal.counter(name)
     }
 }
 
-impl Drop for Director {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.shutdown(false);
-        }
-    }
-}
-
+/// A real server of weight 1 without thresholds.
 fn dest(addr: Ipv4Addr, port: u16, forward: Forward) -> DestConfig {
-    DestConfig {
-        addr: addr.into(),
-        port,
-        forward,
-        weight: 1,
-        u_threshold: 0,
-        l_threshold: 0,
-    }
+    DestConfig::new(addr, port, forward, 1)
+}
+
+/// A persistent DR rr service on rs1 and rs2 (`-p TIMEOUT -M NETMASK`).
+fn persistent_dr_rr(timeout: u32, netmask: Ipv4Addr) -> Model {
+    let mut m = Model::default();
+    let key = add(
+        &mut m,
+        DR_PORT,
+        Scheduler::Rr,
+        &[
+            dest(rs(1), DR_PORT, Forward::Dr),
+            dest(rs(2), DR_PORT, Forward::Dr),
+        ],
+    );
+    let mut cfg = m.services[&key].config;
+    cfg.persistence = Some(Persistence {
+        timeout,
+        netmask: netmask.into(),
+    });
+    m.apply(&Op::EditService(cfg)).unwrap();
+    m
 }
 
 fn add(m: &mut Model, port: u16, sched: Scheduler, dests: &[DestConfig]) -> ServiceKey {
@@ -334,22 +320,7 @@ fn a_master_off_writes_nothing() {
 
 #[test]
 fn a_template_is_reported_with_its_client_network() {
-    let mut m = Model::default();
-    let key = add(
-        &mut m,
-        DR_PORT,
-        Scheduler::Rr,
-        &[
-            dest(rs(1), DR_PORT, Forward::Dr),
-            dest(rs(2), DR_PORT, Forward::Dr),
-        ],
-    );
-    let mut cfg = m.services[&key].config;
-    cfg.persistence = Some(Persistence {
-        timeout: 600,
-        netmask: Ipv4Addr::new(255, 255, 255, 0).into(),
-    });
-    m.apply(&Op::EditService(cfg)).unwrap();
+    let m = persistent_dr_rr(600, Ipv4Addr::new(255, 255, 255, 0));
     let mut d = Director::new(&m);
     let mut ev = d.dp().sync_events().expect("a reader");
     d.dp().set_sync_master(true).unwrap();
@@ -545,22 +516,7 @@ fn installed_connections_carry_on_on_the_backup() {
 
 #[test]
 fn an_installed_template_steers_the_clients_next_connection() {
-    let mut m = Model::default();
-    let key = add(
-        &mut m,
-        DR_PORT,
-        Scheduler::Rr,
-        &[
-            dest(rs(1), DR_PORT, Forward::Dr),
-            dest(rs(2), DR_PORT, Forward::Dr),
-        ],
-    );
-    let mut cfg = m.services[&key].config;
-    cfg.persistence = Some(Persistence {
-        timeout: 300,
-        netmask: Ipv4Addr::new(255, 255, 255, 255).into(),
-    });
-    m.apply(&Op::EditService(cfg)).unwrap();
+    let m = persistent_dr_rr(300, Ipv4Addr::new(255, 255, 255, 255));
     let mut d = Director::new(&m);
     let mut inst = d.dp().sync_installer().expect("an installer");
     for target in [2u8, 1] {
@@ -839,19 +795,8 @@ fn the_switches_survive_adoption_of_the_pinned_maps() {
     d.dp().set_sloppy(true, true).unwrap();
     let n = d.dr_to(49000, TCP_SYN);
     assert_eq!(d.dr_to(49000, TCP_ACK), n);
-    let dp = d.dp.take().unwrap();
-    dp.shutdown(true).expect("stopping, keeping the data path");
-    let dp = Dataplane::open(Options {
-        pin_dir: d._pins.path().to_path_buf(),
-        conn_table_size: 4096,
-        sched_table_size: 1 << 16,
-        mh_table_size: 251,
-        persist_table_size: 4096,
-        ..Options::default()
-    })
-    .expect("adopting");
-    assert!(dp.adopted());
-    d.dp = Some(dp);
+    d.bal.reopen_keeping();
+    assert!(d.dp().adopted());
     d.set(&model);
     assert!(d.dp().sync_master());
     assert_eq!(d.dp().sloppy(), (true, true));

@@ -4,93 +4,16 @@
 //!
 //! Timing is printed, not asserted beyond bounds that cannot flake on a loaded machine.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lb_tests::ha::{CLIENT_IP, DIR1_IP, DIR2_IP, HaLab, Keepalived, PEER_IP, VIP, wait_for};
-use lb_tests::{Daemon, KeepAlive, Netns, TempDir};
-use serde_json::Value;
-
-const URL: &str = "http://192.0.2.100/";
-/// Generous: the takeover itself is 3 × advert_int + skew (≈ 3.6 s here).
-const BOUND: Duration = Duration::from_secs(20);
-
-struct Opts<'a> {
-    state: &'a str,
-    priority: u8,
-    nopreempt: bool,
-    scheduler: &'a str,
-}
-
-fn config(dir: &TempDir, name: &str, o: &Opts) -> PathBuf {
-    let text = format!(
-        r#"
-[[service]]
-address = "192.0.2.100"
-port = 80
-scheduler = "{sched}"
-  [[service.real_server]]
-  address = "192.0.2.11"
-  weight = 2
-  [[service.real_server]]
-  address = "192.0.2.12"
-  weight = 1
-
-[[vrrp_instance]]
-name = "VI_1"
-state = "{state}"
-interface = "eth0"
-virtual_router_id = 51
-priority = {prio}
-advert_int = 1
-nopreempt = {nopreempt}
-authentication = {{ auth_type = "PASS", auth_pass = "1111" }}
-virtual_ipaddress = ["192.0.2.100/32 dev eth0 label eth0:0"]
-"#,
-        sched = o.scheduler,
-        state = o.state,
-        prio = o.priority,
-        nopreempt = o.nopreempt,
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start(ns: &Netns, cfg: &std::path::Path) -> Daemon {
-    Daemon::start(ns, &["eth0"], Some(cfg))
-}
-
-fn vrrp(d: &Daemon) -> Value {
-    lb_tests::ha::vrrp_status(d)
-}
-
-fn state(d: &Daemon) -> String {
-    lb_tests::ha::vrrp_state(d)
-}
-
-fn wait_state(d: &Daemon, want: &str, other: &Daemon) -> Duration {
-    lb_tests::ha::wait_vrrp_state(d, want, other, BOUND)
-}
-
-fn curls_ok(lab: &HaLab, n: usize) {
-    for i in 0..n {
-        if let Err(e) = lb_tests::curl(&lab.client, URL) {
-            panic!("request {i} through the VIP failed: {e}");
-        }
-    }
-}
-
-/// Which MAC the client sends VIP traffic to.
-fn client_vip_mac(lab: &HaLab) -> String {
-    let out = lab.client.ip(&["neigh", "show", &VIP.to_string()]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
-}
+use lb_tests::ha::{
+    BOUND, DIR1_IP, DIR2_IP, DirectorOpts as Opts, HaLab, Keepalived, PEER_IP, VIP,
+    director_config as config, exchange, instance, start, vrrp_state as state, vrrp_status as vrrp,
+    wait_for, wait_master, wait_state,
+};
+use lb_tests::{Daemon, Netns, TempDir};
 
 fn opts<'a>(state: &'a str, priority: u8, nopreempt: bool, scheduler: &'a str) -> Opts<'a> {
     Opts {
@@ -98,6 +21,7 @@ fn opts<'a>(state: &'a str, priority: u8, nopreempt: bool, scheduler: &'a str) -
         priority,
         nopreempt,
         scheduler,
+        ..Opts::default()
     }
 }
 
@@ -107,10 +31,7 @@ fn master_sigkill_backup_takes_over_and_master_preempts_back() {
     let dir = TempDir::new("vrrp");
     let c1 = config(&dir, "d1.toml", &opts("MASTER", 150, false, "mh"));
     let c2 = config(&dir, "d2.toml", &opts("BACKUP", 100, false, "mh"));
-    let mut d1 = start(&lab.dir1, &c1);
-    let d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let (mut d1, d2) = lab.start_pair(&c1, &c2);
     assert!(HaLab::has_vip(&lab.dir1), "the MASTER holds the VIP");
     assert!(
         !HaLab::has_vip(&lab.dir2),
@@ -119,24 +40,14 @@ fn master_sigkill_backup_takes_over_and_master_preempts_back() {
     // The BACKUP learns the master from its adverts (one per second).
     let b = wait_master(&d2, "VI_1", DIR1_IP);
     assert!(b["counters"]["adverts_received"].as_u64() > Some(0), "{b}");
-    curls_ok(&lab, 10);
-    assert_eq!(client_vip_mac(&lab), lab.dir1.mac("eth0"));
+    lab.curls_ok(10);
+    assert_eq!(lab.client_vip_mac(), lab.dir1.mac("eth0"));
 
     // 20 long-lived connections (mh) through the MASTER.
-    let vip: SocketAddr = (VIP, 80).into();
-    let mut conns: Vec<KeepAlive> = (0..20)
-        .map(|i| {
-            let mut k = KeepAlive::connect(&lab.client, vip)
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            k.request()
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            k
-        })
-        .collect();
+    let mut conns = lab.open(20);
 
     d1.kill();
-    let (t, ()) = wait_for(BOUND, || (state(&d2) == "MASTER").then_some(()))
-        .unwrap_or_else(|| panic!("no takeover: {}\n{}", vrrp(&d2), d2.log()));
+    let t = wait_state(&d2, "MASTER", &d1);
     eprintln!(
         "takeover after SIGKILL of the MASTER's daemon: {:.2} s (3 × advert_int + skew = {:.2} s)",
         t.as_secs_f64(),
@@ -144,16 +55,9 @@ fn master_sigkill_backup_takes_over_and_master_preempts_back() {
     );
     assert!(HaLab::has_vip(&lab.dir2));
     // The gratuitous ARPs moved the client to the new MASTER.
-    wait_for(BOUND, || {
-        (client_vip_mac(&lab) == lab.dir2.mac("eth0")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("client's ARP entry still {}", client_vip_mac(&lab)));
-    curls_ok(&lab, 20);
-    let survived = conns
-        .iter_mut()
-        .map(|k| k.request().is_ok())
-        .filter(|ok| *ok)
-        .count();
+    lab.wait_client_on(&lab.dir2);
+    lab.curls_ok(20);
+    let survived = exchange(&mut conns);
     eprintln!(
         "long-lived mh connections that kept working across the takeover (no connection sync \
          yet): {survived} of 20"
@@ -172,11 +76,8 @@ fn master_sigkill_backup_takes_over_and_master_preempts_back() {
         !HaLab::has_vip(&lab.dir2),
         "the old BACKUP released the VIP"
     );
-    wait_for(BOUND, || {
-        (client_vip_mac(&lab) == lab.dir1.mac("eth0")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("client's ARP entry still {}", client_vip_mac(&lab)));
-    curls_ok(&lab, 10);
+    lab.wait_client_on(&lab.dir1);
+    lab.curls_ok(10);
 }
 
 #[test]
@@ -190,7 +91,7 @@ fn link_down_faults_the_master_nopreempt_keeps_the_new_one_sigterm_hands_over() 
     let mut d2 = start(&lab.dir2, &c2);
     wait_state(&d1, "MASTER", &d2);
     wait_state(&d2, "BACKUP", &d1);
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // Cut dir1's link (the switch port): dir1 sees no carrier → FAULT; dir2 takes over.
     lab.switch.ip(&["link", "set", "dev", "dir1", "down"]);
@@ -209,7 +110,7 @@ fn link_down_faults_the_master_nopreempt_keeps_the_new_one_sigterm_hands_over() 
             .contains("interface eth0 down"),
         "{s1}"
     );
-    curls_ok(&lab, 10);
+    lab.curls_ok(10);
 
     // Link back: dir1 returns as BACKUP and, nopreempt, leaves dir2 MASTER though its
     // priority is higher. Several master-down intervals pass.
@@ -220,7 +121,7 @@ fn link_down_faults_the_master_nopreempt_keeps_the_new_one_sigterm_hands_over() 
     assert_eq!(state(&d2), "MASTER");
     assert_eq!(vrrp(&d1)["master"], DIR2_IP.to_string());
     assert!(!HaLab::has_vip(&lab.dir1));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // SIGTERM on the MASTER: priority 0, VIP removed, dir1 takes over after its skew.
     let before = vrrp(&d1)["counters"]["priority_zero_received"]
@@ -240,7 +141,7 @@ fn link_down_faults_the_master_nopreempt_keeps_the_new_one_sigterm_hands_over() 
         .as_u64()
         .unwrap();
     assert!(after > before, "priority-0 advert counted: {}", vrrp(&d1));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 }
 
 fn keepalived_conf(state: &str, priority: u8) -> String {
@@ -296,7 +197,7 @@ fn keepalived_as_backup_and_as_master() {
             .is_none_or(|e| e.is_empty()),
         "{s}"
     );
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // Failover to keepalived: our daemon stops (priority 0).
     d1.stop();
@@ -310,7 +211,7 @@ fn keepalived_as_backup_and_as_master() {
     eprintln!("ours preempted keepalived in {:.2} s", t.as_secs_f64());
     wait_for(BOUND, || (!HaLab::has_vip(&lab.peer)).then_some(()))
         .unwrap_or_else(|| panic!("keepalived kept the VIP:\n{}", ka.log()));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
     d1.stop();
     ka.kill();
     drop(ka);
@@ -348,11 +249,8 @@ fn keepalived_as_backup_and_as_master() {
     );
     assert!(HaLab::has_vip(&lab.dir2));
     // keepalived's VIP stays on the dead peer (as ours would); the client follows the GARPs.
-    wait_for(BOUND, || {
-        (client_vip_mac(&lab) == lab.dir2.mac("eth0")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("client's ARP entry still {}", client_vip_mac(&lab)));
-    curls_ok(&lab, 5);
+    lab.wait_client_on(&lab.dir2);
+    lab.curls_ok(5);
 
     // Failback: keepalived returns and preempts us.
     lab.peer
@@ -365,7 +263,6 @@ fn keepalived_as_backup_and_as_master() {
     );
     wait_for(BOUND, || HaLab::has_vip(&lab.peer).then_some(()))
         .unwrap_or_else(|| panic!("keepalived did not take the VIP back:\n{}", ka.log()));
-    let _ = CLIENT_IP;
 }
 
 /// An advert as a whole IPv4 packet (the kernel fills in the IP checksum).
@@ -440,10 +337,7 @@ fn forged_adverts_are_counted_and_change_nothing() {
     let dir = TempDir::new("vrrp");
     let c1 = config(&dir, "d1.toml", &opts("MASTER", 150, false, "wrr"));
     let c2 = config(&dir, "d2.toml", &opts("BACKUP", 100, false, "wrr"));
-    let d1 = start(&lab.dir1, &c1);
-    let d2 = start(&lab.dir2, &c2);
-    wait_state(&d1, "MASTER", &d2);
-    wait_state(&d2, "BACKUP", &d1);
+    let (d1, d2) = lab.start_pair(&c1, &c2);
     let (t1, t2) = (
         vrrp(&d1)["transitions"].clone(),
         vrrp(&d2)["transitions"].clone(),
@@ -483,7 +377,7 @@ fn forged_adverts_are_counted_and_change_nothing() {
     }
     assert_eq!(vrrp(&d2)["master"], DIR1_IP.to_string());
     assert!(HaLab::has_vip(&lab.dir1) && !HaLab::has_vip(&lab.dir2));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 }
 
 #[test]
@@ -515,7 +409,7 @@ scheduler = "rr"
     assert!(HaLab::has_vip(&lab.dir1), "{}", d.log());
     let shown = lab.dir1.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(shown.contains("eth0:0"), "the label is kept: {shown}");
-    curls_ok(&lab, 4);
+    lab.curls_ok(4);
     d.stop();
     let shown = lab.dir1.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(!HaLab::has_vip(&lab.dir1), "removed at stop: {shown}");
@@ -545,35 +439,11 @@ scheduler = "rr"
     path
 }
 
-fn instance(d: &Daemon, name: &str) -> Value {
-    let out = d.ctl_ok(&["status"]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["vrrp"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no instance {name}: {v}"))
-}
-
 fn wait_instance(d: &Daemon, name: &str, want: &str) -> Duration {
     match wait_for(BOUND, || (instance(d, name)["state"] == want).then_some(())) {
         Some((t, ())) => t,
         None => panic!(
             "{name} not {want} within {BOUND:?}: {}\n{}",
-            instance(d, name),
-            d.log()
-        ),
-    }
-}
-
-/// Waits until instance `name` of `d` names `master` as the master; its status then.
-fn wait_master(d: &Daemon, name: &str, master: Ipv4Addr) -> Value {
-    match wait_for(BOUND, || {
-        let s = instance(d, name);
-        (s["master"] == master.to_string()).then_some(s)
-    }) {
-        Some((_, s)) => s,
-        None => panic!(
-            "{name}: master not {master} within {BOUND:?}: {}\n{}",
             instance(d, name),
             d.log()
         ),
@@ -636,7 +506,7 @@ track_script = ["chk"]
             .is_none_or(|e| e.is_empty()),
         "{s}"
     );
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // The script fails: 150 - 60 = 90 < 100, the peer preempts.
     std::fs::write(&flag, "").unwrap();
@@ -648,14 +518,14 @@ track_script = ["chk"]
     wait_instance(&d1, "VI_1", "BACKUP");
     assert_eq!(instance(&d1, "VI_1")["effective_priority"], 90);
     assert!(HaLab::has_vip(&lab.dir2) && !HaLab::has_vip(&lab.dir1));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // It recovers: 150 again, dir1 takes the VIP back.
     std::fs::remove_file(&flag).unwrap();
     wait_instance(&d1, "VI_1", "MASTER");
     wait_instance(&d2, "VI_1", "BACKUP");
     assert!(HaLab::has_vip(&lab.dir1) && !HaLab::has_vip(&lab.dir2));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 }
 
 #[test]
@@ -721,7 +591,7 @@ group = ["VI_WEB", "VI_DB"]
     );
     assert!(!has(&lab.dir1, "192.0.2.100") && !has(&lab.dir1, "192.0.2.101"));
     assert!(has(&lab.dir2, "192.0.2.100") && has(&lab.dir2, "192.0.2.101"));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 
     // Fixed: both come back to BACKUP and, with the higher priority, take over together.
     std::fs::remove_file(&flag).unwrap();
@@ -731,7 +601,7 @@ group = ["VI_WEB", "VI_DB"]
     }
     assert!(has(&lab.dir1, "192.0.2.100") && has(&lab.dir1, "192.0.2.101"));
     assert!(!has(&lab.dir2, "192.0.2.100") && !has(&lab.dir2, "192.0.2.101"));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 }
 
 #[test]
@@ -794,7 +664,7 @@ unicast_peer = ["{PEER_IP}"]
     );
     wait_for(BOUND, || (!HaLab::has_vip(&lab.peer)).then_some(()))
         .unwrap_or_else(|| panic!("keepalived kept the VIP:\n{}", ka.log()));
-    curls_ok(&lab, 5);
+    lab.curls_ok(5);
 }
 
 #[test]
@@ -876,7 +746,7 @@ track_interface = ["t0"]
     );
     let d1 = start(&lab.dir1, &cfg);
     wait_state(&d1, "MASTER", &d1);
-    curls_ok(&lab, 3);
+    lab.curls_ok(3);
     lab.dir1.ip(&["link", "set", "dev", "t1", "down"]);
     wait_state(&d1, "FAULT", &d1);
     let s = vrrp(&d1);
@@ -892,5 +762,5 @@ track_interface = ["t0"]
     lab.dir1.ip(&["link", "set", "dev", "t1", "up"]);
     wait_state(&d1, "MASTER", &d1);
     assert!(HaLab::has_vip(&lab.dir1));
-    curls_ok(&lab, 3);
+    lab.curls_ok(3);
 }

@@ -12,101 +12,29 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use lb_tests::ha::{DIR1_IP, HaLab, VIP, wait_for};
-use lb_tests::{Daemon, Netns, TempDir};
-use serde_json::Value;
+use lb_tests::ha::{
+    BOUND, DIR1_IP, HaLab, import_keepalived as import, seed003_on_lab, wait_for, wait_master,
+    wait_state,
+};
+use lb_tests::{Daemon, TempDir};
 
-const URL: &str = "http://192.0.2.100/";
-/// Generous: the takeover itself is 3 × advert_int + skew (3.61 s at the BACKUP's
-/// priority 100); the seed's TCP_CHECK runs every 3 s.
-const BOUND: Duration = Duration::from_secs(20);
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../lb-ctl/tests/fixtures/keepalived")
-        .join(name)
-}
-
-/// The seed's file on the lab: addresses and interface substituted, and notify lines that run
-/// `script` (keepalived's way: `notify_master`/`notify_backup` as written, `notify` with
-/// INSTANCE name state priority appended) inserted after `nopreempt`.
+/// The seed's file on the lab ([`seed003_on_lab`]), with notify lines that run `script`
+/// (keepalived's way: `notify_master`/`notify_backup` as written, `notify` with INSTANCE name
+/// state priority appended) inserted after `nopreempt`.
 fn seed_on_lab(name: &str, script: &Path) -> String {
-    let seed = std::fs::read_to_string(fixture(name)).expect("seed 003 fixture");
     let s = script.display();
-    let text = seed
-        .replace("198.51.100.135", &VIP.to_string())
-        .replace("198.51.100.131", "192.0.2.11")
-        .replace("198.51.100.132", "192.0.2.12")
-        .replace("ens33", "eth0")
-        .replacen(
-            "nopreempt\n",
-            &format!(
-                "nopreempt\n      notify_master \"{s} master\"\n      notify_backup \"{s} backup\"\n      notify {s}\n"
-            ),
-            1,
-        );
-    assert!(
-        !text.contains("198.51.100.") && !text.contains("ens33") && text.contains("notify "),
-        "the substitution missed something:\n{text}"
+    let text = seed003_on_lab(name).replacen(
+        "nopreempt\n",
+        &format!(
+            "nopreempt\n      notify_master \"{s} master\"\n      notify_backup \"{s} backup\"\n      notify {s}\n"
+        ),
+        1,
     );
+    assert!(text.contains("notify "), "no notify line inserted:\n{text}");
     text
-}
-
-/// `lb-ctl import keepalived CONF -o TOML`; the stderr.
-fn import(conf: &Path, toml: &Path) -> String {
-    let out = Command::new(lb_tests::lb_ctl())
-        .args(["import", "keepalived"])
-        .arg(conf)
-        .arg("-o")
-        .arg(toml)
-        .output()
-        .expect("run lb-ctl import");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "lb-ctl import failed: {out:?}");
-    stderr
-}
-
-fn vrrp(d: &Daemon) -> Value {
-    lb_tests::ha::vrrp_status(d)
-}
-
-fn state(d: &Daemon) -> String {
-    lb_tests::ha::vrrp_state(d)
-}
-
-fn wait_state(d: &Daemon, want: &str, other: &Daemon) -> Duration {
-    lb_tests::ha::wait_vrrp_state(d, want, other, BOUND)
-}
-
-fn curls_ok(lab: &HaLab, n: usize, when: &str) {
-    for i in 0..n {
-        if let Err(e) = lb_tests::curl(&lab.client, URL) {
-            panic!("{when}: request {i} through the VIP failed: {e}");
-        }
-    }
-}
-
-fn client_vip_mac(lab: &HaLab) -> String {
-    let out = lab.client.ip(&["neigh", "show", &VIP.to_string()]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
-}
-
-fn wait_client_mac(lab: &HaLab, ns: &Netns) {
-    let want = ns.mac("eth0");
-    wait_for(BOUND, || (client_vip_mac(lab) == want).then_some(())).unwrap_or_else(|| {
-        panic!(
-            "client's ARP entry for the VIP still {}",
-            client_vip_mac(lab)
-        )
-    });
 }
 
 /// Both real servers are checked by the seed's TCP_CHECK (port 80) and up, each check having
@@ -234,12 +162,9 @@ fn seed003_pair_from_the_import_fails_over_and_back_with_keepalived_semantics() 
     assert!(HaLab::has_vip(&lab.dir1), "the MASTER holds the VIP");
     assert!(!HaLab::has_vip(&lab.dir2), "the BACKUP does not");
     // The BACKUP learns the master from its adverts (one a second).
-    wait_for(BOUND, || {
-        (vrrp(&d2)["master"] == DIR1_IP.to_string()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the BACKUP never heard the MASTER: {}", vrrp(&d2)));
-    curls_ok(&lab, 10, "through the seed's MASTER");
-    wait_client_mac(&lab, &lab.dir1);
+    wait_master(&d2, "VI_1", DIR1_IP);
+    lab.curls_ok_when(10, "through the seed's MASTER");
+    lab.wait_client_on(&lab.dir1);
     tcp_checks_run(&d1, "MASTER");
     tcp_checks_run(&d2, "BACKUP");
     // keepalived's sequence: a `state MASTER` instance starts as BACKUP and becomes MASTER
@@ -262,8 +187,7 @@ fn seed003_pair_from_the_import_fails_over_and_back_with_keepalived_semantics() 
 
     // SIGKILL the MASTER's daemon: the BACKUP takes the VIP by timeout.
     d1.kill();
-    let (t, ()) = wait_for(BOUND, || (state(&d2) == "MASTER").then_some(()))
-        .unwrap_or_else(|| panic!("no takeover: {}\n{}", vrrp(&d2), d2.log()));
+    let t = wait_state(&d2, "MASTER", &d1);
     eprintln!(
         "takeover after SIGKILL of the seed MASTER's daemon: {:.2} s (3 × advert_int + skew = \
          {:.2} s)",
@@ -271,8 +195,8 @@ fn seed003_pair_from_the_import_fails_over_and_back_with_keepalived_semantics() 
         3.0 + (256.0 - 100.0) / 256.0
     );
     assert!(HaLab::has_vip(&lab.dir2));
-    wait_client_mac(&lab, &lab.dir2);
-    curls_ok(&lab, 20, "through the BACKUP turned MASTER");
+    lab.wait_client_on(&lab.dir2);
+    lab.curls_ok_when(20, "through the BACKUP turned MASTER");
     wait_notified(
         &logs[1],
         &[
@@ -298,12 +222,9 @@ fn seed003_pair_from_the_import_fails_over_and_back_with_keepalived_semantics() 
     wait_state(&d2, "BACKUP", &d1);
     assert!(HaLab::has_vip(&lab.dir1));
     assert!(!HaLab::has_vip(&lab.dir2), "the BACKUP released the VIP");
-    wait_for(BOUND, || {
-        (vrrp(&d2)["master"] == DIR1_IP.to_string()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the BACKUP never heard the MASTER: {}", vrrp(&d2)));
-    wait_client_mac(&lab, &lab.dir1);
-    curls_ok(&lab, 10, "after failback");
+    wait_master(&d2, "VI_1", DIR1_IP);
+    lab.wait_client_on(&lab.dir1);
+    lab.curls_ok_when(10, "after failback");
     wait_notified(
         &logs[0],
         &[

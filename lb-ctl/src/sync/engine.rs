@@ -178,26 +178,9 @@ pub fn follow(state: Followed) -> Roles {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-
     use super::*;
-    use crate::sync::{conn_flags, wire};
-
-    fn conn(i: u16) -> SyncConn {
-        SyncConn {
-            protocol: 6,
-            flags: conn_flags::DROUTE,
-            state: 1,
-            cport: i,
-            vport: 80,
-            dport: 80,
-            fwmark: 0,
-            timeout: 900,
-            caddr: IpAddr::from([203, 0, 113, 1]),
-            vaddr: IpAddr::from([198, 51, 100, 100]),
-            daddr: IpAddr::from([198, 51, 100, 11]),
-        }
-    }
+    use crate::sync::tests::conn;
+    use crate::sync::wire;
 
     #[test]
     fn a_lone_connection_goes_within_the_flush_interval() {

@@ -456,7 +456,8 @@ mod tests {
         }
     }
 
-    fn conn(i: u16) -> SyncConn {
+    /// A DR connection of client port `i` (also the engine's tests' connection).
+    pub(crate) fn conn(i: u16) -> SyncConn {
         SyncConn {
             protocol: 6,
             flags: conn_flags::DROUTE,

@@ -223,6 +223,30 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A started role, or why not with what it was given back.
 pub type Started<T> = Result<RoleThread<T>, (anyhow::Error, T)>;
 
+/// Runs a role's `body` (given its status and stop flag) on a thread named `name`; `gone`
+/// stands in for what the body held when the thread cannot be spawned.
+fn spawn_role<T: Send + 'static>(
+    name: &str,
+    status: RoleStatus,
+    gone: T,
+    body: impl FnOnce(Arc<Mutex<RoleStatus>>, Arc<AtomicBool>) -> T + Send + 'static,
+) -> Started<T> {
+    let status = Arc::new(Mutex::new(status));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (st, sp) = (status.clone(), stop.clone());
+    match std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(st, sp))
+    {
+        Ok(t) => Ok(RoleThread {
+            stop,
+            thread: Some(t),
+            status,
+        }),
+        Err(e) => Err((anyhow::anyhow!("starting the sync thread: {e}"), gone)),
+    }
+}
+
 /// Starts the master role: reads `source`, sends messages. Fails (with `source` back)
 /// when the interface or socket cannot be had.
 pub fn start_master(
@@ -238,13 +262,7 @@ pub fn start_master(
         Ok(x) => x,
         Err(e) => return Err((e, source)),
     };
-    let status = Arc::new(Mutex::new(RoleStatus::new(
-        Role::Master,
-        p,
-        maxlen,
-        follows,
-    )));
-    let stop = Arc::new(AtomicBool::new(false));
+    let status = RoleStatus::new(Role::Master, p, maxlen, follows);
     let dests: Vec<SockAddr> = if p.peers.is_empty() {
         vec![SockAddr::from(SocketAddrV4::new(p.group, p.port))]
     } else {
@@ -253,60 +271,46 @@ pub fn start_master(
             .map(|a| SockAddr::from(SocketAddrV4::new(*a, p.port)))
             .collect()
     };
-    let (st, sp) = (status.clone(), stop.clone());
     let (syncid, rate) = (p.syncid, p.max_rate);
-    let thread = std::thread::Builder::new()
-        .name("sync-master".into())
-        .spawn(move || {
-            // A burst of a tenth of a second's rate may go at once.
-            let mut b = Batcher::new(syncid, maxlen, rate, (rate / 10).max(1), Instant::now());
-            let mut buf: Vec<SyncConn> = Vec::new();
-            while !sp.load(Ordering::Relaxed) {
-                let now = Instant::now();
-                let wait = b
-                    .next_wake(now)
-                    .map_or(POLL, |t| t.saturating_duration_since(now))
-                    .min(POLL);
-                buf.clear();
-                source.read(&mut buf, wait);
-                let now = Instant::now();
-                for c in &buf {
-                    b.add(c, now);
-                }
-                let out = b.due(now);
-                let mut s = lock(&st);
-                for (msg, n) in out {
-                    for d in &dests {
-                        match sock.send_to(&msg, d) {
-                            Ok(_) => {
-                                s.messages_sent += 1;
-                                s.conns_sent += n as u64;
-                                s.last_message = Some(now_unix());
-                            }
-                            // The link is down, the queue full, no route: counted; the
-                            // connections of this message are not sent again (IPVS does
-                            // not either: the next state change sends them).
-                            Err(_) => s.send_errors += 1,
+    // The closure (and the source with it) is gone with a failed spawn.
+    spawn_role("sync-master", status, Box::new(Nothing), move |st, sp| {
+        // A burst of a tenth of a second's rate may go at once.
+        let mut b = Batcher::new(syncid, maxlen, rate, (rate / 10).max(1), Instant::now());
+        let mut buf: Vec<SyncConn> = Vec::new();
+        while !sp.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = b
+                .next_wake(now)
+                .map_or(POLL, |t| t.saturating_duration_since(now))
+                .min(POLL);
+            buf.clear();
+            source.read(&mut buf, wait);
+            let now = Instant::now();
+            for c in &buf {
+                b.add(c, now);
+            }
+            let out = b.due(now);
+            let mut s = lock(&st);
+            for (msg, n) in out {
+                for d in &dests {
+                    match sock.send_to(&msg, d) {
+                        Ok(_) => {
+                            s.messages_sent += 1;
+                            s.conns_sent += n as u64;
+                            s.last_message = Some(now_unix());
                         }
+                        // The link is down, the queue full, no route: counted; the
+                        // connections of this message are not sent again (IPVS does
+                        // not either: the next state change sends them).
+                        Err(_) => s.send_errors += 1,
                     }
                 }
-                s.rate_drops = b.rate_drops;
-                s.stale_events = source.lost();
             }
-            source
-        });
-    match thread {
-        Ok(t) => Ok(RoleThread {
-            stop,
-            thread: Some(t),
-            status,
-        }),
-        Err(e) => Err((
-            anyhow::anyhow!("starting the sync thread: {e}"),
-            // The closure (and the source with it) is gone with the failed spawn.
-            Box::new(Nothing),
-        )),
-    }
+            s.rate_drops = b.rate_drops;
+            s.stale_events = source.lost();
+        }
+        source
+    })
 }
 
 /// Starts the backup role: reads messages, installs what they hold through `sink`.
@@ -326,96 +330,77 @@ pub fn start_backup(
         Ok(x) => x,
         Err(e) => return Err((e, sink)),
     };
-    let status = Arc::new(Mutex::new(RoleStatus::new(
-        Role::Backup,
-        p,
-        maxlen,
-        follows,
-    )));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (st, sp) = (status.clone(), stop.clone());
+    let status = RoleStatus::new(Role::Backup, p, maxlen, follows);
     let (syncid, peers) = (p.syncid, p.peers.clone());
-    let thread = std::thread::Builder::new()
-        .name("sync-backup".into())
-        .spawn(move || {
-            let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
-            let mut pending: Vec<SyncConn> = Vec::new();
-            while !sp.load(Ordering::Relaxed) {
-                // Block (up to POLL) for the first datagram, then take what is queued
-                // without waiting, and install it as one batch.
-                let mut flags = 0;
-                loop {
-                    // SAFETY: recv_from_with_flags writes only initialised bytes into buf.
-                    let r = sock.recv_from_with_flags(&mut buf, flags);
-                    flags = libc::MSG_DONTWAIT;
-                    let (n, from) = match r {
-                        Ok((n, from)) => (n, from),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            break;
-                        }
-                        Err(_) => {
-                            lock(&st).receive_errors += 1;
-                            break;
-                        }
-                    };
-                    // SAFETY: the first n bytes were written by recv.
-                    let data: &[u8] =
-                        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-                    let mut s = lock(&st);
-                    s.messages_received += 1;
-                    s.last_message = Some(now_unix());
-                    let src = from.as_socket_ipv4().map(|a| *a.ip());
-                    if !peers.is_empty() && !src.is_some_and(|a| peers.contains(&a)) {
-                        s.unknown_peer += 1;
-                        continue;
-                    }
-                    if wire::other_syncid(data, syncid) {
-                        s.wrong_syncid += 1;
-                        continue;
-                    }
-                    match wire::decode(data) {
-                        Err(k) => *s.malformed.entry(k.name().into()).or_default() += 1,
-                        Ok(m) => {
-                            for k in &m.skipped {
-                                *s.skipped.entry(k.name().into()).or_default() += 1;
-                            }
-                            s.conns_received += m.conns.len() as u64;
-                            pending.extend(m.conns);
-                        }
-                    }
-                    if pending.len() >= INSTALL_BATCH {
+    // The closure (and the sink with it) is gone with a failed spawn.
+    spawn_role("sync-backup", status, Box::new(Nothing), move |st, sp| {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
+        let mut pending: Vec<SyncConn> = Vec::new();
+        while !sp.load(Ordering::Relaxed) {
+            // Block (up to POLL) for the first datagram, then take what is queued
+            // without waiting, and install it as one batch.
+            let mut flags = 0;
+            loop {
+                // SAFETY: recv_from_with_flags writes only initialised bytes into buf.
+                let r = sock.recv_from_with_flags(&mut buf, flags);
+                flags = libc::MSG_DONTWAIT;
+                let (n, from) = match r {
+                    Ok((n, from)) => (n, from),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
                         break;
                     }
+                    Err(_) => {
+                        lock(&st).receive_errors += 1;
+                        break;
+                    }
+                };
+                // SAFETY: the first n bytes were written by recv.
+                let data: &[u8] =
+                    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+                let mut s = lock(&st);
+                s.messages_received += 1;
+                s.last_message = Some(now_unix());
+                let src = from.as_socket_ipv4().map(|a| *a.ip());
+                if !peers.is_empty() && !src.is_some_and(|a| peers.contains(&a)) {
+                    s.unknown_peer += 1;
+                    continue;
                 }
-                if !pending.is_empty() {
-                    let r = sink.install(&pending);
-                    pending.clear();
-                    let mut s = lock(&st);
-                    s.installed += r.installed;
-                    s.updated += r.updated;
-                    for (k, v) in r.refused {
-                        *s.refused.entry(k).or_default() += v;
+                if wire::other_syncid(data, syncid) {
+                    s.wrong_syncid += 1;
+                    continue;
+                }
+                match wire::decode(data) {
+                    Err(k) => *s.malformed.entry(k.name().into()).or_default() += 1,
+                    Ok(m) => {
+                        for k in &m.skipped {
+                            *s.skipped.entry(k.name().into()).or_default() += 1;
+                        }
+                        s.conns_received += m.conns.len() as u64;
+                        pending.extend(m.conns);
                     }
                 }
+                if pending.len() >= INSTALL_BATCH {
+                    break;
+                }
             }
-            sink
-        });
-    match thread {
-        Ok(t) => Ok(RoleThread {
-            stop,
-            thread: Some(t),
-            status,
-        }),
-        Err(e) => Err((
-            anyhow::anyhow!("starting the sync thread: {e}"),
-            Box::new(Nothing),
-        )),
-    }
+            if !pending.is_empty() {
+                let r = sink.install(&pending);
+                pending.clear();
+                let mut s = lock(&st);
+                s.installed += r.installed;
+                s.updated += r.updated;
+                for (k, v) in r.refused {
+                    *s.refused.entry(k).or_default() += v;
+                }
+            }
+        }
+        sink
+    })
 }
 
 /// Stands in for a reader or installer lost with a thread that could not start or died:

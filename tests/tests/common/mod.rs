@@ -25,12 +25,125 @@ pub fn rs_mac(n: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x10, n]
 }
 
-/// A loaded balancer with its own pins, removed on drop (even when a test fails).
+/// The balancer loaded with pins of its own, its tables sized for the fixtures (the
+/// connection table `conns` entries, the embryonic table a quarter); shut down before its pins
+/// are removed, also when a test fails. Shared by every `BPF_PROG_TEST_RUN` suite that keeps
+/// the balancer's maps its own way (this module's [`Fixture`], sync_dp, ipv6_dp, nat_tun).
+pub struct Balancer {
+    dp: Option<Dataplane>,
+    pins: lb_tests::PinDir,
+    conns: u32,
+    sched: u32,
+}
+
+impl Balancer {
+    /// Loads it with pins under `label` in this run's pin root.
+    pub fn open(label: &str, conns: u32) -> Self {
+        Self::with_sched_table(label, conns, 1 << 16)
+    }
+
+    /// [`open`](Self::open) with a scheduling table of `sched` entries.
+    pub fn with_sched_table(label: &str, conns: u32, sched: u32) -> Self {
+        let pins = lb_tests::PinDir::new(label);
+        let dp = Self::load(pins.path(), conns, sched).expect("loading the balancer (root, bpffs)");
+        Self {
+            dp: Some(dp),
+            pins,
+            conns,
+            sched,
+        }
+    }
+
+    fn load(pins: &std::path::Path, conns: u32, sched: u32) -> anyhow::Result<Dataplane> {
+        Dataplane::open(Options {
+            pin_dir: pins.to_path_buf(),
+            conn_table_size: conns,
+            sched_table_size: sched,
+            mh_table_size: 251,
+            persist_table_size: 4096,
+            ..Options::default()
+        })
+    }
+
+    /// Stops the data path keeping it pinned (a daemon's `--keep-datapath` exit) and opens it
+    /// again on the same pins, as a restarted daemon does: the new one adopts the maps.
+    pub fn reopen_keeping(&mut self) {
+        let dp = self.dp.take().expect("open");
+        dp.shutdown(true).expect("stopping, keeping the data path");
+        self.dp = Some(Self::load(self.pins.path(), self.conns, self.sched).expect("adopting"));
+    }
+
+    pub fn dp(&self) -> &Dataplane {
+        self.dp.as_ref().expect("open")
+    }
+
+    pub fn dp_mut(&mut self) -> &mut Dataplane {
+        self.dp.as_mut().expect("open")
+    }
+
+    /// Where its maps and programs are pinned.
+    pub fn pins(&self) -> &std::path::Path {
+        self.pins.path()
+    }
+
+    /// One `BPF_PROG_TEST_RUN` of `frame`, as received on `ifindex` (0: the kernel reports
+    /// loopback); panics if the program aborts.
+    pub fn run(&self, frame: &[u8], ifindex: u32) -> Outcome {
+        let prog = self.dp().program().expect("program");
+        let out = xdp_run::run_xdp(prog, frame, 1, ifindex).expect("BPF_PROG_TEST_RUN");
+        assert_ne!(
+            out.action,
+            xdp_run::XDP_ABORTED,
+            "the program aborted on {frame:02x?}"
+        );
+        out
+    }
+
+    /// DR: the real server (1..) a frame went to, by its destination MAC, checking that it
+    /// went back out (XDP_TX, loopback being every real server's interface here) from the
+    /// director's MAC with nothing past the MACs changed.
+    pub fn forwarded_to(&self, frame: &[u8]) -> u8 {
+        let out = self.run(frame, 0);
+        assert_eq!(
+            out.action, XDP_TX,
+            "expected XDP_TX for {frame:02x?}, got {out:?}"
+        );
+        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
+        assert_eq!(
+            &out.data[12..],
+            &frame[12..],
+            "DR must leave everything after the MACs untouched"
+        );
+        let n = out.data[5];
+        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
+        n
+    }
+
+    /// The data path's counter `name`; panics if there is none.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.dp()
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        // Before `pins` removes the pins.
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.shutdown(false);
+        }
+    }
+}
+
+/// A loaded balancer whose maps the daemon's own `Dataplane::sync` fills from a model.
 pub struct Fixture {
-    pub dp: Option<Dataplane>,
+    pub bal: Balancer,
     pub model: Model,
     pub paths: Paths,
-    _pins: lb_tests::PinDir,
 }
 
 impl Fixture {
@@ -40,16 +153,7 @@ impl Fixture {
 
     /// A fixture whose connection table has `conns` entries (the embryonic table a quarter).
     pub fn with_table(model: Model, conns: u32) -> Self {
-        let pins = lb_tests::PinDir::new("fixture");
-        let dp = Dataplane::open(Options {
-            pin_dir: pins.path().to_path_buf(),
-            conn_table_size: conns,
-            sched_table_size: 1 << 16,
-            mh_table_size: 251,
-            persist_table_size: 4096,
-            ..Options::default()
-        })
-        .expect("loading the balancer (root, bpffs)");
+        let bal = Balancer::open("fixture", conns);
         // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
         // reports as ingress, so a forwarded packet comes back as XDP_TX.
         let paths = (1..=8)
@@ -67,17 +171,16 @@ impl Fixture {
             })
             .collect();
         let mut f = Self {
-            dp: Some(dp),
+            bal,
             model: Model::default(),
             paths,
-            _pins: pins,
         };
         f.set(model);
         f
     }
 
     pub fn dp(&mut self) -> &mut Dataplane {
-        self.dp.as_mut().expect("open")
+        self.bal.dp_mut()
     }
 
     pub fn set(&mut self, model: Model) {
@@ -93,50 +196,16 @@ impl Fixture {
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
-        let prog = self.dp().program().expect("program");
-        let out = xdp_run::run_xdp(prog, frame, 1, 0).expect("BPF_PROG_TEST_RUN");
-        assert_ne!(
-            out.action,
-            xdp_run::XDP_ABORTED,
-            "the program aborted on {frame:02x?}"
-        );
-        out
+        self.bal.run(frame, 0)
     }
 
     pub fn counter(&mut self, name: &str) -> u64 {
-        self.dp()
-            .counters()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-            .1
+        self.bal.counter(name)
     }
 
     /// The real server a forwarded frame went to, by its destination MAC.
     pub fn forwarded_to(&mut self, frame: &[u8]) -> u8 {
-        let out = self.run(frame);
-        assert_eq!(
-            out.action, XDP_TX,
-            "expected XDP_TX for {frame:02x?}, got {out:?}"
-        );
-        assert_eq!(&out.data[6..12], &DIRECTOR_MAC, "source MAC");
-        assert_eq!(
-            &out.data[12..],
-            &frame[12..],
-            "DR must leave everything after the MACs untouched"
-        );
-        let n = out.data[5];
-        assert_eq!(&out.data[0..6], &rs_mac(n), "destination MAC");
-        n
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Before `_pins` removes the pins.
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.shutdown(false);
-        }
+        self.bal.forwarded_to(frame)
     }
 }
 
