@@ -2003,9 +2003,9 @@ mod tests {
     }
 
     const HOSTS: &str = "127.0.0.1 localhost\n\
-        192.168.59.135 vip.example vip # the VIP\n\
-        192.168.59.131 rs1.example rs1\n\
-        192.168.59.132 a-very-long-host-name.example.com\n";
+        198.51.100.135 vip.example vip # the VIP\n\
+        198.51.100.131 rs1.example rs1\n\
+        198.51.100.132 a-very-long-host-name.example.com\n";
     const SERVICES: &str = "# services\n\
         http 80/tcp www # WorldWideWeb\n\
         http 80/udp\n\
@@ -2065,8 +2065,8 @@ mod tests {
         }
     }
 
-    const VIP: [u8; 4] = [192, 168, 59, 135];
-    const RIP: [u8; 4] = [192, 168, 59, 131];
+    const VIP: [u8; 4] = [198, 51, 100, 135];
+    const RIP: [u8; 4] = [198, 51, 100, 131];
 
     fn svc(k: ServiceKey, scheduler: Scheduler) -> ServiceConfig {
         ServiceConfig {
@@ -2154,27 +2154,27 @@ mod tests {
         let k = key(Protocol::Tcp, VIP, 80);
         ops_are(&[
             (
-                "-A -t 192.168.59.135:80 -s rr",
+                "-A -t 198.51.100.135:80 -s rr",
                 Op::AddService(svc(k, Scheduler::Rr)),
             ),
             (
-                "-At 192.168.59.135:80 -s rr",
+                "-At 198.51.100.135:80 -s rr",
                 Op::AddService(svc(k, Scheduler::Rr)),
             ),
             (
-                "-E -t 192.168.59.135:80 -s wrr",
+                "-E -t 198.51.100.135:80 -s wrr",
                 Op::EditService(svc(k, Scheduler::Wrr)),
             ),
             // ipvsadm -E sends the whole service: without -s it is wlc again.
             (
-                "-E -t 192.168.59.135:80",
+                "-E -t 198.51.100.135:80",
                 Op::EditService(svc(k, Scheduler::Wlc)),
             ),
             (
-                "--add-service --tcp-service 192.168.59.135:80",
+                "--add-service --tcp-service 198.51.100.135:80",
                 Op::AddService(svc(k, Scheduler::Wlc)),
             ),
-            ("-D -t 192.168.59.135:80", Op::DelService(k)),
+            ("-D -t 198.51.100.135:80", Op::DelService(k)),
             ("-C", Op::Clear),
             ("--clear", Op::Clear),
         ]);
@@ -2187,7 +2187,7 @@ mod tests {
             op(&[
                 "-A",
                 "-t",
-                "192.168.59.135:80",
+                "198.51.100.135:80",
                 "-s",
                 "wrr",
                 "-p",
@@ -2205,7 +2205,7 @@ mod tests {
         );
         // -p without a value: 300 s, and a port-0 service is fine when persistent.
         assert_eq!(
-            op(&["-A", "-t", "192.168.59.135", "-p"]),
+            op(&["-A", "-t", "198.51.100.135", "-p"]),
             Op::AddService(ServiceConfig {
                 persistence: Some(Persistence {
                     timeout: 300,
@@ -2216,12 +2216,12 @@ mod tests {
         );
         // -M without -p is accepted and has no effect.
         assert_eq!(
-            op(&["-A", "-t", "192.168.59.135:80", "-M", "255.255.0.0"]),
+            op(&["-A", "-t", "198.51.100.135:80", "-M", "255.255.0.0"]),
             Op::AddService(svc(k, Scheduler::Wlc))
         );
         let u = key(Protocol::Udp, VIP, 53);
         assert_eq!(
-            op(&["-A", "-u", "192.168.59.135:53", "-s", "rr", "-o"]),
+            op(&["-A", "-u", "198.51.100.135:53", "-s", "rr", "-o"]),
             Op::AddService(ServiceConfig {
                 ops: true,
                 tunnel_source: None,
@@ -2232,7 +2232,7 @@ mod tests {
             Op::AddService(c) => c.sched_flags.0,
             o => panic!("{o:?}"),
         };
-        let base = ["-A", "-t", "192.168.59.135:80"];
+        let base = ["-A", "-t", "198.51.100.135:80"];
         let with = |extra: &[&'static str]| [&base[..], extra].concat();
         assert_eq!(
             flags(&with(&["-s", "sh", "-b", "sh-fallback,sh-port"])),
@@ -2258,33 +2258,33 @@ mod tests {
         let rip = IpAddr::from(Ipv4Addr::from(RIP));
         ops_are(&[
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131:80 -g -w 1",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131:80 -g -w 1",
                 Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
             ),
             // Defaults: -g, weight 1, the service's port.
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131",
                 Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
             ),
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -m -w 2",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131:8080 -m -w 2",
                 Op::AddDest(k, dest(RIP, 8080, Forward::Nat, 2)),
             ),
             // Gatewaying and tunnelling keep the service's port, whatever -r says.
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -g",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131:8080 -g",
                 Op::AddDest(k, dest(RIP, 80, Forward::Dr, 1)),
             ),
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131:8080 -i -w 0",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131:8080 -i -w 0",
                 Op::AddDest(k, dest(RIP, 80, Forward::Tun, 0)),
             ),
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131 -i --tun-type ipip",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131 -i --tun-type ipip",
                 Op::AddDest(k, dest(RIP, 80, Forward::Tun, 1)),
             ),
             (
-                "-a -t 192.168.59.135:80 -r 192.168.59.131 -x 100 -y 10",
+                "-a -t 198.51.100.135:80 -r 198.51.100.131 -x 100 -y 10",
                 Op::AddDest(
                     k,
                     DestConfig {
@@ -2295,20 +2295,20 @@ mod tests {
                 ),
             ),
             (
-                "-e -t 192.168.59.135:80 -r 192.168.59.131:80 -w 5",
+                "-e -t 198.51.100.135:80 -r 198.51.100.131:80 -w 5",
                 Op::EditDest(k, dest(RIP, 80, Forward::Dr, 5)),
             ),
             (
-                "-d -t 192.168.59.135:80 -r 192.168.59.131:80",
+                "-d -t 198.51.100.135:80 -r 198.51.100.131:80",
                 Op::DelDest(k, rip, 80),
             ),
             // -d does not force the port: a masqueraded server on another port can be deleted.
             (
-                "-d -t 192.168.59.135:80 -r 192.168.59.131:8080",
+                "-d -t 198.51.100.135:80 -r 198.51.100.131:8080",
                 Op::DelDest(k, rip, 8080),
             ),
             (
-                "-a -u 192.168.59.135:53 -r 192.168.59.131",
+                "-a -u 198.51.100.135:53 -r 198.51.100.131",
                 Op::AddDest(u, dest(RIP, 53, Forward::Dr, 1)),
             ),
         ]);
@@ -2365,7 +2365,7 @@ mod tests {
             ..ListFormat::default()
         };
         assert_eq!(
-            ok(&["-Ln", "-t", "192.168.59.135:80"]),
+            ok(&["-Ln", "-t", "198.51.100.135:80"]),
             list(one, Some(key(Protocol::Tcp, VIP, 80)))
         );
         assert_eq!(
@@ -2431,7 +2431,7 @@ mod tests {
             }
         );
         assert_eq!(
-            msg(&["-A", "-u", "192.168.59.135:53", "-o", "json"]),
+            msg(&["-A", "-u", "198.51.100.135:53", "-o", "json"]),
             "-o json is only for listings (-L, -l, -S)"
         );
         assert!(msg(&["-L", "-o", "yaml"]).starts_with("invalid output format `yaml'"));
@@ -2458,7 +2458,7 @@ mod tests {
             }
         );
         assert_eq!(
-            ok(&["-Z", "-u", "192.168.59.135:53"]),
+            ok(&["-Z", "-u", "198.51.100.135:53"]),
             Plan::Request {
                 req: Request::Zero {
                     service: Some(key(Protocol::Udp, VIP, 53))
@@ -2495,8 +2495,8 @@ mod tests {
 
     #[test]
     fn legality_table_messages() {
-        let vip = "192.168.59.135:80";
-        let rip = "192.168.59.131";
+        let vip = "198.51.100.135:80";
+        let rip = "198.51.100.131";
         assert_eq!(
             msg(&["-A", "-t", vip, "-r", rip]),
             "Illegal 'real-server' option with the 'add-service' command"
@@ -2620,15 +2620,15 @@ mod tests {
 
     #[test]
     fn repeated_options() {
-        let vip = "192.168.59.135:80";
-        let rip = "192.168.59.131";
+        let vip = "198.51.100.135:80";
+        let rip = "198.51.100.131";
         assert_eq!(msg(&["-Lnn"]), "multiple 'numeric' options specified");
         assert_eq!(
             msg(&["-a", "-t", vip, "-r", rip, "-g", "-m"]),
             "multiple 'forwarding-method' options specified"
         );
         assert_eq!(
-            msg(&["-A", "-t", vip, "-u", "192.168.59.135:53"]),
+            msg(&["-A", "-t", vip, "-u", "198.51.100.135:53"]),
             "multiple 'service-address' options specified"
         );
         assert_eq!(
@@ -2646,8 +2646,8 @@ mod tests {
     /// only sees the op, answers a script exactly as ipvsadm would.
     #[test]
     fn the_model_refuses_what_the_cli_refuses_with_its_message() {
-        let vip = "192.168.59.135:80";
-        let rip = "192.168.59.131";
+        let vip = "198.51.100.135:80";
+        let rip = "198.51.100.131";
         let k = key(Protocol::Tcp, VIP, 80);
         let persistent = |timeout| ServiceConfig {
             persistence: Some(Persistence {
@@ -2671,7 +2671,7 @@ mod tests {
                 Op::AddService(persistent(2_678_401)),
             ),
             (
-                vec!["-A", "-t", "192.168.59.135:0"],
+                vec!["-A", "-t", "198.51.100.135:0"],
                 Op::AddService(svc(key(Protocol::Tcp, VIP, 0), Scheduler::Wlc)),
             ),
             (
@@ -2736,8 +2736,8 @@ mod tests {
 
     #[test]
     fn bad_values() {
-        let vip = "192.168.59.135:80";
-        let rip = "192.168.59.131";
+        let vip = "198.51.100.135:80";
+        let rip = "198.51.100.131";
         for w in ["65536", "-1", "abc", "", "1x"] {
             assert_eq!(
                 msg(&["-a", "-t", vip, "-r", rip, "-w", w]),
@@ -2779,7 +2779,7 @@ mod tests {
             "illegal real server address[:port] specified"
         );
         assert_eq!(
-            msg(&["-A", "-t", "192.168.59.135:0"]),
+            msg(&["-A", "-t", "198.51.100.135:0"]),
             "Zero port specified for non-persistent service"
         );
         assert_eq!(
@@ -2828,8 +2828,8 @@ mod tests {
 
     #[test]
     fn tunnel_options() {
-        let vip = "192.168.59.135:80";
-        let rip = "192.168.59.131";
+        let vip = "198.51.100.135:80";
+        let rip = "198.51.100.131";
         assert_eq!(
             msg(&["-a", "-t", vip, "-r", rip, "--tun-type", "ipip"]),
             "Tunnel options conflict with forward method"
@@ -2865,7 +2865,7 @@ mod tests {
 
     #[test]
     fn unsupported_features() {
-        let vip = "192.168.59.135:80";
+        let vip = "198.51.100.135:80";
         assert_eq!(
             msg(&["-A", "-f", "1"]),
             "firewall-mark services (-f) are not supported"
@@ -3246,8 +3246,8 @@ mod tests {
     #[test]
     fn number_parsing() {
         assert_eq!(
-            inet_aton("192.168.59.135"),
-            Some(Ipv4Addr::new(192, 168, 59, 135))
+            inet_aton("198.51.100.135"),
+            Some(Ipv4Addr::new(198, 51, 100, 135))
         );
         assert_eq!(inet_aton("10.1"), Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(inet_aton("10.1.258"), Some(Ipv4Addr::new(10, 1, 1, 2)));
@@ -3323,7 +3323,7 @@ mod tests {
                 sview(
                     svc(web, Scheduler::Wrr),
                     vec![
-                        dview(dest([192, 168, 59, 132], 80, Forward::Dr, 1), 2, 5),
+                        dview(dest([198, 51, 100, 132], 80, Forward::Dr, 1), 2, 5),
                         dview(dest(RIP, 80, Forward::Dr, 1), 0, 0),
                     ],
                 ),
@@ -3358,11 +3358,11 @@ mod tests {
             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
             "TCP  10.0.0.1:443 sh (sh-port)",
             "  -> 10.0.0.2:8443                Masq    0      0          0         ",
-            "TCP  192.168.59.135:80 wrr",
-            "  -> 192.168.59.131:80            Route   1      0          0         ",
-            "  -> 192.168.59.132:80            Route   1      2          5         ",
-            "UDP  192.168.59.135:53 rr persistent 60 mask 255.255.255.0 ops",
-            "  -> 192.168.59.131:53            Tunnel  3      0          0         ",
+            "TCP  198.51.100.135:80 wrr",
+            "  -> 198.51.100.131:80            Route   1      0          0         ",
+            "  -> 198.51.100.132:80            Route   1      2          5         ",
+            "UDP  198.51.100.135:53 rr persistent 60 mask 255.255.255.0 ops",
+            "  -> 198.51.100.131:53            Tunnel  3      0          0         ",
         ]);
         assert_eq!(render_list(&snapshot(), &fmt(ListView::Default)), want);
     }
@@ -3382,13 +3382,13 @@ mod tests {
         assert_eq!(
             services,
             [
-                "UDP  192.168.59.135:53 rr persistent 60 mask 255.255.255.0 ops",
-                "TCP  192.168.59.135:80 wrr",
+                "UDP  198.51.100.135:53 rr persistent 60 mask 255.255.255.0 ops",
+                "TCP  198.51.100.135:80 wrr",
                 "TCP  10.0.0.1:443 sh (sh-port)",
             ]
         );
         assert!(got.contains(
-            "  -> 192.168.59.132:80            Route   1      2          5         \n  -> 192.168.59.131:80  "
+            "  -> 198.51.100.132:80            Route   1      2          5         \n  -> 198.51.100.131:80  "
         ));
     }
 
@@ -3403,9 +3403,9 @@ mod tests {
         let want = lines(&[
             "Prot LocalAddress:Port Scheduler Flags",
             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
-            "TCP  192.168.59.135:80 wrr",
-            "  -> 192.168.59.131:80            Route   1      0          0         ",
-            "  -> 192.168.59.132:80            Route   1      2          5         ",
+            "TCP  198.51.100.135:80 wrr",
+            "  -> 198.51.100.131:80            Route   1      0          0         ",
+            "  -> 198.51.100.132:80            Route   1      2          5         ",
         ]);
         assert_eq!(render_list(&s, &f), want);
     }
@@ -3432,11 +3432,11 @@ mod tests {
         s.services[0]
             .dests
             .iter_mut()
-            .find(|d| d.config.addr == IpAddr::from([192, 168, 59, last]))
+            .find(|d| d.config.addr == IpAddr::from([198, 51, 100, last]))
             .expect("fixture destination")
     }
 
-    /// The web service with counters large enough to be scaled (on 192.168.59.132).
+    /// The web service with counters large enough to be scaled (on 198.51.100.132).
     fn counted() -> Snapshot {
         let mut s = snapshot();
         s.services.retain(|v| v.config.key.port == 80);
@@ -3479,9 +3479,9 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)",
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes",
             "  -> RemoteAddress:Port",
-            "TCP  192.168.59.135:80                  12      345        0  123456K    9876M",
-            "  -> 192.168.59.131:80                   0        0        0        0        0",
-            "  -> 192.168.59.132:80            99999999  100000K     999G     100T        7",
+            "TCP  198.51.100.135:80                  12      345        0  123456K    9876M",
+            "  -> 198.51.100.131:80                   0        0        0        0        0",
+            "  -> 198.51.100.132:80            99999999  100000K     999G     100T        7",
         ]);
         assert_eq!(render_list(&counted(), &fmt(ListView::Stats)), want);
     }
@@ -3496,9 +3496,9 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)",
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes",
             "  -> RemoteAddress:Port",
-            "TCP  192.168.59.135:80                  12      345        0 123456789 9876543210",
-            "  -> 192.168.59.131:80                   0        0        0        0        0",
-            "  -> 192.168.59.132:80            99999999 100000000 999999999999 100000000000000        7",
+            "TCP  198.51.100.135:80                  12      345        0 123456789 9876543210",
+            "  -> 198.51.100.131:80                   0        0        0        0        0",
+            "  -> 198.51.100.132:80            99999999 100000000 999999999999 100000000000000        7",
         ]);
         assert_eq!(render_list(&counted(), &f), want);
     }
@@ -3509,9 +3509,9 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)",
             "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS",
             "  -> RemoteAddress:Port",
-            "TCP  192.168.59.135:80                   1       22      333     4444     123T",
-            "  -> 192.168.59.131:80                   0        0        0        0        0",
-            "  -> 192.168.59.132:80            123456789        2        3    1000M        5",
+            "TCP  198.51.100.135:80                   1       22      333     4444     123T",
+            "  -> 198.51.100.131:80                   0        0        0        0        0",
+            "  -> 198.51.100.132:80            123456789        2        3    1000M        5",
         ]);
         assert_eq!(render_list(&counted(), &fmt(ListView::Rate)), want);
     }
@@ -3525,9 +3525,9 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)",
             "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn ",
             "  -> RemoteAddress:Port",
-            "TCP  192.168.59.135:80 wrr",
-            "  -> 192.168.59.131:80            0          0          0          0         ",
-            "  -> 192.168.59.132:80            1000       800        2          5         ",
+            "TCP  198.51.100.135:80 wrr",
+            "  -> 198.51.100.131:80            0          0          0          0         ",
+            "  -> 198.51.100.132:80            1000       800        2          5         ",
         ]);
         assert_eq!(render_list(&s, &fmt(ListView::Thresholds)), want);
     }
@@ -3540,9 +3540,9 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)",
             "Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn ",
             "  -> RemoteAddress:Port",
-            "TCP  192.168.59.135:80 wrr",
-            "  -> 192.168.59.131:80            1         0           0          0         ",
-            "  -> 192.168.59.132:80            1         17          2          5         ",
+            "TCP  198.51.100.135:80 wrr",
+            "  -> 198.51.100.131:80            1         0           0          0         ",
+            "  -> 198.51.100.132:80            1         17          2          5         ",
         ]);
         assert_eq!(render_list(&s, &fmt(ListView::PersistentConn)), want);
     }
@@ -3555,22 +3555,22 @@ mod tests {
             "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn",
             "TCP  10.0.0.1:443 sh (sh-port)",
             "  -> 10.0.0.2:8443                Masq    n/a           0      0          0         ",
-            "TCP  192.168.59.135:80 wrr",
-            "  -> 192.168.59.131:80            Route   n/a           1      0          0         ",
-            "  -> 192.168.59.132:80            Route   n/a           1      2          5         ",
-            "UDP  192.168.59.135:53 rr persistent 60 mask 255.255.255.0 ops",
-            "  -> 192.168.59.131:53            Tunnel  ipip          3      0          0         ",
+            "TCP  198.51.100.135:80 wrr",
+            "  -> 198.51.100.131:80            Route   n/a           1      0          0         ",
+            "  -> 198.51.100.132:80            Route   n/a           1      2          5         ",
+            "UDP  198.51.100.135:53 rr persistent 60 mask 255.255.255.0 ops",
+            "  -> 198.51.100.131:53            Tunnel  ipip          3      0          0         ",
         ]);
         assert_eq!(render_list(&snapshot(), &fmt(ListView::TunInfo)), want);
     }
 
     const SAVED: &str = "-A -t 10.0.0.1:443 -s sh -b sh-port\n\
         -a -t 10.0.0.1:443 -r 10.0.0.2:8443 -m -w 0\n\
-        -A -t 192.168.59.135:80 -s wrr\n\
-        -a -t 192.168.59.135:80 -r 192.168.59.131:80 -g -w 1\n\
-        -a -t 192.168.59.135:80 -r 192.168.59.132:80 -g -w 1\n\
-        -A -u 192.168.59.135:53 -s rr -p 60 -M 255.255.255.0 -o\n\
-        -a -u 192.168.59.135:53 -r 192.168.59.131:53 -i -w 3 --tun-type ipip\n";
+        -A -t 198.51.100.135:80 -s wrr\n\
+        -a -t 198.51.100.135:80 -r 198.51.100.131:80 -g -w 1\n\
+        -a -t 198.51.100.135:80 -r 198.51.100.132:80 -g -w 1\n\
+        -A -u 198.51.100.135:53 -s rr -p 60 -M 255.255.255.0 -o\n\
+        -a -u 198.51.100.135:53 -r 198.51.100.131:53 -i -w 3 --tun-type ipip\n";
 
     #[test]
     fn render_save() {
@@ -3638,7 +3638,7 @@ mod tests {
     #[test]
     fn render_truncates_like_ipvsadm() {
         let long = "h".repeat(70);
-        let n = Names::parse(&format!("192.168.59.135 {long}\n"), SERVICES);
+        let n = Names::parse(&format!("198.51.100.135 {long}\n"), SERVICES);
         let mut s = snapshot();
         s.services.retain(|v| v.config.key.port == 80);
         let got = render_list_with(&s, &ListFormat::default(), &n);
@@ -3680,7 +3680,7 @@ mod tests {
                 proto: "TCP".into(),
                 expire_secs: 899,
                 state: "ESTABLISHED".into(),
-                client: sa([192, 168, 59, 1], 53324),
+                client: sa([198, 51, 100, 1], 53324),
                 virtual_addr: sa(VIP, 80),
                 dest: sa(RIP, 80),
             },
@@ -3688,7 +3688,7 @@ mod tests {
                 proto: "UDP".into(),
                 expire_secs: 5,
                 state: "UDP".into(),
-                client: sa([192, 168, 59, 1], 40000),
+                client: sa([198, 51, 100, 1], 40000),
                 virtual_addr: sa(VIP, 53),
                 dest: sa(RIP, 53),
             },
@@ -3696,7 +3696,7 @@ mod tests {
                 proto: "IP".into(),
                 expire_secs: 6000,
                 state: "NONE".into(),
-                client: sa([192, 168, 59, 1], 0),
+                client: sa([198, 51, 100, 1], 0),
                 virtual_addr: sa(VIP, 80),
                 dest: sa(RIP, 80),
             },
@@ -3708,31 +3708,31 @@ mod tests {
         let want = lines(&[
             "IPVS connection entries",
             "pro expire state       source             virtual            destination",
-            "TCP 14:59  ESTABLISHED 192.168.59.1:53324 192.168.59.135:80  192.168.59.131:80",
-            "UDP 00:05  UDP         192.168.59.1:40000 192.168.59.135:53  192.168.59.131:53",
-            "IP  100:00 NONE        192.168.59.1:0     192.168.59.135:80  192.168.59.131:80",
+            "TCP 14:59  ESTABLISHED 198.51.100.1:53324 198.51.100.135:80  198.51.100.131:80",
+            "UDP 00:05  UDP         198.51.100.1:40000 198.51.100.135:53  198.51.100.131:53",
+            "IP  100:00 NONE        198.51.100.1:0     198.51.100.135:80  198.51.100.131:80",
         ]);
         assert_eq!(render_conns(&conns(), &fmt(ListView::Default)), want);
 
         let want = lines(&[
             "IPVS connection entries",
             "pro expire state       source             virtual            destination        pe name          pe_data",
-            "TCP 14:59  ESTABLISHED 192.168.59.1:53324 192.168.59.135:80  192.168.59.131:80",
-            "UDP 00:05  UDP         192.168.59.1:40000 192.168.59.135:53  192.168.59.131:53",
-            "IP  100:00 NONE        192.168.59.1:0     192.168.59.135:80  192.168.59.131:80",
+            "TCP 14:59  ESTABLISHED 198.51.100.1:53324 198.51.100.135:80  198.51.100.131:80",
+            "UDP 00:05  UDP         198.51.100.1:40000 198.51.100.135:53  198.51.100.131:53",
+            "IP  100:00 NONE        198.51.100.1:0     198.51.100.135:80  198.51.100.131:80",
         ]);
         assert_eq!(render_conns(&conns(), &fmt(ListView::PersistentConn)), want);
 
         // Names: ports by the entry's protocol, none for persistence templates ("IP").
         let got = render_conns_with(&conns(), &ListFormat::default(), &names());
         assert!(got.contains(
-            "\nTCP 14:59  ESTABLISHED 192.168.59.1:53324 vip.example:http   rs1.example:http\n"
+            "\nTCP 14:59  ESTABLISHED 198.51.100.1:53324 vip.example:http   rs1.example:http\n"
         ));
         assert!(got.contains(
-            "\nUDP 00:05  UDP         192.168.59.1:40000 vip.example:domain rs1.example:domain\n"
+            "\nUDP 00:05  UDP         198.51.100.1:40000 vip.example:domain rs1.example:domain\n"
         ));
         assert!(got.contains(
-            "\nIP  100:00 NONE        192.168.59.1:0     vip.example:80     rs1.example:80\n"
+            "\nIP  100:00 NONE        198.51.100.1:0     vip.example:80     rs1.example:80\n"
         ));
 
         let json = ListFormat {
@@ -3790,8 +3790,8 @@ mod tests {
     fn restore_input() {
         let input = "# saved by ipvsadm -S\n\
             \n\
-            ipvsadm -A -t 192.168.59.135:80 -s rr   # web\n\
-            \t-a -t 192.168.59.135:80 -r 192.168.59.131:80 -g -w 1\r\n\
+            ipvsadm -A -t 198.51.100.135:80 -s rr   # web\n\
+            \t-a -t 198.51.100.135:80 -r 198.51.100.131:80 -g -w 1\r\n\
             -C\n";
         let k = key(Protocol::Tcp, VIP, 80);
         assert_eq!(
@@ -3808,7 +3808,7 @@ mod tests {
     #[test]
     fn restore_errors_name_the_line() {
         let n = names();
-        let input = "-A -t 192.168.59.135:80\n-a -t 192.168.59.135:80 -r 192.168.59.131 -w 99999\n";
+        let input = "-A -t 198.51.100.135:80\n-a -t 198.51.100.135:80 -r 198.51.100.131 -w 99999\n";
         let (line, e) = parse_restore_with(input, &n).expect_err("bad weight");
         assert_eq!(
             (line, e.to_string().as_str()),
