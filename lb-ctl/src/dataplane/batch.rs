@@ -18,6 +18,14 @@ pub(super) struct Cursor {
     started: bool,
 }
 
+impl Cursor {
+    /// The next bucket (or index) the walk reads: for a hash map, how far it has gone through
+    /// the bucket array, empty buckets included.
+    pub(super) fn position(&self) -> u64 {
+        if self.started { self.next } else { 0 }
+    }
+}
+
 /// One `BPF_MAP_LOOKUP_BATCH`: up to `count` elements of `map` after `cursor` into `keys` and
 /// `values`, moving the cursor on. Returns how many were read and whether the map's end was
 /// reached (the kernel's ENOENT, which may come with the last elements).
