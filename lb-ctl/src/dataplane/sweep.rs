@@ -3,12 +3,20 @@
 //!
 //! One in-kernel walk of the whole table (`bpf_for_each_map_elem`) took 237 ms at 1M entries,
 //! with bottom halves off on its CPU, and cannot stop and resume. Here the daemon walks the
-//! tables itself with `BPF_MAP_LOOKUP_BATCH` (one bucket lock at a time, `SWEEP_CHUNK` entries
-//! per call, resumable by its cursor), counts what is plainly alive, and runs `lb_sweep` only
-//! on what needs a decision against the live entry: keys that look expired (at most
-//! `size::SWEEP_KEYS` per run, re-checked in the kernel so a packet that arrived since keeps its
-//! connection), templates to re-arm or expire, and ranges of backends to publish. Every system
-//! call does a bounded amount of work; their longest is reported, with the pass's CPU time.
+//! tables itself with `BPF_MAP_LOOKUP_BATCH` (one bucket lock at a time, resumable by its
+//! cursor), counts what is plainly alive, and runs `lb_sweep` only on what needs a decision
+//! against the live entry: keys that look expired (at most `size::SWEEP_KEYS` per run,
+//! re-checked in the kernel so a packet that arrived since keeps its connection), templates to
+//! re-arm or expire, and ranges of backends to publish. Every system call is sized by the cost
+//! the calls before it measured (`Chunker`) to do about `CALL_TARGET` of work; their longest is
+//! reported, with the pass's CPU time.
+//!
+//! What no size can bound: a batch read goes through empty hash buckets without stopping until
+//! it has an entry to return (under `rcu_read_lock` only, interrupts and softirqs on), so a
+//! read of a nearly empty table goes through most of its bucket array in one call (~1 ns a
+//! bucket here: 1 ms at 1M buckets, 18 ms at 16M). `get_next_key` and the map iterator walk
+//! empty buckets the same way. The embryonic table, nearly empty most of the time, is where
+//! this shows (see the scale bench).
 //!
 //! A `Sweeper` holds its own handles on the pinned maps and its own descriptor of `lb_sweep`,
 //! so the daemon runs it on a thread of its own (`runtime::SweepThread`), apart from the loop
@@ -40,12 +48,18 @@ use super::*;
 const NS: u64 = 1_000_000_000;
 /// As `lb_sweep`'s: a NAT reply entry whose connection is gone is kept this long.
 const ORPHAN_REPLY_NS: u64 = 10 * NS;
-/// Entries the first `BPF_MAP_LOOKUP_BATCH` of a connection table asks for; later ones ask
-/// for what `Chunker` makes of the cost the calls before them measured. Reading a full table
-/// costs about 440 ns an entry at 1M and 1.4 µs at 4M (cache and TLB misses, a locked bucket
-/// each), so a fixed 4,096 took up to 2 and 6 ms, and a fixed 256 spent most of a call's
-/// budget at 4M while paying a system call per 256 entries at 1M.
+/// Entries per `BPF_MAP_LOOKUP_BATCH` of a connection table before they were sized by their
+/// cost (`Chunker`): reading a full table costs about 440 ns an entry at 1M and 1.4 µs at 4M
+/// (cache and TLB misses, a locked bucket each), so a fixed 4,096 took up to 2 and 6 ms, and
+/// a fixed 256 spent most of a call's budget at 4M while paying a system call per 256
+/// entries at 1M. Kept for benches that compare.
 pub const SWEEP_CHUNK: u32 = 256;
+/// Entries the first read of a table asks for, before any cost is known: few, because in a
+/// sparse table each entry costs the empty buckets before it too (256 entries of a 16M table
+/// holding one entry per 4,096 buckets went through a million buckets, 1 ms). The size
+/// doubles call by call to what the cost allows, and the daemon's sweeper keeps it from pass
+/// to pass.
+pub const FIRST_READ: u32 = 32;
 /// The most entries one batch read of a table asks for (its buffers are this large).
 pub const MAX_SWEEP_CHUNK: u32 = 4096;
 /// The work one system call of a pass aims at: a quarter of the 1 ms that no single call may
@@ -150,7 +164,7 @@ struct Chunks {
 
 impl Default for Chunks {
     fn default() -> Self {
-        let table = || Chunker::new(SWEEP_CHUNK, 16, MAX_SWEEP_CHUNK);
+        let table = || Chunker::new(FIRST_READ, 16, MAX_SWEEP_CHUNK);
         Self {
             conns: table(),
             embryo: table(),
@@ -215,7 +229,7 @@ pub struct SweepReport {
     pub calls: usize,
     /// `lb_sweep` runs among them.
     pub runs: usize,
-    /// Batch reads of the connection tables (`SWEEP_CHUNK` entries each, the last short).
+    /// Batch reads of the connection tables (each as many entries as `Chunker` said).
     pub conn_batches: usize,
     /// Connection keys handed to `lb_sweep` to decide on, and the runs that took them (each
     /// at most `size::SWEEP_KEYS`).
@@ -919,7 +933,7 @@ impl Sweeper {
     pub fn fix_table_reads(&mut self, n: Option<u32>) {
         let c = match n {
             Some(n) => Chunker::new(n, n, n),
-            None => Chunker::new(SWEEP_CHUNK, 16, MAX_SWEEP_CHUNK),
+            None => Chunker::new(FIRST_READ, 16, MAX_SWEEP_CHUNK),
         };
         (self.chunks.conns, self.chunks.embryo) = (c.clone(), c);
     }
