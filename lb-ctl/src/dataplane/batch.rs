@@ -28,7 +28,9 @@ impl Cursor {
 
 /// One `BPF_MAP_LOOKUP_BATCH`: up to `count` elements of `map` after `cursor` into `keys` and
 /// `values`, moving the cursor on. Returns how many were read and whether the map's end was
-/// reached (the kernel's ENOENT, which may come with the last elements).
+/// reached (the kernel's ENOENT, which may come with the last elements). None read and the end
+/// not reached: the next bucket holds more than `count` elements (the kernel's ENOSPC; the
+/// cursor stays where it was): ask again for more.
 ///
 /// # Safety
 /// `keys` and `values` hold at least `count` keys and values of `map`'s sizes (a per-CPU
@@ -57,6 +59,11 @@ pub(super) unsafe fn lookup_chunk<K, V>(
     };
     // SAFETY: the caller vouches for the buffers; the cursors outlive the call.
     let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+    if let Err(e) = &r
+        && e.raw_os_error() == Some(libc::ENOSPC)
+    {
+        return Ok((0, false));
+    }
     cursor.next = out_batch;
     cursor.started = true;
     match r {

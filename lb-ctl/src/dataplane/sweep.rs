@@ -376,8 +376,13 @@ fn walk<K: aya::Pod + Default, V: aya::Pod + Default>(
         Some(_) => u64::from(map.info()?.max_entries()).next_power_of_two(),
         None => 0,
     };
+    // More than the chunk asks, when one bucket holds more entries than that.
+    let mut at_least = 0usize;
     loop {
-        let ask = (chunk.size() as usize).min(limit - read).min(cap) as u32;
+        let ask = (chunk.size() as usize)
+            .min(limit - read)
+            .max(at_least)
+            .min(cap) as u32;
         let at = cursor.position();
         // SAFETY: the buffers hold `cap` ≥ `ask` keys and values of the map's sizes (checked
         // at load).
@@ -386,6 +391,15 @@ fn walk<K: aya::Pod + Default, V: aya::Pod + Default>(
         });
         rep.longest_read = rep.longest_read.max(took);
         let (n, end) = r?;
+        if n == 0 && !end {
+            // A bucket longer than `ask` (a long chain in a full table): read it whole.
+            if ask as usize >= cap {
+                bail!("a hash bucket holds more than {cap} entries: cannot read it");
+            }
+            at_least = (ask as usize * 2).max(1);
+            continue;
+        }
+        at_least = 0;
         chunk.observe(n, took);
         if let Some(most) = table {
             rep.smallest_read = if rep.smallest_read == 0 {
@@ -1206,6 +1220,71 @@ mod tests {
         let before = c.per_element();
         c.observe(3, us(50.0));
         assert_eq!(c.per_element(), before);
+    }
+
+    /// A plain hash map of `u32` → `u32` with room for `n` (and as many buckets, rounded up to
+    /// a power of two), holding keys `0..n`. Needs root (`BPF_MAP_CREATE`).
+    fn hash_of(n: u32) -> MapData {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        #[repr(C)]
+        #[derive(Default)]
+        struct Create {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        let mut attr = Create {
+            map_type: 1, // BPF_MAP_TYPE_HASH
+            key_size: 4,
+            value_size: 4,
+            max_entries: n,
+            ..Create::default()
+        };
+        // SAFETY: a BPF_MAP_CREATE attribute prefix; the kernel zero-extends the rest.
+        let fd = unsafe { crate::bpf::sys_bpf(0, &mut attr) }
+            .unwrap_or_else(|e| panic!("BPF_MAP_CREATE (run as root): {e}"));
+        // SAFETY: a new descriptor, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let other = MapData::from_fd(fd.try_clone().unwrap()).unwrap();
+        let mut h: aya::maps::HashMap<MapData, u32, u32> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(other)).unwrap();
+        for k in 0..n {
+            h.insert(k, k * 10, 0).unwrap();
+        }
+        MapData::from_fd(fd).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_longer_than_the_chunk_is_read_whole_and_every_entry_once() {
+        // 64 keys in 64 buckets: some bucket holds two or more (all apart: 64!/64^64), which a
+        // one-entry read cannot take (the kernel's ENOSPC).
+        let map = hash_of(64);
+        let mut chunk = Chunker::with_target(1, 1, 64, Duration::from_nanos(1));
+        let mut rep = SweepReport::default();
+        let mut seen = Vec::new();
+        walk::<u32, u32>(
+            &map,
+            &mut chunk,
+            usize::MAX,
+            Some(|r| &mut r.most_buckets_read),
+            &mut rep,
+            |k, v, _| {
+                for (k, v) in k.iter().zip(v) {
+                    assert_eq!(*v, k * 10);
+                    seen.push(*k);
+                }
+                Ok(())
+            },
+        )
+        .expect("the walk");
+        seen.sort_unstable();
+        assert_eq!(seen, (0..64).collect::<Vec<_>>(), "{rep:?}");
+        assert!(
+            rep.largest_read >= 2,
+            "no bucket needed more than one: {rep:?}"
+        );
     }
 
     #[test]
