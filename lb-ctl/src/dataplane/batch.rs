@@ -18,9 +18,19 @@ pub(super) struct Cursor {
     started: bool,
 }
 
+impl Cursor {
+    /// The next bucket (or index) the walk reads: for a hash map, how far it has gone through
+    /// the bucket array, empty buckets included.
+    pub(super) fn position(&self) -> u64 {
+        if self.started { self.next } else { 0 }
+    }
+}
+
 /// One `BPF_MAP_LOOKUP_BATCH`: up to `count` elements of `map` after `cursor` into `keys` and
 /// `values`, moving the cursor on. Returns how many were read and whether the map's end was
-/// reached (the kernel's ENOENT, which may come with the last elements).
+/// reached (the kernel's ENOENT, which may come with the last elements). None read and the end
+/// not reached: the next bucket holds more than `count` elements (the kernel's ENOSPC; the
+/// cursor stays where it was): ask again for more.
 ///
 /// # Safety
 /// `keys` and `values` hold at least `count` keys and values of `map`'s sizes (a per-CPU
@@ -49,6 +59,11 @@ pub(super) unsafe fn lookup_chunk<K, V>(
     };
     // SAFETY: the caller vouches for the buffers; the cursors outlive the call.
     let r = unsafe { crate::bpf::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+    if let Err(e) = &r
+        && e.raw_os_error() == Some(libc::ENOSPC)
+    {
+        return Ok((0, false));
+    }
     cursor.next = out_batch;
     cursor.started = true;
     match r {

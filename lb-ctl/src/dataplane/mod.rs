@@ -31,7 +31,7 @@ pub use runtime::{
     SweepThread,
 };
 pub use stats::ConnCounts;
-pub use sweep::{Pace, SWEEP_CHUNK, SweepReport, Sweeper};
+pub use sweep::{CALL_TARGET, Chunker, MAX_SWEEP_CHUNK, Pace, SWEEP_CHUNK, SweepReport, Sweeper};
 pub use syncdp::{InstallReport, SyncEvents, SyncInstaller};
 
 use batch::*;

@@ -1,4 +1,5 @@
-//! Scale: the connection table at 1M and 4M entries, and the control plane with a large table.
+//! Scale: the connection table at 1M, 4M and 16M entries, and the control plane with a large
+//! table.
 //!
 //! Connection table: its memory as the kernel accounts it (fdinfo `memlock`), and the cost of
 //! an established DR packet's lookup, empty and full: one flow repeated (cache hot: what the
@@ -6,6 +7,14 @@
 //! a full table's buckets hold chains to walk). The table is filled from user space with
 //! distinct established connections; an ACK that gets `XDP_TX` proves its lookup hit (an ACK
 //! without an entry is passed to the stack).
+//!
+//! Expiry: the sweep's longest single system call (the bound is 1 ms), with the sweeping thread
+//! pinned to one CPU and each call marked by whether an interrupt or softirq landed on that CPU
+//! while it ran (this kernel charges their time to the interrupted thread), and expiry's CPU
+//! per second at the daemon's pace: a full table with nothing expiring, every entry expiring,
+//! one entry alone (a read goes through every empty bucket) and 1% full. `LB_BENCH_CONN_SIZES`
+//! (in M, comma-separated, default `1,4,16`) picks the table sizes; `LB_BENCH_CONN_ONLY=1`
+//! measures the connection tables alone (no SYN flood, no control plane).
 //!
 //! Control plane: the real daemon in a namespace given 1,000 services × 100 real servers from
 //! TOML, then the same file with one weight changed, one `lb-ctl -a`, and one weight change on
@@ -45,7 +54,22 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 const RS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const RS_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 1];
 
-const CONN_SIZES: [u32; 2] = [1 << 20, 1 << 22];
+const CONN_SIZES: [u32; 3] = [1 << 20, 1 << 22, 1 << 24];
+
+/// The table sizes to measure: `CONN_SIZES`, or `LB_BENCH_CONN_SIZES`.
+fn conn_sizes() -> Vec<u32> {
+    match std::env::var("LB_BENCH_CONN_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|m| {
+                m.trim().parse::<u32>().unwrap_or_else(|e| {
+                    panic!("LB_BENCH_CONN_SIZES: {m:?} is not a number of M entries: {e}")
+                }) << 20
+            })
+            .collect(),
+        Err(_) => CONN_SIZES.to_vec(),
+    }
+}
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
 /// Established flows looked up one per call, each in turn: unlike one flow repeated, each
@@ -72,8 +96,11 @@ pub fn run(report: &mut Report) {
     for i in ["ext", "ext-peer"] {
         ns.ip(&["link", "set", i, "up"]);
     }
-    for &entries in &CONN_SIZES {
+    for entries in conn_sizes() {
         conn_table(report, &ns, entries);
+    }
+    if std::env::var_os("LB_BENCH_CONN_ONLY").is_some() {
+        return;
     }
     flood(report, &ns, CONN_SIZES[0]);
     drop(ns);
@@ -320,7 +347,7 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         open_flow(lb(&dp));
     }
     insert_missing(&mut map);
-    let sweep = dp.sweep().expect("sweep");
+    let sweep = attributed(&dp, false);
     assert!(
         sweep.expired == 0 && sweep.entries as f64 >= entries as f64 * FULL_ENOUGH,
         "{l}: the table should be full after the fill, but the sweep counted {} of {entries} \
@@ -329,7 +356,15 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         sweep.expired
     );
     sweep_rows(report, &l, "table full, nothing expires", &sweep);
-    paced_row(report, &l, &dp);
+    paced_row(
+        report,
+        &l,
+        "table full, nothing expires",
+        &attributed(&dp, true),
+    );
+    if entries <= CONN_SIZES[1] {
+        chunking_row(report, &l, &dp);
+    }
     let full_repeat = repeated(lb(&dp));
     let full_spread = spread_rounds(lb(&dp));
     let conns_full = conns_memory(&dp);
@@ -389,48 +424,189 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         "ns/pkt",
         &format!("{:.2}x holding only them", full_spread / alone_spread),
     );
-    // Expiry of the whole table at once: every entry is an ESTABLISHED connection, and with
-    // a 1 s timeout they all go in one pass.
-    let mut t = lb_ctl::dataplane::StateTimeouts::default();
-    t.tcp[lb_common::tcp_state::ESTABLISHED as usize] = 1;
-    dp.set_timeouts(&t).expect("timeouts");
-    std::thread::sleep(Duration::from_millis(1100));
-    dp.tick_clock().expect("clock");
-    let sweep = dp.sweep().expect("sweep");
+    // Expiry of the whole table at once, at the daemon's pace: every entry is an ESTABLISHED
+    // connection, and with a 1 s timeout they all go in one pass.
+    let expire_all = |dp: &mut Dataplane| {
+        let mut t = lb_ctl::dataplane::StateTimeouts::default();
+        t.tcp[lb_common::tcp_state::ESTABLISHED as usize] = 1;
+        dp.set_timeouts(&t).expect("timeouts");
+        std::thread::sleep(Duration::from_millis(1100));
+        dp.tick_clock().expect("clock");
+    };
+    expire_all(&mut dp);
+    let sweep = attributed(&dp, true);
     assert!(
         sweep.expired as f64 >= entries as f64 * FULL_ENOUGH,
         "{l}: every entry should have expired: {sweep:?}"
     );
     sweep_rows(report, &l, "table full, every entry expires", &sweep);
+    paced_row(report, &l, "table full, every entry expires", &sweep);
+
+    // Sparse: the table's buckets stay (as many as its size), most of them empty. A batch read
+    // goes through empty buckets until it has entries to return, so with one entry alone one
+    // read goes through (on average) half the bucket array, however small the chunk asked.
+    dp.set_timeouts(&lb_ctl::dataplane::StateTimeouts::default())
+        .expect("timeouts");
+    dp.tick_clock().expect("clock");
+    let mut map = conns_map(pins.path());
+    map.insert(flow_key(CLIENT, 40000), established, 0)
+        .expect("inserting a connection");
+    let sweep = attributed(&dp, false);
+    assert_eq!(
+        (sweep.entries, sweep.expired),
+        (1, 0),
+        "{l}: one connection: {sweep:?}"
+    );
+    sweep_rows(report, &l, "one entry alone", &sweep);
+    // The same with one entry to every 4,096 buckets: what a few thousand entries spread by
+    // the table's hash (a keep-alive set the sweep could hold) would bound a read to.
+    let spread = entries / 4096;
+    fill(pins.path(), spread, established);
+    let sweep = attributed(&dp, false);
+    assert!(
+        sweep.expired == 0 && sweep.entries >= spread as usize,
+        "{l}: {spread} connections (and the one before): {sweep:?}"
+    );
+    sweep_rows(report, &l, "one entry per 4,096 buckets", &sweep);
+    let sparse = entries / 100;
+    fill(pins.path(), sparse, established);
+    let sweep = attributed(&dp, true);
+    assert!(
+        sweep.expired == 0 && sweep.entries >= sparse as usize,
+        "{l}: {sparse} connections (and the one before): {sweep:?}"
+    );
+    sweep_rows(report, &l, "1% full, nothing expires", &sweep);
+    paced_row(report, &l, "1% full, nothing expires", &sweep);
     drop((map, dp, pins));
+}
+
+/// One sweep pass (at the daemon's pace if `paced`) on this thread pinned to the last CPU, each
+/// call marked by whether an interrupt or softirq landed on that CPU while it ran.
+fn attributed(dp: &Dataplane, paced: bool) -> lb_ctl::dataplane::SweepReport {
+    use lb_ctl::dataplane::{Pace, SWEEP_CPU_SHARE, SWEEP_RATE};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let cpu = *aya::util::online_cpus()
+        .expect("online CPUs")
+        .last()
+        .unwrap();
+    let mut sweeper = dp.sweeper().expect("a sweeper");
+    sweeper.attribute_interrupts(true);
+    pinned(cpu, || {
+        let (stop, walked) = (AtomicBool::new(false), AtomicU64::new(0));
+        let pace = paced.then(|| Pace::new(SWEEP_RATE, SWEEP_CPU_SHARE, &stop, &walked));
+        sweeper.pass(pace.as_ref()).expect("a sweep pass")
+    })
+}
+
+/// Runs `f` with this thread pinned to `cpu`, then gives it back the CPUs it had.
+fn pinned<T>(cpu: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: a zeroed cpu_set_t is an empty set for sched_getaffinity to fill.
+    let mut had: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `had` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut had) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    pin_to_cpu(cpu);
+    let r = f();
+    // SAFETY: as above, the set read before.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &had) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    r
+}
+
+/// The CPU a pass costs with its table reads sized by their measured cost (as the daemon
+/// does) beside a fixed `SWEEP_CHUNK` (as before), alternately in the same run, unpaced, on a
+/// full table with nothing expiring; medians of three.
+fn chunking_row(report: &mut Report, l: &str, dp: &Dataplane) {
+    let chunk = lb_ctl::dataplane::SWEEP_CHUNK;
+    let mut sweeper = dp.sweeper().expect("a sweeper");
+    let (mut adaptive, mut fixed, mut longest) = (Vec::new(), Vec::new(), [Duration::ZERO; 2]);
+    for _ in 0..3 {
+        for (i, n) in [None, Some(chunk)].into_iter().enumerate() {
+            sweeper.fix_table_reads(n);
+            let r = sweeper.pass(None).expect("sweep");
+            [&mut adaptive, &mut fixed][i].push(r.cpu.as_secs_f64() * 1e3);
+            longest[i] = longest[i].max(r.longest_call);
+        }
+    }
+    sweeper.fix_table_reads(None);
+    report.scale(
+        &format!("expiry {l}, table full, nothing expires: CPU per pass, reads sized by cost"),
+        median(&adaptive),
+        "ms",
+        &format!(
+            "fixed {chunk}-entry reads (as before): {:.0} ms, {:.2}x; longest call {:.0} µs              sized, {:.0} µs fixed (unpaced, alternating, median of 3 each)",
+            median(&fixed),
+            median(&adaptive) / median(&fixed),
+            longest[0].as_secs_f64() * 1e6,
+            longest[1].as_secs_f64() * 1e6,
+        ),
+    );
 }
 
 /// The figures of one sweep pass: its longest single system call (each is bounded), the
 /// longest `lb_sweep` run the kernel reports, and the pass's CPU time, which is expiry's CPU
 /// time per second (the daemon sweeps every second).
 fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::SweepReport) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     report.scale(
         &format!("expiry {l}, {what}: longest single call"),
-        s.longest_call.as_secs_f64() * 1e6,
+        us(s.longest_call),
         "µs",
         &format!(
             "CPU time across each of {} calls, 99th/99.9th percentile {:.0}/{:.0} µs (wall: \
-             {:.0} µs): batch reads of {} entries (longest {:.0} µs), batch writes (longest \
-             {:.0} µs), lb_sweep runs (longest in the kernel {:.0} µs over {} runs); before: \
-             one run of the whole table",
+             {:.0} µs): batch reads of {}–{} entries (longest {:.0} µs, at most {} buckets \
+             gone through in one, {} in one of the embryonic table, {:.0} ns an entry learnt), \
+             batch writes (longest {:.0} µs), \
+             lb_sweep runs of at most {} keys (longest in the kernel {:.0} µs over {} runs); \
+             before: one run of the whole table",
             s.calls,
-            s.p99_call.as_secs_f64() * 1e6,
-            s.p999_call.as_secs_f64() * 1e6,
-            s.longest_call_wall.as_secs_f64() * 1e6,
-            lb_ctl::dataplane::SWEEP_CHUNK,
-            s.longest_read.as_secs_f64() * 1e6,
-            s.longest_write.as_secs_f64() * 1e6,
-            s.longest_run.as_secs_f64() * 1e6,
+            us(s.p99_call),
+            us(s.p999_call),
+            us(s.longest_call_wall),
+            s.smallest_read,
+            s.largest_read,
+            us(s.longest_read),
+            s.most_buckets_read,
+            s.most_embryo_buckets_read,
+            s.read_cost.as_nanos(),
+            us(s.longest_write),
+            s.largest_key_run,
+            us(s.longest_run),
             s.runs
         ),
     );
+    if s.attributed {
+        report.scale(
+            &format!("expiry {l}, {what}: longest call with nothing landing in it"),
+            us(s.longest_quiet_call),
+            "µs",
+            &format!(
+                "a {}; sweeping thread pinned to one CPU: {} of {} calls had an interrupt or \
+                 softirq land on it (/proc/interrupts, /proc/softirqs), the longest of those \
+                 {:.0} µs with {} landing in it",
+                s.longest_quiet_kind,
+                s.noisy_calls,
+                s.calls,
+                us(s.longest_noisy_call),
+                s.longest_noisy_irqs
+            ),
+        );
+    }
     report.scale(
-        &format!("expiry {l}, {what}: CPU per pass, unpaced"),
+        &format!(
+            "expiry {l}, {what}: CPU per pass, {}",
+            if s.paced { "paced" } else { "unpaced" }
+        ),
         s.cpu.as_secs_f64() * 1e3,
         "ms",
         &format!(
@@ -474,29 +650,25 @@ fn fixed_cost_row(report: &mut Report, dp: &Dataplane) {
     );
 }
 
-/// One pass at the pace the daemon's sweep thread keeps (`SWEEP_RATE` entries a second, at
-/// most `SWEEP_CPU_SHARE` of a CPU): how long it takes, and expiry's CPU time per second, the
-/// pass's CPU over the time until the next pass may start (`SWEEP_PERIOD` at least).
-fn paced_row(report: &mut Report, l: &str, dp: &Dataplane) {
-    use lb_ctl::dataplane::{Pace, SWEEP_CPU_SHARE, SWEEP_PERIOD, SWEEP_RATE};
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    let (stop, walked) = (AtomicBool::new(false), AtomicU64::new(0));
-    let mut sweeper = dp.sweeper().expect("a sweeper");
-    let pace = Pace::new(SWEEP_RATE, SWEEP_CPU_SHARE, &stop, &walked);
-    let s = sweeper.pass(Some(&pace)).expect("a paced pass");
+/// Expiry's CPU time per second at the pace the daemon's sweep thread keeps (`SWEEP_RATE`
+/// entries a second, at most `SWEEP_CPU_SHARE` of a CPU): pass `s`'s CPU over the time until
+/// the next pass may start (`SWEEP_PERIOD` at least).
+fn paced_row(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::SweepReport) {
+    use lb_ctl::dataplane::SWEEP_PERIOD;
     let period = s.wall.max(SWEEP_PERIOD);
     report.scale(
-        &format!("expiry {l}, table full, paced as the daemon sweeps: CPU per second"),
+        &format!("expiry {l}, {what}, paced as the daemon sweeps: CPU per second"),
         s.cpu.as_secs_f64() / period.as_secs_f64() * 1e3,
         "ms/s",
         &format!(
             "{:.0} ms CPU over a {:.0} ms pass (slept {:.0} ms), a pass every {:.1} s; longest \
-             call {:.0} µs, 99.9th percentile {:.0} µs",
+             call {:.0} µs ({:.0} µs with nothing landing in it), 99.9th percentile {:.0} µs",
             s.cpu.as_secs_f64() * 1e3,
             s.wall.as_secs_f64() * 1e3,
             s.slept.as_secs_f64() * 1e3,
             period.as_secs_f64(),
             s.longest_call.as_secs_f64() * 1e6,
+            s.longest_quiet_call.as_secs_f64() * 1e6,
             s.p999_call.as_secs_f64() * 1e6,
         ),
     );
