@@ -31,8 +31,9 @@ use aya::{
     programs::{ProgramFd, Xdp},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings, SweepOp,
-    SweepStats, TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result, tcp_state,
+    Backend, Conn, EmbryoSlot, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings,
+    SweepOp, SweepStats, TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result,
+    tcp_state,
 };
 
 use super::*;
@@ -345,7 +346,7 @@ impl Pass<'_> {
             }
             anyhow::Ok(())
         };
-        walk::<FlowKey, Conn>(map, SWEEP_CHUNK, usize::MAX, rep, |keys, values, rep| {
+        let mut visit = |keys: &[FlowKey], values: &[Conn], rep: &mut SweepReport| {
             rep.conn_batches += 1;
             self.paced(keys.len(), rep)?;
             for (k, c) in keys.iter().zip(values) {
@@ -375,7 +376,22 @@ impl Pass<'_> {
                 }
             }
             Ok(())
-        })?;
+        };
+        if embryo {
+            // An array of slots: the intact ones are the embryos (see `lb_common::embryo`).
+            let mask = map.info()?.max_entries().saturating_sub(1);
+            walk::<u32, EmbryoSlot>(map, SWEEP_CHUNK, usize::MAX, rep, |idx, slots, rep| {
+                let (keys, values): (Vec<FlowKey>, Vec<Conn>) = idx
+                    .iter()
+                    .zip(slots)
+                    .filter(|(i, s)| lb_common::embryo::intact(s, **i, mask))
+                    .map(|(_, s)| (s.key, s.conn))
+                    .unzip();
+                visit(&keys, &values, rep)
+            })?;
+        } else {
+            walk::<FlowKey, Conn>(map, SWEEP_CHUNK, usize::MAX, rep, visit)?;
+        }
         settle(self, rep, &mut expired)?;
         Ok((entries, expired))
     }

@@ -614,14 +614,15 @@ fn flood(report: &mut Report, ns: &Netns, entries: u32) {
         ),
     );
     let per_syn = kernel_ns as f64 / flood as f64;
-    let share = dp.embryo_table_size() as f64 / aya::util::online_cpus().unwrap().len() as f64;
+    // One table for all CPUs (an array of slots, the oldest of a bucket giving way).
+    let share = dp.embryo_table_size() as f64;
     report.scale(
         &format!("SYN flood {l}: a spoofed SYN, kernel time"),
         per_syn,
         "ns",
         &format!(
-            "{:.1} M SYN/s per CPU at most; at that rate an embryo lives {:.0} ms in its CPU's \
-             share ({share:.0} entries): a client whose ACK comes sooner is served ({:.0} s wall)",
+            "{:.1} M SYN/s per CPU at most; at that rate an embryo lives about {:.0} ms in the \
+             table ({share:.0} slots): a client whose ACK comes sooner is served ({:.0} s wall)",
             1e3 / per_syn,
             share * per_syn / 1e6,
             wall.as_secs_f64()
