@@ -6,10 +6,11 @@
 //! connection and is scheduled again (IPVS `conn_reuse_mode=1`). Expiry is the sweep's job
 //! (`lb_sweep`, driven by the daemon every second); the LRU only evicts when the table is full.
 //!
-//! SYN floods: a TCP connection opened by a SYN starts in `EMBRYO`, a table of its own, and
-//! moves to `CONNS` with the packet that takes it out of SYN_RECV (the client's ACK). A flood
-//! of spoofed SYNs, which never complete a handshake, can fill and churn `EMBRYO` only: no
-//! established connection is ever evicted by it. A NAT connection's reply entry starts in
+//! SYN floods: a TCP connection opened by a SYN starts in `EMBRYO`, a table of its own (an
+//! array of slots, `crate::embryo`), and moves to `CONNS` with the packet that takes it out
+//! of SYN_RECV (the client's ACK). A flood of spoofed SYNs, which never complete a
+//! handshake, can only overwrite slots of `EMBRYO`: no established connection is ever
+//! evicted by it. A NAT connection's reply entry starts in
 //! `EMBRYO` beside its request entry (the real server's SYN-ACK finds it there, `nat::reply`)
 //! and moves with it.
 
@@ -21,8 +22,9 @@ use lb_common::{
 
 use crate::{
     Verdict,
+    embryo::{self as slots, Put},
     flow::FlowPkt,
-    maps::{BACKENDS, CONNS, EMBRYO, RS_NEW},
+    maps::{BACKENDS, CONNS, RS_NEW},
     parse::{Packet, tcp_flags as tf},
     select::{add32, picked, rewind, select},
     stats::count,
@@ -109,14 +111,14 @@ pub fn lookup<P: FlowPkt>(
             embryo: false,
         }));
     }
-    // A miss probes one table. A SYN goes on to `create`, whose insert without overwrite
-    // into `EMBRYO` is the probe there: it finds a retransmitted SYN's embryo (and `create`
+    // A miss probes one table. A SYN goes on to `create`, whose insert into its `EMBRYO`
+    // slot (`embryo::put`) is the probe there: it finds a retransmitted SYN's embryo (and `create`
     // then carries on as this function would have). Only other segments look in `EMBRYO`
     // here: the ACK that completes a handshake, once per connection.
     if !is_tcp || new_conn_syn {
         return Ok(Lookup::Create { reuse: false });
     }
-    match EMBRYO.get_ptr_mut(&key) {
+    match slots::get(&key, now) {
         Some(e) => Ok(Lookup::Found(embryo(
             pkt, &key, e, tcp_flags, now, svc.id, settings,
         ))),
@@ -180,7 +182,7 @@ pub fn promote(key: &FlowKey, v: &Conn) -> bool {
         count(cnt::EMBRYO_PROMOTE_FAILED);
         return false;
     }
-    let _ = EMBRYO.remove(key);
+    slots::clear(key);
     // Until it moves, `nat::reply` finds a NAT connection's reply entry in `EMBRYO`.
     if let Some(be) = BACKENDS.get(v.backend)
         && be.fwd == fwd_mode::NAT
@@ -211,7 +213,7 @@ pub fn create<P: FlowPkt>(
         picked();
         // A retransmitted SYN of an embryo (which `lookup` does not probe for) keeps going
         // to its server, as every packet of a connection does, even one no longer scheduled.
-        if embryonic && let Some(e) = EMBRYO.get_ptr_mut(&key) {
+        if embryonic && let Some(e) = slots::get(&key, now) {
             return Ok(embryo(pkt, &key, e, tcp_flags, now, svc.id, settings_flags));
         }
         return Err(Verdict::Drop(cnt::DROP_NO_BACKEND));
@@ -224,6 +226,44 @@ pub fn create<P: FlowPkt>(
             embryo: false,
         });
     }
+    if embryonic {
+        // Recorded by `record(.., true)` in a function of its own (`lb_new`'s
+        // `insert_embryo`): inlined here, after every scheduler's path, the slot insert made
+        // the verifier walk it once per path (`lb_new6` went from 180k to 490k instructions).
+        return Ok(Flow {
+            backend,
+            new: true,
+            embryo: true,
+        });
+    }
+    record(
+        pkt,
+        svc,
+        tcp_flags,
+        now,
+        settings_flags,
+        reuse,
+        backend,
+        false,
+    )
+}
+
+/// Records the connection a packet opens on `backend` (`create` chose it): in `CONNS`, or
+/// (`embryonic`, a SYN's) in `EMBRYO`. If another CPU recorded the tuple first, the
+/// packet follows that connection and this CPU's pick is taken back.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn record<P: FlowPkt>(
+    pkt: &P,
+    svc: &Service,
+    tcp_flags: u8,
+    now: u64,
+    settings_flags: u32,
+    reuse: bool,
+    backend: u32,
+    embryonic: bool,
+) -> Result<Flow, Verdict> {
+    let key = pkt.key();
     let flags = conn_flags::NO_OUTPUT;
     let mut slot = core::mem::MaybeUninit::<Conn>::uninit();
     let conn = crate::mem::zero(&mut slot);
@@ -235,11 +275,24 @@ pub fn create<P: FlowPkt>(
     // A TCP connection opened by a SYN is embryonic until its handshake goes on (a NAT one's
     // reply entry joins it there, `nat::request`); a reused tuple replaces its finished entry
     // in `CONNS` in place.
-    let table = if embryonic { &EMBRYO } else { &CONNS };
-    // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a moment
-    // ago (a retransmitted SYN), keep its choice rather than overwrite it.
-    let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
-    if table.insert(&key, &*conn, mode).is_err() {
+    let lost = if embryonic {
+        // Stored in its slot unless a live embryo of this tuple is there (a retransmitted
+        // SYN, or another CPU's SYN of it a moment ago), or another CPU is writing the slot.
+        match slots::put(&key, conn, now) {
+            Put::Stored => None,
+            Put::Exists(e) => Some(Some(e)),
+            Put::Busy => Some(None),
+        }
+    } else {
+        // A fresh tuple is inserted with NOEXIST: if another CPU created the connection a
+        // moment ago, keep its choice rather than overwrite it.
+        let mode = if reuse { 0 } else { BPF_NOEXIST as u64 };
+        match CONNS.insert(&key, &*conn, mode) {
+            Ok(()) => None,
+            Err(_) => Some(CONNS.get_ptr_mut(&key)),
+        }
+    };
+    if let Some(found) = lost {
         // Another CPU recorded this tuple first (or the table refused it): this CPU's pick
         // was not used, so it neither counts as a new connection nor moves rr/wrr on.
         if let Some(n) = RS_NEW.get_ptr_mut(backend) {
@@ -248,7 +301,7 @@ pub fn create<P: FlowPkt>(
             unsafe { add32(n, 0u32.wrapping_sub(1)) };
         }
         rewind();
-        return match table.get_ptr_mut(&key) {
+        return match found {
             // A retransmitted SYN (or a SYN another CPU just recorded): the embryo's own
             // packet, state machine and all, as `lookup` would have found it.
             Some(e) if embryonic => {

@@ -15,7 +15,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     Verdict, csum, dr,
     fwd::{self, Route},
-    maps::{BACKENDS, CONNS, CPU_STATE, EMBRYO, NAT_RS, SETTINGS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, CPU_STATE, NAT_RS, SETTINGS, SVC_TABLE},
     parse::{ETH_LEN, IP_LEN, IP_OFFSET, Packet, ptr_at},
     service,
     stats::count,
@@ -419,7 +419,9 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
         // An embryonic (SYN_RECV) connection is in its own table.
         let c = CONNS
             .get_ptr(&key)
-            .or_else(|| EMBRYO.get_ptr(&key))
+            // An error about an embryo's packet goes its way until the sweep clears it,
+            // expired or not: it changes no state.
+            .or_else(|| crate::embryo::find(&key).map(|c| c as *const _))
             .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
         // SAFETY: pointer into the map value.
         let be = available(unsafe { (*c).backend })?;
@@ -451,7 +453,9 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet, half: u32) -> Result<u32, V
     // An embryonic NAT connection's reply entry is in its own table.
     let c = CONNS
         .get_ptr(&key)
-        .or_else(|| EMBRYO.get_ptr(&key))
+        // An error about an embryo's packet goes its way until the sweep clears it,
+        // expired or not: it changes no state.
+        .or_else(|| crate::embryo::find(&key).map(|c| c as *const _))
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
     // SAFETY: pointer into the map value.
     let (flags, backend) = unsafe { ((*c).flags, (*c).backend) };

@@ -15,7 +15,7 @@ use crate::{
     Verdict, csum, dr,
     fwd::{self, Route},
     fwd6,
-    maps::{BACKENDS, CONNS, EMBRYO, NAT_RS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, NAT_RS, SVC_TABLE},
     parse::{ETH_LEN, ptr_at},
     parse6::{IP6_LEN, Packet6},
     service,
@@ -336,7 +336,9 @@ pub fn forward_error(
     if service::lookup(&SVC_TABLE, SVC_SLOTS, half, &vip).is_some() {
         let c = CONNS
             .get_ptr(&key)
-            .or_else(|| EMBRYO.get_ptr(&key))
+            // An error about an embryo's packet goes its way until the sweep clears it,
+            // expired or not: it changes no state.
+            .or_else(|| crate::embryo::find(&key).map(|c| c as *const _))
             .ok_or(Verdict::Pass(cnt::PASS_NO_CONN))?;
         // SAFETY: pointer into the map value.
         let be = available(unsafe { (*c).backend })?;
@@ -374,7 +376,9 @@ pub fn forward_error(
     // An embryonic NAT connection's reply entry is in `EMBRYO` (as in `icmp.rs`).
     let c = CONNS
         .get_ptr(&key)
-        .or_else(|| EMBRYO.get_ptr(&key))
+        // An error about an embryo's packet goes its way until the sweep clears it,
+        // expired or not: it changes no state.
+        .or_else(|| crate::embryo::find(&key).map(|c| c as *const _))
         .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?;
     // SAFETY: pointer into the map value.
     let (flags, backend) = unsafe { ((*c).flags, (*c).backend) };

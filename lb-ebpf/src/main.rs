@@ -12,6 +12,7 @@
 mod conntrack;
 mod csum;
 mod dr;
+mod embryo;
 mod flow;
 mod fwd;
 mod fwd6;
@@ -39,7 +40,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNS, EMBRYO, NAT_RS, PENDING, PROGS, SETTINGS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, NAT_RS, PENDING, PROGS, SETTINGS, SVC_TABLE},
     stats::count,
 };
 
@@ -233,7 +234,7 @@ fn forward(
         if flags & settings_flags::EXPIRE_NODEST != 0 {
             let key = conntrack::flow_key(pkt);
             if CONNS.remove(&key).is_err() {
-                let _ = EMBRYO.remove(&key);
+                embryo::clear(&key);
             }
         }
         return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
@@ -255,6 +256,10 @@ fn forward(
 #[inline(always)]
 fn open(ctx: &XdpContext) -> Result<u32, Verdict> {
     let r = schedule_new(ctx.ctx);
+    if r != SCHEDULED {
+        return Ok(r);
+    }
+    let r = insert_embryo(ctx.ctx);
     if r != SCHEDULED {
         return Ok(r);
     }
@@ -280,6 +285,45 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
     s.valid = 0;
     let flow = parse::from_pending(&ctx, s)
         .and_then(|pkt| conntrack::create(&pkt, &s.svc, s.tcp_flags, s.now, s.flags, s.reuse != 0));
+    match flow {
+        Ok(flow) => {
+            s.backend = flow.backend;
+            s.new = flow.new as u32;
+            s.embryo = flow.embryo as u32;
+            SCHEDULED
+        }
+        Err(v) => verdict(Err(v)),
+    }
+}
+
+/// Records the embryonic connection `schedule_new` scheduled (a SYN's, `Flow::new` and
+/// `embryo` in the hand-over slot) in its `EMBRYO` slot, a BPF-to-BPF function: the state at
+/// the call is the context alone, so the verifier walks the insert once, not once per
+/// scheduler path. Another connection of the tuple found there (a retransmitted SYN) is
+/// followed instead; `SCHEDULED`, or the (counted) action.
+#[inline(never)]
+fn insert_embryo(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return verdict(Err(Verdict::Drop(cnt::DROP_INTERNAL)));
+    };
+    // SAFETY: per-CPU value; this packet is the only one running on this CPU.
+    let s = unsafe { &mut *p };
+    if s.new == 0 || s.embryo == 0 {
+        return SCHEDULED;
+    }
+    let flow = parse::from_pending(&ctx, s).and_then(|pkt| {
+        conntrack::record(
+            &pkt,
+            &s.svc,
+            s.tcp_flags,
+            s.now,
+            s.flags,
+            false,
+            s.backend,
+            true,
+        )
+    });
     match flow {
         Ok(flow) => {
             s.backend = flow.backend;

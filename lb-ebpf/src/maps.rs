@@ -5,13 +5,12 @@
 //! object, so a mismatch fails loudly before any packet is seen.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Addr, Backend, Conn, FlowKey, LblcKey, LblcVal, NatHop, PersistKey, PersistVal, RsConns,
-    Service, Settings, Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
+    Addr, Backend, Conn, EmbryoSlot, FlowKey, LblcKey, LblcVal, NatHop, PersistKey, PersistVal,
+    RsConns, Service, Settings, Stats, SvcSlot, SweepStats, TIMEOUTS_LEN, prog_index,
     size::{
         DEFAULT_CONNS, DEFAULT_PERSIST, DEFAULT_SCHED_TABLE, EMBRYO_DIVISOR, LBLC_ENTRIES,
         MAX_BACKENDS, MAX_SERVICES, NAT_HOPS as NAT_HOPS_LEN, NAT_RS_SLOTS, SVC_SLOTS,
@@ -44,14 +43,10 @@ pub static SVC_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNS, 0);
 
 /// Embryonic TCP connections (and NAT ones' reply entries) until their handshake moves on
-/// (`lb_common::maps::EMBRYO`).
-/// Per-CPU LRU lists: a flood evicts only the flooded CPU's embryos, and never takes a global
-/// lock doing so. (A common LRU made new flows about a fifth cheaper in the paths bench, each
-/// pop here rotating cold list nodes; the isolation was judged worth more: README,
-/// Performance.)
+/// (`lb_common::maps::EMBRYO`, `crate::embryo`): an array of slots, sized by the loader (a
+/// power of two), so that a SYN's insert is a few stores instead of an LRU hash update.
 #[map(name = "LB_EMBRYO")]
-pub static EMBRYO: LruHashMap<FlowKey, Conn> =
-    LruHashMap::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, BPF_F_NO_COMMON_LRU);
+pub static EMBRYO: Array<EmbryoSlot> = Array::with_max_entries(DEFAULT_CONNS / EMBRYO_DIVISOR, 0);
 
 /// Where NAT replies go, per client (`lb_common::maps::NAT_HOPS`).
 #[map(name = "LB_NAT_HOPS")]

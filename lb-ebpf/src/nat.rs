@@ -11,7 +11,7 @@ use crate::{
     Verdict, csum,
     fwd::{self, Route},
     icmp,
-    maps::{CONNS, EMBRYO, NAT_HOPS},
+    maps::{CONNS, NAT_HOPS},
     parse::{IP_DF, Packet, ptr_at, tcp_flags as tf},
     stats::count,
 };
@@ -208,7 +208,7 @@ fn record_reply(
             count(cnt::NAT_REPLY_CLASH);
             return;
         }
-        put_reply(&EMBRYO, &key, value, backend);
+        put_embryo_reply(&key, value, backend, now);
     } else {
         put_reply(&CONNS, &key, value, backend);
     }
@@ -235,6 +235,25 @@ pub fn put_reply(
     }
 }
 
+/// Records reply entry `key` of `backend`'s embryonic connection in its `EMBRYO` slot, as
+/// `put_reply` does in `CONNS`: a live entry of the same tuple is refreshed if it is this
+/// backend's, and kept (a clash) otherwise.
+#[inline(always)]
+pub fn put_embryo_reply(key: &FlowKey, value: &Conn, backend: u32, now: u64) {
+    match crate::embryo::put(key, value, now) {
+        crate::embryo::Put::Stored => {}
+        // SAFETY: pointer into the map value; the check word covers backend and flags'
+        // `REPLY` bit, which stay, so the fields are written in place one by one.
+        crate::embryo::Put::Exists(c) if unsafe { (*c).backend } == backend => unsafe {
+            (*c).state = value.state;
+            (*c).flags = value.flags;
+            (*c)._pad = value._pad;
+            (*c).last_seen_ns = value.last_seen_ns;
+        },
+        _ => count(cnt::NAT_REPLY_CLASH),
+    }
+}
+
 /// Moves the reply entry of NAT connection `request` (of `backend`, on `be`) from `EMBRYO`
 /// to `CONNS`, as its request entry was just moved (`conntrack`). One already gone (the
 /// clash above, a flood's eviction) stays gone: replies then pass to the stack, as they
@@ -242,7 +261,7 @@ pub fn put_reply(
 #[inline(always)]
 pub fn promote_reply(request: &FlowKey, be: &Backend, backend: u32) {
     let key = request.nat_reply(be.addr, be.port);
-    let Some(r) = EMBRYO.get_ptr(&key) else {
+    let Some(r) = crate::embryo::find(&key) else {
         return;
     };
     // SAFETY: pointer into the map value, copied at once (16 bytes).
@@ -251,7 +270,7 @@ pub fn promote_reply(request: &FlowKey, be: &Backend, backend: u32) {
         return;
     }
     put_reply(&CONNS, &key, &v, backend);
-    let _ = EMBRYO.remove(&key);
+    crate::embryo::clear(&key);
 }
 
 /// The cached next hop (and path MTU) towards NAT client `client`, if it was looked up
@@ -344,9 +363,7 @@ pub fn reply(
     let (c, embryo) = match CONNS.get_ptr_mut(&key) {
         Some(c) => (c, false),
         None if pkt.proto == proto::TCP => (
-            EMBRYO
-                .get_ptr_mut(&key)
-                .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
+            crate::embryo::get(&key, now).ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
             true,
         ),
         None => return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN)),
@@ -375,18 +392,17 @@ pub fn reply(
     {
         let fwd_key = key.nat_request(be.vaddr, be.vport);
         // The request entry is most likely where its reply entry is.
-        let (first, second) = if embryo {
-            (&EMBRYO, &CONNS)
-        } else {
-            (&CONNS, &EMBRYO)
-        };
+
         // An embryo the real server's packet took out of SYN_RECV (an ACK before the
         // client's) keeps its new state where it is and moves to `CONNS` with the client's
         // next packet (`conntrack::embryo`): moving it here too would put `conntrack::promote`
         // on top of this program's stack, past the verifier's 512 bytes with the sync hooks.
-        let f = match first.get_ptr_mut(&fwd_key) {
-            Some(f) => Some(f),
-            None => second.get_ptr_mut(&fwd_key),
+        let f = if embryo {
+            crate::embryo::get(&fwd_key, now).or_else(|| CONNS.get_ptr_mut(&fwd_key))
+        } else {
+            CONNS
+                .get_ptr_mut(&fwd_key)
+                .or_else(|| crate::embryo::get(&fwd_key, now))
         };
         if let Some(f) = f {
             // SAFETY: pointer into the map value.

@@ -13,7 +13,7 @@ use crate::{
     flow::FlowPkt,
     fwd::{self, Route},
     fwd6, icmp6,
-    maps::{CONNS, EMBRYO, NAT_HOPS},
+    maps::{CONNS, NAT_HOPS},
     parse::{ptr_at, tcp_flags as tf},
     parse6::{self, Packet6},
     stats::count,
@@ -198,7 +198,7 @@ fn record_reply(
             count(cnt::NAT_REPLY_CLASH);
             return;
         }
-        crate::nat::put_reply(&EMBRYO, &key, value, backend);
+        crate::nat::put_embryo_reply(&key, value, backend, now);
     } else {
         crate::nat::put_reply(&CONNS, &key, value, backend);
     }
@@ -251,9 +251,7 @@ pub fn reply(
     let (c, embryo) = match CONNS.get_ptr_mut(&key) {
         Some(c) => (c, false),
         None if pkt.proto == proto::TCP => (
-            EMBRYO
-                .get_ptr_mut(&key)
-                .ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
+            crate::embryo::get(&key, now).ok_or(Verdict::Pass(cnt::PASS_NO_REPLY_CONN))?,
             true,
         ),
         None => return Err(Verdict::Pass(cnt::PASS_NO_REPLY_CONN)),
@@ -278,18 +276,17 @@ pub fn reply(
         && (tcp & (tf::SYN | tf::FIN | tf::RST) != 0 || flags & conn_flags::OUTPUT_SEEN == 0)
     {
         let fwd_key = key.nat_request(be.vaddr, be.vport);
-        let (first, second) = if embryo {
-            (&EMBRYO, &CONNS)
-        } else {
-            (&CONNS, &EMBRYO)
-        };
+
         // An embryo the real server's packet took out of SYN_RECV (an ACK before the
         // client's) keeps its new state where it is and moves to `CONNS` with the client's
         // next packet (`conntrack::embryo`): moving it here too would put `conntrack::promote`
         // on top of this program's stack, past the verifier's 512 bytes with the sync hooks.
-        let f = match first.get_ptr_mut(&fwd_key) {
-            Some(f) => Some(f),
-            None => second.get_ptr_mut(&fwd_key),
+        let f = if embryo {
+            crate::embryo::get(&fwd_key, now).or_else(|| CONNS.get_ptr_mut(&fwd_key))
+        } else {
+            CONNS
+                .get_ptr_mut(&fwd_key)
+                .or_else(|| crate::embryo::get(&fwd_key, now))
         };
         if let Some(f) = f {
             // SAFETY: pointer into the map value.

@@ -21,8 +21,8 @@ use lb_common::{
 
 use crate::{
     maps::{
-        BACKENDS, CONNS, EMBRYO, PERSIST, RS_CONNS, RS_NEW, RS_TALLY, SETTINGS, SVC_INFO,
-        SWEEP_KEYS, TIMEOUTS,
+        BACKENDS, CONNS, PERSIST, RS_CONNS, RS_NEW, RS_TALLY, SETTINGS, SVC_INFO, SWEEP_KEYS,
+        TIMEOUTS,
     },
     select::add32,
 };
@@ -44,21 +44,23 @@ struct Ctx {
 #[inline(always)]
 fn get(embryo: bool, k: &FlowKey) -> Option<Conn> {
     let p = if embryo {
-        EMBRYO.get_ptr(k)
+        crate::embryo::find(k)? as *const Conn
     } else {
-        CONNS.get_ptr(k)
-    }?;
+        CONNS.get_ptr(k)?
+    };
     // SAFETY: pointer into the map value, copied at once.
     Some(unsafe { *p })
 }
 
 #[inline(always)]
 fn remove(embryo: bool, k: &FlowKey) {
-    let _ = if embryo {
-        EMBRYO.remove(k)
+    if embryo {
+        // Swaps the check word seen for `EMPTY`: a SYN another CPU wrote into the slot
+        // since stays.
+        crate::embryo::clear(k);
     } else {
-        CONNS.remove(k)
-    };
+        let _ = CONNS.remove(k);
+    }
 }
 
 /// Expires connection `k` if it is idle beyond its timeout (a NAT connection is as fresh as
@@ -77,7 +79,7 @@ fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
         // Kept while its connection (the request entry) is.
         let fwd = k.nat_request(be.vaddr, be.vport);
         if CONNS.get_ptr(&fwd).is_none()
-            && EMBRYO.get_ptr(&fwd).is_none()
+            && crate::embryo::find(&fwd).is_none()
             && idle(v.last_seen_ns) >= ORPHAN_REPLY_NS
         {
             remove(embryo, k);
@@ -92,7 +94,7 @@ fn check_conn(embryo: bool, k: &FlowKey, now: u64) -> u16 {
         // An embryonic connection's reply entry is embryonic too (until promotion moves both).
         let (rv, in_embryo) = match CONNS.get_ptr(&r) {
             Some(rv) => (Some(rv), false),
-            None => (EMBRYO.get_ptr(&r), true),
+            None => (crate::embryo::find(&r).map(|c| c as *const Conn), true),
         };
         if let Some(rv) = rv {
             // SAFETY: pointer into the map value.

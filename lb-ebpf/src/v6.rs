@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     Verdict, conntrack, dr,
     flow::FlowPkt,
-    maps::{BACKENDS, CONNS, EMBRYO, NAT_RS, PROGS, SETTINGS, SVC_TABLE},
+    maps::{BACKENDS, CONNS, NAT_RS, PROGS, SETTINGS, SVC_TABLE},
     parse6::{self, Packet6},
     service, stats,
     stats::count,
@@ -77,6 +77,10 @@ pub fn lb_xdp6(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_new6(ctx: XdpContext) -> u32 {
     let r = schedule_new(ctx.ctx);
+    if r != SCHEDULED {
+        return r;
+    }
+    let r = insert_embryo(ctx.ctx);
     if r != SCHEDULED {
         return r;
     }
@@ -191,7 +195,7 @@ fn forward(
         if flags & settings_flags::EXPIRE_NODEST != 0 {
             let key = pkt.key();
             if CONNS.remove(&key).is_err() {
-                let _ = EMBRYO.remove(&key);
+                crate::embryo::clear(&key);
             }
         }
         return Err(Verdict::Drop(cnt::DROP_BACKEND_GONE));
@@ -230,6 +234,45 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
     s.valid = 0;
     let flow = parse6::from_pending(&ctx, s)
         .and_then(|pkt| conntrack::create(&pkt, &s.svc, s.tcp_flags, s.now, s.flags, s.reuse != 0));
+    match flow {
+        Ok(flow) => {
+            s.backend = flow.backend;
+            s.new = flow.new as u32;
+            s.embryo = flow.embryo as u32;
+            SCHEDULED
+        }
+        Err(v) => verdict(Err(v)),
+    }
+}
+
+/// Records the embryonic connection `schedule_new` scheduled (a SYN's, `Flow::new` and
+/// `embryo` in the hand-over slot) in its `EMBRYO` slot, a BPF-to-BPF function: the state at
+/// the call is the context alone, so the verifier walks the insert once, not once per
+/// scheduler path. Another connection of the tuple found there (a retransmitted SYN) is
+/// followed instead; `SCHEDULED`, or the (counted) action.
+#[inline(never)]
+fn insert_embryo(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let Some(p) = PENDING6.get_ptr_mut(0) else {
+        return verdict(Err(Verdict::Drop(cnt::DROP_INTERNAL)));
+    };
+    // SAFETY: per-CPU value; this packet is the only one running on this CPU.
+    let s = unsafe { &mut *p };
+    if s.new == 0 || s.embryo == 0 {
+        return SCHEDULED;
+    }
+    let flow = parse6::from_pending(&ctx, s).and_then(|pkt| {
+        conntrack::record(
+            &pkt,
+            &s.svc,
+            s.tcp_flags,
+            s.now,
+            s.flags,
+            false,
+            s.backend,
+            true,
+        )
+    });
     match flow {
         Ok(flow) => {
             s.backend = flow.backend;

@@ -560,6 +560,122 @@ fn a_retransmitted_syn_of_an_embryo_is_the_same_connection() {
     assert_eq!(f.counter("embryo_promoted"), 2);
 }
 
+/// The embryonic table is an array of slots in buckets of `embryo::WAYS`, written with
+/// plain stores: a full bucket gives its oldest embryo's slot to a new SYN (never an
+/// established connection's entry, which is not there); an embryo idle past its timeout is
+/// a miss before the sweep clears it; and a slot whose check word does not match what it
+/// holds (torn by two writers, forged) is a miss, so no packet goes where it says.
+#[test]
+fn embryo_slots_collide_expire_and_refuse_torn_entries() {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::{EmbryoSlot, FlowKey, embryo};
+    use lb_tests::xdp_run::XDP_PASS;
+
+    let mut f = Fixture::with_table(web_rr(), 4096);
+    let slots = f.dp().embryo_table_size();
+    assert_eq!(slots, 1024, "a quarter of the connection table");
+    // The key and bucket as the data path makes them (addresses and ports in network order).
+    let key = |c: (Ipv4Addr, u16)| {
+        FlowKey::new(
+            u32::from_ne_bytes(c.0.octets()),
+            u32::from_ne_bytes(VIP.octets()),
+            c.1.to_be(),
+            80u16.to_be(),
+            lb_common::proto::TCP,
+        )
+    };
+    let bucket = |c| embryo::bucket(embryo::hash(&key(c)), slots - 1);
+
+    let est: Vec<_> = (0..200).map(client).collect();
+    let mut server = HashMap::new();
+    for &c in &est {
+        let n = f.forwarded_to(&seg(c, TCP_SYN));
+        assert_eq!(f.forwarded_to(&seg(c, TCP_ACK)), n);
+        server.insert(c, n);
+    }
+
+    // A bucket's worth of newer SYNs after one: the oldest embryo gives way.
+    let first = client(1000);
+    let mates: Vec<_> = (1001..)
+        .map(client)
+        .filter(|&c| bucket(c) == bucket(first))
+        .take(embryo::WAYS as usize)
+        .collect();
+    f.forwarded_to(&seg(first, TCP_SYN));
+    let listed = f.dp().embryos();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].0, key(first), "the key as the test computes it");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    f.dp().tick_clock().unwrap();
+    let ns: Vec<u8> = mates
+        .iter()
+        .map(|&c| f.forwarded_to(&seg(c, TCP_SYN)))
+        .collect();
+    let out = f.run(&seg(first, TCP_ACK));
+    assert_eq!(
+        out.action, XDP_PASS,
+        "the oldest embryo of a full bucket was replaced: {out:?}"
+    );
+    for (&c, &n) in mates.iter().zip(&ns) {
+        assert_eq!(
+            f.forwarded_to(&seg(c, TCP_ACK)),
+            n,
+            "a newer embryo completes"
+        );
+    }
+    for &c in &est {
+        assert_eq!(
+            f.forwarded_to(&seg(c, TCP_ACK | TCP_PSH)),
+            server[&c],
+            "established {c:?}"
+        );
+    }
+    assert_eq!(
+        f.dp().embryos().len(),
+        0,
+        "promoted embryos leave their slots"
+    );
+
+    // A torn slot: another backend under the check word of this one.
+    let z = client(6000);
+    let nz = f.forwarded_to(&seg(z, TCP_SYN));
+    let pin = f.dp().pin_dir().join("maps").join(lb_common::maps::EMBRYO);
+    let mut arr: Array<MapData, EmbryoSlot> =
+        Array::try_from(Map::Array(MapData::from_pin(&pin).expect("pinned"))).expect("array");
+    let base = bucket(z);
+    let (i, good) = (base..base + embryo::WAYS)
+        .map(|i| (i, arr.get(&i, 0).expect("slot")))
+        .find(|(_, s)| s.key == key(z))
+        .expect("z's slot in its bucket");
+    assert_eq!(good.check, embryo::check_of(&good.key, &good.conn));
+    let mut torn = good;
+    torn.conn.backend = good.conn.backend ^ 3;
+    arr.set(i, torn, 0).expect("write");
+    let out = f.run(&seg(z, TCP_ACK));
+    assert_eq!(out.action, XDP_PASS, "a torn slot is a miss: {out:?}");
+    assert_eq!(f.dp().embryos().len(), 0, "and is not listed or counted");
+    assert_eq!(f.dp().sweep().expect("sweep").embryonic, 0);
+    // The same slot with its own backend back: the check word alone made the difference.
+    arr.set(i, good, 0).expect("write");
+    assert_eq!(f.forwarded_to(&seg(z, TCP_ACK)), nz);
+
+    // An expired embryo is a miss before any sweep, and the sweep then clears it.
+    let y = client(7000);
+    f.forwarded_to(&seg(y, TCP_SYN));
+    let mut t = StateTimeouts::default();
+    t.tcp[lb_common::tcp_state::SYN_RECV as usize] = 1;
+    f.dp().set_timeouts(&t).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.dp().tick_clock().unwrap();
+    let out = f.run(&seg(y, TCP_ACK));
+    assert_eq!(out.action, XDP_PASS, "an expired embryo is a miss: {out:?}");
+    let r = f.dp().sweep().expect("sweep");
+    assert_eq!((r.embryonic, r.embryonic_expired), (1, 1), "{r:?}");
+    let r = f.dp().sweep().expect("sweep");
+    assert_eq!((r.embryonic, r.embryonic_expired), (0, 0), "cleared: {r:?}");
+    assert_eq!(f.counter("embryo_promoted"), 200 + embryo::WAYS as u64 + 1);
+}
+
 /// NAT connections are embryonic too: the request entry and its reply entry start in the
 /// embryonic table and move to the connection table together, so a flood of spoofed SYNs on
 /// a NAT service cannot evict an established NAT connection either.

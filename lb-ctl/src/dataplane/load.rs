@@ -83,7 +83,8 @@ pub(super) fn expected_layout(name: &str) -> (u32, u32) {
         maps::BACKENDS => s(4, size_of::<Backend>()),
         maps::SCHED_TABLE => s(4, 4),
         maps::SVC_CURSOR => s(4, 8),
-        maps::CONNS | maps::EMBRYO => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::CONNS => s(size_of::<FlowKey>(), size_of::<Conn>()),
+        maps::EMBRYO => s(4, size_of::<lb_common::EmbryoSlot>()),
         maps::NAT_HOPS => s(size_of::<lb_common::Addr>(), size_of::<lb_common::NatHop>()),
         maps::SVC_STATS | maps::BACKEND_STATS => s(4, size_of::<Stats>()),
         maps::COUNTERS => s(4, 8),
@@ -176,10 +177,11 @@ impl Dataplane {
         }
         let mut adopted = false;
         let mut conn_table_size = opts.conn_table_size;
-        let mut embryo_table_size = match opts.embryo_table_size {
+        // A power of two of slots: the data path finds a key's slot by masking its hash.
+        let mut embryo_table_size = lb_common::embryo::slots(match opts.embryo_table_size {
             0 => (opts.conn_table_size / size::EMBRYO_DIVISOR).max(size::MIN_EMBRYO),
             n => n,
-        };
+        });
         let mut sched_table_size = opts.sched_table_size;
         for name in maps::ALL {
             let pin = map_dir.join(name);
@@ -226,6 +228,7 @@ impl Dataplane {
                 );
             }
             if name == maps::EMBRYO {
+                // Adopted with its embryos: the programs must mask hashes by its size.
                 embryo_table_size = info.max_entries();
             }
         }
@@ -238,6 +241,9 @@ impl Dataplane {
         loader.map_max_entries(maps::SCHED_TABLE, sched_table_size);
         loader.map_max_entries(maps::PERSIST, opts.persist_table_size);
         loader.map_max_entries(maps::EMBRYO, embryo_table_size);
+        // Read-only data of the programs: the verifier sees the mask as a constant.
+        let embryo_mask = embryo_table_size - 1;
+        loader.override_global("EMBRYO_MASK", &embryo_mask, true);
         let mut bpf = loader
             .load(BALANCER_OBJ)
             .context("loading the balancer's maps and programs")?;

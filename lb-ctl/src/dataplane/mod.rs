@@ -148,7 +148,7 @@ struct Maps {
     sched_table: Array<MapData, u32>,
     cursor: Array<MapData, u64>,
     conns: BpfHashMap<MapData, FlowKey, Conn>,
-    embryo: BpfHashMap<MapData, FlowKey, Conn>,
+    embryo: Array<MapData, lb_common::EmbryoSlot>,
     sweep_keys: Array<MapData, FlowKey>,
     rs_tally: Array<MapData, RsConns>,
     svc_stats: PerCpuArray<MapData, Stats>,

@@ -208,14 +208,53 @@ impl Dataplane {
         }
     }
 
+    /// The embryonic table's intact slots (`lb_common::embryo::intact`): its connections,
+    /// expired ones included.
+    pub fn embryos(&self) -> Vec<(FlowKey, Conn)> {
+        let mask = self.embryo_table_size.saturating_sub(1);
+        self.embryo_slots()
+            .into_iter()
+            .filter(|(i, s)| lb_common::embryo::intact(s, *i, mask))
+            .map(|(_, s)| (s.key, s.conn))
+            .collect()
+    }
+
+    /// Every slot of the embryonic table, read 1,024 at a time (`BPF_MAP_LOOKUP_BATCH`; a
+    /// syscall a slot would take about a second for a million).
+    fn embryo_slots(&self) -> Vec<(u32, lb_common::EmbryoSlot)> {
+        const CHUNK: u32 = 1024;
+        let map = aya::maps::IterableMap::map(&self.maps.embryo);
+        let mut idx = vec![0u32; CHUNK as usize];
+        let mut slots = vec![lb_common::EmbryoSlot::default(); CHUNK as usize];
+        let mut cursor = batch::Cursor::default();
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: the buffers hold `CHUNK` keys and values of the map's sizes.
+            let Ok((n, end)) =
+                (unsafe { batch::lookup_chunk(map, &mut cursor, &mut idx, &mut slots, CHUNK) })
+            else {
+                return out;
+            };
+            out.extend(idx[..n].iter().copied().zip(slots[..n].iter().copied()));
+            if end || n == 0 {
+                return out;
+            }
+        }
+    }
+
     /// The connection entries (`-Lc`).
     pub fn conns(&self, timeouts: &StateTimeouts) -> Vec<ConnView> {
         let now = self.clock_now();
-        // Embryonic connections (SYN_RECV, `LB_EMBRYO`) are listed with the others.
-        let entries: Vec<(FlowKey, Conn)> = (self.maps.conns.iter())
-            .chain(self.maps.embryo.iter())
-            .filter_map(Result::ok)
-            .collect();
+        // Embryonic connections (SYN_RECV, `LB_EMBRYO`) are listed with the others: the
+        // intact slots, but not those idle past their timeout, which the data path treats as
+        // empty already.
+        let mut entries: Vec<(FlowKey, Conn)> =
+            self.maps.conns.iter().filter_map(Result::ok).collect();
+        entries.extend(self.embryos().into_iter().filter(|(k, c)| {
+            c.flags & lb_common::conn_flags::REPLY != 0
+                || now.saturating_sub(c.last_seen_ns)
+                    < u64::from(timeouts.of(c, k.proto)) * 1_000_000_000
+        }));
         let conns = self.pair(&entries);
         let mut out = Vec::new();
         for c in conns {

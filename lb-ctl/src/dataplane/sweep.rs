@@ -39,8 +39,9 @@ use aya::{
     programs::{ProgramFd, Xdp},
 };
 use lb_common::{
-    Backend, Conn, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings, SweepOp,
-    SweepStats, TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result, tcp_state,
+    Backend, Conn, EmbryoSlot, FlowKey, PersistKey, PersistVal, RsConns, Service, Settings,
+    SweepOp, SweepStats, TIMEOUT_UDP, conn_flags, progs, size, svc_flags, sweep_op, sweep_result,
+    tcp_state,
 };
 
 use super::*;
@@ -261,12 +262,11 @@ pub struct SweepReport {
     /// per second is `cpu / interval`.
     pub interval: Duration,
     /// The sizes the connection-table reads took (`Chunker`), the most hash buckets one read
-    /// of `CONNS` and one of `EMBRYO` went through (empty ones included: what a sparse table
-    /// costs), and the cost per entry learnt by the end of the pass.
+    /// of `CONNS` went through (empty ones included: what a sparse table costs; `EMBRYO` is an
+    /// array, read slot by slot), and the cost per entry learnt by the end of the pass.
     pub smallest_read: usize,
     pub largest_read: usize,
     pub most_buckets_read: u64,
-    pub most_embryo_buckets_read: u64,
     pub read_cost: Duration,
     /// The most keys one `lb_sweep` run took.
     pub largest_key_run: usize,
@@ -624,49 +624,60 @@ impl Pass<'_> {
         } else {
             self.chunks.conns.clone()
         };
-        let most: fn(&mut SweepReport) -> &mut u64 = if embryo {
-            |r| &mut r.most_embryo_buckets_read
-        } else {
-            |r| &mut r.most_buckets_read
-        };
-        walk::<FlowKey, Conn>(
-            map,
-            &mut chunk,
-            usize::MAX,
-            Some(most),
-            rep,
-            |keys, values, rep| {
-                rep.conn_batches += 1;
-                self.paced(keys.len(), rep)?;
-                for (k, c) in keys.iter().zip(values) {
-                    entries += 1;
-                    let idle = self.view.now.saturating_sub(c.last_seen_ns);
-                    let doubtful = if c.flags & conn_flags::REPLY != 0 {
-                        idle >= ORPHAN_REPLY_NS
-                    } else {
-                        c.backend >= size::MAX_BACKENDS || idle >= self.view.timeout_ns(k, c)
-                    };
-                    if doubtful {
-                        // Expired by its own last packet; the kernel decides against the live
-                        // entry (and, for NAT, its reply entry's last packet).
-                        self.pending.push((*k, c.backend));
-                        if self.pending.len() >= self.chunks.keys.size() as usize {
-                            settle(self, rep, &mut expired)?;
-                        }
-                    } else if c.flags & conn_flags::REPLY == 0 {
-                        let active = k.proto == lb_common::proto::TCP
-                            && tcp_state::ACTIVE[(c.state as usize) % tcp_state::COUNT];
-                        let r = if active {
-                            sweep_result::ACTIVE
-                        } else {
-                            sweep_result::INACTIVE
-                        };
-                        self.count(k, c.backend, r);
+        let mut visit = |keys: &[FlowKey], values: &[Conn], rep: &mut SweepReport| {
+            rep.conn_batches += 1;
+            self.paced(keys.len(), rep)?;
+            for (k, c) in keys.iter().zip(values) {
+                entries += 1;
+                let idle = self.view.now.saturating_sub(c.last_seen_ns);
+                let doubtful = if c.flags & conn_flags::REPLY != 0 {
+                    idle >= ORPHAN_REPLY_NS
+                } else {
+                    c.backend >= size::MAX_BACKENDS || idle >= self.view.timeout_ns(k, c)
+                };
+                if doubtful {
+                    // Expired by its own last packet; the kernel decides against the live
+                    // entry (and, for NAT, its reply entry's last packet).
+                    self.pending.push((*k, c.backend));
+                    if self.pending.len() >= self.chunks.keys.size() as usize {
+                        settle(self, rep, &mut expired)?;
                     }
+                } else if c.flags & conn_flags::REPLY == 0 {
+                    let active = k.proto == lb_common::proto::TCP
+                        && tcp_state::ACTIVE[(c.state as usize) % tcp_state::COUNT];
+                    let r = if active {
+                        sweep_result::ACTIVE
+                    } else {
+                        sweep_result::INACTIVE
+                    };
+                    self.count(k, c.backend, r);
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        };
+        if embryo {
+            // An array of slots: the intact ones are the embryos (see `lb_common::embryo`). An
+            // array read costs the same per slot whatever it holds: no bucket scan to count.
+            let mask = map.info()?.max_entries().saturating_sub(1);
+            walk::<u32, EmbryoSlot>(map, &mut chunk, usize::MAX, None, rep, |idx, slots, rep| {
+                let (keys, values): (Vec<FlowKey>, Vec<Conn>) = idx
+                    .iter()
+                    .zip(slots)
+                    .filter(|(i, s)| lb_common::embryo::intact(s, **i, mask))
+                    .map(|(_, s)| (s.key, s.conn))
+                    .unzip();
+                visit(&keys, &values, rep)
+            })?;
+        } else {
+            walk::<FlowKey, Conn>(
+                map,
+                &mut chunk,
+                usize::MAX,
+                Some(|r| &mut r.most_buckets_read),
+                rep,
+                visit,
+            )?;
+        }
         settle(self, rep, &mut expired)?;
         rep.read_cost = rep.read_cost.max(chunk.per_element().unwrap_or_default());
         if embryo {

@@ -51,7 +51,7 @@ where
     let pin = pin_dir.join("maps").join(name);
     let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let map = match name {
-        maps::CONNS | maps::EMBRYO | maps::PERSIST => Map::LruHashMap(data),
+        maps::CONNS | maps::PERSIST => Map::LruHashMap(data),
         _ => Map::Array(data),
     };
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))

@@ -565,7 +565,7 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
         &format!(
             "CPU time across each of {} calls, 99th/99.9th percentile {:.0}/{:.0} µs (wall: \
              {:.0} µs): batch reads of {}–{} entries (longest {:.0} µs, at most {} buckets \
-             gone through in one, {} in one of the embryonic table, {:.0} ns an entry learnt), \
+             gone through in one, {:.0} ns an entry learnt), \
              batch writes (longest {:.0} µs), \
              lb_sweep runs of at most {} keys (longest in the kernel {:.0} µs over {} runs); \
              before: one run of the whole table",
@@ -577,7 +577,6 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
             s.largest_read,
             us(s.longest_read),
             s.most_buckets_read,
-            s.most_embryo_buckets_read,
             s.read_cost.as_nanos(),
             us(s.longest_write),
             s.largest_key_run,
@@ -786,14 +785,15 @@ fn flood(report: &mut Report, ns: &Netns, entries: u32) {
         ),
     );
     let per_syn = kernel_ns as f64 / flood as f64;
-    let share = dp.embryo_table_size() as f64 / aya::util::online_cpus().unwrap().len() as f64;
+    // One table for all CPUs (an array of slots, the oldest of a bucket giving way).
+    let share = dp.embryo_table_size() as f64;
     report.scale(
         &format!("SYN flood {l}: a spoofed SYN, kernel time"),
         per_syn,
         "ns",
         &format!(
-            "{:.1} M SYN/s per CPU at most; at that rate an embryo lives {:.0} ms in its CPU's \
-             share ({share:.0} entries): a client whose ACK comes sooner is served ({:.0} s wall)",
+            "{:.1} M SYN/s per CPU at most; at that rate an embryo lives about {:.0} ms in the \
+             table ({share:.0} slots): a client whose ACK comes sooner is served ({:.0} s wall)",
             1e3 / per_syn,
             share * per_syn / 1e6,
             wall.as_secs_f64()
