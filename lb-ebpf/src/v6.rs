@@ -69,6 +69,8 @@ pub static PENDING6: PerCpuArray<Pending6> = PerCpuArray::with_max_entries(1, 0)
 
 /// The IPv6 balancer (`lb_common::progs::BALANCER6`).
 #[xdp]
+// In the section's entry, as `lb_xdp` (the macro's wrapper would otherwise call it).
+#[inline(always)]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     verdict(balance(&ctx))
 }
