@@ -58,8 +58,9 @@ pub struct Director {
     pub interfaces: Vec<String>,
     /// Entries in the connection table.
     pub conn_table_size: u32,
-    /// Entries in the embryonic-connection table (DR/TUN connections until the client's
+    /// Slots in the embryonic-connection table (TCP connections until the client's
     /// handshake ACK), where SYN floods are absorbed; `None`: a quarter of `conn_table_size`.
+    /// The data path rounds it up to a power of two (the slot is a hash of the key).
     pub embryonic_table_size: Option<u32>,
     /// TUN: outer source address per director interface (the one towards the real server);
     /// a service's `tunnel_source` overrides it, the route's source address is the default.

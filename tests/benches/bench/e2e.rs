@@ -632,10 +632,9 @@ pub fn run(report: &mut Report) {
     let mut dp = Dataplane::open(Options {
         pin_dir: pins.path().to_path_buf(),
         // The connections are opened with SYNs (and wait in the embryonic table until the
-        // setup's ACKs move them on), all on the director's one receive CPU, whose share of
-        // the embryonic table is its size / CPUs: by default (a quarter of 1M, 128K a CPU
-        // here) smaller than 131,072 flows of one service (NAT's take two entries each), so
-        // the LRU would evict some before their first ACK, which the stack then gets.
+        // setup's ACKs move them on): 131,072 flows of one service (NAT's take two slots
+        // each) in the default quarter of 1M slots, four to a bucket, would overwrite some
+        // embryos before their first ACK, which the stack then gets.
         embryo_table_size: 1 << 20,
         ..Options::default()
     })
