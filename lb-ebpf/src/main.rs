@@ -266,8 +266,30 @@ fn open(ctx: &XdpContext) -> Result<u32, Verdict> {
     Ok(forward_new(ctx.ctx))
 }
 
-/// `schedule_new`'s answer when the packet is to be forwarded (not an XDP action).
+/// `schedule_new`'s and `insert_embryo`'s answer (and `v6.rs`'s) when the packet is to be
+/// forwarded (not an XDP action).
 const SCHEDULED: u32 = u32::MAX;
+
+/// Hands a new-flow step's result on to the next step through this CPU's hand-over slot
+/// (`Pending`, or `v6::Pending6`: two types, hence its three fields rather than the slot):
+/// `SCHEDULED`, or the (counted) action when the packet goes no further.
+#[inline(always)]
+fn hand_back(
+    flow: Result<conntrack::Flow, Verdict>,
+    backend: &mut u32,
+    new: &mut u32,
+    embryo: &mut u32,
+) -> u32 {
+    match flow {
+        Ok(flow) => {
+            *backend = flow.backend;
+            *new = flow.new as u32;
+            *embryo = flow.embryo as u32;
+            SCHEDULED
+        }
+        Err(v) => verdict(Err(v)),
+    }
+}
 
 /// Schedules and records the connection of the packet in the `PENDING` slot and leaves the
 /// result there; `SCHEDULED`, or the (counted) action when the packet goes no further.
@@ -285,15 +307,7 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
     s.valid = 0;
     let flow = parse::from_pending(&ctx, s)
         .and_then(|pkt| conntrack::create(&pkt, &s.svc, s.tcp_flags, s.now, s.flags, s.reuse != 0));
-    match flow {
-        Ok(flow) => {
-            s.backend = flow.backend;
-            s.new = flow.new as u32;
-            s.embryo = flow.embryo as u32;
-            SCHEDULED
-        }
-        Err(v) => verdict(Err(v)),
-    }
+    hand_back(flow, &mut s.backend, &mut s.new, &mut s.embryo)
 }
 
 /// Records the embryonic connection `schedule_new` scheduled (a SYN's, `Flow::new` and
@@ -324,15 +338,7 @@ fn insert_embryo(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
             true,
         )
     });
-    match flow {
-        Ok(flow) => {
-            s.backend = flow.backend;
-            s.new = flow.new as u32;
-            s.embryo = flow.embryo as u32;
-            SCHEDULED
-        }
-        Err(v) => verdict(Err(v)),
-    }
+    hand_back(flow, &mut s.backend, &mut s.new, &mut s.embryo)
 }
 
 /// `lb_new`'s forwarding step, a BPF-to-BPF function: everything comes from the `PENDING`

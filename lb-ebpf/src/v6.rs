@@ -18,8 +18,9 @@ use lb_common::{
 };
 
 use crate::{
-    Verdict, conntrack, dr,
+    SCHEDULED, Verdict, conntrack, dr,
     flow::FlowPkt,
+    hand_back,
     maps::{BACKENDS, CONNS, NAT_RS, PROGS, SETTINGS, SVC_TABLE},
     parse6::{self, Packet6},
     service, stats,
@@ -219,8 +220,6 @@ fn forward(
     }
 }
 
-const SCHEDULED: u32 = u32::MAX;
-
 /// `lb_new6`'s scheduling step (`crate::schedule_new` for IPv6), a BPF-to-BPF function.
 #[inline(never)]
 fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
@@ -236,15 +235,7 @@ fn schedule_new(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
     s.valid = 0;
     let flow = parse6::from_pending(&ctx, s)
         .and_then(|pkt| conntrack::create(&pkt, &s.svc, s.tcp_flags, s.now, s.flags, s.reuse != 0));
-    match flow {
-        Ok(flow) => {
-            s.backend = flow.backend;
-            s.new = flow.new as u32;
-            s.embryo = flow.embryo as u32;
-            SCHEDULED
-        }
-        Err(v) => verdict(Err(v)),
-    }
+    hand_back(flow, &mut s.backend, &mut s.new, &mut s.embryo)
 }
 
 /// Records the embryonic connection `schedule_new` scheduled (a SYN's, `Flow::new` and
@@ -275,15 +266,7 @@ fn insert_embryo(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
             true,
         )
     });
-    match flow {
-        Ok(flow) => {
-            s.backend = flow.backend;
-            s.new = flow.new as u32;
-            s.embryo = flow.embryo as u32;
-            SCHEDULED
-        }
-        Err(v) => verdict(Err(v)),
-    }
+    hand_back(flow, &mut s.backend, &mut s.new, &mut s.embryo)
 }
 
 /// `lb_new6`'s forwarding step (`crate::forward_new` for IPv6).
