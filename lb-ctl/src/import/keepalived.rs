@@ -666,6 +666,11 @@ impl Converter {
 
     fn integer(&mut self, n: &Node, min: i64, max: i64) -> Option<i64> {
         let v = self.one(n)?;
+        self.number(n, v, min, max)
+    }
+
+    /// An integer `v` given for keyword `n` (its only value, or inline among others).
+    fn number(&mut self, n: &Node, v: &str, min: i64, max: i64) -> Option<i64> {
         match v.parse::<i64>() {
             Ok(x) if (min..=max).contains(&x) => Some(x),
             _ => {

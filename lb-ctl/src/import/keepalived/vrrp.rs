@@ -446,23 +446,6 @@ impl Converter {
             );
         }
     }
-
-    /// An integer given inline (not as the keyword's only value).
-    fn number(&mut self, n: &Node, v: &str, min: i64, max: i64) -> Option<i64> {
-        match v.parse::<i64>() {
-            Ok(x) if (min..=max).contains(&x) => Some(x),
-            _ => {
-                self.error(
-                    n,
-                    format!(
-                        "{}: invalid number \"{v}\" (an integer in {min}..={max})",
-                        n.name
-                    ),
-                );
-                None
-            }
-        }
-    }
 }
 
 /// Whether config.rs accepts these VRRP tables; its message without the TOML's position.
