@@ -13,25 +13,12 @@ use std::{
 
 use lb_tests::{Daemon, Netns, Nginx, TempDir};
 
-use crate::report::Report;
+use crate::{cpu_seconds, report::Report};
 
 const SERVICES: usize = 10;
 const SERVERS: usize = 100;
 const MEASURE: Duration = Duration::from_secs(10);
 const PORT: u16 = 8080;
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-    let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11] + f[12]) as f64 / hz
-}
 
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())

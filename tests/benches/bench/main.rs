@@ -81,3 +81,19 @@ fn main() {
         );
     }
 }
+
+/// The process's CPU time (all threads, user + system), seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces), from field 3 on: utime and stime
+    // are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11] + f[12]) as f64 / hz
+}
