@@ -220,6 +220,24 @@ fn seed003_pair_imports_to_the_ha_examples_vrrp() {
     }
 }
 
+/// The tutorials' one VRRP instance, as imported: VI_1, MASTER on eth0, router 51, priority
+/// 100, a 1 s advert, PASS 1111, and the service's address `vip` as its only VIP.
+fn assert_tutorial_master_instance(o: &Outcome, v: &toml::Value, vip: &toml::Value) {
+    let vi = &v["vrrp_instance"][0];
+    assert_eq!(vi["name"].as_str(), Some("VI_1"), "{}", o.toml);
+    assert_eq!(vi["state"].as_str(), Some("MASTER"));
+    assert_eq!(vi["interface"].as_str(), Some("eth0"));
+    assert_eq!(vi["virtual_router_id"].as_integer(), Some(51));
+    assert_eq!(vi["priority"].as_integer(), Some(100));
+    assert_eq!(vi["advert_int"].as_integer(), Some(1));
+    assert_eq!(vi["authentication"]["auth_type"].as_str(), Some("PASS"));
+    assert_eq!(vi["authentication"]["auth_pass"].as_str(), Some("1111"));
+    assert_eq!(
+        vi["virtual_ipaddress"],
+        toml::Value::Array(vec![vip.clone()])
+    );
+}
+
 #[test]
 fn seed000_imports_with_no_break_spaces_and_nb_get_retry() {
     let o = keepalived::import(&fixture("keepalived/seed000.conf"));
@@ -245,19 +263,7 @@ fn seed000_imports_with_no_break_spaces_and_nb_get_retry() {
         assert_eq!(c["connect_port"].as_integer(), Some(80));
     }
     assert_eq!(lines(&o, Severity::Warning), Vec::<String>::new());
-    let vi = &v["vrrp_instance"][0];
-    assert_eq!(vi["name"].as_str(), Some("VI_1"), "{}", o.toml);
-    assert_eq!(vi["state"].as_str(), Some("MASTER"));
-    assert_eq!(vi["interface"].as_str(), Some("eth0"));
-    assert_eq!(vi["virtual_router_id"].as_integer(), Some(51));
-    assert_eq!(vi["priority"].as_integer(), Some(100));
-    assert_eq!(vi["advert_int"].as_integer(), Some(1));
-    assert_eq!(vi["authentication"]["auth_type"].as_str(), Some("PASS"));
-    assert_eq!(vi["authentication"]["auth_pass"].as_str(), Some("1111"));
-    assert_eq!(
-        vi["virtual_ipaddress"],
-        toml::Value::Array(vec![s["address"].clone()])
-    );
+    assert_tutorial_master_instance(&o, &v, &s["address"]);
 }
 
 #[test]
@@ -286,19 +292,7 @@ fn seed004_imports_global_defs_and_mail_settings() {
     // No connect_port in the file: the checker's default (the real server's port) applies.
     assert_eq!(rss[0]["check"][0].get("connect_port"), None);
     assert_eq!(lines(&o, Severity::Warning), Vec::<String>::new());
-    let vi = &v["vrrp_instance"][0];
-    assert_eq!(vi["name"].as_str(), Some("VI_1"), "{}", o.toml);
-    assert_eq!(vi["state"].as_str(), Some("MASTER"));
-    assert_eq!(vi["interface"].as_str(), Some("eth0"));
-    assert_eq!(vi["virtual_router_id"].as_integer(), Some(51));
-    assert_eq!(vi["priority"].as_integer(), Some(100));
-    assert_eq!(vi["advert_int"].as_integer(), Some(1));
-    assert_eq!(vi["authentication"]["auth_type"].as_str(), Some("PASS"));
-    assert_eq!(vi["authentication"]["auth_pass"].as_str(), Some("1111"));
-    assert_eq!(
-        vi["virtual_ipaddress"],
-        toml::Value::Array(vec![s["address"].clone()])
-    );
+    assert_tutorial_master_instance(&o, &v, &s["address"]);
 }
 
 #[test]
