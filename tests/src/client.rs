@@ -82,6 +82,25 @@ impl KeepAlive {
         })
     }
 
+    /// `n` connections from `ns` to `addr`, each answered once (so each is established on
+    /// its real server), with that answer's body (the real server's name), trimmed. An error
+    /// says which connection failed, and at what.
+    pub fn hold(ns: &Netns, addr: SocketAddr, n: usize) -> io::Result<Vec<(KeepAlive, String)>> {
+        let at = |i: usize, what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("connection {i} of {n} to {addr}: {what}: {e}"),
+            )
+        };
+        (0..n)
+            .map(|i| {
+                let mut k = Self::connect(ns, addr).map_err(|e| at(i, "connect", e))?;
+                let who = k.request().map_err(|e| at(i, "first request", e))?;
+                Ok((k, who.trim().to_string()))
+            })
+            .collect()
+    }
+
     /// The client's address of this connection (what the real server sees in DR mode).
     pub fn local_addr(&self) -> SocketAddr {
         self.local

@@ -183,13 +183,8 @@ fn weight_zero_drains_a_real_server() {
     let d = start(&lab);
     tutorial_rr(&d);
     // Hold a connection on each server, then quiesce rs1.
-    let mut held: Vec<(KeepAlive, String)> = (0..2)
-        .map(|_| {
-            let mut k = KeepAlive::connect(lab.client(), lab.vip_addr(80)).unwrap();
-            let who = k.request().unwrap().trim().to_string();
-            (k, who)
-        })
-        .collect();
+    let mut held =
+        KeepAlive::hold(lab.client(), lab.vip_addr(80), 2).unwrap_or_else(|e| panic!("{e}"));
     d.ctl_ok(&[
         "-e",
         "-t",

@@ -50,15 +50,10 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
         ]);
     }
     // One long-lived connection per real server (rr: rs1, rs2, rs3), kept across the fault.
-    let mut held: Vec<(String, KeepAlive)> = (0..3)
-        .map(|_| {
-            let mut k = KeepAlive::connect(lab.client(), lab.vip_addr(80)).expect("connect");
-            let who = k.request().expect("first request on a held connection");
-            (who.trim().to_string(), k)
-        })
-        .collect();
-    held.sort_by(|a, b| a.0.cmp(&b.0));
-    let names: Vec<&str> = held.iter().map(|(w, _)| w.as_str()).collect();
+    let mut held =
+        KeepAlive::hold(lab.client(), lab.vip_addr(80), 3).unwrap_or_else(|e| panic!("{e}"));
+    held.sort_by(|a, b| a.1.cmp(&b.1));
+    let names: Vec<&str> = held.iter().map(|(_, w)| w.as_str()).collect();
     assert_eq!(names, ["rs1", "rs2", "rs3"], "rr over 3 held connections");
     let before = tally(&curls(&lab, 6));
     assert_eq!(
@@ -95,7 +90,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     // Traffic to the others goes on: held connections and new ones. rr still schedules every
     // third new connection to rs3, which is out: exactly those fail.
     let drops = counter(&d, "drop_no_neigh");
-    for (who, k) in held.iter_mut().take(2) {
+    for (k, who) in held.iter_mut().take(2) {
         assert_eq!(
             k.request()
                 .map(|b| b.trim().to_string())
@@ -133,7 +128,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     d.wait_real_server("192.0.2.13", "stayed out after a restart", |r| {
         r["state"] == "unresolved"
     });
-    for (who, k) in held.iter_mut().take(2) {
+    for (k, who) in held.iter_mut().take(2) {
         assert_eq!(
             k.request()
                 .map(|b| b.trim().to_string())
@@ -157,7 +152,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
         "all up again: {}",
         d.log()
     );
-    for (who, k) in held.iter_mut().take(2) {
+    for (k, who) in held.iter_mut().take(2) {
         assert_eq!(
             k.request().ok().map(|b| b.trim().to_string()),
             Some(who.clone())

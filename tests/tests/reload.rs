@@ -56,16 +56,8 @@ fn twenty_nat_connections_keep_their_servers_through_reloads_that_add_change_and
     std::fs::write(&cfg, config("wrr", &[(1, 2), (2, 1)], None)).unwrap();
     let d = Daemon::start(lab.director(), &lab.director_ifaces(), Some(&cfg));
 
-    let mut conns: Vec<(KeepAlive, String)> = (0..20)
-        .map(|i| {
-            let mut c = KeepAlive::connect(lab.client(), lab.vip_addr(80))
-                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
-            let body = c
-                .request()
-                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
-            (c, body.trim().to_string())
-        })
-        .collect();
+    let mut conns = KeepAlive::hold(lab.client(), lab.vip_addr(80), 20)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let mut spread = BTreeMap::new();
     for (_, b) in &conns {
         *spread.entry(b.clone()).or_insert(0) += 1;

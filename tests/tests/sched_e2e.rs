@@ -64,13 +64,7 @@ fn wait_for<T>(secs: u64, mut f: impl FnMut() -> T, ok: impl Fn(&T) -> bool) -> 
 
 /// Holds `n` keep-alive connections; each answered once (so established on its server).
 fn hold(lab: &DrLab, n: usize) -> Vec<(KeepAlive, String)> {
-    (0..n)
-        .map(|_| {
-            let mut k = KeepAlive::connect(lab.client(), lab.vip_addr(80)).expect("connect");
-            let who = k.request().expect("request").trim().to_string();
-            (k, who)
-        })
-        .collect()
+    KeepAlive::hold(lab.client(), lab.vip_addr(80), n).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
