@@ -1471,6 +1471,13 @@ mod tests {
     const TUN_RS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
     const M: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const N: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    /// The MACs both generator tests run with.
+    const MACS: Macs = Macs {
+        ext: M,
+        int: N,
+        client: N,
+        server: M,
+    };
 
     fn world() -> World {
         World {
@@ -1752,14 +1759,8 @@ mod tests {
     #[test]
     fn generator_is_reproducible_and_mutations_keep_frames_sane() {
         let w = world();
-        let macs = Macs {
-            ext: M,
-            int: N,
-            client: N,
-            server: M,
-        };
-        let mut a = Gen::new(7, w.clone(), macs, vec![CLIENT]);
-        let mut b = Gen::new(7, w, macs, vec![CLIENT]);
+        let mut a = Gen::new(7, w.clone(), MACS, vec![CLIENT]);
+        let mut b = Gen::new(7, w, MACS, vec![CLIENT]);
         for _ in 0..2000 {
             let (x, y) = (a.next_case(), b.next_case());
             assert_eq!(x.frame, y.frame);
@@ -1772,16 +1773,10 @@ mod tests {
         // as "output", under every verdict: the checker must judge, never panic (overflow
         // checks are on in this build).
         let w = world();
-        let macs = Macs {
-            ext: M,
-            int: N,
-            client: N,
-            server: M,
-        };
         let mut g = Gen::new(
             0x5eed,
             w.clone(),
-            macs,
+            MACS,
             vec![CLIENT, Ipv4Addr::new(127, 0, 0, 1)],
         );
         let mut other = fastrand::Rng::with_seed(1);
