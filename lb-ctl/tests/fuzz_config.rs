@@ -2,6 +2,8 @@
 //! configuration or an error located as `file:line:col`, never a panic. No root needed: it
 //! runs with the unit tests. `LB_FUZZ_SEED` replays a run, `LB_FUZZ_CONFIGS` sets the count.
 
+mod common;
+
 use std::{collections::BTreeMap, panic::AssertUnwindSafe, path::Path};
 
 use lb_ctl::{
@@ -97,18 +99,6 @@ const INSERTS: &[&str] = &[
     "address = \"192.0.2.1\"\n",
     "port = 80\n",
 ];
-
-fn seed() -> u64 {
-    match std::env::var("LB_FUZZ_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            s.strip_prefix("0x")
-                .map_or_else(|| s.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
-                .unwrap_or_else(|| panic!("LB_FUZZ_SEED={s:?} is not a number"))
-        }
-        Err(_) => fastrand::u64(..),
-    }
-}
 
 /// A char boundary of `s` at or before `i`.
 fn boundary(s: &str, mut i: usize) -> usize {
@@ -277,7 +267,7 @@ fn check_error(text: &str, e: &config::ConfigError) -> Result<(), String> {
 
 #[test]
 fn mutated_example_configs_parse_or_fail_with_a_location() {
-    let seed = seed();
+    let seed = common::fuzz_seed();
     let count = std::env::var("LB_FUZZ_CONFIGS")
         .ok()
         .and_then(|s| s.trim().parse().ok())

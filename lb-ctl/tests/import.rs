@@ -2,6 +2,8 @@
 //! the documentation ranges), malformed files, includes, every checker keyword, and the
 //! command line. No root needed.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -1300,15 +1302,7 @@ fn the_import_command() {
 /// that parses. `LB_FUZZ_SEED` replays a run.
 #[test]
 fn mutated_keepalived_files_never_panic_and_errors_have_lines() {
-    let seed = match std::env::var("LB_FUZZ_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            s.strip_prefix("0x")
-                .map_or_else(|| s.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
-                .unwrap_or_else(|| panic!("LB_FUZZ_SEED={s:?} is not a number"))
-        }
-        Err(_) => fastrand::u64(..),
-    };
+    let seed = common::fuzz_seed();
     eprintln!("import fuzz: seed {seed:#x} (LB_FUZZ_SEED={seed:#x} replays)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let seeds: Vec<String> = [
