@@ -34,6 +34,21 @@ fn tally(results: &[Result<String, String>]) -> BTreeMap<String, usize> {
     t
 }
 
+/// Each connection of `held` answers from the real server it had; `when` and the daemon's
+/// log go into the failure message.
+fn assert_held_answer(held: &mut [(KeepAlive, String)], when: &str, d: &Daemon) {
+    for (k, who) in held.iter_mut() {
+        assert_eq!(
+            k.request()
+                .map(|b| b.trim().to_string())
+                .map_err(|e| e.to_string()),
+            Ok(who.clone()),
+            "the held connection to {who} {when}\n{}",
+            d.log()
+        );
+    }
+}
+
 #[test]
 fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_returns() {
     let lab = DrLab::new(3);
@@ -90,16 +105,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     // Traffic to the others goes on: held connections and new ones. rr still schedules every
     // third new connection to rs3, which is out: exactly those fail.
     let drops = counter(&d, "drop_no_neigh");
-    for (k, who) in held.iter_mut().take(2) {
-        assert_eq!(
-            k.request()
-                .map(|b| b.trim().to_string())
-                .map_err(|e| e.to_string()),
-            Ok(who.clone()),
-            "the held connection to {who} while rs3 is out\n{}",
-            d.log()
-        );
-    }
+    assert_held_answer(&mut held[..2], "while rs3 is out", &d);
     let during = curls(&lab, 6);
     assert_eq!(
         tally(&during),
@@ -128,16 +134,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
     d.wait_real_server("192.0.2.13", "stayed out after a restart", |r| {
         r["state"] == "unresolved"
     });
-    for (k, who) in held.iter_mut().take(2) {
-        assert_eq!(
-            k.request()
-                .map(|b| b.trim().to_string())
-                .map_err(|e| e.to_string()),
-            Ok(who.clone()),
-            "the held connection to {who} after the restart\n{}",
-            d.log()
-        );
-    }
+    assert_held_answer(&mut held[..2], "after the restart", &d);
 
     // The route returns: rs3 is resolved again by itself, and takes traffic again.
     lab.director()
@@ -152,12 +149,7 @@ fn a_route_removed_to_one_dr_real_server_takes_out_only_that_one_until_it_return
         "all up again: {}",
         d.log()
     );
-    for (k, who) in held.iter_mut().take(2) {
-        assert_eq!(
-            k.request().ok().map(|b| b.trim().to_string()),
-            Some(who.clone())
-        );
-    }
+    assert_held_answer(&mut held[..2], "after rs3 came back", &d);
     // Reported once by each daemon, and once when it came back.
     let log = d.log();
     assert_eq!(reports(&log), 2, "one report per change and daemon:\n{log}");
