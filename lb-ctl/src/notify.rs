@@ -225,18 +225,14 @@ pub fn subject(router_id: &str, event: &Event) -> String {
 /// keepalived's "quorum+hysteresis=threshold <= weight" figures, which `Event` does not carry.
 pub fn body(event: &Event) -> String {
     match event {
-        Event::RealServer {
-            up: true, reason, ..
-        } if reason.is_empty() => "=> CHECK succeed on service <=".to_owned(),
-        Event::RealServer {
-            up: true, reason, ..
-        } => format!("=> CHECK succeed on service : {reason} <="),
-        Event::RealServer {
-            up: false, reason, ..
-        } if reason.is_empty() => "=> CHECK failed on service <=".to_owned(),
-        Event::RealServer {
-            up: false, reason, ..
-        } => format!("=> CHECK failed on service : {reason} <="),
+        Event::RealServer { up, reason, .. } => {
+            let outcome = if *up { "succeed" } else { "failed" };
+            if reason.is_empty() {
+                format!("=> CHECK {outcome} on service <=")
+            } else {
+                format!("=> CHECK {outcome} on service : {reason} <=")
+            }
+        }
         Event::Quorum { up: true, .. } => "=> Gained quorum <=".to_owned(),
         Event::Quorum { up: false, .. } => "=> Lost quorum <=".to_owned(),
     }
@@ -751,6 +747,24 @@ mod tests {
             "[r1] Realserver [2001:db8::21]:udp:53 of virtual server [2001:db8::10]:udp:53 - UP"
         );
         assert_eq!(body(&up), "=> CHECK succeed on service <=");
+        // The other two: a failure without a reason, a success with one.
+        let bare_down = Event::RealServer {
+            service: String::new(),
+            real_server: String::new(),
+            up: false,
+            reason: String::new(),
+        };
+        assert_eq!(body(&bare_down), "=> CHECK failed on service <=");
+        let up_why = Event::RealServer {
+            service: String::new(),
+            real_server: String::new(),
+            up: true,
+            reason: "HTTP status 200".into(),
+        };
+        assert_eq!(
+            body(&up_why),
+            "=> CHECK succeed on service : HTTP status 200 <="
+        );
         let q = Event::Quorum {
             service: "TCP 203.0.113.5:443".into(),
             up: false,
