@@ -695,14 +695,19 @@ mod tests {
         assert_eq!(h.status()["real_servers"][0]["down_reason"], "timeout");
     }
 
-    #[test]
-    fn sorry_server_takes_over_when_quorum_is_lost() {
-        let sorry = SorrySpec {
+    /// The tests' sorry server, 192.0.2.200:80 by DR; `inhibit`: `sorry_server_inhibit`.
+    fn sorry_server(inhibit: bool) -> SorrySpec {
+        SorrySpec {
             addr: Ipv4Addr::new(192, 0, 2, 200).into(),
             port: 80,
             forward: Forward::Dr,
-            inhibit: false,
-        };
+            inhibit,
+        }
+    }
+
+    #[test]
+    fn sorry_server_takes_over_when_quorum_is_lost() {
+        let sorry = sorry_server(false);
         // quorum 2: one server down leaves weight 1 < 2.
         let (mut h, model, mut rec, ids) = setup(&[1, 1], false, Some(sorry), 2, 0);
         assert_eq!(dests(&h.effective(&model)).len(), 2);
@@ -741,12 +746,7 @@ mod tests {
 
     #[test]
     fn sorry_server_inhibit_and_hysteresis() {
-        let sorry = SorrySpec {
-            addr: Ipv4Addr::new(192, 0, 2, 200).into(),
-            port: 80,
-            forward: Forward::Dr,
-            inhibit: true,
-        };
+        let sorry = sorry_server(true);
         // quorum 2, hysteresis 1: lost below 1 (all down), regained at 3.
         let (mut h, model, mut rec, ids) = setup(&[1, 1, 1], false, Some(sorry), 2, 1);
         let m = h.effective(&model);
@@ -793,12 +793,7 @@ mod tests {
 
     #[test]
     fn an_edit_that_lowers_the_live_weight_loses_the_quorum() {
-        let sorry = SorrySpec {
-            addr: Ipv4Addr::new(192, 0, 2, 200).into(),
-            port: 80,
-            forward: Forward::Dr,
-            inhibit: false,
-        };
+        let sorry = sorry_server(false);
         let (mut h, mut model, mut rec, _) = setup(&[1, 1], false, Some(sorry), 2, 0);
         // ipvsadm -e -w 0 on rs2: live weight 1 < quorum 2.
         model.services.get_mut(&VS).unwrap().dests[1].weight = 0;
