@@ -12,7 +12,7 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkFlags},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
 };
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -26,14 +26,22 @@ pub fn netlink() -> anyhow::Result<rtnetlink::Handle> {
     Ok(handle)
 }
 
-/// An interface's index and MAC.
-pub async fn link(h: &rtnetlink::Handle, name: &str) -> anyhow::Result<(u32, [u8; 6])> {
-    let msg = h
-        .link()
+/// The kernel's description of interface `name`; `Ok(None)`: there is none.
+async fn link_message(
+    h: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    h.link()
         .get()
         .match_name(name.to_string())
         .execute()
         .try_next()
+        .await
+}
+
+/// An interface's index and MAC.
+pub async fn link(h: &rtnetlink::Handle, name: &str) -> anyhow::Result<(u32, [u8; 6])> {
+    let msg = link_message(h, name)
         .await
         .with_context(|| format!("interface {name}"))?
         .with_context(|| format!("no interface {name}"))?;
@@ -51,14 +59,7 @@ pub async fn link(h: &rtnetlink::Handle, name: &str) -> anyhow::Result<(u32, [u8
 /// Whether the interface is up and has carrier (`UP` and `RUNNING`); a missing interface is
 /// down.
 pub async fn link_up(h: &rtnetlink::Handle, name: &str) -> bool {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
+    match link_message(h, name).await {
         Ok(Some(m)) => {
             m.header.flags.contains(LinkFlags::Up) && m.header.flags.contains(LinkFlags::Running)
         }
