@@ -397,6 +397,9 @@ pub mod conn_flags {
     /// On a `REPLY` entry: the request entry has been told output was seen (so plain ACKs
     /// from the real server need not look it up again).
     pub const OUTPUT_SEEN: u8 = 1 << 2;
+    /// A filler entry of the daemon's (`filler`), not a connection: no packet can match its
+    /// key, and every reader skips it.
+    pub const FILLER: u8 = 1 << 7;
 }
 
 /// The IPVS TCP connection states, their default timeouts and the transition tables of
@@ -998,6 +1001,113 @@ pub struct Conn {
     /// `Settings::clock_ns` when the last packet was seen. (A 32-bit coarse clock would not
     /// make the entry smaller: the kernel rounds a value up to 8 bytes.)
     pub last_seen_ns: u64,
+}
+
+/// Filler entries: a few never-matching entries the daemon keeps in a large, nearly empty hash
+/// table that it reads in batches (`CONNS`, `PERSIST`). `BPF_MAP_LOOKUP_BATCH` goes through
+/// empty buckets without stopping until it has an entry to return, so one read of a table
+/// holding a single entry walks most of its bucket array in one system call (31 ms at 16M
+/// buckets here). Entries hashed to random buckets bound the gaps between non-empty buckets:
+/// with m of them in n buckets the longest gap is about (n/m)·ln m buckets, so one per
+/// `SPACING` buckets keeps any read to a few tens of thousands of buckets (tens of µs).
+///
+/// Why no packet can match one: every key the data path looks up or inserts is built by
+/// `FlowKey::of` (or `new`, `nat_reply`, the ICMP error's inner key, the embryo's copy, the
+/// sync installer's), all with `_pad0 = _pad1 = 0` and the protocol of a parsed TCP or UDP
+/// header; a filler's key has `_pad1 = MARK` and protocol 0, and the kernel compares whole
+/// keys. A filler template has service id 0, which no service has (ids start at 1).
+pub mod filler {
+    use super::{Addr, Conn, FlowKey, PersistKey, PersistVal, conn_flags};
+
+    /// One filler per this many hash buckets.
+    pub const SPACING: u32 = 4096;
+    /// Tables with fewer buckets get none: a read through all of 2^18 empty buckets costs
+    /// about 0.35 ms here.
+    pub const MIN_BUCKETS: u32 = 1 << 18;
+    /// In a filler connection key's `_pad1`, which every real key has 0.
+    pub const MARK: u16 = 0xf11e;
+
+    /// How many fillers a hash table of `max_entries` keeps (the kernel gives it that many
+    /// buckets, rounded up to a power of two).
+    pub const fn count(max_entries: u32) -> u32 {
+        let buckets = max_entries.next_power_of_two();
+        if buckets < MIN_BUCKETS {
+            0
+        } else {
+            buckets / SPACING
+        }
+    }
+
+    /// The address a filler's key carries: all ones, then its index. Not what keeps packets
+    /// off it (`MARK` and protocol 0 do, service id 0 for templates), but it keeps a filler
+    /// apart from any key a listing or a test builds.
+    const fn addr(i: u32) -> Addr {
+        Addr {
+            w: [u32::MAX, i, 0, 0],
+        }
+    }
+
+    /// The `i`th filler of the connection table.
+    pub const fn conn_key(i: u32) -> FlowKey {
+        FlowKey {
+            saddr: addr(i),
+            daddr: Addr { w: [0; 4] },
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad0: 0,
+            _pad1: MARK,
+        }
+    }
+
+    /// What every connection filler holds: no backend (id 0 is reserved), never seen.
+    pub const CONN: Conn = Conn {
+        backend: 0,
+        state: 0,
+        flags: conn_flags::FILLER,
+        _pad: 0,
+        last_seen_ns: 0,
+    };
+
+    /// The index of the connection filler `k`, if it is one.
+    pub const fn conn_index(k: &FlowKey) -> Option<u32> {
+        if k._pad1 == MARK && k.proto == 0 && k.saddr.w[0] == u32::MAX {
+            Some(k.saddr.w[1])
+        } else {
+            None
+        }
+    }
+
+    pub const fn is_conn(k: &FlowKey) -> bool {
+        conn_index(k).is_some()
+    }
+
+    /// The `i`th filler of the template table.
+    pub const fn persist_key(i: u32) -> PersistKey {
+        PersistKey {
+            svc_id: 0,
+            client: addr(i),
+        }
+    }
+
+    pub const PERSIST: PersistVal = PersistVal {
+        backend: 0,
+        _pad: MARK as u32,
+        last_seen_ns: 0,
+    };
+
+    /// The index of the template filler `k`, if it is one.
+    pub const fn persist_index(k: &PersistKey) -> Option<u32> {
+        if k.svc_id == 0 && k.client.w[0] == u32::MAX {
+            Some(k.client.w[1])
+        } else {
+            None
+        }
+    }
+
+    pub const fn is_persist(k: &PersistKey) -> bool {
+        persist_index(k).is_some()
+    }
 }
 
 /// One slot of the embryonic-connection table (`maps::EMBRYO`): a connection key, its value

@@ -165,6 +165,15 @@ fn sweep_status(
         "p999_call_us": r.p999_call.as_micros() as u64,
         "longest_call_wall_us": r.longest_call_wall.as_micros() as u64,
         "longest_run_us": r.longest_run.as_micros() as u64,
+        // Never-matching entries that keep batch reads of a sparse table short (see
+        // `lb_common::filler`): found by the last pass / kept per table, put back by it.
+        "fillers": {
+            "conns": r.fillers,
+            "conns_kept": r.fillers_expected,
+            "templates": r.template_fillers,
+            "templates_kept": r.template_fillers_expected,
+            "added": r.fillers_added,
+        },
         "passes": t.passes,
         "in_pass": t.in_pass,
         "walked_this_pass": t.walked,

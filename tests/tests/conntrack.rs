@@ -509,6 +509,13 @@ mod daemon_sweep {
             total, made,
             "ActiveConn + InActConn over both real servers:\n{ln}"
         );
+        // The daemon's fillers (`lb_common::filler`, one per 4,096 buckets of its 1M table)
+        // are all there, and none was counted above.
+        let fillers = &d.status()["sweep"]["fillers"];
+        assert!(
+            fillers["conns_kept"].as_u64() > Some(0) && fillers["conns"] == fillers["conns_kept"],
+            "the sweep's fillers in `lb-ctl status`: {fillers}"
+        );
     }
 }
 

@@ -375,6 +375,9 @@ impl Dataplane {
         if adopted {
             dp.adopt()
                 .context("reading the table back from the pinned maps")?;
+        } else {
+            // An adopted table has them already (or gets them from the first sweep pass).
+            dp.put_fillers().context("filling the empty tables")?;
         }
         Ok(dp)
     }

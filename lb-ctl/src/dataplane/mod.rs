@@ -14,6 +14,7 @@
 //! `runtime` (clock, sweep, timeouts, settings); `stats` (listings, connections, counters).
 
 mod batch;
+mod filler;
 mod hashtable;
 mod load;
 mod plan;
@@ -31,7 +32,9 @@ pub use runtime::{
     SweepThread,
 };
 pub use stats::ConnCounts;
-pub use sweep::{CALL_TARGET, Chunker, MAX_SWEEP_CHUNK, Pace, SWEEP_CHUNK, SweepReport, Sweeper};
+pub use sweep::{
+    CALL_TARGET, Chunker, MAX_SWEEP_CHUNK, Pace, SWEEP_CHUNK, SlowCall, SweepReport, Sweeper,
+};
 pub use syncdp::{InstallReport, SyncEvents, SyncInstaller};
 
 use batch::*;

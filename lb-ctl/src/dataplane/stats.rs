@@ -248,8 +248,13 @@ impl Dataplane {
         // Embryonic connections (SYN_RECV, `LB_EMBRYO`) are listed with the others: the
         // intact slots, but not those idle past their timeout, which the data path treats as
         // empty already.
-        let mut entries: Vec<(FlowKey, Conn)> =
-            self.maps.conns.iter().filter_map(Result::ok).collect();
+        let mut entries: Vec<(FlowKey, Conn)> = self
+            .maps
+            .conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| !lb_common::filler::is_conn(k))
+            .collect();
         entries.extend(self.embryos().into_iter().filter(|(k, c)| {
             c.flags & lb_common::conn_flags::REPLY != 0
                 || now.saturating_sub(c.last_seen_ns)
@@ -287,6 +292,9 @@ impl Dataplane {
         // Persistence templates, as IPVS lists them: protocol "IP", client network and port 0.
         for item in self.maps.persist.iter() {
             let Ok((k, t)) = item else { continue };
+            if lb_common::filler::is_persist(&k) {
+                continue;
+            }
             let (Some(b), Some(svc)) = (
                 self.state.backends.get(&t.backend),
                 self.state.services.values().find(|s| s.id == k.svc_id),

@@ -13,10 +13,11 @@
 //!
 //! What no size can bound: a batch read goes through empty hash buckets without stopping until
 //! it has an entry to return (under `rcu_read_lock` only, interrupts and softirqs on), so a
-//! read of a nearly empty table goes through most of its bucket array in one call (~1 ns a
-//! bucket here: 1 ms at 1M buckets, 18 ms at 16M). `get_next_key` and the map iterator walk
-//! empty buckets the same way. The embryonic table, nearly empty most of the time, is where
-//! this shows (see the scale bench).
+//! read of a nearly empty table goes through most of its bucket array in one call (~1–2 ns a
+//! bucket here: 1.3 ms at 1M buckets, 31 ms at 16M). `get_next_key` and the map iterator walk
+//! empty buckets the same way. So the large hash tables keep filler entries (`filler`), one
+//! per 4,096 buckets at random places, that no packet can match: the pass skips them (no
+//! count, no expiry) and puts missing ones back while the table is sparse.
 //!
 //! A `Sweeper` holds its own handles on the pinned maps and its own descriptor of `lb_sweep`,
 //! so the daemon runs it on a thread of its own (`runtime::SweepThread`), apart from the loop
@@ -69,6 +70,11 @@ pub const MAX_SWEEP_CHUNK: u32 = 4096;
 /// few enough calls that their fixed cost (entry, `copy_to_user`, a context switch back) stays
 /// small beside the entries' own.
 pub const CALL_TARGET: Duration = Duration::from_micros(250);
+/// Keys the first `lb_sweep` run of a sweeper takes, before their cost is known: expiring one
+/// touches its bucket, its element and its LRU neighbours, a few µs each in a 16M table here
+/// (1.9 GiB of entries: a TLB and cache miss per touch), so 256 keys took up to 2.5 ms there
+/// and about 0.3 ms at 1M. The size doubles run by run to what the cost allows.
+const FIRST_KEYS: u32 = 32;
 /// Backends per `PUBLISH` run (about 20 ns each in the kernel: 8,192 stay near 0.16 ms).
 const PUBLISH_CHUNK: u32 = 8192;
 /// Array elements per batch read or write at first (the kernel copies array elements one by
@@ -172,18 +178,21 @@ impl Default for Chunks {
             templates: table(),
             arrays: Chunker::new(ARRAY_CHUNK, 64, MAX_ARRAY_CHUNK),
             writes: Chunker::new(ARRAY_CHUNK, 64, MAX_ARRAY_CHUNK),
-            keys: Chunker::new(size::SWEEP_KEYS, 16, size::SWEEP_KEYS),
+            keys: Chunker::new(FIRST_KEYS, 16, size::SWEEP_KEYS),
         }
     }
 }
 
 /// Interrupts and softirqs handled so far by one CPU: the sum of its column in
-/// `/proc/interrupts` and `/proc/softirqs`. Read before and after a call (outside its timing)
-/// when a pass attributes its outliers: a call during which the count moved had an interrupt
-/// or softirq land in it, whose time this kernel charges to the call's thread.
-fn irqs_of(cpu: usize, buf: &mut String) -> u64 {
+/// `/proc/interrupts` and `/proc/softirqs`, and of those its local timer interrupts (`LOC`).
+/// Read before and after a call (outside its timing) when a pass attributes its outliers: a
+/// call during which the count moved had an interrupt or softirq land in it, whose time this
+/// kernel charges to the call's thread. The timer ticks every 1/HZ while a CPU runs a task, so
+/// a long call with far fewer ticks than its CPU time spans was not running guest code for
+/// most of it (its virtual CPU stalled in the host, which the guest cannot see).
+fn irqs_of(cpu: usize, buf: &mut String) -> (u64, u64) {
     use std::io::Read;
-    let mut total = 0u64;
+    let (mut total, mut ticks) = (0u64, 0u64);
     for path in ["/proc/interrupts", "/proc/softirqs"] {
         buf.clear();
         let Ok(mut f) = std::fs::File::open(path) else {
@@ -204,11 +213,15 @@ fn irqs_of(cpu: usize, buf: &mut String) -> u64 {
                 .map_while(|w| w.parse().ok())
                 .collect();
             if counts.len() == cpus {
-                total += counts.get(cpu).copied().unwrap_or(0);
+                let n = counts.get(cpu).copied().unwrap_or(0);
+                total += n;
+                if l.trim_start().starts_with("LOC:") {
+                    ticks = n;
+                }
             }
         }
     }
-    total
+    (total, ticks)
 }
 
 fn current_cpu() -> i32 {
@@ -226,7 +239,15 @@ pub struct SweepReport {
     pub embryonic_expired: usize,
     pub templates: usize,
     pub templates_expired: usize,
-    /// System calls the pass made (batch reads and writes, `lb_sweep` runs).
+    /// Filler entries (`lb_common::filler`) the pass found in the connection and template
+    /// tables (never counted in `entries` or `templates`, never expired), how many each table
+    /// should hold, and how many the pass put back.
+    pub fillers: usize,
+    pub template_fillers: usize,
+    pub fillers_expected: usize,
+    pub template_fillers_expected: usize,
+    pub fillers_added: usize,
+    /// System calls the pass made (batch reads and writes, `lb_sweep` runs, filler inserts).
     pub calls: usize,
     /// `lb_sweep` runs among them.
     pub runs: usize,
@@ -279,14 +300,55 @@ pub struct SweepReport {
     pub noisy_calls: usize,
     pub longest_quiet_call: Duration,
     pub longest_noisy_call: Duration,
-    /// What the longest quiet call was ("read", "write", "run"), and how many interrupts and
+    /// What the longest quiet call was ("read", "write", "run", "fill"), and how many interrupts and
     /// softirqs landed in the longest noisy one.
     pub longest_quiet_kind: &'static str,
     pub longest_noisy_irqs: u64,
+    /// Calls during which the CPU's steal time (`/proc/stat`, in 10 ms ticks of the time the
+    /// hypervisor ran something else on it) moved: counted as noisy too.
+    pub stolen_calls: usize,
+    /// Every call that took 1 ms or more, with what landed in it.
+    pub slow_calls: Vec<SlowCall>,
     /// This thread's CPU time spent reading `/proc` for that, left out of `cpu` and of the
     /// pace's CPU share.
     pub probe_cpu: Duration,
     probe: String,
+}
+
+/// A call of a pass that took 1 ms or more of CPU time (only when the pass attributes its
+/// outliers), with what landed on its CPU while it ran.
+#[derive(Clone, Debug, Default)]
+pub struct SlowCall {
+    pub kind: &'static str,
+    pub took: Duration,
+    pub wall: Duration,
+    /// Interrupts and softirqs on its CPU, of which local timer ticks (one every 1/HZ while
+    /// the CPU runs: 4 ms here), and steal ticks (10 ms each) of that CPU.
+    pub irqs: u64,
+    pub timer_ticks: u64,
+    pub steal_ticks: u64,
+    /// Whether the thread changed CPU (then the counts are of two CPUs and mean little).
+    pub moved: bool,
+}
+
+/// The steal time of one CPU so far, in `USER_HZ` ticks (`/proc/stat`, the eighth figure of
+/// its `cpuN` line): time its virtual CPU was not running on the host. The kernel keeps it in
+/// ns and prints it rounded down, so a difference of one tick is about 10 ms, more or less.
+fn steal_of(cpu: usize, buf: &mut String) -> u64 {
+    use std::io::Read;
+    buf.clear();
+    let Ok(mut f) = std::fs::File::open("/proc/stat") else {
+        return 0;
+    };
+    if f.read_to_string(buf).is_err() {
+        return 0;
+    }
+    let name = format!("cpu{cpu}");
+    buf.lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0)
 }
 
 impl SweepReport {
@@ -294,9 +356,11 @@ impl SweepReport {
         // Counted outside the timed region: reading them costs more than many calls.
         let p0 = self.attributed.then(thread_cpu);
         let before = self.attributed.then(|| {
+            let cpu = current_cpu();
             (
-                current_cpu(),
-                irqs_of(current_cpu() as usize, &mut self.probe),
+                cpu,
+                irqs_of(cpu as usize, &mut self.probe),
+                steal_of(cpu as usize, &mut self.probe),
             )
         });
         if let Some(p0) = p0 {
@@ -306,11 +370,27 @@ impl SweepReport {
         let r = f();
         let took = thread_cpu().saturating_sub(cpu);
         let wall = t.elapsed();
-        if let Some((cpu0, n0)) = before {
+        if let Some((cpu0, n0, s0)) = before {
             let p1 = thread_cpu();
             let cpu1 = current_cpu();
-            let n1 = irqs_of(cpu1 as usize, &mut self.probe);
-            if cpu1 != cpu0 || n1 != n0 {
+            let (n1, t1) = irqs_of(cpu1 as usize, &mut self.probe);
+            let (n0, t0) = n0;
+            let s1 = steal_of(cpu1 as usize, &mut self.probe);
+            if s1 != s0 {
+                self.stolen_calls += 1;
+            }
+            if took >= Duration::from_millis(1) {
+                self.slow_calls.push(SlowCall {
+                    kind,
+                    took,
+                    wall,
+                    irqs: n1.wrapping_sub(n0),
+                    timer_ticks: t1.wrapping_sub(t0),
+                    steal_ticks: s1.wrapping_sub(s0),
+                    moved: cpu1 != cpu0,
+                });
+            }
+            if cpu1 != cpu0 || n1 != n0 || s1 != s0 {
                 self.noisy_calls += 1;
                 if took > self.longest_noisy_call {
                     self.longest_noisy_call = took;
@@ -500,6 +580,9 @@ struct Pass<'a> {
     /// The highest backend id a connection or template named (the next pass's bound, if it
     /// lies beyond this one's).
     top: u32,
+    /// The fillers seen in the connection and template tables.
+    conn_fillers: filler::Presence,
+    persist_fillers: filler::Presence,
 }
 
 impl Pass<'_> {
@@ -628,6 +711,11 @@ impl Pass<'_> {
             rep.conn_batches += 1;
             self.paced(keys.len(), rep)?;
             for (k, c) in keys.iter().zip(values) {
+                if let Some(i) = lb_common::filler::conn_index(k) {
+                    // Not a connection: no count, no expiry (its last activity is 0).
+                    self.conn_fillers.note(i);
+                    continue;
+                }
                 entries += 1;
                 let idle = self.view.now.saturating_sub(c.last_seen_ns);
                 let doubtful = if c.flags & conn_flags::REPLY != 0 {
@@ -722,6 +810,10 @@ impl Pass<'_> {
             |keys, values, rep| {
                 self.paced(keys.len(), rep)?;
                 for (k, v) in keys.iter().zip(values) {
+                    if let Some(i) = lb_common::filler::persist_index(k) {
+                        self.persist_fillers.note(i);
+                        continue;
+                    }
                     let live = self.live.contains(&(*k, v.backend));
                     let timeout = self
                         .view
@@ -761,6 +853,28 @@ impl Pass<'_> {
         self.chunks.templates = chunk;
         Ok((kept, expired))
     }
+}
+
+/// Puts the fillers `seen` lacks back into `map`, if its `live` entries leave room for them
+/// without evicting any (`filler::may_add`); each insert is a call of its own (an LRU hash
+/// update: a few µs). Returns how many went in.
+fn top_up<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    seen: &filler::Presence,
+    live: usize,
+    key: fn(u32) -> K,
+    value: &V,
+    rep: &mut SweepReport,
+) -> anyhow::Result<usize> {
+    if seen.count >= seen.expected() || !filler::may_add(map, live)? {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for i in seen.missing() {
+        let (r, _) = rep.timed("fill", || filler::insert(map, &key(i), value));
+        n += r? as usize;
+    }
+    Ok(n)
 }
 
 /// `BPF_PROG_TEST_RUN` of the sweep program on `frame`, once: its verdict and the time the
@@ -1068,10 +1182,34 @@ impl Sweeper {
             walked: 0,
             chunks,
             top: 0,
+            conn_fillers: filler::Presence::new(filler::expected(&self.conns)?),
+            persist_fillers: filler::Presence::new(filler::expected(&self.persist)?),
         };
         let (entries, expired) = pass.conns(&self.conns, false, &mut rep)?;
         let (embryonic, embryonic_expired) = pass.conns(&self.embryo, true, &mut rep)?;
         let (templates, templates_expired) = pass.templates(&self.persist, &mut rep)?;
+        // Fillers missing (evicted while the table was full, deleted by hand, or never put
+        // in: a table adopted from a daemon without them) go back while the table is sparse.
+        rep.fillers_added += top_up(
+            &self.conns,
+            &pass.conn_fillers,
+            entries.saturating_sub(expired),
+            lb_common::filler::conn_key,
+            &lb_common::filler::CONN,
+            &mut rep,
+        )?;
+        rep.fillers_added += top_up(
+            &self.persist,
+            &pass.persist_fillers,
+            templates,
+            lb_common::filler::persist_key,
+            &lb_common::filler::PERSIST,
+            &mut rep,
+        )?;
+        (rep.fillers, rep.fillers_expected) =
+            (pass.conn_fillers.count, pass.conn_fillers.expected());
+        (rep.template_fillers, rep.template_fillers_expected) =
+            (pass.persist_fillers.count, pass.persist_fillers.expected());
         write(
             &self.rs_tally,
             0,
@@ -1306,11 +1444,11 @@ mod tests {
         // CPU's counts nothing.
         for &cpu in &cpus {
             assert!(
-                irqs_of(cpu as usize, &mut buf) > 0,
+                irqs_of(cpu as usize, &mut buf).0 > 0,
                 "CPU {cpu}: nothing counted"
             );
         }
         let past = *cpus.iter().max().unwrap() as usize + 1;
-        assert_eq!(irqs_of(past, &mut buf), 0, "CPU {past} does not exist");
+        assert_eq!(irqs_of(past, &mut buf), (0, 0), "CPU {past} does not exist");
     }
 }

@@ -12,7 +12,8 @@
 //! pinned to one CPU and each call marked by whether an interrupt or softirq landed on that CPU
 //! while it ran (this kernel charges their time to the interrupted thread), and expiry's CPU
 //! per second at the daemon's pace: a full table with nothing expiring, every entry expiring,
-//! one entry alone (a read goes through every empty bucket) and 1% full. `LB_BENCH_CONN_SIZES`
+//! one entry alone (with the daemon's fillers, `lb_common::filler`, and without them, when a
+//! read goes through every empty bucket), one entry per 4,096 buckets, and 1% full. `LB_BENCH_CONN_SIZES`
 //! (in M, comma-separated, default `1,4,16`) picks the table sizes; `LB_BENCH_CONN_ONLY=1`
 //! measures the connection tables alone (no SYN flood, no control plane).
 //!
@@ -297,7 +298,12 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         fixed_cost_row(report, &dp);
     }
     let mut map = conns_map(pins.path());
-    let entries_now: Vec<(FlowKey, Conn)> = map.iter().map(Result::unwrap).collect();
+    // The daemon's fillers (`lb_common::filler`) aside: they are not connections.
+    let entries_now: Vec<(FlowKey, Conn)> = map
+        .iter()
+        .map(Result::unwrap)
+        .filter(|(k, _)| !lb_common::filler::is_conn(k))
+        .collect();
     assert_eq!(
         entries_now.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
         [flow_key(CLIENT, 40000)],
@@ -444,7 +450,15 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
 
     // Sparse: the table's buckets stay (as many as its size), most of them empty. A batch read
     // goes through empty buckets until it has entries to return, so with one entry alone one
-    // read goes through (on average) half the bucket array, however small the chunk asked.
+    // read goes through (on average) half the bucket array, however small the chunk asked,
+    // unless the table keeps its fillers (one per 4,096 buckets): the fill evicted them, and the
+    // pass that expired everything put them back (the daemon's sweep does the same).
+    let fillers = lb_common::filler::count(entries) as usize;
+    assert_eq!(
+        (sweep.fillers_added, sweep.fillers),
+        (fillers, 0),
+        "{l}: the pass that emptied the table should have put its fillers back: {sweep:?}"
+    );
     dp.set_timeouts(&lb_ctl::dataplane::StateTimeouts::default())
         .expect("timeouts");
     dp.tick_clock().expect("clock");
@@ -453,30 +467,53 @@ fn conn_table(report: &mut Report, ns: &Netns, entries: u32) {
         .expect("inserting a connection");
     let sweep = attributed(&dp, false);
     assert_eq!(
-        (sweep.entries, sweep.expired),
-        (1, 0),
-        "{l}: one connection: {sweep:?}"
+        (sweep.entries, sweep.expired, sweep.fillers),
+        (1, 0, fillers),
+        "{l}: one connection and the fillers: {sweep:?}"
     );
-    sweep_rows(report, &l, "one entry alone", &sweep);
+    sweep_rows(report, &l, "one entry alone, with fillers", &sweep);
+    // The same without them (as before they were kept), in the same run: deleted by hand, so
+    // this pass's reads go through the empty buckets; it puts them back at its end.
+    for i in 0..fillers as u32 {
+        map.remove(&lb_common::filler::conn_key(i))
+            .expect("deleting a filler");
+    }
+    let sweep = attributed(&dp, false);
+    assert_eq!(
+        (sweep.entries, sweep.fillers, sweep.fillers_added),
+        (1, 0, fillers),
+        "{l}: one connection, no fillers until the pass's end: {sweep:?}"
+    );
+    sweep_rows(
+        report,
+        &l,
+        "one entry alone, no fillers (as before)",
+        &sweep,
+    );
     // The same with one entry to every 4,096 buckets: what a few thousand entries spread by
     // the table's hash (a keep-alive set the sweep could hold) would bound a read to.
     let spread = entries / 4096;
     fill(pins.path(), spread, established);
     let sweep = attributed(&dp, false);
     assert!(
-        sweep.expired == 0 && sweep.entries >= spread as usize,
-        "{l}: {spread} connections (and the one before): {sweep:?}"
+        sweep.expired == 0 && sweep.entries >= spread as usize && sweep.fillers == fillers,
+        "{l}: {spread} connections (and the one before), the fillers: {sweep:?}"
     );
-    sweep_rows(report, &l, "one entry per 4,096 buckets", &sweep);
+    sweep_rows(
+        report,
+        &l,
+        "one entry per 4,096 buckets, with fillers",
+        &sweep,
+    );
     let sparse = entries / 100;
     fill(pins.path(), sparse, established);
     let sweep = attributed(&dp, true);
     assert!(
-        sweep.expired == 0 && sweep.entries >= sparse as usize,
-        "{l}: {sparse} connections (and the one before): {sweep:?}"
+        sweep.expired == 0 && sweep.entries >= sparse as usize && sweep.fillers == fillers,
+        "{l}: {sparse} connections (and the one before), the fillers: {sweep:?}"
     );
-    sweep_rows(report, &l, "1% full, nothing expires", &sweep);
-    paced_row(report, &l, "1% full, nothing expires", &sweep);
+    sweep_rows(report, &l, "1% full with fillers, nothing expires", &sweep);
+    paced_row(report, &l, "1% full with fillers, nothing expires", &sweep);
     drop((map, dp, pins));
 }
 
@@ -600,6 +637,7 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
                 s.longest_noisy_irqs
             ),
         );
+        slow_row(report, l, what, s);
     }
     report.scale(
         &format!(
@@ -610,11 +648,51 @@ fn sweep_rows(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::S
         "ms",
         &format!(
             "user + kernel time of the sweeping thread ({:.0} ms of it in user space); {:.0} ms \
-             wall; {} entries, {} expired",
+             wall; {} entries, {} expired; {} fillers found, {} put back",
             s.cpu_user.as_secs_f64() * 1e3,
             s.wall.as_secs_f64() * 1e3,
             s.entries,
-            s.expired
+            s.expired,
+            s.fillers,
+            s.fillers_added
+        ),
+    );
+}
+
+/// Every call of 1 ms or more of a pass, with what landed in it (a call's own work, or not).
+fn slow_row(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::SweepReport) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    // The twelve longest, longest first.
+    let mut calls = s.slow_calls.clone();
+    calls.sort_by_key(|c| std::cmp::Reverse(c.took));
+    let slow: Vec<String> = calls
+        .iter()
+        .take(12)
+        .map(|c| {
+            format!(
+                "{} {:.0} µs (wall {:.0}): {} irqs ({} timer ticks), {} steal ticks{}",
+                c.kind,
+                us(c.took),
+                us(c.wall),
+                c.irqs,
+                c.timer_ticks,
+                c.steal_ticks,
+                if c.moved { ", changed CPU" } else { "" }
+            )
+        })
+        .collect();
+    report.scale(
+        &format!("expiry {l}, {what}: calls of 1 ms or more"),
+        s.slow_calls.len() as f64,
+        "calls",
+        &format!(
+            "{} calls had steal time land in them; {}",
+            s.stolen_calls,
+            if slow.is_empty() {
+                "none".to_string()
+            } else {
+                slow.join("; ")
+            }
         ),
     );
 }
@@ -653,6 +731,9 @@ fn fixed_cost_row(report: &mut Report, dp: &Dataplane) {
 /// entries a second, at most `SWEEP_CPU_SHARE` of a CPU): pass `s`'s CPU over the time until
 /// the next pass may start (`SWEEP_PERIOD` at least).
 fn paced_row(report: &mut Report, l: &str, what: &str, s: &lb_ctl::dataplane::SweepReport) {
+    if s.attributed {
+        slow_row(report, l, &format!("{what}, paced"), s);
+    }
     use lb_ctl::dataplane::SWEEP_PERIOD;
     let period = s.wall.max(SWEEP_PERIOD);
     report.scale(

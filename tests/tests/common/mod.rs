@@ -34,6 +34,7 @@ pub struct Balancer {
     pins: lb_tests::PinDir,
     conns: u32,
     sched: u32,
+    persist: u32,
 }
 
 impl Balancer {
@@ -44,23 +45,35 @@ impl Balancer {
 
     /// [`open`](Self::open) with a scheduling table of `sched` entries.
     pub fn with_sched_table(label: &str, conns: u32, sched: u32) -> Self {
+        Self::with_tables(label, conns, sched, 4096)
+    }
+
+    /// [`with_sched_table`](Self::with_sched_table) with a template table of `persist`.
+    pub fn with_tables(label: &str, conns: u32, sched: u32, persist: u32) -> Self {
         let pins = lb_tests::PinDir::new(label);
-        let dp = Self::load(pins.path(), conns, sched).expect("loading the balancer (root, bpffs)");
+        let dp = Self::load(pins.path(), conns, sched, persist)
+            .expect("loading the balancer (root, bpffs)");
         Self {
             dp: Some(dp),
             pins,
             conns,
             sched,
+            persist,
         }
     }
 
-    fn load(pins: &std::path::Path, conns: u32, sched: u32) -> anyhow::Result<Dataplane> {
+    fn load(
+        pins: &std::path::Path,
+        conns: u32,
+        sched: u32,
+        persist: u32,
+    ) -> anyhow::Result<Dataplane> {
         Dataplane::open(Options {
             pin_dir: pins.to_path_buf(),
             conn_table_size: conns,
             sched_table_size: sched,
             mh_table_size: 251,
-            persist_table_size: 4096,
+            persist_table_size: persist,
             ..Options::default()
         })
     }
@@ -70,7 +83,9 @@ impl Balancer {
     pub fn reopen_keeping(&mut self) {
         let dp = self.dp.take().expect("open");
         dp.shutdown(true).expect("stopping, keeping the data path");
-        self.dp = Some(Self::load(self.pins.path(), self.conns, self.sched).expect("adopting"));
+        self.dp = Some(
+            Self::load(self.pins.path(), self.conns, self.sched, self.persist).expect("adopting"),
+        );
     }
 
     pub fn dp(&self) -> &Dataplane {
@@ -153,7 +168,12 @@ impl Fixture {
 
     /// A fixture whose connection table has `conns` entries (the embryonic table a quarter).
     pub fn with_table(model: Model, conns: u32) -> Self {
-        let bal = Balancer::open("fixture", conns);
+        Self::with_tables(model, conns, 4096)
+    }
+
+    /// A fixture whose connection table has `conns` entries and template table `persist`.
+    pub fn with_tables(model: Model, conns: u32, persist: u32) -> Self {
+        let bal = Balancer::with_tables("fixture", conns, 1 << 16, persist);
         // Every real server is "reached" through loopback, the interface BPF_PROG_TEST_RUN
         // reports as ingress, so a forwarded packet comes back as XDP_TX.
         let paths = (1..=8)
