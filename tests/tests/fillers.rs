@@ -222,16 +222,18 @@ fn fillers_are_kept_out_of_every_count_and_listing_and_put_back_while_sparse() {
             .expect("an established connection")
             .1
     };
-    for i in 0..dense {
-        // Clients in 198.18.0.0/15, the benchmarking range.
-        let k = FlowKey::new(
+    // Client `i`'s connection, from 198.18.0.0/15, the benchmarking range.
+    let bench_client = |i: u32| {
+        FlowKey::new(
             u32::from_ne_bytes(Ipv4Addr::from(0xc612_0000 | (i & 0x1_ffff)).octets()),
             u32::from_ne_bytes(VIP.octets()),
             (1024 + (i >> 17) as u16).to_be(),
             80u16.to_be(),
             lb_common::proto::TCP,
-        );
-        table.insert(k, est, 0).expect("filling");
+        )
+    };
+    for i in 0..dense {
+        table.insert(bench_client(i), est, 0).expect("filling");
     }
     for i in 0..10 {
         table
@@ -246,14 +248,7 @@ fn fillers_are_kept_out_of_every_count_and_listing_and_put_back_while_sparse() {
     assert_eq!(r.fillers_added, 0, "fillers added to a dense table: {r:?}");
     // Sparse again: they come back.
     for i in 0..dense {
-        let k = FlowKey::new(
-            u32::from_ne_bytes(Ipv4Addr::from(0xc612_0000 | (i & 0x1_ffff)).octets()),
-            u32::from_ne_bytes(VIP.octets()),
-            (1024 + (i >> 17) as u16).to_be(),
-            80u16.to_be(),
-            lb_common::proto::TCP,
-        );
-        table.remove(&k).expect("emptying");
+        table.remove(&bench_client(i)).expect("emptying");
     }
     let r = f.dp().sweep().expect("sweep");
     assert_eq!(
