@@ -1,6 +1,6 @@
 //! Batched map I/O (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`), which aya 0.14 does not wrap.
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use aya::maps::MapData;
 use lb_common::Stats;
 
@@ -103,7 +103,7 @@ pub(super) fn update_chunk<V: aya::Pod>(
 /// `BPF_MAP_LOOKUP_BATCH` (see `update_batch`).
 pub(super) fn lookup_batch_percpu(map: &MapData) -> anyhow::Result<Vec<StatsView>> {
     const CHUNK: usize = 8192;
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+    let cpus = possible_cpus()?;
     let mut out = Vec::new();
     let mut keys = vec![0u32; CHUNK];
     let mut values = vec![Stats::default(); CHUNK * cpus];

@@ -5,15 +5,11 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use aya::maps::MapData;
 use lb_common::filler;
 
 use super::*;
-
-fn md<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> &MapData {
-    m.map()
-}
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_NOEXIST: u64 = 1;
@@ -71,9 +67,8 @@ pub(super) fn expected(map: &MapData) -> anyhow::Result<u32> {
 /// finds a free element and never evicts a live entry. Above it the table is dense enough that
 /// its own entries bound the empty runs, and a filler the LRU evicts is not missed.
 pub(super) fn may_add(map: &MapData, live: usize) -> anyhow::Result<bool> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
     let size = map.info()?.max_entries() as usize;
-    Ok(live < size / (2 * cpus.max(1)))
+    Ok(live < size / (2 * possible_cpus()?.max(1)))
 }
 
 /// Inserts `key` → `value` into hash `map` unless the key is there (`BPF_NOEXIST`): whether
@@ -124,14 +119,6 @@ impl Dataplane {
             n += insert(persist, &filler::persist_key(i), &filler::PERSIST)? as usize;
         }
         Ok(n)
-    }
-
-    /// How many fillers the connection and template tables keep.
-    pub fn fillers_expected(&self) -> anyhow::Result<(u32, u32)> {
-        Ok((
-            expected(md(&self.maps.conns))?,
-            expected(md(&self.maps.persist))?,
-        ))
     }
 }
 

@@ -256,9 +256,22 @@ fn show(k: &SvcKey) -> String {
     )
 }
 
+/// The map behind a typed map handle (for the raw batch and element calls).
+fn md<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> &MapData {
+    m.map()
+}
+
+/// The possible CPUs: how many values a per-CPU map element holds, and among how many CPUs
+/// an LRU hash without the common list divides its elements.
+fn possible_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
+}
+
 fn zeros<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
-    let n = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-    Ok(PerCpuValues::try_from(vec![T::default(); n])?)
+    Ok(PerCpuValues::try_from(vec![
+        T::default();
+        possible_cpus()?
+    ])?)
 }
 
 #[cfg(test)]

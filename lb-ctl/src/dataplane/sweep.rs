@@ -429,10 +429,6 @@ fn thread_cpu_user() -> Duration {
     Duration::new(ru.ru_utime.tv_sec as u64, ru.ru_utime.tv_usec as u32 * 1000)
 }
 
-fn md<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> &MapData {
-    m.map()
-}
-
 /// Reads `map` from the start (its first `limit` elements at most), as many elements per
 /// `BPF_MAP_LOOKUP_BATCH` as `chunk` says, handing each chunk to `f` before reading the next
 /// (the cursor makes the walk resumable between calls). `table`: a connection table, whose
