@@ -64,10 +64,11 @@ pub struct Tables {
 
 /// The shared state between the daemon (which publishes) and the HTTP thread (which renders).
 pub struct Metrics {
-    sample: Mutex<Option<Sample>>,
+    /// The last sample, with its refresh number and time: one lock, so a scrape never pairs
+    /// one refresh's figures with another's number.
+    published: Mutex<Published>,
     /// When the daemon should read the next sample (see [`Metrics::due`]).
     next: Mutex<std::time::Instant>,
-    refreshes: Mutex<(u64, f64)>,
     /// Collectors other parts register (health checks, VRRP); gathered at every scrape.
     extra: Registry,
 }
@@ -76,6 +77,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a scrape shows: the sample, which refresh read it and when (Unix time).
+#[derive(Clone, Default)]
+struct Published {
+    sample: Sample,
+    refreshes: u64,
+    at: f64,
 }
 
 /// The labels of a service's series (node_exporter's).
@@ -92,9 +101,8 @@ const RS_LABELS: [&str; 5] = [
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
-            sample: Mutex::new(None),
+            published: Mutex::new(Published::default()),
             next: Mutex::new(std::time::Instant::now()),
-            refreshes: Mutex::new((0, 0.0)),
             extra: Registry::new(),
         }
     }
@@ -114,16 +122,19 @@ impl Metrics {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(sample);
-        let mut r = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
-        *r = (r.0 + 1, now);
+        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        *p = Published {
+            sample,
+            refreshes: p.refreshes + 1,
+            at: now,
+        };
     }
 
     /// The hook for health-check and VRRP metrics: register a collector (a `GaugeVec` the
     /// checker keeps up to date, say) and it is scraped with the rest. A name the daemon
     /// already exports is refused, so the output stays valid.
     pub fn register(&self, c: Box<dyn Collector>) -> anyhow::Result<()> {
-        let (_, taken) = self.render_families(&Sample::default());
+        let (_, taken) = self.render_families(&Published::default());
         for d in c.desc() {
             anyhow::ensure!(
                 !taken.contains(&d.fq_name),
@@ -138,13 +149,12 @@ impl Metrics {
 
     /// The text of `/metrics`.
     pub fn render(&self) -> String {
-        let sample = self
-            .sample
+        let published = self
+            .published
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
-        let (mut families, _) = self.render_families(&sample);
+            .clone();
+        let (mut families, _) = self.render_families(&published);
         families.extend(self.extra.gather());
         let mut out = Vec::new();
         // Encoding into a Vec fails only on a malformed family, which `gather` never yields.
@@ -156,7 +166,11 @@ impl Metrics {
 
     /// The daemon's own families for `s`, and the names of all of them (those without a
     /// series too: `gather` leaves such families out).
-    fn render_families(&self, s: &Sample) -> (Vec<prometheus::proto::MetricFamily>, Vec<String>) {
+    fn render_families(
+        &self,
+        p: &Published,
+    ) -> (Vec<prometheus::proto::MetricFamily>, Vec<String>) {
+        let s = &p.sample;
         let reg = Registry::new();
         let names = std::cell::RefCell::new(Vec::new());
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -333,7 +347,7 @@ impl Metrics {
         )
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-        let (n, at) = *self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, at) = (p.refreshes, p.at);
         counter(
             "lb_metrics_refreshes_total",
             "Times the daemon refreshed the figures shown here.",
@@ -369,7 +383,7 @@ impl Metrics {
 
     /// Every metric name the daemon exports itself (for the dashboard's check).
     pub fn exported_names(&self) -> Vec<String> {
-        self.render_families(&Sample::default()).1
+        self.render_families(&Published::default()).1
     }
 
     /// Binds `addr` now (so a bad or busy address stops the daemon before it changes
@@ -704,6 +718,45 @@ mod tests {
             );
         }
         assert!(text.contains("lb_build_info{version=\""), "{text}");
+    }
+
+    /// A scrape racing a refresh shows one refresh's figures with that refresh's number: a
+    /// test that waits for "a refresh after N" must not get N's figures under N+1's number
+    /// (the ops test's quiet check once did, six connections short).
+    #[test]
+    fn a_scrape_racing_a_refresh_pairs_its_figures_with_its_number() {
+        let m = Metrics::new();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Refresh k carries k as its table fill.
+                for k in 1u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut x = sample();
+                    x.tables.conn_entries = k;
+                    m.publish(x);
+                }
+            });
+            let value = |text: &str, name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .map(str::to_string)
+            };
+            // Judged after the publisher stopped: a panic here would leave it running.
+            let mut texts = (0..300).map(|_| m.render());
+            let odd = texts.find(|t| {
+                let n = value(t, "lb_metrics_refreshes_total");
+                n.is_none() || n.as_deref() != Some("0") && value(t, "lb_conn_table_entries") != n
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                odd.is_none(),
+                "figures and number disagree:\n{}",
+                odd.unwrap_or_default()
+            );
+        });
     }
 
     #[test]
