@@ -164,8 +164,8 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// The daemon's own families for `s`, and the names of all of them (those without a
-    /// series too: `gather` leaves such families out).
+    /// The daemon's own families for `p` (its sample, refresh number and time), and the names
+    /// of all of them (those without a series too: `gather` leaves such families out).
     fn render_families(
         &self,
         p: &Published,
@@ -347,14 +347,13 @@ impl Metrics {
         )
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-        let (n, at) = (p.refreshes, p.at);
         counter(
             "lb_metrics_refreshes_total",
             "Times the daemon refreshed the figures shown here.",
             &[],
         )
         .with_label_values::<&str>(&[])
-        .inc_by(n);
+        .inc_by(p.refreshes);
         let ts = GaugeVec::new(
             Opts::new(
                 "lb_metrics_last_refresh_timestamp_seconds",
@@ -364,7 +363,7 @@ impl Metrics {
         )
         .expect("valid metric");
         reg.register(Box::new(ts.clone())).expect("unique name");
-        ts.with_label_values::<&str>(&[]).set(at);
+        ts.with_label_values::<&str>(&[]).set(p.at);
         let cost = GaugeVec::new(
             Opts::new(
                 "lb_metrics_refresh_duration_seconds",
